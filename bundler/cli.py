@@ -80,5 +80,25 @@ def copy(source: str, destination: str, authfile: Optional[Path], ca_file: Optio
     run_command(verbose, body)
 
 
+# Commands of each area live in their own module (`COMMANDS` list) so this file stays a table of contents.
+_COMMAND_MODULES = ("cli_pack", "cli_bundle", "cli_unpack", "cli_release", "cli_quay")
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"bundler.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bundler.{name}":
+                continue
+            raise
+        for command in getattr(module, "COMMANDS", []):
+            main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
