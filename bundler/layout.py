@@ -178,15 +178,15 @@ class Layout:
         while offset < size:
             try:
                 with opener(offset) as src:
-                    n = copy_verified(src, f, hasher=hasher, limit=size - offset, on_bytes=on_bytes)
+                    copy_verified(src, f, hasher=hasher, limit=size - offset, on_bytes=on_bytes)
             except RegistryError as exc:
                 if not exc.temporary or attempt >= MAX_RESUME_ATTEMPTS:
                     raise
-                n = 0
                 log.debug("blob %s interrupted (%s); resuming", digest.short, exc)
             except OSError as exc:
                 _raise_disk_error(exc, self.root)
                 raise
+            n = f.tell() - offset  # what arrived, even when the stream broke half way (hasher saw the same bytes)
             if n == 0:
                 attempt += 1
                 if attempt > MAX_RESUME_ATTEMPTS:
@@ -197,7 +197,6 @@ class Layout:
                     )
             offset += n
             fetched += n
-            f.seek(offset)
         try:
             f.flush()
             os.fsync(f.fileno())
