@@ -154,9 +154,9 @@ def _decode_entry(entry: Any, path: Path, key: str) -> Optional[Credentials]:
         if not sep:
             raise UsageError(f"auth file {path}: the entry for {key} is not 'user:password'", hint="log in again")
         return Credentials(user, password)
-    user, password = entry.get("username"), entry.get("password")
-    if isinstance(user, str) and isinstance(password, str) and user:
-        return Credentials(user, password)
+    username, secret = entry.get("username"), entry.get("password")
+    if isinstance(username, str) and isinstance(secret, str) and username:
+        return Credentials(username, secret)
     return None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -70,7 +70,7 @@ def pack(
             return
         for w in result.plan.warnings:
             click.echo(f"warning: {w}", err=True)
-        by_kind: dict = {}
+        by_kind: Dict[str, List[Any]] = {}
         for img in result.images:
             by_kind.setdefault(img.planned.kind, []).append(img)
         if dry_run:

@@ -7,9 +7,10 @@ helpers that hash bytes while they stream, so nothing is ever trusted before its
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
-from typing import IO, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from .errors import DigestMismatchError, InvalidReferenceError
 
@@ -20,6 +21,10 @@ _ENCODED = {"sha256": re.compile(r"^[a-f0-9]{64}$"), "sha512": re.compile(r"^[a-
 
 class Readable(Protocol):
     def read(self, n: int = ...) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes) -> int: ...
 
 
 @dataclass(frozen=True, order=True)
@@ -50,12 +55,12 @@ class Digest:
         return f"{self.algorithm}:{self.encoded[:12]}"
 
 
-def hash_file(path: "str | object", *, algorithm: str = "sha256", on_bytes: Optional[Callable[[int], None]] = None) -> str:
+def hash_file(path: "str | os.PathLike[str]", *, algorithm: str = "sha256", on_bytes: Optional[Callable[[int], None]] = None) -> str:
     """Hex digest of a file, read in large chunks (hashlib releases the GIL on big buffers)."""
     hasher = hashlib.new(algorithm)
     buf = bytearray(4 * CHUNK_SIZE)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:  # type: ignore[call-overload]
+    with open(path, "rb", buffering=0) as f:
         while True:
             n = f.readinto(buf)
             if not n:
@@ -68,7 +73,7 @@ def hash_file(path: "str | object", *, algorithm: str = "sha256", on_bytes: Opti
 
 def copy_verified(
     src: Readable,
-    dst: IO[bytes],
+    dst: Writable,
     *,
     hasher: "hashlib._Hash",
     limit: Optional[int] = None,

@@ -14,7 +14,7 @@ import logging
 import posixpath
 import tarfile
 from dataclasses import dataclass
-from typing import IO, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import IO, Callable, Dict, Iterator, List, Mapping, Optional, Set, Tuple, cast
 
 import zstandard
 
@@ -37,7 +37,7 @@ class _ReadAdapter:
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
-            chunks = []
+            chunks: List[bytes] = []
             while True:
                 c = self._src.read(1 << 20)
                 if not c:
@@ -53,11 +53,12 @@ def _decompressed(stream: Readable) -> IO[bytes]:
     """Sniff the compression from the first bytes (media types lie more often than magic numbers)."""
     head = stream.read(4)
     rest = _Prefixed(head, stream)
+    fileobj = cast(IO[bytes], rest)
     if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=rest, mode="rb")  # type: ignore[arg-type]
+        return cast(IO[bytes], gzip.GzipFile(fileobj=fileobj, mode="rb"))
     if head == b"\x28\xb5\x2f\xfd":
-        return zstandard.ZstdDecompressor().stream_reader(rest)  # type: ignore[return-value]
-    return rest  # type: ignore[return-value]
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(fileobj))
+    return fileobj
 
 
 class _Prefixed:
@@ -88,7 +89,7 @@ def normalise(name: str) -> str:
 def iter_layer(stream: Readable) -> Iterator[Tuple[tarfile.TarInfo, Optional[IO[bytes]]]]:
     """(member, file object or None) for every member of a layer stream, in order."""
     try:
-        with tarfile.open(fileobj=_decompressed(stream), mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=_decompressed(stream), mode="r|") as tar:
             for member in tar:
                 f = tar.extractfile(member) if member.isreg() else None
                 yield member, f

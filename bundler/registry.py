@@ -121,7 +121,7 @@ class Registries:
         if options.ca_file is not None:
             ctx.load_verify_locations(cafile=str(options.ca_file))
         kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
-        if urllib3.__version__.startswith("2"):
+        if str(getattr(urllib3, "__version__", "")).startswith("2"):
             kw["blocksize"] = CHUNK_SIZE
         self._secure = urllib3.PoolManager(ssl_context=ctx, **kw)
         self._insecure = urllib3.PoolManager(cert_reqs="CERT_NONE", **kw)
@@ -532,13 +532,11 @@ class RegistryClient:
                     body=body,
                     what=f"upload chunk of {d.digest.short}",
                 )
-                ok = resp.status == 202
             except RegistryError as exc:
                 if not exc.temporary:
                     raise
-                ok = False
-                resp = None  # type: ignore[assignment]
-            if ok:
+                resp = None
+            if resp is not None and resp.status == 202:
                 location = self._location(resp, location)
                 offset = end
                 continue

@@ -99,7 +99,8 @@ class RegistryRepository:
         return self.reference.tag
 
     def put_manifest(self, manifest: FetchedManifest, *, top: bool) -> None:
-        ref = self._tag() if top and self._tag() else str(manifest.digest)
+        tag = self._tag()
+        ref = tag if top and tag else str(manifest.digest)
         self.client.put_manifest(self.repo, ref, manifest.raw, manifest.media_type)
 
     def top_is_current(self, manifest: FetchedManifest) -> bool:
