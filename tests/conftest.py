@@ -44,6 +44,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# The shared fixtures sit beside the repository (../shared/fixtures) wherever it is cloned.
+os.environ.setdefault("BUNDLER_FIXTURES", str(ROOT.parent / "shared" / "fixtures"))
 
 from tests.infra.registry import RegistryServer, stop_all_registries  # noqa: E402
 
