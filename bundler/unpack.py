@@ -1,0 +1,1040 @@
+"""The `unpack` use-case: a verified bundle → a registry holding exactly what was packed, proof, and YAML.
+
+Owns the disconnected-side flow of ARCHITECTURE "The data flow" (bundle ──► copy ──► read back ──►
+cluster resources):
+
+1. verify the bundle (`bundler.verify.verify_bundle`) unless told not to (loudly);
+2. on a Quay target (PROTOCOL-NOTES §4) create every organisation the targets need (the first path
+   component of each target repository, prefix applied) and give each a robot that may create
+   repositories there (Quay robots only get rights inside their own organisation); push as those robots;
+3. check each target tag with one manifest HEAD (full Accept, PROTOCOL-NOTES §2): a tag that already
+   points at the packed digest is done, so a no-op rerun costs one HEAD per image and no blob HEADs;
+4. for incremental bundles, prove that every blob the bundle leaves to its base is in the registry;
+5. push the rest with the copy engine (bottom-up, raw bytes, always with a tag, blobs read in place from
+   the volumes), with one upload per blob for the whole registry: a repository that needs a blob another
+   repository is uploading waits for that upload and then mounts it (cross-repository mount, §2);
+6. read back every pushed tag (HEAD → `Docker-Content-Digest`) and compare with the signed bundle manifest;
+7. write the cluster resources (`bundler.resources`) for the registry actually used (host and prefix).
+
+Failures: images that still fail after the client's retries are listed and the rest is done
+(`UnpackPartialFailureError`, exit 4); a read-back mismatch is `ReadBackMismatchError` (exit 3); both carry
+the full `UnpackResult` so the CLI can still print the report. Cluster resources are written only when
+every image is in the registry. Nothing here imports click or tqdm; secrets never reach logs or results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar
+
+from .auth import CredentialStore, Credentials, _normalise_key
+from .copy import Copier, CopyOptions, CopyResult, CopyStats
+from .digest import Digest
+from .errors import (
+    AuthenticationError,
+    BundlerError,
+    DigestMismatchError,
+    IntegrityError,
+    PartialFailureError,
+    RegistryError,
+    RegistryUnreachableError,
+    UsageError,
+)
+from .oci import Descriptor, is_index, parse_manifest
+from .progress import NullProgress, Progress
+from .reference import Reference
+from .registry import FetchedManifest, Registries, RegistryClient, TransportOptions
+from .transports import ImageSource, Opener, RegistryRepository
+
+if TYPE_CHECKING:
+    from .quay_api import QuayAPI
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_RESOURCES_DIR",
+    "REGISTRY_KINDS",
+    "QuayData",
+    "ReadBackMismatchError",
+    "UnpackOptions",
+    "UnpackPartialFailureError",
+    "UnpackResult",
+    "UnpackedImage",
+    "unpack_bundle",
+    "unpack_open_bundle",
+]
+
+REGISTRY_KINDS = ("auto", "quay", "plain")
+#: Default directory for the cluster resources, relative to the working directory. Not next to the bundle:
+#: bundles usually sit on read-only or removable media that leaves with the courier.
+DEFAULT_RESOURCES_DIR = Path("ocp-bundler-resources")
+#: Short name of the robot unpack creates in each Quay organisation (`<org>+ocp_bundler`).
+ROBOT_NAME = "ocp_bundler"
+_SIGNATURE_FILE = re.compile(r"^signatures/(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})-([1-9][0-9]*)$")
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+else:
+
+    def dataclass_transform(**_: Any) -> Callable[[_T], _T]:
+        return lambda decorated: decorated
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True)
+def _keyword_only(cls: "type[_T]") -> "type[_T]":
+    """`@dataclass(frozen=True, kw_only=True)`, also on Python 3.9."""
+    if sys.version_info >= (3, 10):
+        return dataclass(frozen=True, kw_only=True)(cls)
+    cls = dataclass(frozen=True)(cls)
+    original: Callable[..., None] = cls.__init__  # type: ignore[misc,unused-ignore]
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if args:
+            raise TypeError(f"{cls.__name__}() takes keyword arguments only")
+        original(self, **kwargs)
+
+    setattr(cls, "__init__", __init__)  # noqa: B010
+    return cls
+
+
+# --- what unpack needs from an open bundle (`bundler.bundle.Bundle` provides it) ---------------------------
+
+
+class OpenBundle(Protocol):
+    """The reading side of a bundle. `manifest` has `id`, `base_id`, `images` (`BundleImage`s) and `files`
+    (entries with a `name`); `image_source` reads manifests and blobs in place from the volumes."""
+
+    @property
+    def manifest(self) -> Any: ...
+
+    def image_source(self, image: Any) -> ImageSource: ...
+
+    def read_file(self, name: str) -> bytes: ...
+
+    def blobs_needed_from_base(self) -> List[str]: ...
+
+
+# --- options and results ------------------------------------------------------------------------------------
+
+
+@_keyword_only
+class UnpackOptions:
+    """How to unpack.
+
+    `registry` is the mirror, `host[:port]` (a `/path` after it joins `prefix`); every image lands at
+    `<registry>/<prefix>/<target_repository>:<target_tag>`. `registry_kind`: "auto" asks the registry
+    whether it is Quay, "quay" treats it as Quay, "plain" never talks to a Quay API. On Quay,
+    organisations are created with `quay_token` or the token in `quay_data_dir` (the Quay bring-up's data).
+    `resources_dir` defaults to `./ocp-bundler-resources`. `verify=False` skips bundle verification (a
+    loud warning is logged and reported). `image_workers` 0 means as many as `workers`.
+    """
+
+    registry: str
+    prefix: str = ""
+    authfile: Optional[Path] = None
+    transport: TransportOptions = TransportOptions()
+    workers: int = 8
+    image_workers: int = 0
+    dry_run: bool = False
+    verify: bool = True
+    key: Optional[Path] = None
+    require_signature: bool = False
+    registry_kind: str = "auto"
+    quay_token: Optional[str] = field(default=None, repr=False)
+    quay_data_dir: Optional[Path] = None
+    resources_dir: Optional[Path] = None
+    icsp: bool = False
+    write_resources: bool = True
+    progress: Progress = field(default_factory=NullProgress)
+
+
+@_keyword_only
+class UnpackedImage:
+    """One bundle image and what happened to it.
+
+    `status`: "pushed" (copied now), "present" (the tag already pointed at the digest), "failed",
+    "mismatch" (the tag read back as another digest), and in dry runs "would-push".
+    `size`: bytes of the image's manifests and distinct blobs, when known.
+    """
+
+    source: str
+    target: str
+    digest: str
+    kind: str
+    status: str
+    size: Optional[int] = None
+    stats: CopyStats = field(default_factory=CopyStats)
+    error: Optional[str] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "source": self.source,
+            "target": self.target,
+            "digest": self.digest,
+            "kind": self.kind,
+            "status": self.status,
+            "size": self.size,
+            "blobsCopied": self.stats.blobs_copied,
+            "blobsMounted": self.stats.blobs_mounted,
+            "blobsPresent": self.stats.blobs_present,
+            "bytesCopied": self.stats.bytes_copied,
+            "manifestsPushed": self.stats.manifests_pushed,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+@_keyword_only
+class UnpackResult:
+    """Everything `unpack` did, for the human summary and the JSON report."""
+
+    bundle_id: str
+    base_id: Optional[str]
+    registry: str
+    """`host[:port][/prefix]`: where the images are, as written into the cluster resources."""
+    registry_kind: str
+    dry_run: bool
+    verified: bool
+    images: Tuple[UnpackedImage, ...]
+    organizations: Tuple[str, ...] = ()
+    organizations_created: Tuple[str, ...] = ()
+    organizations_to_create: Tuple[str, ...] = ()
+    """Dry runs on Quay with a token: organisations that do not exist yet."""
+    resources_dir: Optional[Path] = None
+    resource_files: Tuple[Path, ...] = ()
+    warnings: Tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def stats(self) -> CopyStats:
+        total = CopyStats()
+        for image in self.images:
+            total.add(image.stats)
+        return total
+
+    def count(self, status: str) -> int:
+        return sum(1 for image in self.images if image.status == status)
+
+    @property
+    def failed(self) -> Tuple[UnpackedImage, ...]:
+        return tuple(i for i in self.images if i.status in ("failed", "mismatch"))
+
+    def to_json(self) -> Dict[str, Any]:
+        s = self.stats
+        return {
+            "bundle": {"id": self.bundle_id, "baseId": self.base_id},
+            "registry": self.registry,
+            "registryKind": self.registry_kind,
+            "dryRun": self.dry_run,
+            "verified": self.verified,
+            "organizations": list(self.organizations),
+            "organizationsCreated": list(self.organizations_created),
+            "organizationsToCreate": list(self.organizations_to_create),
+            "images": [i.to_json() for i in self.images],
+            "totals": {
+                "images": len(self.images),
+                "pushed": self.count("pushed"),
+                "present": self.count("present"),
+                "failed": self.count("failed"),
+                "mismatch": self.count("mismatch"),
+                "wouldPush": self.count("would-push"),
+                "blobsCopied": s.blobs_copied,
+                "blobsMounted": s.blobs_mounted,
+                "blobsPresent": s.blobs_present,
+                "bytesCopied": s.bytes_copied,
+                "manifestsPushed": s.manifests_pushed,
+            },
+            "resources": {
+                "directory": str(self.resources_dir) if self.resources_dir else None,
+                "files": [str(p) for p in self.resource_files],
+            },
+            "warnings": list(self.warnings),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class UnpackPartialFailureError(PartialFailureError):
+    """Some images could not be pushed after retries; the rest is in the registry. Carries the result."""
+
+    def __init__(self, message: str, *, result: UnpackResult, failures: Sequence[str], hint: Optional[str] = None) -> None:
+        super().__init__(message, failures=failures, hint=hint)
+        self.result = result
+
+
+class ReadBackMismatchError(DigestMismatchError):
+    """A pushed tag reads back as another digest than the signed bundle manifest's. Carries the result."""
+
+    def __init__(self, message: str, *, result: UnpackResult, hint: Optional[str] = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
+
+
+# --- the Quay bring-up's data ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuayData:
+    """What a Quay bring-up left for later runs: its API token, robot credentials per organisation, CA."""
+
+    token: Optional[str] = field(default=None, repr=False)
+    robots: Mapping[str, Credentials] = field(default_factory=dict)
+    ca_file: Optional[Path] = None
+
+
+def load_quay_data(data_dir: Optional[Path]) -> QuayData:
+    """Read the Quay bring-up's data dir (its layout is owned by `bundler.quay`); empty without one."""
+    if data_dir is None:
+        return QuayData()
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"Quay data dir {data_dir} does not exist", hint="give the directory `ocp-bundler quay up` used")
+    from . import quay  # the bring-up owns the layout of its data dir
+
+    loader = getattr(quay, "load_unpack_data", None)
+    if callable(loader):
+        loaded = loader(data_dir)
+        if isinstance(loaded, QuayData):
+            return loaded
+    return _read_quay_data(data_dir, quay)
+
+
+def _read_quay_data(data_dir: Path, quay: Any) -> QuayData:
+    from .quay_config import load_secrets
+
+    secrets_name = getattr(quay, "SECRETS_FILE", "secrets.json")
+    secrets = load_secrets(data_dir / secrets_name)
+    robots: Dict[str, Credentials] = {}
+    token: Optional[str] = None
+    if secrets is not None:
+        token = secrets.admin_token
+        for name, robot_token in sorted(secrets.robot_tokens.items()):
+            org = name.split("+", 1)[0]
+            robots.setdefault(org, Credentials(name, robot_token))
+    ca_name = getattr(quay, "CA_FILE", None)
+    ca_file = data_dir / ca_name if isinstance(ca_name, str) and (data_dir / ca_name).is_file() else None
+    return QuayData(token=token, robots=robots, ca_file=ca_file)
+
+
+@dataclass
+class _Quay:
+    api: "QuayAPI"
+    data: QuayData
+    token: bool
+    existing: Dict[str, bool] = field(default_factory=dict)
+
+
+class _OrgCredentials(CredentialStore):
+    """Per-organisation credentials (Quay robots) for one registry, in front of the auth files."""
+
+    def __init__(self, fallback: CredentialStore, host: str) -> None:
+        super().__init__(files=[])
+        self.fallback = fallback
+        self.host = _normalise_key(host)
+        self.by_org: Dict[str, Credentials] = {}
+
+    def add(self, registry: str, creds: Credentials) -> None:
+        self.fallback.add(registry, creds)
+
+    def lookup(self, registry: str, repository: str = "") -> Optional[Credentials]:
+        if repository and _normalise_key(registry) == self.host:
+            creds = self.by_org.get(repository.split("/", 1)[0])
+            if creds is not None:
+                return creds
+        return self.fallback.lookup(registry, repository)
+
+
+# --- entry points -------------------------------------------------------------------------------------------
+
+
+def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
+    """Verify the bundle in `directory`, push every image into `options.registry`, read back, write YAML.
+
+    Raises `IntegrityError` (bundle or read-back, exit 3), `UsageError` (options; an incremental bundle
+    whose base is not in the registry, exit 2), `RegistryError` (cannot reach or log in, exit 5),
+    `UnpackPartialFailureError` (some images failed, exit 4; a rerun pushes only what is missing).
+    """
+    directory = Path(directory)
+    check_options(options)
+    warnings: List[str] = []
+    verified = False
+    if not options.verify:
+        message = (
+            "bundle verification skipped (--no-verify): volumes and signature were NOT checked; the registry "
+            "still checks every blob's digest and the read-back every manifest's"
+        )
+        log.warning("WARNING: %s", message)
+        warnings.append(message)
+    elif options.dry_run:
+        warnings.append("dry run: the bundle was not verified")
+    else:
+        from .verify import verify_bundle
+
+        log.info("verifying %s", directory)
+        verify_bundle(directory, key=options.key, require_signature=options.require_signature, progress=options.progress)
+        verified = True
+    from .bundle import Bundle
+
+    bundle = Bundle.open(directory)
+    try:
+        return _Unpacker(bundle, options, verified=verified, warnings=warnings).run()
+    finally:
+        close = getattr(bundle, "close", None)
+        if callable(close):
+            close()
+
+
+def unpack_open_bundle(bundle: OpenBundle, *, options: UnpackOptions, verified: bool = False) -> UnpackResult:
+    """`unpack_bundle` for a bundle the caller has opened (and verified, when it says `verified`)."""
+    check_options(options)
+    return _Unpacker(bundle, options, verified=verified, warnings=[]).run()
+
+
+def check_options(options: UnpackOptions) -> None:
+    if options.registry_kind not in REGISTRY_KINDS:
+        raise UsageError(f"registry kind {options.registry_kind!r} is not one of {', '.join(REGISTRY_KINDS)}")
+    if options.workers < 1 or options.image_workers < 0:
+        raise UsageError("workers must be at least 1")
+    if options.require_signature and not options.verify:
+        raise UsageError("--require-signature cannot be combined with --no-verify")
+    if options.registry_kind == "plain" and options.quay_token:
+        raise UsageError("a Quay token was given but --registry-kind is plain", hint="use --registry-kind quay or auto")
+    split_registry(options.registry, options.prefix)
+
+
+# --- the work -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    image: Any  # a BundleImage
+    reference: Reference
+    digest: Digest
+
+    @property
+    def repo(self) -> str:
+        return self.reference.repository
+
+    @property
+    def org(self) -> str:
+        return self.reference.repository.split("/", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.reference.tag or "latest"
+
+    @property
+    def text(self) -> str:
+        return str(self.reference)
+
+
+@dataclass
+class _Graph:
+    blobs: Dict[str, Descriptor] = field(default_factory=dict)
+    manifest_bytes: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.manifest_bytes + sum(d.size for d in self.blobs.values())
+
+
+@dataclass
+class _Outcome:
+    status: str
+    stats: CopyStats
+    error: Optional[str] = None
+    exception: Optional[BundlerError] = None
+
+
+class _Unpacker:
+    def __init__(self, bundle: OpenBundle, options: UnpackOptions, *, verified: bool, warnings: List[str]) -> None:
+        self.bundle = bundle
+        self.options = options
+        self.verified = verified
+        self.warnings = warnings
+        self.host, self.prefix = split_registry(options.registry, options.prefix)
+        self.registry_path = self.host + (f"/{self.prefix}" if self.prefix else "")
+        self.workers = max(1, options.workers)
+        self.started = time.monotonic()
+        self.kind = "plain"
+        self.quay: Optional[_Quay] = None
+        self.organizations_created: List[str] = []
+        self.organizations_to_create: List[str] = []
+        self.errors: List[BundlerError] = []
+
+    # -- orchestration ----------------------------------------------------------------------------------
+
+    def run(self) -> UnpackResult:
+        targets = self._targets(self.bundle.manifest.images)
+        orgs = tuple(sorted({t.org for t in targets}))
+        credentials = _OrgCredentials(CredentialStore(self.options.authfile), self.host)
+        transport = self.options.transport
+        self.quay = self._detect_quay(credentials)
+        if self.quay is not None and transport.ca_file is None and self.quay.data.ca_file is not None:
+            transport = dataclasses.replace(transport, ca_file=self.quay.data.ca_file)
+        registries = Registries(credentials=credentials, options=transport)
+        mismatches: List[str] = []
+        try:
+            if self.quay is not None:
+                self._prepare_organizations(self.quay, orgs, credentials)
+            client = registries.client(self.host)
+            current = self._check_tags(client, targets)
+            pending = [t for t in targets if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
+            needed = set(self.bundle.blobs_needed_from_base()) if pending else set()
+            to_walk = [t for t in pending if needed or (self.options.dry_run and _known_size(t) is None)]
+            graphs = self._walk(to_walk) if to_walk else {}
+            if self.options.dry_run:
+                images = [_image(t, "present" if current[t.text] == t.digest else "would-push", size=_size(t, graphs)) for t in targets]
+                return self._result(images, orgs)
+            self._check_base_blobs(client, pending, graphs, needed)
+            outcomes = self._push(client, pending, graphs)
+            mismatches = self._read_back(client, [t for t in pending if outcomes[t.text].status == "pushed"], outcomes)
+            images = self._images(targets, current, outcomes, graphs)
+        finally:
+            registries.close()
+            if self.quay is not None:
+                self.quay.api.close()
+        result = self._result(images, orgs)
+        self._raise_for_failures(result, mismatches)
+        if self.options.write_resources:
+            result = self._write_resources(result, targets)
+        return result
+
+    def _targets(self, images: Iterable[Any]) -> List[_Target]:
+        targets: List[_Target] = []
+        seen: Dict[str, _Target] = {}
+        for image in images:
+            if not image.target_tag or not image.target_repository:
+                raise UsageError(f"bundle image {image.source} has no target repository or tag", hint="the bundle is malformed; pack it again")
+            repo = f"{self.prefix}/{image.target_repository}" if self.prefix else str(image.target_repository)
+            text = f"{self.host}/{repo}:{image.target_tag}"
+            reference = Reference.parse(text)
+            if reference.registry != self.host or reference.repository != repo or reference.tag != image.target_tag:
+                raise UsageError(f"bundle image {image.source}: target {text} is not a valid image reference")
+            try:
+                digest = Digest.parse(str(image.digest))
+            except BundlerError:
+                raise IntegrityError(f"bundle image {image.source} has an invalid digest {image.digest!r}") from None
+            target = _Target(image=image, reference=reference, digest=digest)
+            earlier = seen.get(target.text)
+            if earlier is not None:
+                if earlier.digest != digest:
+                    raise UsageError(
+                        f"two bundle images go to {target.text} with different digests ({earlier.image.source}, {image.source})",
+                        hint="the bundle is inconsistent; pack it again",
+                    )
+                continue
+            seen[target.text] = target
+            targets.append(target)
+        return targets
+
+    # -- Quay -------------------------------------------------------------------------------------------------
+
+    def _detect_quay(self, credentials: _OrgCredentials) -> Optional[_Quay]:
+        """None for a plain registry; for Quay (`is_quay()`, or forced) the API client and bring-up data."""
+        kind = self.options.registry_kind
+        if kind == "plain":
+            return None
+        from .quay_api import QuayAPI
+
+        data = load_quay_data(self.options.quay_data_dir)
+        token = self.options.quay_token or data.token
+        ca_file = self.options.transport.ca_file or data.ca_file
+        insecure = self.host in self.options.transport.insecure_hosts
+        api: Optional[QuayAPI] = None
+        for scheme in ("https", "http") if insecure else ("https",):
+            candidate = QuayAPI(f"{scheme}://{self.host}", token=token, ca_file=ca_file, insecure=insecure)
+            try:
+                if candidate.is_quay():
+                    api = candidate
+                    break
+            except RegistryError as exc:
+                log.debug("Quay detection over %s: %s", scheme, exc)
+            candidate.close()
+        if api is None:
+            if kind == "auto":
+                log.info("%s is not Quay: no organisations to create", self.host)
+                return None
+            api = QuayAPI(f"{'http' if insecure else 'https'}://{self.host}", token=token, ca_file=ca_file, insecure=insecure)
+            self.warnings.append(f"{self.host} does not answer like Quay; treating it as Quay anyway (--registry-kind quay)")
+        self.kind = "quay"
+        for org, robot in data.robots.items():
+            credentials.by_org.setdefault(org, robot)
+        if not token:
+            message = (
+                f"{self.host} is Quay but there is no API token (--quay-token, or the Quay bring-up's data dir): "
+                "organisations cannot be created and must exist already"
+            )
+            log.warning("%s", message)
+            self.warnings.append(message)
+        return _Quay(api=api, data=data, token=bool(token))
+
+    def _prepare_organizations(self, quay: _Quay, orgs: Sequence[str], credentials: _OrgCredentials) -> None:
+        """Create missing organisations; give each one a robot (the bring-up's, or `<org>+ocp_bundler`) in a
+        team with role `creator`, and push as that robot."""
+        if not quay.token:
+            return
+        api = quay.api
+        if self.options.dry_run:
+            self.organizations_to_create = [org for org in orgs if not api.organization_exists(org)]
+            return
+        for org in orgs:
+            if api.ensure_organization(org):
+                self.organizations_created.append(org)
+                log.info("created organisation %s on %s", org, self.host)
+            quay.existing[org] = True
+            robot = quay.data.robots.get(org)
+            account = api.ensure_robot(org, robot.username.split("+", 1)[1] if robot is not None else ROBOT_NAME)
+            api.grant_creator(org, account.name)
+            credentials.by_org[org] = Credentials(account.name, account.token)
+
+    def _org_exists(self, org: str) -> Optional[bool]:
+        quay = self.quay
+        if quay is None or not quay.token:
+            return None
+        if org not in quay.existing:
+            try:
+                quay.existing[org] = quay.api.organization_exists(org)
+            except RegistryError:
+                return None
+        return quay.existing[org]
+
+    # -- what is there already -------------------------------------------------------------------------
+
+    def _check_tags(self, client: RegistryClient, targets: Sequence[_Target]) -> Dict[str, Any]:
+        """One manifest HEAD per target tag: its digest, None when absent, or the (explained) error."""
+
+        def head(target: _Target) -> Tuple[str, Any]:
+            try:
+                found = client.head_manifest(target.repo, target.tag)
+            except RegistryUnreachableError:
+                raise
+            except RegistryError as exc:
+                return target.text, None if self.options.dry_run else self._explain(exc, target)
+            return target.text, (found.digest if found is not None else None)
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tag-check") as pool:
+            current = dict(pool.map(head, targets))
+        present = [t for t in targets if current[t.text] == t.digest]
+        log.info("%d of %d images already in %s", len(present), len(targets), self.registry_path)
+        for t in present:
+            self.options.progress.item_done(t.text, "present")
+        return current
+
+    def _walk(self, targets: Sequence[_Target]) -> Dict[str, _Graph]:
+        """Every manifest and blob below each target, from the manifests in the bundle."""
+
+        def walk(target: _Target) -> Tuple[str, _Graph]:
+            source = self.bundle.image_source(target.image)
+            graph = _Graph()
+            top = source.resolve()
+            if top.digest != target.digest:
+                raise IntegrityError(f"bundle image {target.image.source}: its manifest is {top.digest}, the bundle manifest says {target.digest}")
+            stack: List[FetchedManifest] = [top]
+            while stack:
+                manifest = stack.pop()
+                graph.manifest_bytes += len(manifest.raw)
+                parsed = parse_manifest(manifest.raw, manifest.media_type)
+                if is_index(manifest.media_type):
+                    stack.extend(source.fetch_manifest(child) for child in parsed.children)
+                for blob in parsed.blobs:
+                    graph.blobs.setdefault(str(blob.digest), blob)
+            return target.text, graph
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="walk") as pool:
+            return dict(pool.map(walk, targets))
+
+    def _check_base_blobs(self, client: RegistryClient, targets: Sequence[_Target], graphs: Mapping[str, _Graph], needed: Iterable[str]) -> None:
+        """An incremental bundle leaves some blobs to its base: each must be in a repository that needs it.
+
+        A blob found is remembered by the client, so repositories lacking it mount it from there."""
+        wanted = set(needed)
+        if not wanted:
+            return
+        users: Dict[str, List[_Target]] = {}
+        for target in targets:
+            for digest in graphs[target.text].blobs:
+                if digest in wanted:
+                    users.setdefault(digest, []).append(target)
+        if not users:
+            return
+
+        def find(item: Tuple[str, List[_Target]]) -> Tuple[str, bool]:
+            digest, using = item
+            for repo in dict.fromkeys(t.repo for t in using):
+                if client.has_blob(repo, Digest.parse(digest), scopes=(f"repository:{repo}:pull,push",)):
+                    return digest, True
+            return digest, False
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="base-check") as pool:
+            missing = sorted(d for d, ok in pool.map(find, sorted(users.items())) if not ok)
+        log.info("%d blobs come from the base bundle; %d of them missing in %s", len(users), len(missing), self.host)
+        if missing:
+            base = self.bundle.manifest.base_id or "(unknown)"
+            lines = [f"{d} (needed by {', '.join(sorted({t.text for t in users[d]}))})" for d in missing]
+            raise UsageError(
+                f"this incremental bundle needs {len(missing)} blob(s) from its base bundle {base} that "
+                f"{self.registry_path} does not have: " + "; ".join(lines),
+                hint=f"unpack the base bundle {base} first (same registry and prefix), then rerun",
+            )
+
+    # -- pushing and reading back -----------------------------------------------------------------------
+
+    def _push(self, client: RegistryClient, targets: Sequence[_Target], graphs: Mapping[str, _Graph]) -> Dict[str, _Outcome]:
+        outcomes: Dict[str, _Outcome] = {}
+        if not targets:
+            return outcomes
+        uploads = _BlobUploads(client, same_org_first=self.kind == "quay")
+        # Biggest images first: they bound the wall time, and their blobs become mount sources early.
+        ordered = sorted(targets, key=lambda t: -(_size(t, graphs) or 0))
+        jobs = [(self.bundle.image_source(t.image), _PushTarget(RegistryRepository(client, t.reference), uploads), t.digest) for t in ordered]
+        image_workers = self.options.image_workers or self.workers
+        log.info("pushing %d images to %s (%d blob workers, %d image workers)", len(jobs), self.registry_path, self.workers, image_workers)
+        with Copier(CopyOptions(workers=self.workers, image_workers=image_workers, progress=self.options.progress)) as copier:
+            results = copier.copy_many(jobs)
+        for target, result in zip(ordered, results):
+            outcomes[target.text] = self._outcome(result, target)
+        return outcomes
+
+    def _outcome(self, result: CopyResult, target: _Target) -> _Outcome:
+        if result.status != "failed":
+            return _Outcome("pushed", result.stats)
+        error = self._explain(result.error, target) if result.error is not None else None
+        return _Outcome("failed", result.stats, str(error) if error else "failed", error)
+
+    def _read_back(self, client: RegistryClient, targets: Sequence[_Target], outcomes: Dict[str, _Outcome]) -> List[str]:
+        """HEAD every pushed tag (full Accept) and compare its digest with the bundle's; mark mismatches."""
+
+        def head(target: _Target) -> Tuple[_Target, Optional[Digest], Optional[RegistryError]]:
+            try:
+                found = client.head_manifest(target.repo, target.tag)
+            except RegistryError as exc:
+                return target, None, exc
+            return target, (found.digest if found is not None else None), None
+
+        mismatches: List[str] = []
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="read-back") as pool:
+            for target, digest, error in pool.map(head, targets):
+                outcome = outcomes[target.text]
+                if error is not None:
+                    outcome.status, outcome.error, outcome.exception = "failed", f"read-back failed: {error}", error
+                elif digest != target.digest:
+                    outcome.status = "mismatch"
+                    outcome.error = f"{target.text} reads back as {digest or 'nothing'}, the signed bundle manifest says {target.digest}"
+                    mismatches.append(f"{outcome.error} (source {target.image.source})")
+        log.info("read back %d tags: %d mismatches", len(targets), len(mismatches))
+        return mismatches
+
+    # -- errors -------------------------------------------------------------------------------------------------
+
+    def _explain(self, exc: BundlerError, target: _Target) -> BundlerError:
+        """Quay answers 401 to pushes into an organisation that does not exist (PROTOCOL-NOTES §4): say so."""
+        if not isinstance(exc, AuthenticationError) or exc.status != 401:
+            return exc
+        org = target.org
+        fix = "create it or rerun with --registry-kind quay and a token"
+        if self.kind == "quay":
+            exists = self._org_exists(org)
+            if exists:
+                return AuthenticationError(
+                    f"{self.host}: the credentials in use may not push into organisation '{org}' ({exc.message})",
+                    status=401,
+                    codes=exc.codes,
+                    url=exc.url,
+                    hint=f"give them the creator role in '{org}' (a team or a robot), or rerun with --registry-kind quay and a token",
+                )
+            return AuthenticationError(
+                f"organisation '{org}' does not exist on {self.host}: {fix}",
+                status=401,
+                codes=exc.codes,
+                url=exc.url,
+                hint=None if exists is False else "Quay answers 401 to pushes into a missing organisation; if it does exist, the credentials in use may not create repositories in it",
+            )
+        return AuthenticationError(
+            exc.message,
+            status=401,
+            codes=exc.codes,
+            url=exc.url,
+            hint=f"check the credentials; if {self.host} is Quay, organisation '{org}' may not exist: {fix}",
+        )
+
+    def _raise_for_failures(self, result: UnpackResult, mismatches: Sequence[str]) -> None:
+        if mismatches:
+            raise ReadBackMismatchError(
+                f"{len(mismatches)} image(s) read back with another digest than the signed bundle manifest's: " + "; ".join(mismatches),
+                result=result,
+                hint="something else writes these tags or the registry alters manifests; investigate, then rerun to push them again",
+            )
+        failed = [i for i in result.images if i.status == "failed"]
+        if not failed:
+            return
+        lines = [f"{i.target}: {i.error}" for i in failed]
+        errors = self.errors
+        if len(failed) == len(result.images) and errors and all(isinstance(e, AuthenticationError) for e in errors):
+            # nothing could be pushed, all for lack of rights: that is a registry/auth failure (exit 5)
+            distinct = list(dict.fromkeys(str(e) for e in errors))
+            first = errors[0]
+            assert isinstance(first, AuthenticationError)
+            raise AuthenticationError(
+                "no image could be pushed: " + "; ".join(distinct[:5]) + (f"; … and {len(distinct) - 5} more" if len(distinct) > 5 else ""),
+                status=first.status,
+                codes=first.codes,
+                url=first.url,
+            )
+        raise UnpackPartialFailureError(
+            f"{len(failed)} of {len(result.images)} images failed: " + "; ".join(lines),
+            result=result,
+            failures=lines,
+            hint="everything else is in the registry; fix the cause and rerun the same command: it pushes only what is missing",
+        )
+
+    # -- results ------------------------------------------------------------------------------------------------
+
+    def _images(self, targets: Sequence[_Target], current: Mapping[str, Any], outcomes: Mapping[str, _Outcome], graphs: Mapping[str, _Graph]) -> List[UnpackedImage]:
+        images: List[UnpackedImage] = []
+        for t in targets:
+            found = current[t.text]
+            if isinstance(found, BundlerError):
+                self.errors.append(found)
+                images.append(_image(t, "failed", size=_size(t, graphs), error=str(found)))
+            elif found == t.digest:
+                images.append(_image(t, "present", size=_size(t, graphs)))
+            else:
+                outcome = outcomes[t.text]
+                if outcome.exception is not None:
+                    self.errors.append(outcome.exception)
+                images.append(_image(t, outcome.status, size=_size(t, graphs), stats=outcome.stats, error=outcome.error))
+        return images
+
+    def _result(self, images: Sequence[UnpackedImage], orgs: Tuple[str, ...]) -> UnpackResult:
+        return UnpackResult(
+            bundle_id=str(self.bundle.manifest.id),
+            base_id=self.bundle.manifest.base_id,
+            registry=self.registry_path,
+            registry_kind=self.kind,
+            dry_run=self.options.dry_run,
+            verified=self.verified,
+            images=tuple(images),
+            organizations=orgs,
+            organizations_created=tuple(self.organizations_created),
+            organizations_to_create=tuple(self.organizations_to_create),
+            warnings=tuple(self.warnings),
+            seconds=time.monotonic() - self.started,
+        )
+
+    def _write_resources(self, result: UnpackResult, targets: Sequence[_Target]) -> UnpackResult:
+        from .resources import ResourcesOptions, write_cluster_resources
+
+        out_dir = Path(self.options.resources_dir or DEFAULT_RESOURCES_DIR)
+        images, catalogs = _resource_inputs(targets)
+        signatures = self._signatures()
+        try:
+            written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp))
+        except UsageError as exc:
+            raise type(exc)(f"every image is in {self.registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
+        return dataclasses.replace(
+            result,
+            resources_dir=out_dir,
+            resource_files=written.files,
+            warnings=result.warnings + written.warnings,
+            seconds=time.monotonic() - self.started,
+        )
+
+    def _signatures(self) -> List[Any]:
+        """Release signatures the bundle carries (`signatures/<alg>-<hex>-<N>`) as `ReleaseSignature`s."""
+        from .resources import ReleaseSignature
+
+        out: List[Any] = []
+        for entry in getattr(self.bundle.manifest, "files", None) or ():
+            name = entry if isinstance(entry, str) else str(getattr(entry, "name", ""))
+            match = _SIGNATURE_FILE.match(name)
+            if match is None:
+                continue
+            algorithm, encoded, index = match.groups()
+            out.append(ReleaseSignature(digest=f"{algorithm}:{encoded}", index=int(index), data=self.bundle.read_file(name)))
+        return out
+
+
+def _resource_inputs(targets: Sequence[_Target]) -> Tuple[List[Any], List[Any]]:
+    """`MirroredImage`s for every target, `CatalogInfo`s for catalogs (DNS-1123 names, unique)."""
+    from .resources import CatalogInfo, MirroredImage
+
+    images: List[Any] = []
+    catalogs: List[Any] = []
+    names: Dict[str, int] = {}
+    for target in targets:
+        image = target.image
+        annotations: Mapping[str, str] = image.annotations or {}
+        images.append(MirroredImage(source=image.source, target=target.text, kind=image.kind, digest=str(target.digest), tag=annotations.get("tag") or None))
+        if image.kind != "catalog":
+            continue
+        last = target.repo.rsplit("/", 1)[-1]
+        name = dns1123_label(annotations.get("catalog-name") or annotations.get("name") or last)
+        if name in names:
+            name = dns1123_label(f"{name[:50]}-{target.tag}")
+        while name in names:
+            names[name] += 1
+            name = dns1123_label(f"{name[:58]}-{names[name]}")
+        names[name] = 1
+        display = annotations.get("display-name") or f"{last}:{target.tag}"
+        catalogs.append(CatalogInfo(name=name, source=image.source, target=target.text, display_name=display))
+    return images, catalogs
+
+
+def _known_size(t: _Target) -> Optional[int]:
+    size = getattr(t.image, "total_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _size(t: _Target, graphs: Mapping[str, _Graph]) -> Optional[int]:
+    known = _known_size(t)
+    if known is not None:
+        return known
+    graph = graphs.get(t.text)
+    return graph.size if graph is not None else None
+
+
+def _image(t: _Target, status: str, *, size: Optional[int], stats: Optional[CopyStats] = None, error: Optional[str] = None) -> UnpackedImage:
+    return UnpackedImage(
+        source=str(t.image.source),
+        target=t.text,
+        digest=str(t.digest),
+        kind=str(t.image.kind),
+        status=status,
+        size=size,
+        stats=stats or CopyStats(),
+        error=error,
+    )
+
+
+# --- the push sink ------------------------------------------------------------------------------------------
+
+
+class _BlobUploads:
+    """One upload per blob for the whole registry: other repositories wait for it, then mount it.
+
+    A waiter only ever waits for an upload that is already running (the owner registers itself from inside
+    its own transfer), so the shared blob pool cannot deadlock. Mount sources in the same organisation are
+    preferred on Quay, where a robot may only read its own organisation.
+    """
+
+    def __init__(self, client: RegistryClient, *, same_org_first: bool) -> None:
+        self.client = client
+        self.same_org_first = same_org_first
+        self._lock = threading.Lock()
+        self._inflight: Dict[str, "Future[str]"] = {}
+        self._stored: Dict[str, List[str]] = {}  # digest -> repositories that have it (from this run)
+
+    def put(self, repo: str, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
+        key = str(descriptor.digest)
+        while True:
+            with self._lock:
+                fut = self._inflight.get(key)
+                owner = fut is None
+                if fut is None:
+                    fut = self._inflight[key] = Future()
+            if owner:
+                break
+            try:
+                fut.result()
+            except BaseException:  # noqa: BLE001 - the other transfer failed; ours gets its own error
+                continue
+            return self._store(repo, descriptor, opener, on_bytes)
+        try:
+            how = self._store(repo, descriptor, opener, on_bytes)
+        except BaseException as exc:
+            with self._lock:
+                self._inflight.pop(key, None)
+            fut.set_exception(exc)
+            raise
+        fut.set_result(how)
+        return how
+
+    def _store(self, repo: str, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
+        key = str(descriptor.digest)
+        how = self.client.upload_blob(repo, descriptor, opener, mount_from=self._mount_source(key, repo), on_bytes=on_bytes)
+        with self._lock:
+            self._stored.setdefault(key, []).append(repo)
+        return "copied" if how == "uploaded" else how
+
+    def _mount_source(self, digest: str, repo: str) -> Optional[str]:
+        with self._lock:
+            candidates = [r for r in self._stored.get(digest, ()) if r != repo]
+        known = self.client.known_blobs.get(digest)
+        if known and known != repo and known not in candidates:
+            candidates.append(known)
+        if self.same_org_first:
+            org = repo.split("/", 1)[0]
+            candidates.sort(key=lambda r: r.split("/", 1)[0] != org)
+        return candidates[0] if candidates else None
+
+    def stored_elsewhere(self, digest: str, repo: str) -> bool:
+        with self._lock:
+            return any(r != repo for r in self._stored.get(digest, ()))
+
+
+class _PushTarget:
+    """A registry repository as the copy engine's sink, with registry-wide upload de-duplication."""
+
+    def __init__(self, inner: RegistryRepository, uploads: _BlobUploads) -> None:
+        self.inner = inner
+        self.uploads = uploads
+        self.description = inner.description
+        self.blob_scope = inner.blob_scope
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        if self.uploads.stored_elsewhere(str(descriptor.digest), self.inner.repo):
+            return False  # stored in another repository during this run: mount it, no HEAD needed
+        return self.inner.has_blob(descriptor)
+
+    def put_blob(self, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
+        return self.uploads.put(self.inner.repo, descriptor, opener, on_bytes)
+
+    def has_manifest(self, digest: Digest) -> bool:
+        return self.inner.has_manifest(digest)
+
+    def put_manifest(self, manifest: FetchedManifest, *, top: bool) -> None:
+        self.inner.put_manifest(manifest, top=top)
+
+    def top_is_current(self, manifest: FetchedManifest) -> bool:
+        return self.inner.top_is_current(manifest)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def split_registry(registry: str, prefix: str = "") -> Tuple[str, str]:
+    """`host[:port][/path]` plus a prefix → (host, joined path prefix), both validated."""
+    text = registry.strip()
+    if not text or "://" in text or any(c.isspace() for c in text):
+        raise UsageError(f"registry {registry!r} is not host[:port]", hint="give it without scheme, e.g. mirror.example.com:8443")
+    host, _, path = text.partition("/")
+    joined = "/".join(p for p in (path.strip("/"), prefix.strip("/")) if p)
+    try:
+        ref = Reference.parse(f"{host}/{joined + '/' if joined else ''}x")
+    except BundlerError:
+        raise UsageError(
+            f"registry {registry!r} with prefix {prefix!r} is not a valid host[:port][/path]",
+            hint="a host name or IP with an optional port, and a lower-case path prefix",
+        ) from None
+    if ref.registry != host:
+        raise UsageError(f"registry {registry!r} does not start with a host name", hint="give host[:port], e.g. mirror.example.com:8443")
+    return host, joined
+
+
+def dns1123_label(text: str) -> str:
+    """A Kubernetes object name (DNS-1123 label) made from `text`."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return label or "catalog"
