@@ -93,6 +93,7 @@ def build_plan(
             for i, data in enumerate(sigs, start=1):
                 plan.files[f"signatures/{digest.replace(':', '-')}-{i}"] = data
         plan.reports["releases"] = [_as_json(r) for r in release_plan.releases]
+        plan.warnings.extend(release_plan.warnings)
     sam = image_set.samples
     if sam.from_release or sam.directory or sam.images:
         from . import samples
@@ -102,7 +103,9 @@ def build_plan(
         plan.reports["samples"] = {
             "images": len(samples_plan.images),
             "organisations": sorted(samples_plan.organisations),
+            "details": _as_json(samples_plan.report),
         }
+        plan.warnings.extend(getattr(samples_plan.report, "warnings", ()))
     if image_set.operators:
         from . import catalog
 
