@@ -88,7 +88,7 @@ def unpack(
 
     def body() -> None:
         from .registry import TransportOptions
-        from .unpack import ReadBackMismatchError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
+        from .unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
 
         if no_verify:
             click.echo("WARNING: --no-verify: the bundle's volumes and signature will NOT be checked", err=True)
@@ -113,7 +113,7 @@ def unpack(
         result: Optional[UnpackResult] = None
         try:
             result = unpack_bundle(bundle, options=options)
-        except (UnpackPartialFailureError, ReadBackMismatchError) as exc:
+        except (UnpackPartialFailureError, UnpackIntegrityError) as exc:
             progress.close()
             _render(exc.result, as_json)
             raise

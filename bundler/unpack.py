@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar
@@ -65,6 +66,7 @@ __all__ = [
     "REGISTRY_KINDS",
     "QuayData",
     "ReadBackMismatchError",
+    "UnpackIntegrityError",
     "UnpackOptions",
     "UnpackPartialFailureError",
     "UnpackResult",
@@ -274,12 +276,17 @@ class UnpackPartialFailureError(PartialFailureError):
         self.result = result
 
 
-class ReadBackMismatchError(DigestMismatchError):
-    """A pushed tag reads back as another digest than the signed bundle manifest's. Carries the result."""
+class UnpackIntegrityError(DigestMismatchError):
+    """Content is not what the bundle says (a blob the registry refused as DIGEST_INVALID, a damaged
+    manifest, a tag reading back another digest). Exit 3. Carries the result."""
 
     def __init__(self, message: str, *, result: UnpackResult, hint: Optional[str] = None) -> None:
         super().__init__(message, hint=hint)
         self.result = result
+
+
+class ReadBackMismatchError(UnpackIntegrityError):
+    """A pushed tag reads back as another digest than the signed bundle manifest's."""
 
 
 # --- the Quay bring-up's data ------------------------------------------------------------------------------
@@ -712,6 +719,12 @@ class _Unpacker:
         if result.status != "failed":
             return _Outcome("pushed", result.stats)
         error = self._explain(result.error, target) if result.error is not None else None
+        if isinstance(error, RegistryError) and "DIGEST_INVALID" in error.codes:
+            # the registry hashed what we sent from the bundle and it did not match: the bundle is damaged
+            error = IntegrityError(
+                f"{target.text}: the registry refused a blob read from the bundle as not matching its digest ({error.message})",
+                hint="the bundle is damaged: run ocp-bundler verify to find the volume to copy again",
+            )
         return _Outcome("failed", result.stats, str(error) if error else "failed", error)
 
     def _read_back(self, client: RegistryClient, targets: Sequence[_Target], outcomes: Dict[str, _Outcome]) -> List[str]:
@@ -782,6 +795,15 @@ class _Unpacker:
             return
         lines = [f"{i.target}: {i.error}" for i in failed]
         errors = self.errors
+        broken = [str(e) for e in errors if isinstance(e, IntegrityError)]
+        if broken:
+            others = len(failed) - len(broken)
+            raise UnpackIntegrityError(
+                f"{len(broken)} image(s) could not be pushed because their content is not what the bundle says: " + "; ".join(broken)
+                + (f" ({others} more failed for other reasons)" if others else ""),
+                result=result,
+                hint="run ocp-bundler verify on the bundle; copy the damaged volumes again, then rerun",
+            )
         if len(failed) == len(result.images) and errors and all(isinstance(e, AuthenticationError) for e in errors):
             # nothing could be pushed, all for lack of rights: that is a registry/auth failure (exit 5)
             distinct = list(dict.fromkeys(str(e) for e in errors))
@@ -926,15 +948,18 @@ class _BlobUploads:
     """One upload per blob for the whole registry: other repositories wait for it, then mount it.
 
     A waiter only ever waits for an upload that is already running (the owner registers itself from inside
-    its own transfer), so the shared blob pool cannot deadlock. Mount sources in the same organisation are
-    preferred on Quay, where a robot may only read its own organisation.
+    its own transfer), so the shared blob pool cannot deadlock; and only while that upload makes progress:
+    after `patience` seconds without a byte moving, the waiter transfers the blob itself. Mount sources in
+    the same organisation are preferred on Quay, where a robot may only read its own organisation.
     """
 
-    def __init__(self, client: RegistryClient, *, same_org_first: bool) -> None:
+    def __init__(self, client: RegistryClient, *, same_org_first: bool, patience: float = 30.0) -> None:
         self.client = client
         self.same_org_first = same_org_first
+        self.patience = patience
         self._lock = threading.Lock()
         self._inflight: Dict[str, "Future[str]"] = {}
+        self._last_progress: Dict[str, float] = {}
         self._stored: Dict[str, List[str]] = {}  # digest -> repositories that have it (from this run)
 
     def put(self, repo: str, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
@@ -945,15 +970,23 @@ class _BlobUploads:
                 owner = fut is None
                 if fut is None:
                     fut = self._inflight[key] = Future()
+                    self._last_progress[key] = time.monotonic()
             if owner:
                 break
-            try:
-                fut.result()
-            except BaseException:  # noqa: BLE001 - the other transfer failed; ours gets its own error
-                continue
+            if not self._wait(key, fut):
+                log.debug("upload of %s elsewhere makes no progress; uploading to %s too", descriptor.digest.short, repo)
+                return self._store(repo, descriptor, opener, on_bytes)
+            if fut.exception() is not None:
+                continue  # the other transfer failed: try again (perhaps as the owner)
             return self._store(repo, descriptor, opener, on_bytes)
+
+        def counting(n: int) -> None:
+            self._last_progress[key] = time.monotonic()
+            if on_bytes is not None:
+                on_bytes(n)
+
         try:
-            how = self._store(repo, descriptor, opener, on_bytes)
+            how = self._store(repo, descriptor, opener, counting)
         except BaseException as exc:
             with self._lock:
                 self._inflight.pop(key, None)
@@ -961,6 +994,16 @@ class _BlobUploads:
             raise
         fut.set_result(how)
         return how
+
+    def _wait(self, key: str, fut: "Future[str]") -> bool:
+        """Wait for the owner's upload; False when it stopped making progress."""
+        while True:
+            try:
+                fut.exception(timeout=min(5.0, self.patience))
+                return True
+            except FutureTimeout:
+                if time.monotonic() - self._last_progress.get(key, 0.0) > self.patience:
+                    return False
 
     def _store(self, repo: str, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
         key = str(descriptor.digest)

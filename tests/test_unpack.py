@@ -9,13 +9,17 @@ cluster resources (validated against the real CRDs), and the `pull-secret` comma
 
 from __future__ import annotations
 
+import atexit
 import base64
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,23 +29,18 @@ import pytest
 import urllib3
 import yaml
 
+from bundler.bundle import Bundle, BundleWriteOptions, write_bundle
 from bundler.bundle_manifest import BundleImage
 from bundler.errors import ExitCode, IntegrityError, UsageError
 from bundler.layout import Layout
 from bundler.plan_types import digest_tag
 from bundler.progress import NullProgress
 from bundler.registry import TransportOptions
-from bundler.transports import LayoutImage
-from bundler.unpack import (
-    ReadBackMismatchError,
-    UnpackOptions,
-    UnpackPartialFailureError,
-    UnpackResult,
-    unpack_open_bundle,
-)
+from bundler.signing import generate_keypair
+from bundler.unpack import ReadBackMismatchError, UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
 from tests.crdschema import load_crds, validate_object
 from tests.infra.faultproxy import FaultProxy
-from tests.infra.images import Image, ImageIndex, Manifestish, RegistryClient, make_image, make_index, push, random_layer, write_oci_layout
+from tests.infra.images import MANIFEST_TYPES, Image, ImageIndex, Manifestish, RegistryClient, make_image, make_index, push, random_layer, write_oci_layout
 from tests.infra.registry import RegistryServer
 
 FIXTURES = Path(os.environ.get("BUNDLER_FIXTURES", "/work/shared/fixtures"))
@@ -133,67 +132,39 @@ def bundle_images(entries: Sequence[Entry]) -> List[BundleImage]:
     ]
 
 
-# --- a bundle over an OCI layout (stands in for bundler.bundle until it exists) ----------------------------
+# --- bundles ------------------------------------------------------------------------------------------------
+
+HAVE_VERIFY = importlib.util.find_spec("bundler.verify") is not None
+VOLUME_SIZE = 300_000  # small volumes: blobs cross volume boundaries and are read in place across them
 
 
-@dataclass(frozen=True)
-class FakeFile:
-    name: str
+_KEY_DIR = Path(tempfile.mkdtemp(prefix="ocpb-unpack-keys-"))
+atexit.register(shutil.rmtree, _KEY_DIR, True)
+PRIVATE_KEY, PUBLIC_KEY = _KEY_DIR / "bundle.key", _KEY_DIR / "bundle.pub"
+generate_keypair(PRIVATE_KEY, PUBLIC_KEY)
 
 
-@dataclass(frozen=True)
-class FakeManifest:
-    id: str
-    base_id: Optional[str]
-    images: Tuple[BundleImage, ...]
-    files: Tuple[FakeFile, ...]
+@pytest.fixture
+def signing_key() -> Tuple[Path, Path]:
+    return PRIVATE_KEY, PUBLIC_KEY
 
 
-class FakeBundle:
-    """The reading side of `bundler.bundle.Bundle` over an OCI layout: blobs read in place."""
-
-    def __init__(self, directory: Path) -> None:
-        doc = json.loads((directory / "fake-bundle.json").read_text())
-        self.directory = directory
-        self.layout = Layout(directory / "layout", create=False)
-        images = tuple(BundleImage(**{**i, "annotations": i["annotations"]}) for i in doc["images"])
-        self.manifest = FakeManifest(doc["id"], doc["base_id"], images, tuple(FakeFile(n) for n in doc["files"]))
-        self._needed = list(doc["needed"])
-
-    def image_source(self, image: BundleImage) -> LayoutImage:
-        return LayoutImage(self.layout, image.source)
-
-    def read_file(self, name: str) -> bytes:
-        return (self.directory / "files" / name).read_bytes()
-
-    def blobs_needed_from_base(self) -> List[str]:
-        return list(self._needed)
-
-
-def make_bundle(directory: Path, entries: Sequence[Entry], *, bundle_id: str, base: Optional[Sequence[Entry]] = None, files: Optional[Mapping[str, bytes]] = None) -> Path:
-    """A bundle of `entries`; with `base`, blobs the base already carries are left out (incremental)."""
-    write_oci_layout(directory / "layout", [(e.source, e.obj) for e in entries])
-    needed: List[str] = []
-    if base is not None:
-        base_blobs = unique_blobs(base)
-        for digest in unique_blobs(entries):
-            if digest in base_blobs:
-                (directory / "layout" / "blobs" / "sha256" / digest.split(":", 1)[1]).unlink()
-                needed.append(digest)
-    for name, data in (files or {}).items():
-        path = directory / "files" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    doc = {
-        "id": bundle_id,
-        "base_id": "base-bundle" if base is not None else None,
-        "images": [
-            {k: v for k, v in img.__dict__.items() if k != "total_size"} for img in bundle_images(entries)
-        ],
-        "files": sorted((files or {}).keys()),
-        "needed": needed,
-    }
-    (directory / "fake-bundle.json").write_text(json.dumps(doc))
+def make_bundle(
+    directory: Path,
+    entries: Sequence[Entry],
+    *,
+    key: Optional[Path] = PRIVATE_KEY,
+    base: Optional[Path] = None,
+    files: Optional[Mapping[str, bytes]] = None,
+) -> Path:
+    """A real bundle (`write_bundle`) of `entries`; with `base`, blobs the base carries are left out."""
+    layout_dir = directory.parent / f"{directory.name}-layout"
+    write_oci_layout(layout_dir, [(e.source, e.obj) for e in entries])
+    write_bundle(
+        Layout(layout_dir, create=False),
+        bundle_images(entries),
+        options=BundleWriteOptions(out_dir=directory, volume_size=VOLUME_SIZE, sign_key=key, base=base, files=dict(files or {})),
+    )
     return directory
 
 
@@ -213,11 +184,15 @@ def options(server_host: str, tmp_path: Path, *, prefix: str, ca_file: Optional[
     transport = TransportOptions(ca_file=ca_file, insecure_hosts=insecure, **{**FAST, **kw.pop("transport", {})})  # type: ignore[arg-type]
     kw.setdefault("resources_dir", tmp_path / "resources")
     kw.setdefault("registry_kind", "auto")
+    kw.setdefault("verify", HAVE_VERIFY)
+    if kw["verify"]:
+        kw.setdefault("key", PUBLIC_KEY)
+        kw.setdefault("require_signature", True)
     return UnpackOptions(registry=server_host, prefix=prefix, authfile=authfile, transport=transport, workers=4, **kw)
 
 
 def run(bundle_dir: Path, opts: UnpackOptions) -> UnpackResult:
-    return unpack_open_bundle(FakeBundle(bundle_dir), options=opts, verified=True)
+    return unpack_bundle(bundle_dir, options=opts)
 
 
 def expect_in_registry(skopeo: Any, host: str, prefix: str, entries: Sequence[Entry], *, creds: Any = None, cert_dir: Any = None) -> None:
@@ -257,7 +232,7 @@ def check_resources(directory: Path, registry: str, entries: Sequence[Entry]) ->
 
 def test_plain_registry_everything_arrives_with_mounts_and_a_noop_rerun(registry_plain: RegistryServer, tmp_path: Path, skopeo: Any) -> None:
     entries = content("plain")
-    bundle = make_bundle(tmp_path / "bundle", entries, bundle_id="b-plain", files=signature_files(entries))
+    bundle = make_bundle(tmp_path / "bundle", entries, files=signature_files(entries))
     prefix = "plain-e2e"
     started = time.monotonic()
     result = run(bundle, options(registry_plain.host, tmp_path, prefix=prefix))
@@ -297,7 +272,7 @@ def test_plain_registry_everything_arrives_with_mounts_and_a_noop_rerun(registry
 def test_authenticated_registries(mode: str, request: pytest.FixtureRequest, tmp_path: Path, skopeo: Any, authfile: Any) -> None:
     server: RegistryServer = request.getfixturevalue({"tls-htpasswd": "registry_tls", "token": "registry_token"}[mode])
     entries = content(f"auth-{mode}")
-    bundle = make_bundle(tmp_path / "bundle", entries, bundle_id=f"b-{mode}", files=signature_files(entries))
+    bundle = make_bundle(tmp_path / "bundle", entries, files=signature_files(entries))
     prefix = f"auth-{mode}"
     ca = Path(server.ca_file) if server.ca_file else None
     result = run(bundle, options(server.host, tmp_path, prefix=prefix, ca_file=ca, authfile=authfile(server)))
@@ -333,7 +308,7 @@ def test_read_back_catches_a_tag_changed_between_push_and_read_back(registry_pla
     (PUT answered with the right digest, so only the read-back can notice). skopeo confirms the registry
     really holds the other digest; a rerun repairs the tag."""
     entries = content("tamper")
-    bundle = make_bundle(tmp_path / "bundle", entries, bundle_id="b-tamper", files=signature_files(entries))
+    bundle = make_bundle(tmp_path / "bundle", entries, files=signature_files(entries))
     prefix = "tamper"
     app = next(e for e in entries if e.repository == "myorg/app")
     substitute = make_image(random_layers=[1000], docker=True, seed="tamper-substitute")
@@ -358,7 +333,7 @@ def test_read_back_catches_a_tag_changed_between_push_and_read_back(registry_pla
 
 def test_fault_proxy_errors_and_resets_still_digest_exact(registry_plain: RegistryServer, tmp_path: Path, skopeo: Any) -> None:
     entries = content("faults")
-    bundle = make_bundle(tmp_path / "bundle", entries, bundle_id="b-faults", files=signature_files(entries))
+    bundle = make_bundle(tmp_path / "bundle", entries, files=signature_files(entries))
     prefix = "faults"
     with FaultProxy(registry_plain.url, rate=0.15, kinds=("reset", "500", "429"), seed=7, retry_after=0) as proxy:
         result = run(bundle, options(proxy.host, tmp_path, prefix=prefix, transport={"max_attempts": 8}))
@@ -370,7 +345,7 @@ def test_fault_proxy_errors_and_resets_still_digest_exact(registry_plain: Regist
 
 def test_a_repository_that_always_fails_is_a_partial_failure(registry_plain: RegistryServer, tmp_path: Path, skopeo: Any) -> None:
     entries = content("partial")
-    bundle = make_bundle(tmp_path / "bundle", entries, bundle_id="b-partial", files=signature_files(entries))
+    bundle = make_bundle(tmp_path / "bundle", entries, files=signature_files(entries))
     prefix = "partial"
     with FaultProxy(registry_plain.url) as proxy:
         proxy.script("500", match=lambda method, target: f"/v2/{prefix}/myorg/app/" in target, times=10**6)
@@ -390,7 +365,7 @@ def test_a_repository_that_always_fails_is_a_partial_failure(registry_plain: Reg
 
 def test_dry_run_writes_nothing(fresh_registry_plain: RegistryServer, tmp_path: Path) -> None:
     entries = content("dry")
-    bundle = make_bundle(tmp_path / "bundle", entries, bundle_id="b-dry")
+    bundle = make_bundle(tmp_path / "bundle", entries)
     result = run(bundle, options(fresh_registry_plain.host, tmp_path, prefix="dry", dry_run=True))
     assert result.dry_run
     assert [i.status for i in result.images] == ["would-push"] * len(entries)
@@ -404,7 +379,7 @@ def test_dry_run_writes_nothing(fresh_registry_plain: RegistryServer, tmp_path: 
 
 def test_organisations_are_first_path_components_after_prefix(registry_plain: RegistryServer, tmp_path: Path) -> None:
     entries = content("orgs")
-    bundle = make_bundle(tmp_path / "bundle", entries, bundle_id="b-orgs")
+    bundle = make_bundle(tmp_path / "bundle", entries)
     result = run(bundle, options(registry_plain.host, tmp_path, prefix="", dry_run=True))
     assert result.organizations == ("myorg", "ocp4", "ocs4", "redhat", "rhscl")
     # a registry given as host/path adds to the prefix
@@ -418,17 +393,18 @@ def test_incremental_bundle_with_missing_base_blobs(fresh_registry_plain: Regist
     base_entries = content("incr")
     newer = content("incr")  # same base layers ...
     newer[-1] = Entry(make_image(base_layers=[random_layer(120_000, seed="incr-base")], random_layers=[5000], docker=True, seed="incr-app2"), "quay.io/myorg/app:2.0", "additional", "myorg/app", "2.0")
-    base_dir = make_bundle(tmp_path / "base", base_entries, bundle_id="base-bundle")
-    incr_dir = make_bundle(tmp_path / "incr", newer, bundle_id="incr-bundle", base=base_entries)
-    needed = FakeBundle(incr_dir).blobs_needed_from_base()
-    assert needed
+    base_dir = make_bundle(tmp_path / "base", base_entries)
+    incr_dir = make_bundle(tmp_path / "incr", newer, base=base_dir)
+    base_id = Bundle.open(base_dir).manifest.id
+    needed = Bundle.open(incr_dir).blobs_needed_from_base()
+    assert needed and Bundle.open(incr_dir).manifest.base_id == base_id
     host = fresh_registry_plain.host
 
     with pytest.raises(UsageError) as info:
         run(incr_dir, options(host, tmp_path, prefix="incr"))
     message = str(info.value)
     assert info.value.exit_code == ExitCode.USAGE
-    assert "unpack the base bundle base-bundle first" in message
+    assert f"unpack the base bundle {base_id} first" in message
     for digest in needed:
         assert digest in message
     assert "myorg/app:2.0" in message
@@ -468,3 +444,122 @@ def test_pull_secret_command(tmp_path: Path) -> None:
     proc = cli("pull-secret", "--file", str(path), "--registry", "mirror.example:8443", "--username", "u", "--password-stdin", stdin=b"")
     assert proc.returncode == ExitCode.USAGE
     assert b"empty password" in proc.stderr
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def tag_digest(server: RegistryServer, repo: str, tag: str) -> Optional[str]:
+    with RegistryClient(server.url) as client:
+        resp = client.request("HEAD", f"/v2/{repo}/manifests/{tag}", headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        return resp.headers.get("Docker-Content-Digest") if resp.status == 200 else None
+
+
+def unpack_args(bundle: Path, host: str, prefix: str, tmp_path: Path, public_key: Path, *extra: str) -> List[str]:
+    args = ["unpack", str(bundle), "--registry", host, "--insecure-registry", host, "--prefix", prefix, "--resources-dir", str(tmp_path / "resources"), "--workers", "4"]
+    args += ["--key", str(public_key)] if HAVE_VERIFY else ["--no-verify"]
+    return args + list(extra)
+
+
+def test_killed_half_way_then_rerun_completes(registry_plain: RegistryServer, tmp_path: Path, skopeo: Any, signing_key: Tuple[Path, Path]) -> None:
+    entries = content("kill", scale=4)
+    bundle = make_bundle(tmp_path / "bundle", entries, key=signing_key[0], files=signature_files(entries))
+    prefix = "kill"
+    app = next(e for e in entries if e.repository == "myorg/app")
+    with FaultProxy(registry_plain.url, stall_seconds=120) as proxy:
+        # the upload of the app's own config blob hangs: everything else finishes, then the process dies
+        # with -9 (a blob, not the manifest: the proxy forwards a stalled request when it stops, after our
+        # process is gone, and a late blob is harmless where a late tag would hide the interruption)
+        assert isinstance(app.obj, Image)
+        config_hex = app.obj.config.digest.split(":", 1)[1]
+        proxy.script("stall", match=lambda m, t: m == "PUT" and f"/v2/{prefix}/myorg/app/blobs/uploads/" in t and config_hex in t, times=10)
+        env = {**os.environ, "OCPB_DEBUG_LOG": os.devnull}
+        proc = subprocess.Popen([sys.executable, "-m", "bundler.cli", *unpack_args(bundle, proxy.host, prefix, tmp_path, signing_key[1], "--json")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            others = [e for e in entries if e is not app]
+            wait_for(lambda: all(tag_digest(registry_plain, f"{prefix}/{e.repository}", e.tag) == e.digest for e in others), 60, "the other images")
+            wait_for(lambda: proxy.pending_scripts < 10, 30, "the stalled upload")
+            assert proc.poll() is None, proc.communicate()
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+            proc.stdout.close()  # type: ignore[union-attr]
+            proc.stderr.close()  # type: ignore[union-attr]
+    assert proc.returncode == -signal.SIGKILL
+    assert tag_digest(registry_plain, f"{prefix}/myorg/app", "1.0") is None
+    assert not (tmp_path / "resources").exists()
+
+    done = cli(*unpack_args(bundle, registry_plain.host, prefix, tmp_path, signing_key[1], "--json"))
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    statuses = {i["target"].split("/", 1)[1]: i["status"] for i in report["images"]}
+    assert statuses.pop("kill/myorg/app:1.0") == "pushed"
+    assert set(statuses.values()) == {"present"}
+    # the rerun put the app's manifest and at most its own small blobs; the shared layers were there already
+    app_report = next(i for i in report["images"] if i["target"].endswith("/myorg/app:1.0"))
+    own = app.obj.config.size + app.obj.layers[-1].size
+    assert app_report["manifestsPushed"] == 1 and app_report["bytesCopied"] <= own, app_report
+    assert app_report["blobsPresent"] + app_report["blobsMounted"] >= 2, app_report
+    expect_in_registry(skopeo, registry_plain.host, prefix, entries)
+    assert (tmp_path / "resources" / "mapping.txt").exists()
+
+
+def test_cli_partial_failure_exit_4_with_report(registry_plain: RegistryServer, tmp_path: Path, signing_key: Tuple[Path, Path]) -> None:
+    entries = content("cli-partial")
+    bundle = make_bundle(tmp_path / "bundle", entries, key=signing_key[0])
+    prefix = "cli-partial"
+    with FaultProxy(registry_plain.url) as proxy:
+        proxy.script("500", match=lambda m, t: f"/v2/{prefix}/rhscl/" in t, times=10**6)
+        proc = cli(*unpack_args(bundle, proxy.host, prefix, tmp_path, signing_key[1], "--json"))
+    assert proc.returncode == ExitCode.PARTIAL, proc.stderr.decode()
+    stderr = proc.stderr.decode()
+    assert "1 of 6 images failed" in stderr and "rhscl/ruby-25-rhel7:latest" in stderr and "rerun" in stderr
+    report = json.loads(proc.stdout)
+    assert report["totals"]["failed"] == 1 and report["totals"]["pushed"] == 5
+    failed = [i for i in report["images"] if i["status"] == "failed"]
+    assert failed[0]["target"].endswith("/rhscl/ruby-25-rhel7:latest") and "HTTP 500" in failed[0]["error"]
+
+
+def test_cli_dry_run_and_no_verify_warning(fresh_registry_plain: RegistryServer, tmp_path: Path, signing_key: Tuple[Path, Path]) -> None:
+    entries = content("cli-dry")
+    bundle = make_bundle(tmp_path / "bundle", entries, key=signing_key[0])
+    host = fresh_registry_plain.host
+    proc = cli("unpack", str(bundle), "--registry", host, "--insecure-registry", host, "--prefix", "dry", "--dry-run", "--no-verify", "--resources-dir", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "dry run: nothing was written" in out and "6 to push" in out
+    assert f"{host}/dry/ocp4/openshift4:4.8.0-x86_64" in out
+    assert "WARNING" in proc.stderr.decode() and "--no-verify" in proc.stderr.decode()
+    assert not (tmp_path / "r").exists()
+    with RegistryClient(fresh_registry_plain.url) as client:
+        assert json.loads(client.request("GET", "/v2/_catalog").data)["repositories"] == []
+
+
+@pytest.mark.skipif(not HAVE_VERIFY, reason="bundler.verify is not there yet")
+def test_a_damaged_bundle_is_refused_before_anything_is_pushed(fresh_registry_plain: RegistryServer, tmp_path: Path) -> None:
+    entries = content("damaged")
+    bundle = make_bundle(tmp_path / "bundle", entries)
+    volume = sorted(bundle.glob("bundle-*.tar"))[-1]
+    data = bytearray(volume.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    volume.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as info:
+        run(bundle, options(fresh_registry_plain.host, tmp_path, prefix="damaged"))
+    assert info.value.exit_code == ExitCode.INTEGRITY and volume.name in str(info.value)
+    with RegistryClient(fresh_registry_plain.url) as client:
+        assert json.loads(client.request("GET", "/v2/_catalog").data)["repositories"] == []
+    # with --no-verify the registry still refuses the damaged blob: an integrity failure naming the image,
+    # everything else pushed, and the warning in the report
+    with pytest.raises(UnpackIntegrityError) as damaged:
+        run(bundle, options(fresh_registry_plain.host, tmp_path, prefix="damaged", verify=False, registry_kind="plain"))
+    err = damaged.value
+    assert err.exit_code == ExitCode.INTEGRITY and "DIGEST_INVALID" in str(err) and "verify" in str(err)
+    assert any("NOT checked" in w for w in err.result.warnings) and not err.result.verified
+    failed = [i for i in err.result.images if i.status == "failed"]
+    assert len(failed) >= 1 and all(i.status == "pushed" for i in err.result.images if i not in failed)
