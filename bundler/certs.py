@@ -116,10 +116,10 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def _not_after(cert: x509.Certificate) -> datetime.datetime:
-    value = getattr(cert, "not_valid_after_utc", None)
+    value: Optional[datetime.datetime] = getattr(cert, "not_valid_after_utc", None)
     if value is None:  # cryptography < 42
         value = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _subject(common_name: str) -> x509.Name:
@@ -205,7 +205,7 @@ def issue_server_certificate(
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)  # type: ignore[arg-type]
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert

@@ -81,6 +81,11 @@ def quay() -> None:
 @click.option("--systemd-dir", type=click.Path(file_okay=False, path_type=Path), help="Where to write the units. Default: DATA_DIR/systemd.")
 @click.option("--api-token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="OAuth token of a Quay superuser, for a Quay initialised by someone else.")
 @click.option("--timeout", type=click.FloatRange(1, 7200), default=600, show_default=True, help="Seconds to wait for Quay to become healthy.")
+# For stand-in images (tests, demos): a registry that is not Quay answers another path, has no psql, and
+# its REST API may be served elsewhere. Hidden: a real Quay never needs them.
+@click.option("--health-path", default="/health/instance", hidden=True)
+@click.option("--skip-database-setup", is_flag=True, hidden=True)
+@click.option("--api-url", hidden=True)
 @common_options
 def up(
     bundle_dir: Optional[Path],
@@ -112,6 +117,9 @@ def up(
     systemd_dir: Optional[Path],
     api_token_file: Optional[Path],
     timeout: float,
+    health_path: str,
+    skip_database_setup: bool,
+    api_url: Optional[str],
     verbose: int,
     as_json: bool,
 ) -> None:
@@ -166,6 +174,9 @@ def up(
             key_type=key_type,
             systemd_dir=(systemd_dir or root / "systemd") if systemd else None,
             health_timeout=timeout,
+            health_path=health_path,
+            database_setup=not skip_database_setup,
+            api_url=api_url,
             api_token=_read_secret_file(api_token_file, "API token"),
         )
         options.validate()

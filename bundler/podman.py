@@ -208,7 +208,7 @@ class Podman:
 
     def load(self, archive: Path) -> List[str]:
         """`podman load -i ARCHIVE`; returns the names podman reports as loaded."""
-        proc = self.run(["load", "-i", str(archive)], what=f"podman load -i {archive}")
+        proc = self.run(["load", "-i", str(archive)], what=f"podman load -i {archive}", timeout=max(self.timeout, 3600.0))
         names: List[str] = []
         for line in proc.stdout.splitlines():
             if line.startswith("Loaded image"):

@@ -371,7 +371,7 @@ def registry_role(name: str, annotations: Mapping[str, str] = {}) -> Optional[st
 def images_from_bundle(bundle_dir: Path) -> List[RegistryImage]:
     """The registry images (kind `registry`) of a bundle, one per role, with their local names."""
     try:
-        from .bundle import Bundle  # type: ignore[attr-defined]
+        from .bundle import Bundle
     except ImportError:
         raise UsageError("this ocp-bundler build cannot read bundles yet", hint="update ocp-bundler") from None
     bundle = Bundle.open(bundle_dir)

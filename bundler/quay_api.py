@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -103,6 +104,8 @@ class QuayAPI:
         self.ca_file = ca_file
         self.insecure = insecure
         self.connect_to = connect_to
+        if insecure and parts.scheme == "https":
+            log.warning("not verifying the TLS certificate of %s", self.netloc)
         timeout_obj = urllib3.Timeout(connect=min(timeout, 15.0), read=timeout)
         kwargs: Dict[str, Any] = {"timeout": timeout_obj, "retries": False, "maxsize": 4}
         if parts.scheme == "https":
@@ -151,7 +154,10 @@ class QuayAPI:
         hdrs.update(headers or {})
         url = f"{self.base_url}{path}"
         try:
-            resp = self._pool.urlopen(method, path, body=data, headers=hdrs, redirect=False, preload_content=True, assert_same_host=False)
+            with warnings.catch_warnings():
+                if self.insecure:  # asked for explicitly; said once in the log instead of on every request
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                resp = self._pool.urlopen(method, path, body=data, headers=hdrs, redirect=False, preload_content=True, assert_same_host=False)
         except urllib3.exceptions.SSLError as exc:
             raise RegistryUnreachableError(
                 f"TLS with {self.netloc} failed: {_short(exc)}",

@@ -266,7 +266,6 @@ def render_config(options: QuayConfigOptions, secrets: QuaySecrets) -> Dict[str,
         "FEATURE_MAILING": False,
         "FEATURE_BUILD_SUPPORT": False,
         "FEATURE_SECURITY_SCANNER": False,
-        "FEATURE_ANONYMOUS_ACCESS": False,
         "SUPER_USERS": list(options.superusers),
         "CREATE_NAMESPACE_ON_PUSH": options.create_namespace_on_push,
         "CREATE_PRIVATE_REPO_ON_PUSH": True,
@@ -307,7 +306,8 @@ def _storage_config(storage: Optional[S3StorageOptions]) -> Dict[str, List[Any]]
 
 
 def dump_config(config: Mapping[str, Any]) -> bytes:
-    return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False).encode()
+    text: str = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False)
+    return text.encode()
 
 
 def write_config(path: Path, config: Mapping[str, Any], *, mode: int = 0o640) -> bool:
