@@ -227,7 +227,9 @@ def build_pruned_image(
 ) -> BuiltImage:
     """Add one layer with `files` on top of the image (or every platform image of the list) `original`."""
     notes = notes if notes is not None else []
-    with tempfile.TemporaryDirectory(dir=layout.root, prefix=".build-") as tmp:
+    scratch = layout.root / "ingest"  # the layout's scratch area, beside partial downloads
+    scratch.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="catalog-build-") as tmp:
         layer = build_layer(files, opaque_dirs=opaque_dirs, workdir=Path(tmp))
         layer_desc = Descriptor(media_type=OCI_LAYER_GZIP, digest=layer.digest, size=layer.size)
 

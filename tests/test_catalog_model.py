@@ -248,7 +248,7 @@ def test_value_bug_recovered_from_the_catalog_csv() -> None:
                     ri["image"] = ""  # what operator-registry decodes from `value:`
     stream = "\n".join(json.dumps(o) for o in doc).encode()
     sel = select(load_fbc({"catalog.json": stream}), spec())
-    got = collect_images(sel, bundle_csv=lambda b: pytest.fail("the catalog CSV suffices"))  # type: ignore[arg-type,return-value]
+    got = collect_images(sel, bundle_csv=lambda b: pytest.fail("the catalog CSV suffices"))
     agent = "registry.redhat.io/noo/node-observability-agent-rhel8@sha256:a8e60d9f63e2ed0cf1e27309aac54014e3f1efc947b51ca0a99376338d220875"
     assert agent in {str(u.reference) for u in got.uses}
     assert [(r.image, r.source) for r in got.recovered] == [(agent, "catalog-csv")]

@@ -31,7 +31,7 @@ from bundler.plan_types import digest_tag
 from bundler.reference import Reference
 from bundler.registry import Registries, TransportOptions
 from bundler.transports import LayoutImage, RegistryRepository
-from tests.infra.images import Image, ImageIndex, make_config, make_image, make_index, make_layer, make_manifest, push, random_layer
+from tests.infra.images import Image, make_config, make_image, make_index, make_layer, make_manifest, push, random_layer
 from tests.infra.registry import RegistryServer
 
 FIXTURES = Path(os.environ.get("BUNDLER_FIXTURES", "/work/shared/fixtures"))
@@ -183,8 +183,8 @@ def test_fbc_filtered_builds_pruned_oci_image(env: Tuple[Registries, Layout, Cop
     assert {p.name: {c.name: sorted(c.entries) for c in p.channels.values()} for p in pruned.packages.values()} == bundle_shape(plan)
     assert img.manifest.media_type == OCI_MANIFEST
     assert img.labels == {LABEL_FBC: "/configs", "vendor": "test"}
-    assert len(img.layers) == 3 and len(img.config["rootfs"]["diff_ids"]) == 3  # type: ignore[index]
-    assert img.config["config"]["Cmd"] == ["serve", "/configs"]  # type: ignore[index]
+    assert len(img.layers) == 3 and len(img.config["rootfs"]["diff_ids"]) == 3
+    assert img.config["config"]["Cmd"] == ["serve", "/configs"]
     assert any("cache" in n for n in plan.report.notes)
     # the stale opm cache is still there, only no longer used
     assert read_files(img, lambda p: p.startswith("tmp/cache/"))
@@ -349,7 +349,7 @@ def sqlite_catalog(server: RegistryServer, prefix: str, tmp_path: Path) -> Tuple
     db.write_bytes((SQLITE / "oc-catalog-testdata.v7.db").read_bytes())
     refs: Dict[str, str] = {}
     with sqlite3.connect(db) as c:
-        for name, path in c.execute("SELECT name, bundlepath FROM operatorbundle").fetchall():
+        for name, _path in c.execute("SELECT name, bundlepath FROM operatorbundle").fetchall():
             new = f"{server.host}/{prefix}/bundles/{name.split('.')[0]}:{name.split('.', 1)[1]}"
             refs[new] = push(server.url, Reference.parse(new).repository, make_image({"manifests/x.yaml": "kind: ConfigMap\n"}, seed=name), Reference.parse(new).tag)
             c.execute("UPDATE operatorbundle SET bundlepath = ? WHERE name = ?", (new, name))
