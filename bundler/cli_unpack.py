@@ -36,7 +36,14 @@ from .errors import UsageError
 @click.option(
     "--quay-data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Data directory of `ocp-bundler quay up`: its API token, robot credentials and CA are used.",
+    help="Data directory of `ocp-bundler quay up`: its API token, robot credentials and CA are used "
+    "(with --quay-up default: that command's default data dir).",
+)
+@click.option(
+    "--quay-up",
+    is_flag=True,
+    help="First bring Quay up on this host with podman (as `ocp-bundler quay up`) at --registry, from the Quay, "
+    "PostgreSQL and Redis images the bundle carries, with every organisation the bundle needs; then push into it.",
 )
 @click.option(
     "--resources-dir",
@@ -57,6 +64,7 @@ def unpack(
     registry_kind: str,
     quay_token: Optional[str],
     quay_data_dir: Optional[Path],
+    quay_up: bool,
     resources_dir: Optional[Path],
     icsp: bool,
     dry_run: bool,
@@ -106,6 +114,7 @@ def unpack(
             registry_kind=registry_kind,
             quay_token=quay_token,
             quay_data_dir=quay_data_dir,
+            quay_up=quay_up,
             resources_dir=resources_dir,
             icsp=icsp,
             progress=progress,

@@ -156,6 +156,8 @@ class UnpackOptions:
     registry_kind: str = "auto"
     quay_token: Optional[str] = field(default=None, repr=False)
     quay_data_dir: Optional[Path] = None
+    quay_up: bool = False
+    """First bring Quay up on this host (`ocp-bundler quay up`) as `registry`, from the bundle's images."""
     resources_dir: Optional[Path] = None
     icsp: bool = False
     write_resources: bool = True
@@ -302,37 +304,54 @@ class QuayData:
 
 
 def load_quay_data(data_dir: Optional[Path]) -> QuayData:
-    """Read the Quay bring-up's data dir (its layout is owned by `bundler.quay`); empty without one."""
+    """Read what `ocp-bundler quay up` keeps in its data dir (`bundler.quay.QuayPaths`): the first user's
+    API token and robot tokens from `secrets.json`, and the CA from `ca/ca.crt`. Empty without a dir."""
     if data_dir is None:
         return QuayData()
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UsageError(f"Quay data dir {data_dir} does not exist", hint="give the directory `ocp-bundler quay up` used")
-    from . import quay  # the bring-up owns the layout of its data dir
-
-    loader = getattr(quay, "load_unpack_data", None)
-    if callable(loader):
-        loaded = loader(data_dir)
-        if isinstance(loaded, QuayData):
-            return loaded
-    return _read_quay_data(data_dir, quay)
-
-
-def _read_quay_data(data_dir: Path, quay: Any) -> QuayData:
+    from .quay import QuayPaths
     from .quay_config import load_secrets
 
-    secrets_name = getattr(quay, "SECRETS_FILE", "secrets.json")
-    secrets = load_secrets(data_dir / secrets_name)
+    paths = QuayPaths(Path(data_dir))
+    if not paths.root.is_dir():
+        raise UsageError(f"Quay data dir {paths.root} does not exist", hint="give the --data-dir `ocp-bundler quay up` used")
+    secrets = load_secrets(paths.secrets_file)
     robots: Dict[str, Credentials] = {}
     token: Optional[str] = None
     if secrets is not None:
         token = secrets.admin_token
         for name, robot_token in sorted(secrets.robot_tokens.items()):
-            org = name.split("+", 1)[0]
-            robots.setdefault(org, Credentials(name, robot_token))
-    ca_name = getattr(quay, "CA_FILE", None)
-    ca_file = data_dir / ca_name if isinstance(ca_name, str) and (data_dir / ca_name).is_file() else None
-    return QuayData(token=token, robots=robots, ca_file=ca_file)
+            robots.setdefault(name.split("+", 1)[0], Credentials(name, robot_token))
+    ca = paths.certificates.ca_cert
+    return QuayData(token=token, robots=robots, ca_file=ca if ca.is_file() else None)
+
+
+def _quay_up(directory: Path, options: UnpackOptions) -> Tuple[UnpackOptions, List[str]]:
+    """Bring Quay up on this host (`bundler.quay.quay_up`) with the organisations the bundle needs, from the
+    registry images the bundle carries; then unpack into it as its robots."""
+    from . import quay
+    from .bundle import Bundle
+
+    host, prefix = split_registry(options.registry, options.prefix)
+    hostname, port = _host_port(host, default_port=8443)
+    images = Bundle.open(directory).manifest.images
+    orgs = sorted({(f"{prefix}/{i.target_repository}" if prefix else i.target_repository).split("/", 1)[0] for i in images})
+    data_dir = Path(options.quay_data_dir) if options.quay_data_dir else quay.default_data_dir()
+    log.info("bringing Quay up as %s:%d (data in %s) with organisations %s", hostname, port, data_dir, ", ".join(orgs))
+    up = quay.quay_up(
+        quay.QuayUpOptions(hostname=hostname, port=port, data_dir=data_dir, organizations=tuple(orgs)),
+        quay.images_from_bundle(directory),
+    )
+    for change in up.changes:
+        log.info("quay up: %s", change)
+    path = options.registry.strip().partition("/")[2]
+    registry = up.server + (f"/{path}" if path else "")
+    changed = dataclasses.replace(
+        options,
+        registry=registry,
+        quay_data_dir=data_dir,
+        registry_kind="quay" if options.registry_kind == "auto" else options.registry_kind,
+    )
+    return changed, list(up.warnings)
 
 
 @dataclass
@@ -392,6 +411,9 @@ def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
         log.info("verifying %s", directory)
         verify_bundle(directory, key=options.key, require_signature=options.require_signature, progress=options.progress)
         verified = True
+    if options.quay_up and not options.dry_run:
+        options, quay_warnings = _quay_up(directory, options)
+        warnings.extend(quay_warnings)
     from .bundle import Bundle
 
     bundle = Bundle.open(directory)
@@ -416,8 +438,8 @@ def check_options(options: UnpackOptions) -> None:
         raise UsageError("workers must be at least 1")
     if options.require_signature and not options.verify:
         raise UsageError("--require-signature cannot be combined with --no-verify")
-    if options.registry_kind == "plain" and options.quay_token:
-        raise UsageError("a Quay token was given but --registry-kind is plain", hint="use --registry-kind quay or auto")
+    if options.registry_kind == "plain" and (options.quay_token or options.quay_up):
+        raise UsageError("Quay options were given but --registry-kind is plain", hint="use --registry-kind quay or auto")
     split_registry(options.registry, options.prefix)
 
 
@@ -1075,6 +1097,17 @@ def split_registry(registry: str, prefix: str = "") -> Tuple[str, str]:
     if ref.registry != host:
         raise UsageError(f"registry {registry!r} does not start with a host name", hint="give host[:port], e.g. mirror.example.com:8443")
     return host, joined
+
+
+def _host_port(host: str, *, default_port: int) -> Tuple[str, int]:
+    """`name:port`, `[v6]:port` or a bare name → (name, port)."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name, int(port)
+    return host, default_port
 
 
 def dns1123_label(text: str) -> str:
