@@ -62,7 +62,7 @@ def build_content(src: RegistryServer) -> Dict[str, Any]:
     try:
         from tests.infra import catalog_images  # built by the catalog tests' helpers
 
-        catalogs = catalog_images.demo_catalogs(src)
+        catalogs = catalog_images.demo_catalogs(src, src.data_dir.parent / "catalog-build")
     except (ImportError, AttributeError) as exc:
         print(f"(operator catalogs left out of the demo: {exc})")
     return {"release": release, "additional": [f"{src.host}/demo/docker-app:v1", f"{src.host}/demo/oci-app:v2"], "catalogs": catalogs}

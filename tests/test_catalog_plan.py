@@ -7,15 +7,13 @@ name is pushed there, related images by tag so the planner has to resolve tags t
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
-import yaml
 
 from bundler.catalog import LABEL_FBC, LABEL_SQLITE, CatalogPlan, plan_catalog
 from bundler.catalog_fbc import load_fbc
@@ -31,7 +29,8 @@ from bundler.plan_types import digest_tag
 from bundler.reference import Reference
 from bundler.registry import Registries, TransportOptions
 from bundler.transports import LayoutImage, RegistryRepository
-from tests.infra.images import Image, make_config, make_image, make_index, make_layer, make_manifest, push, random_layer
+from tests.infra.images import make_image, make_index, push
+from tests.infra.catalog_images import catalog_files, fbc_catalog, index_image, sqlite_catalog
 from tests.infra.registry import RegistryServer
 
 FIXTURES = Path(os.environ.get("BUNDLER_FIXTURES", "/work/shared/fixtures"))
@@ -57,74 +56,6 @@ def env(registry_plain: RegistryServer, tmp_path: Path) -> Iterator[Tuple[Regist
     finally:
         copier.close()
         regs.close()
-
-
-def index_image(files: Mapping[str, Any], labels: Mapping[str, str], *, docker: bool = False, architecture: str = "amd64",
-                cmd: Optional[List[str]] = None) -> Image:
-    """An index image: a base layer (standing in for opm), the catalog layer, labels and opm's command."""
-    layers = [random_layer(2048, seed=f"opm-{architecture}", docker=docker), make_layer(files, docker=docker)]
-    inner: Dict[str, Any] = {"Labels": dict(labels), "Entrypoint": ["/bin/opm"], "Cmd": list(cmd or OPM_CMD)}
-    config = make_config(layers, docker=docker, architecture=architecture, labels=labels,
-                         extra={"config": inner, "history": [{"created_by": "base"}, {"created_by": "catalog"}]})
-    return make_manifest(config, layers, docker=docker)
-
-
-def rewrite_fbc(text: str, host: str, prefix: str) -> Tuple[str, List[Dict[str, Any]]]:
-    """A copy of an FBC YAML stream with `test.registry/` → `HOST/PREFIX/`, inside base64 bundle objects too."""
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    new_prefix = f"{host}/{prefix}/"
-    out = []
-    for d in docs:
-        d = json.loads(json.dumps(d).replace("test.registry/", new_prefix))
-        for p in d.get("properties") or []:
-            if p.get("type") == "olm.bundle.object":
-                raw = base64.b64decode(p["value"]["data"]).decode().replace("test.registry/", new_prefix)
-                p["value"]["data"] = base64.b64encode(raw.encode()).decode()
-        out.append(d)
-    return yaml.safe_dump_all(out, sort_keys=False), out
-
-
-def push_bundles(server: RegistryServer, docs: List[Dict[str, Any]]) -> Dict[str, str]:
-    """Push every bundle image (with its CSV under manifests/) and related image the docs name; ref → digest."""
-    pushed: Dict[str, str] = {}
-
-    def push_ref(ref_text: str, img: Image) -> None:
-        ref = Reference.parse(ref_text)
-        if ref_text in pushed:
-            return
-        pushed[ref_text] = push(server.url, ref.repository, img, ref.tag)
-
-    for d in docs:
-        if d.get("schema") != "olm.bundle":
-            continue
-        csv = next(
-            (json.loads(base64.b64decode(p["value"]["data"])) for p in d.get("properties") or []
-             if p.get("type") == "olm.bundle.object" and json.loads(base64.b64decode(p["value"]["data"])).get("kind") == "ClusterServiceVersion"),
-            None,
-        )
-        files = {"metadata/annotations.yaml": f"annotations:\n  operators.operatorframework.io.bundle.package.v1: {d['package']}\n"}
-        if csv is not None:
-            files[f"manifests/{d['name']}.clusterserviceversion.yaml"] = yaml.safe_dump(csv)
-        push_ref(d["image"], make_image(files, labels={"operators.operatorframework.io.bundle.package.v1": d["package"]}))
-        for ri in d.get("relatedImages") or []:
-            if ri["image"]:
-                push_ref(ri["image"], make_image(seed=ri["image"]))
-    return pushed
-
-
-def fbc_catalog(server: RegistryServer, prefix: str) -> Tuple[str, Dict[str, str], str]:
-    """Rewritten latest.yaml; returns (index.yaml text, pushed ref → digest, catalog ref prefix)."""
-    text, docs = rewrite_fbc((SYNTH / "index-declcfgs-latest.yaml").read_text(), server.host, prefix)
-    return text, push_bundles(server, docs), f"{server.host}/{prefix}"
-
-
-def catalog_files(index_yaml: str) -> Dict[str, Any]:
-    return {
-        "configs/index.yaml": index_yaml,
-        "configs/README.md": "ignored by .indexignore\n",
-        "configs/.indexignore": "*.md\n",
-        "tmp/cache/pogreb.v1/digest": "stale\n",
-    }
 
 
 def read_layout_catalog(layout: Layout, ref_name: str, platform: str = "linux/amd64") -> Tuple[Dict[str, bytes], Any]:
@@ -341,27 +272,6 @@ def test_missing_related_image_is_reported_by_name(env: Tuple[Registries, Layout
 
 
 # -- sqlite catalogs --------------------------------------------------------------------------------------
-
-
-def sqlite_catalog(server: RegistryServer, prefix: str, tmp_path: Path) -> Tuple[Path, Dict[str, str]]:
-    """A copy of the v7 fixture whose bundle paths and related images point at pushed images."""
-    db = tmp_path / "index.db"
-    db.write_bytes((SQLITE / "oc-catalog-testdata.v7.db").read_bytes())
-    refs: Dict[str, str] = {}
-    with sqlite3.connect(db) as c:
-        for name, _path in c.execute("SELECT name, bundlepath FROM operatorbundle").fetchall():
-            new = f"{server.host}/{prefix}/bundles/{name.split('.')[0]}:{name.split('.', 1)[1]}"
-            refs[new] = push(server.url, Reference.parse(new).repository, make_image({"manifests/x.yaml": "kind: ConfigMap\n"}, seed=name), Reference.parse(new).tag)
-            c.execute("UPDATE operatorbundle SET bundlepath = ? WHERE name = ?", (new, name))
-        for image, bname in c.execute("SELECT image, operatorbundle_name FROM related_image").fetchall():
-            repo = f"{prefix}/" + Reference.parse(image).repository
-            digest = push(server.url, repo, make_image(seed=image), "latest")
-            new = f"{server.host}/{repo}@{digest}"
-            refs[new] = digest
-            c.execute("UPDATE related_image SET image = ? WHERE image = ? AND operatorbundle_name = ?", (new, image, bname))
-            for name, csv in c.execute("SELECT name, csv FROM operatorbundle WHERE csv IS NOT NULL").fetchall():
-                c.execute("UPDATE operatorbundle SET csv = ? WHERE name = ?", (bytes(csv).replace(image.encode(), new.encode()), name))
-    return db, refs
 
 
 def test_sqlite_filtered_builds_pruned_database(env: Tuple[Registries, Layout, Copier], registry_plain: RegistryServer, skopeo: Any, tmp_path: Path) -> None:
