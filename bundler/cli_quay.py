@@ -187,8 +187,12 @@ def up(
             return
         for w in result.warnings:
             click.echo(f"warning: {w}", err=True)
-        state = "changed: " + "; ".join(result.changes) if result.changes else "nothing changed"
-        click.echo(f"Quay is running at {result.url} (pod {result.pod}); {state}")
+        if result.changes:
+            click.echo(f"Quay is running at {result.url} (pod {result.pod}); changes:")
+            for change in result.changes:
+                click.echo(f"  - {change}")
+        else:
+            click.echo(f"Quay is running at {result.url} (pod {result.pod}); nothing changed")
         for line in result.next_steps():
             click.echo(line)
 

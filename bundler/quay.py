@@ -705,9 +705,27 @@ def quay_up(
         pm.container_restart(names["quay"])
         changes.append(f"restarted {names['quay']} (configuration changed)")
 
-    # health
+    # what `quay status` needs to know, written before waiting so it can tell about a Quay that fails
     server = server_hostname(options.hostname, options.port)
     url = f"https://{server}"
+    state_now = {
+        "version": STATE_VERSION,
+        "name": options.name,
+        "hostname": options.hostname,
+        "port": options.port,
+        "bind_address": options.bind_address,
+        "server": server,
+        "health_path": options.health_path,
+        "api_url": options.api_url,
+        "ca_file": str(cert.ca_file) if cert.ca_file else None,
+        "images": {role: {"name": li.name, "id": li.image_id, "manifest_digest": li.manifest_digest} for role, li in loaded.items()},
+        "organizations": list(state.get("organizations") or []),
+        "robots": list(state.get("robots") or []),
+        "systemd_dir": state.get("systemd_dir"),
+    }
+    _write_json(paths.state_file, state_now, mode=0o644)
+
+    # health
     on_step(f"waiting for {url}{options.health_path}")
     _wait_healthy(pm, options, names, url, cert.ca_file, local, redact)
 
@@ -729,22 +747,12 @@ def quay_up(
         units = _write_systemd_units(pm, options.name, options.systemd_dir)
         changes.append(f"wrote {len(units)} systemd units to {options.systemd_dir}")
 
-    new_state = {
-        "version": STATE_VERSION,
-        "name": options.name,
-        "hostname": options.hostname,
-        "port": options.port,
-        "bind_address": options.bind_address,
-        "server": server,
-        "health_path": options.health_path,
-        "api_url": options.api_url,
-        "ca_file": str(cert.ca_file) if cert.ca_file else None,
-        "images": {role: {"name": li.name, "id": li.image_id, "manifest_digest": li.manifest_digest} for role, li in loaded.items()},
-        "organizations": list(options.organizations),
-        "robots": [name for _, name in robots],
-        "systemd_dir": str(options.systemd_dir) if options.systemd_dir else state.get("systemd_dir"),
-    }
-    _write_json(paths.state_file, new_state, mode=0o644)
+    state_now.update(
+        organizations=list(options.organizations),
+        robots=[name for _, name in robots],
+        systemd_dir=str(options.systemd_dir) if options.systemd_dir else state.get("systemd_dir"),
+    )
+    _write_json(paths.state_file, state_now, mode=0o644)
 
     return QuayUpResult(
         name=options.name,

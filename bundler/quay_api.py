@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,9 +384,19 @@ def _challenge_params(header: str) -> Dict[str, str]:
 
 
 def _short(exc: BaseException) -> str:
+    """A connection failure in a few words ("connection refused"), without urllib3's object dump."""
     reason = getattr(exc, "reason", None)
     text = str(reason or exc)
-    return text.split(": ", 1)[-1][:200] if "object at 0x" in text else text[:200]
+    if "Failed to resolve " in text:
+        name = text.split("Failed to resolve ", 1)[1].split(" (", 1)[0]
+        return f"cannot resolve {name}"
+    if "Failed to establish a new connection: " in text:
+        text = text.split("Failed to establish a new connection: ", 1)[1]
+    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
+    if "object at 0x" in text:
+        text = text.split(": ", 1)[-1]
+    text = text.strip()
+    return (text[:1].lower() + text[1:])[:200]
 
 
 __all__ = ["CREATOR_TEAM", "HEALTH_PATH", "QuayAPI", "RobotAccount"]
