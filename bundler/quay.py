@@ -507,7 +507,7 @@ class QuayUpResult:
             lines += [
                 f"Push with the robot credentials in {self.auth_file} (robot{'s' if len(self.robots) > 1 else ''} {', '.join(self.robots)}):",
                 f"  ocp-bundler unpack BUNDLE --registry {self.server} --authfile {self.auth_file}",
-                f"  podman login --authfile {self.auth_file} {self.server}   (already logged in through that file)",
+                f"  podman login --authfile {self.auth_file} {self.server}   (checks the stored credentials)",
             ]
         lines.append(f"Web UI: {self.url} (user {self.init_user}; its password is in {self.secrets_file}, key init_password)")
         if self.systemd_units:
@@ -744,8 +744,9 @@ def quay_up(
     units: List[Path] = []
     if options.systemd_dir is not None:
         on_step(f"writing systemd units to {options.systemd_dir}")
-        units = _write_systemd_units(pm, options.name, options.systemd_dir)
-        changes.append(f"wrote {len(units)} systemd units to {options.systemd_dir}")
+        units, rewritten = _write_systemd_units(pm, options.name, options.systemd_dir)
+        if rewritten:
+            changes.append(f"wrote {len(units)} systemd units to {options.systemd_dir}")
 
     state_now.update(
         organizations=list(options.organizations),
@@ -1014,7 +1015,7 @@ def _prepare_pushes(
                 url=api_url,
                 hint="create an OAuth token for a superuser in Quay's UI and pass it with --api-token-file",
             )
-        for org, name in missing:
+        for org, _name in missing:
             if api.ensure_organization(org):
                 changes.append(f"created organisation {org}")
             robot = api.ensure_robot(org, options.robot)
@@ -1040,11 +1041,27 @@ def _write_auth_file(path: Path, server: str, robots: Sequence[Tuple[str, str, s
     return _write_json(path, {"auths": auths}, mode=0o600)
 
 
-def _write_systemd_units(pm: Podman, pod: str, directory: Path) -> List[Path]:
-    units = pm.generate_systemd(pod, directory)
-    if not units:
-        raise PodmanError(f"podman generate systemd wrote no unit for pod {pod}")
-    return units
+def _write_systemd_units(pm: Podman, pod: str, directory: Path) -> Tuple[List[Path], bool]:
+    """`podman generate systemd` into `directory`; files whose content (comments aside: podman stamps the
+    date) is unchanged are left alone. Returns (unit files, whether any was written)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".units-", dir=directory) as tmp:
+        fresh = pm.generate_systemd(pod, Path(tmp))
+        if not fresh:
+            raise PodmanError(f"podman generate systemd wrote no unit for pod {pod}")
+        units: List[Path] = []
+        rewritten = False
+        for unit in sorted(fresh):
+            target = directory / unit.name
+            if not (target.exists() and _unit_body(target) == _unit_body(unit)):
+                atomic_write(target, unit.read_bytes(), mode=0o644)
+                rewritten = True
+            units.append(target)
+    return units, rewritten
+
+
+def _unit_body(path: Path) -> List[str]:
+    return [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
 
 
 # -- status --------------------------------------------------------------------------------------------------

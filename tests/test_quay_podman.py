@@ -296,8 +296,9 @@ def test_quay_up_rerun_status_down_purge(podman_ready: Podman, stand_ins: StandI
         config_before = paths.config_file.read_bytes()
         auth_before = auth_path.read_bytes()
         ca_before = paths.certificates.ca_cert.read_bytes()
-        again = quay_up(_options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm")), stand_ins.standard(), podman=podman_ready)
+        again = quay_up(_options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm"), systemd_dir=tmp_path / "units"), stand_ins.standard(), podman=podman_ready)
         assert again.changes == []
+        assert sorted(p.name for p in again.systemd_units) == sorted(p.name for p in result.systemd_units)
         assert not again.initialized_now
         assert all(not i.loaded for i in again.images)
         assert {role: podman_ready.container_inspect(n).id for role, n in again.containers.items()} == ids_before  # type: ignore[union-attr]
@@ -311,6 +312,13 @@ def test_quay_up_rerun_status_down_purge(podman_ready: Podman, stand_ins: StandI
         # a rerun without --bundle uses the images podman already has
         third = quay_up(_options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm")), [], podman=podman_ready)
         assert third.changes == []
+
+        # after a stop (a reboot without the units): the same containers start again, nothing else changes
+        podman_ready.pod_stop(pod_name, timeout=2)
+        restarted = quay_up(_options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm")), [], podman=podman_ready)
+        assert sorted(restarted.changes) == sorted(f"started container {n}" for n in result.containers.values())
+        assert {role: podman_ready.container_inspect(n).id for role, n in restarted.containers.items()} == ids_before  # type: ignore[union-attr]
+        assert paths.secrets_file.read_bytes() == secrets_before
 
         # status, library and CLI
         st = quay_status(name=pod_name, data_dir=data, podman=podman_ready)
