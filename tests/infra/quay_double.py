@@ -19,8 +19,11 @@ Usage::
         quay.robots                           # {"org+name": token}
         quay.robot_credentials("org", "name") # ("org+name", token)   -> Basic auth for /v2/
         quay.users                            # {"init": password} once initialised
-        quay.admin_tokens                     # valid OAuth tokens (Bearer for /api/v1/...)
+        quay.admin_tokens                     # {OAuth token: username} (Bearer for /api/v1/...)
+        quay.team_members("org", "team")      # {"org+robot", ...};  quay.team_role("org", "team") -> "creator"
+        quay.prototypes("org")                # default-permission prototypes, as Quay lists them
         quay.calls                            # [(method, path, status), ...] every request answered
+        quay.calls_to("POST", "/api/v1/user/initialize")   # the calls whose path starts with that
         quay.expire_tokens()                  # every OAuth token now gets 401
         quay.registry                         # the RegistryServer behind /v2/ (its own data dir)
 
