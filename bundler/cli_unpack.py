@@ -53,6 +53,7 @@ from .errors import UsageError
 @click.option("--icsp", is_flag=True, help="Write ImageContentSourcePolicy (OCP 4.4-4.12) instead of IDMS/ITMS (4.13+).")
 @click.option("--dry-run", is_flag=True, help="Show what would be pushed where, sizes and organisations; write nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip bundle verification (NOT recommended; a loud warning is printed).")
+@click.option("--reverify", is_flag=True, help="Hash every volume again even if these unchanged files were fully verified before.")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Public key to check the bundle signature with.")
 @click.option("--require-signature", is_flag=True, help="Fail unless the bundle is signed and the signature checks out.")
 @registry_options
@@ -69,6 +70,7 @@ def unpack(
     icsp: bool,
     dry_run: bool,
     no_verify: bool,
+    reverify: bool,
     key: Optional[Path],
     require_signature: bool,
     authfile: Optional[Path],
@@ -109,6 +111,7 @@ def unpack(
             workers=workers,
             dry_run=dry_run,
             verify=not no_verify,
+            reverify=reverify,
             key=key,
             require_signature=require_signature,
             registry_kind=registry_kind,
@@ -154,6 +157,7 @@ def _render(result: Any, as_json: bool) -> None:
     for image in result.images:
         if image.status in ("failed", "mismatch"):
             click.echo(f"  {image.status:<8} {image.target}: {image.error}")
+    click.echo(f"bundle {result.bundle_id}: verification {result.verification}")
     click.echo(
         f"{result.count('pushed')} pushed, {result.count('present')} already present, {len(result.failed)} failed "
         f"of {len(result.images)} images in {result.registry} ({result.registry_kind}); "

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from .auth import CredentialStore, Credentials, _normalise_key
+from .bundle_manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest
 from .copy import Copier, CopyOptions, CopyResult, CopyStats
 from .digest import Digest
 from .errors import (
@@ -151,8 +155,12 @@ class UnpackOptions:
     image_workers: int = 0
     dry_run: bool = False
     verify: bool = True
+    reverify: bool = False
+    """Hash every volume again even when an earlier full verification of the same, unchanged files is on record."""
     key: Optional[Path] = None
     require_signature: bool = False
+    state_dir: Optional[Path] = None
+    """Where verification records are kept (default `$XDG_CACHE_HOME/ocp-bundler/verified`)."""
     registry_kind: str = "auto"
     quay_token: Optional[str] = field(default=None, repr=False)
     quay_data_dir: Optional[Path] = None
@@ -213,6 +221,8 @@ class UnpackResult:
     dry_run: bool
     verified: bool
     images: Tuple[UnpackedImage, ...]
+    verification: str = ""
+    """How the bundle was verified: "full", "unchanged since a full verification at <time>", or why not."""
     organizations: Tuple[str, ...] = ()
     organizations_created: Tuple[str, ...] = ()
     organizations_to_create: Tuple[str, ...] = ()
@@ -244,6 +254,7 @@ class UnpackResult:
             "registryKind": self.registry_kind,
             "dryRun": self.dry_run,
             "verified": self.verified,
+            "verification": self.verification,
             "organizations": list(self.organizations),
             "organizationsCreated": list(self.organizations_created),
             "organizationsToCreate": list(self.organizations_to_create),
@@ -289,6 +300,110 @@ class UnpackIntegrityError(DigestMismatchError):
 
 class ReadBackMismatchError(UnpackIntegrityError):
     """A pushed tag reads back as another digest than the signed bundle manifest's."""
+
+
+# --- verification, once per unchanged bundle ------------------------------------------------------------
+
+STAMP_VERSION = 1
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ocp-bundler" / "verified"
+
+
+def verify_once(directory: Path, options: UnpackOptions) -> Tuple[str, List[str]]:
+    """`verify_bundle`, unless a full verification of these very files is on record.
+
+    The record (in `state_dir`) holds the sha256 of the manifest and of its signature and, for every volume,
+    device, inode, size, mtime and ctime (ctime cannot be set back by a user: any write or re-copy changes
+    it). When all of that is unchanged and the record is at least as strong as what is asked now (same key,
+    signature required), the volumes are not hashed again; the signature is still checked against the key.
+    Whatever is pushed is checked by the registry against its digest in any case.
+    """
+    from .verify import verify_bundle
+
+    fingerprint = _fingerprint(directory)
+    stamp_path = _stamp_path(options.state_dir, directory, fingerprint)
+    current_key = _key_id(options.key) if options.key is not None else None
+    if not options.reverify and fingerprint is not None and stamp_path is not None:
+        stamp = _read_stamp(stamp_path)
+        if (
+            stamp is not None
+            and stamp.get("fingerprint") == fingerprint
+            and (current_key is None or stamp.get("keyId") == current_key)
+            and (not (options.require_signature or options.key) or stamp.get("signed") is True)
+        ):
+            if options.key is not None:
+                from .signing import verify_signature
+
+                raw = (directory / MANIFEST_NAME).read_bytes()
+                verify_signature(raw, (directory / SIGNATURE_NAME).read_bytes(), options.key)
+            when = str(stamp.get("verifiedAt", "?"))
+            log.info("%s was fully verified at %s and its files are unchanged: not hashing the volumes again", directory, when)
+            return f"unchanged since a full verification at {when}", [str(w) for w in stamp.get("warnings", [])]
+    log.info("verifying %s", directory)
+    result = verify_bundle(directory, key=options.key, require_signature=options.require_signature, progress=options.progress)
+    if fingerprint is not None and stamp_path is not None and fingerprint == _fingerprint(directory):
+        record = {
+            "version": STAMP_VERSION,
+            "directory": str(directory.resolve()),
+            "bundleId": result.bundle_id,
+            "fingerprint": fingerprint,
+            "signed": result.signed,
+            "keyId": result.key_id,
+            "warnings": list(result.warnings),
+            "verifiedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        try:
+            from .layout import atomic_write
+
+            stamp_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(stamp_path, (json.dumps(record, indent=1) + "\n").encode(), mode=0o600)
+        except OSError as exc:
+            log.debug("cannot record the verification in %s: %s", stamp_path, exc)
+    return "full", list(result.warnings)
+
+
+def _fingerprint(directory: Path) -> Optional[Dict[str, Any]]:
+    """What identifies these bundle files (see `verify_once`); None when something cannot be read."""
+    try:
+        raw = (directory / MANIFEST_NAME).read_bytes()
+        signature = directory / SIGNATURE_NAME
+        sig = signature.read_bytes() if signature.exists() else None
+        manifest = BundleManifest.from_bytes(raw, where=MANIFEST_NAME)
+        volumes = {}
+        for volume in manifest.volumes:
+            st = (directory / volume.name).stat()
+            volumes[volume.name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    except (OSError, BundlerError):
+        return None
+    return {
+        "manifest": hashlib.sha256(raw).hexdigest(),
+        "signature": hashlib.sha256(sig).hexdigest() if sig is not None else None,
+        "volumes": volumes,
+    }
+
+
+def _stamp_path(state_dir: Optional[Path], directory: Path, fingerprint: Optional[Dict[str, Any]]) -> Optional[Path]:
+    if fingerprint is None:
+        return None
+    where = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return Path(state_dir or default_state_dir()) / f"{str(fingerprint['manifest'])[:32]}-{where}.json"
+
+
+def _read_stamp(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("version") == STAMP_VERSION else None
+
+
+def _key_id(path: Path) -> str:
+    from .signing import key_id, load_public_key
+
+    return key_id(load_public_key(path))
 
 
 # --- the Quay bring-up's data ------------------------------------------------------------------------------
@@ -397,6 +512,7 @@ def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
     warnings: List[str] = []
     verified = False
     if not options.verify:
+        verification = "skipped (--no-verify)"
         message = (
             "bundle verification skipped (--no-verify): volumes and signature were NOT checked; the registry "
             "still checks every blob's digest and the read-back every manifest's"
@@ -404,12 +520,11 @@ def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
         log.warning("WARNING: %s", message)
         warnings.append(message)
     elif options.dry_run:
+        verification = "not done (dry run)"
         warnings.append("dry run: the bundle was not verified")
     else:
-        from .verify import verify_bundle
-
-        log.info("verifying %s", directory)
-        verify_bundle(directory, key=options.key, require_signature=options.require_signature, progress=options.progress)
+        verification, verify_warnings = verify_once(directory, options)
+        warnings.extend(verify_warnings)
         verified = True
     if options.quay_up and not options.dry_run:
         options, quay_warnings = _quay_up(directory, options)
@@ -418,7 +533,7 @@ def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
 
     bundle = Bundle.open(directory)
     try:
-        return _Unpacker(bundle, options, verified=verified, warnings=warnings).run()
+        return _Unpacker(bundle, options, verified=verified, verification=verification, warnings=warnings).run()
     finally:
         close = getattr(bundle, "close", None)
         if callable(close):
@@ -428,7 +543,7 @@ def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
 def unpack_open_bundle(bundle: OpenBundle, *, options: UnpackOptions, verified: bool = False) -> UnpackResult:
     """`unpack_bundle` for a bundle the caller has opened (and verified, when it says `verified`)."""
     check_options(options)
-    return _Unpacker(bundle, options, verified=verified, warnings=[]).run()
+    return _Unpacker(bundle, options, verified=verified, verification="by the caller" if verified else "not done", warnings=[]).run()
 
 
 def check_options(options: UnpackOptions) -> None:
@@ -488,10 +603,11 @@ class _Outcome:
 
 
 class _Unpacker:
-    def __init__(self, bundle: OpenBundle, options: UnpackOptions, *, verified: bool, warnings: List[str]) -> None:
+    def __init__(self, bundle: OpenBundle, options: UnpackOptions, *, verified: bool, verification: str, warnings: List[str]) -> None:
         self.bundle = bundle
         self.options = options
         self.verified = verified
+        self.verification = verification
         self.warnings = warnings
         self.host, self.prefix = split_registry(options.registry, options.prefix)
         self.registry_path = self.host + (f"/{self.prefix}" if self.prefix else "")
@@ -870,6 +986,7 @@ class _Unpacker:
             registry_kind=self.kind,
             dry_run=self.options.dry_run,
             verified=self.verified,
+            verification=self.verification,
             images=tuple(images),
             organizations=orgs,
             organizations_created=tuple(self.organizations_created),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import importlib.util
 import json
 import os
 import shutil
@@ -134,7 +133,6 @@ def bundle_images(entries: Sequence[Entry]) -> List[BundleImage]:
 
 # --- bundles ------------------------------------------------------------------------------------------------
 
-HAVE_VERIFY = importlib.util.find_spec("bundler.verify") is not None
 VOLUME_SIZE = 300_000  # small volumes: blobs cross volume boundaries and are read in place across them
 
 
@@ -183,8 +181,9 @@ def options(server_host: str, tmp_path: Path, *, prefix: str, ca_file: Optional[
     insecure = frozenset() if ca_file else frozenset({server_host.split("/")[0]})
     transport = TransportOptions(ca_file=ca_file, insecure_hosts=insecure, **{**FAST, **kw.pop("transport", {})})  # type: ignore[arg-type]
     kw.setdefault("resources_dir", tmp_path / "resources")
+    kw.setdefault("state_dir", tmp_path / "state")
     kw.setdefault("registry_kind", "auto")
-    kw.setdefault("verify", HAVE_VERIFY)
+    kw.setdefault("verify", True)
     if kw["verify"]:
         kw.setdefault("key", PUBLIC_KEY)
         kw.setdefault("require_signature", True)
@@ -262,6 +261,7 @@ def test_plain_registry_everything_arrives_with_mounts_and_a_noop_rerun(registry
         noop = time.monotonic() - started
         methods = [(m, t) for m, t, _, _ in proxy.log]
     assert [i.status for i in again.images] == ["present"] * len(entries)
+    assert result.verification == "full" and again.verification.startswith("unchanged since a full verification"), again.verification
     assert not [x for x in methods if x[0] in ("POST", "PUT", "PATCH", "DELETE")], methods
     assert not [x for x in methods if "/blobs/" in x[1]], methods
     assert len([x for x in methods if x[0] == "HEAD" and "/manifests/" in x[1]]) == len(entries), methods
@@ -423,7 +423,7 @@ def test_incremental_bundle_with_missing_base_blobs(fresh_registry_plain: Regist
 
 
 def cli(*args: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess[bytes]":
-    full_env = {**os.environ, "OCPB_DEBUG_LOG": os.devnull, **(env or {})}
+    full_env = {**os.environ, "OCPB_DEBUG_LOG": os.devnull, "XDG_CACHE_HOME": str(_KEY_DIR / "cache"), **(env or {})}
     return subprocess.run([sys.executable, "-m", "bundler.cli", *args], input=stdin, capture_output=True, env=full_env, timeout=120, cwd=ROOT)
 
 
@@ -463,7 +463,7 @@ def tag_digest(server: RegistryServer, repo: str, tag: str) -> Optional[str]:
 
 def unpack_args(bundle: Path, host: str, prefix: str, tmp_path: Path, public_key: Path, *extra: str) -> List[str]:
     args = ["unpack", str(bundle), "--registry", host, "--insecure-registry", host, "--prefix", prefix, "--resources-dir", str(tmp_path / "resources"), "--workers", "4"]
-    args += ["--key", str(public_key)] if HAVE_VERIFY else ["--no-verify"]
+    args += ["--key", str(public_key)]
     return args + list(extra)
 
 
@@ -479,7 +479,7 @@ def test_killed_half_way_then_rerun_completes(registry_plain: RegistryServer, tm
         assert isinstance(app.obj, Image)
         config_hex = app.obj.config.digest.split(":", 1)[1]
         proxy.script("stall", match=lambda m, t: m == "PUT" and f"/v2/{prefix}/myorg/app/blobs/uploads/" in t and config_hex in t, times=10)
-        env = {**os.environ, "OCPB_DEBUG_LOG": os.devnull}
+        env = {**os.environ, "OCPB_DEBUG_LOG": os.devnull, "XDG_CACHE_HOME": str(_KEY_DIR / "cache")}
         proc = subprocess.Popen([sys.executable, "-m", "bundler.cli", *unpack_args(bundle, proxy.host, prefix, tmp_path, signing_key[1], "--json")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             others = [e for e in entries if e is not app]
@@ -541,23 +541,27 @@ def test_cli_dry_run_and_no_verify_warning(fresh_registry_plain: RegistryServer,
         assert json.loads(client.request("GET", "/v2/_catalog").data)["repositories"] == []
 
 
-@pytest.mark.skipif(not HAVE_VERIFY, reason="bundler.verify is not there yet")
 def test_a_damaged_bundle_is_refused_before_anything_is_pushed(fresh_registry_plain: RegistryServer, tmp_path: Path) -> None:
     entries = content("damaged")
     bundle = make_bundle(tmp_path / "bundle", entries)
-    volume = sorted(bundle.glob("bundle-*.tar"))[-1]
+    host = fresh_registry_plain.host
+    first = run(bundle, options(host, tmp_path, prefix="first"))  # verified in full and recorded
+    assert first.verification == "full"
+    volume = max(bundle.glob("bundle-*.tar"), key=lambda p: p.stat().st_size)
     data = bytearray(volume.read_bytes())
     data[len(data) // 2] ^= 0x01
     volume.write_bytes(bytes(data))
+    # the record does not cover the changed volume: verified in full again, refused before any push
     with pytest.raises(IntegrityError) as info:
-        run(bundle, options(fresh_registry_plain.host, tmp_path, prefix="damaged"))
+        run(bundle, options(host, tmp_path, prefix="damaged"))
     assert info.value.exit_code == ExitCode.INTEGRITY and volume.name in str(info.value)
     with RegistryClient(fresh_registry_plain.url) as client:
-        assert json.loads(client.request("GET", "/v2/_catalog").data)["repositories"] == []
+        repos = json.loads(client.request("GET", "/v2/_catalog").data)["repositories"]
+    assert not [r for r in repos if r.startswith("damaged/")]
     # with --no-verify the registry still refuses the damaged blob: an integrity failure naming the image,
     # everything else pushed, and the warning in the report
     with pytest.raises(UnpackIntegrityError) as damaged:
-        run(bundle, options(fresh_registry_plain.host, tmp_path, prefix="damaged", verify=False, registry_kind="plain"))
+        run(bundle, options(host, tmp_path, prefix="damaged", verify=False, registry_kind="plain"))
     err = damaged.value
     assert err.exit_code == ExitCode.INTEGRITY and "DIGEST_INVALID" in str(err) and "verify" in str(err)
     assert any("NOT checked" in w for w in err.result.warnings) and not err.result.verified

@@ -21,7 +21,7 @@ from bundler.quay_config import QuaySecrets, save_secrets
 from bundler.registry import TransportOptions
 from bundler.unpack import UnpackOptions, UnpackPartialFailureError, unpack_bundle
 from tests.infra.quay_double import QuayDouble
-from tests.test_unpack import FAST, HAVE_VERIFY, PUBLIC_KEY, Entry, check_resources, cli, content, make_bundle, signature_files
+from tests.test_unpack import FAST, PUBLIC_KEY, Entry, check_resources, cli, content, make_bundle, signature_files
 
 PASSWORD = "init-password-1"
 
@@ -38,9 +38,8 @@ def orgs_of(entries: Sequence[Entry], prefix: str = "") -> List[str]:
 
 
 def quay_options(quay: Any, tmp_path: Path, **kw: Any) -> UnpackOptions:
-    kw.setdefault("verify", HAVE_VERIFY)
-    if kw["verify"]:
-        kw.setdefault("key", PUBLIC_KEY)
+    kw.setdefault("key", PUBLIC_KEY)
+    kw.setdefault("state_dir", tmp_path / "state")
     return UnpackOptions(
         registry=quay.host,
         transport=TransportOptions(ca_file=quay.ca_file, **FAST),  # type: ignore[arg-type]
@@ -81,7 +80,7 @@ def test_missing_organisations_get_a_clear_error(quay: Any, tmp_path: Path, skop
         api.ensure_organization("ocp4")  # owned by init, who pushes
     auth = write_authfile(tmp_path / "auth.json", quay.host, "init", PASSWORD)
     base = ["unpack", str(bundle), "--registry", quay.host, "--ca-file", str(quay.ca_file), "--authfile", str(auth), "--resources-dir", str(tmp_path / "res")]
-    base += ["--key", str(PUBLIC_KEY)] if HAVE_VERIFY else ["--no-verify"]
+    base += ["--key", str(PUBLIC_KEY)]
 
     proc = cli(*base)
     stderr = proc.stderr.decode()
@@ -163,8 +162,8 @@ def test_quay_up_then_unpack_with_its_robots(quay: Any, tmp_path: Path, skopeo: 
         quay_data_dir=data_dir,
         transport=TransportOptions(**FAST),  # type: ignore[arg-type]
         resources_dir=tmp_path / "resources",
-        verify=HAVE_VERIFY,
-        key=PUBLIC_KEY if HAVE_VERIFY else None,
+        key=PUBLIC_KEY,
+        state_dir=tmp_path / "state",
         workers=4,
     )
     result = unpack_bundle(bundle, options=options)
