@@ -612,6 +612,8 @@ class _Unpacker:
         self.host, self.prefix = split_registry(options.registry, options.prefix)
         self.registry_path = self.host + (f"/{self.prefix}" if self.prefix else "")
         self.workers = max(1, options.workers)
+        self.blob_threads = 4 * self.workers
+        self.image_threads = 2 * self.workers
         self.started = time.monotonic()
         self.kind = "plain"
         self.quay: Optional[_Quay] = None
@@ -626,6 +628,9 @@ class _Unpacker:
         orgs = tuple(sorted({t.org for t in targets}))
         credentials = _OrgCredentials(CredentialStore(self.options.authfile), self.host)
         transport = self.options.transport
+        threads = self.blob_threads + (self.options.image_workers or self.image_threads)
+        if transport.pool_size < threads:  # one kept-alive connection per thread that may talk at once
+            transport = dataclasses.replace(transport, pool_size=threads)
         self.quay = self._detect_quay(credentials)
         if self.quay is not None and transport.ca_file is None and self.quay.data.ca_file is not None:
             transport = dataclasses.replace(transport, ca_file=self.quay.data.ca_file)
@@ -699,15 +704,21 @@ class _Unpacker:
         ca_file = self.options.transport.ca_file or data.ca_file
         insecure = self.host in self.options.transport.insecure_hosts
         api: Optional[QuayAPI] = None
-        for scheme in ("https", "http") if insecure else ("https",):
+        # an --insecure-registry host may speak plain HTTP: ask that way first (a TLS port just says 400)
+        for scheme in ("http", "https") if insecure else ("https",):
             candidate = QuayAPI(f"{scheme}://{self.host}", token=token, ca_file=ca_file, insecure=insecure)
             try:
+                if scheme == "http" and candidate.request("GET", "/v2/", auth=False).status not in (200, 401):
+                    candidate.close()
+                    continue  # not a registry speaking plain HTTP (a TLS port answers 400): try TLS
                 if candidate.is_quay():
                     api = candidate
                     break
+                candidate.close()
+                break  # it answered and it is not Quay
             except RegistryError as exc:
                 log.debug("Quay detection over %s: %s", scheme, exc)
-            candidate.close()
+                candidate.close()
         if api is None:
             if kind == "auto":
                 log.info("%s is not Quay: no organisations to create", self.host)
@@ -841,13 +852,15 @@ class _Unpacker:
         outcomes: Dict[str, _Outcome] = {}
         if not targets:
             return outcomes
-        uploads = _BlobUploads(client, same_org_first=self.kind == "quay")
+        # `workers` bounds the uploads in flight (the semaphore); the engine gets more threads than that so
+        # that checks, mounts and repositories waiting for another's upload never take an upload's place.
+        uploads = _BlobUploads(client, same_org_first=self.kind == "quay", max_uploads=self.workers)
         # Biggest images first: they bound the wall time, and their blobs become mount sources early.
         ordered = sorted(targets, key=lambda t: -(_size(t, graphs) or 0))
         jobs = [(self.bundle.image_source(t.image), _PushTarget(RegistryRepository(client, t.reference), uploads), t.digest) for t in ordered]
-        image_workers = self.options.image_workers or self.workers
-        log.info("pushing %d images to %s (%d blob workers, %d image workers)", len(jobs), self.registry_path, self.workers, image_workers)
-        with Copier(CopyOptions(workers=self.workers, image_workers=image_workers, progress=self.options.progress)) as copier:
+        image_workers = self.options.image_workers or self.image_threads
+        log.info("pushing %d images to %s (%d uploads at a time)", len(jobs), self.registry_path, self.workers)
+        with Copier(CopyOptions(workers=self.blob_threads, image_workers=image_workers, progress=self.options.progress)) as copier:
             results = copier.copy_many(jobs)
         for target, result in zip(ordered, results):
             outcomes[target.text] = self._outcome(result, target)
@@ -1086,16 +1099,18 @@ def _image(t: _Target, status: str, *, size: Optional[int], stats: Optional[Copy
 class _BlobUploads:
     """One upload per blob for the whole registry: other repositories wait for it, then mount it.
 
-    A waiter only ever waits for an upload that is already running (the owner registers itself from inside
-    its own transfer), so the shared blob pool cannot deadlock; and only while that upload makes progress:
+    At most `max_uploads` uploads move bytes at once. A waiter only ever waits for an upload that is already
+    registered by a running transfer (the owner registers from inside its own thread), so the shared blob pool
+    cannot deadlock, and waiters hold no upload slot; they wait only while that upload makes progress:
     after `patience` seconds without a byte moving, the waiter transfers the blob itself. Mount sources in
     the same organisation are preferred on Quay, where a robot may only read its own organisation.
     """
 
-    def __init__(self, client: RegistryClient, *, same_org_first: bool, patience: float = 30.0) -> None:
+    def __init__(self, client: RegistryClient, *, same_org_first: bool, max_uploads: int, patience: float = 30.0) -> None:
         self.client = client
         self.same_org_first = same_org_first
         self.patience = patience
+        self._slots = threading.BoundedSemaphore(max(1, max_uploads))
         self._lock = threading.Lock()
         self._inflight: Dict[str, "Future[str]"] = {}
         self._last_progress: Dict[str, float] = {}
@@ -1146,7 +1161,12 @@ class _BlobUploads:
 
     def _store(self, repo: str, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
         key = str(descriptor.digest)
-        how = self.client.upload_blob(repo, descriptor, opener, mount_from=self._mount_source(key, repo), on_bytes=on_bytes)
+        source = self._mount_source(key, repo)
+        if source is not None:  # a mount moves no bytes: no upload slot needed
+            how = self.client.upload_blob(repo, descriptor, opener, mount_from=source, on_bytes=on_bytes)
+        else:
+            with self._slots:
+                how = self.client.upload_blob(repo, descriptor, opener, on_bytes=on_bytes)
         with self._lock:
             self._stored.setdefault(key, []).append(repo)
         return "copied" if how == "uploaded" else how
