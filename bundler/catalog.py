@@ -535,7 +535,7 @@ def plan_catalog(
             report.pruned_digest = new_digest
             report.catalog_bytes = _layout_bytes(layout, built.descriptor)
             catalog_image = PlannedImage(
-                source=ref_name,
+                source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `layout-ref`
                 kind="catalog",
                 target_repository=target_repo,
                 target_tag=tag,
@@ -543,6 +543,7 @@ def plan_catalog(
                 in_layout=True,
                 annotations={
                     "catalog": spec.catalog,
+                    "layout-ref": ref_name,
                     "format": content.format,
                     "original-digest": str(top.digest),
                     "pruned": "true",

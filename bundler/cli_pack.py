@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
+from .errors import ImageNotFoundError
 from .cli_support import CONTEXT, CliProgress, common_options, emit_json, human_bytes, make_registries, registry_options, run_command, setup_logging
 
 
@@ -79,6 +80,11 @@ def pack(
                 status = "" if img.status != "failed" else f"  FAILED: {img.error}"
                 click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
         click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
+        failed = [img for img in result.images if img.status == "failed"]
+        if dry_run and failed:
+            raise ImageNotFoundError(
+                f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
+            )
         click.echo(f"Total: {human_bytes(result.total_bytes)} (unique blobs)")
         if not dry_run:
             click.echo(f"Bundle written to {out_dir} in {result.seconds:.1f}s")

@@ -5,6 +5,7 @@ Only the CLI imports this module (it uses click and tqdm; the library below neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,6 +64,10 @@ def run_command(verbose: int, fn: Callable[[], T]) -> T:
             traceback.print_exc(file=sys.stderr)
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
+    except BrokenPipeError:  # output piped into `head` and the reader left: not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
+        sys.exit(0)
     except KeyboardInterrupt:
         click.echo("interrupted: rerun the same command to resume", err=True)
         sys.exit(130)

@@ -114,6 +114,10 @@ def default_work_dir(out_dir: Path) -> Path:
 def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     started = time.monotonic()
     image_set = load_image_set(options.config)
+    if options.sign_key is not None and not options.dry_run:
+        from .signing import load_private_key
+
+        load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
     work_dir = options.work_dir or default_work_dir(options.out_dir)
     layout = Layout(work_dir / "layout")
     progress = options.progress
@@ -178,9 +182,14 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
 
 def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Any:
     if img.in_layout:
-        return LayoutImage(layout, img.source)
+        return LayoutImage(layout, layout_ref(img))
     ref = Reference.parse(img.source)
     return RegistryRepository(registries.client(ref.registry), ref)
+
+
+def layout_ref(img: PlannedImage) -> str:
+    """The ref name an image built into the work layout is stored under."""
+    return img.annotations.get("layout-ref", img.source)
 
 
 def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout, copier: Copier) -> List[PackedImage]:
@@ -190,7 +199,7 @@ def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout
     for idx, img in enumerate(planned):
         out.append(PackedImage(img, "pending"))
         if img.in_layout:
-            d = layout.resolve(img.source)
+            d = layout.resolve(layout_ref(img))
             out[idx] = PackedImage(img, "built", str(d.digest), d.media_type, d.size, 0)
             continue
         to_copy.append((idx, img))

@@ -26,7 +26,8 @@ class PlannedImage:
     digest: Optional[str] = None
     """The digest when already known (pinned sources, images built into the work layout)."""
     in_layout: bool = False
-    """True for images built locally into the work layout (pruned catalogs): nothing to pull."""
+    """True for images built locally into the work layout (pruned catalogs): nothing to pull; the layout
+    holds them under the ref name in the `layout-ref` annotation."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """Free-form facts for reports and resources: version, arch, component, catalog, recovered, original-digest…"""
 
