@@ -66,8 +66,11 @@ def pack(
         finally:
             progress.close()
             registries.close()
+        failed = [img for img in result.images if img.status == "failed"]
         if as_json:
             emit_json(result.to_json())
+            if dry_run and failed:
+                raise ImageNotFoundError(f"{len(failed)} of {len(result.images)} planned images cannot be resolved (see the JSON)")
             return
         for w in result.plan.warnings:
             click.echo(f"warning: {w}", err=True)
@@ -80,7 +83,6 @@ def pack(
                 status = "" if img.status != "failed" else f"  FAILED: {img.error}"
                 click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
         click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
-        failed = [img for img in result.images if img.status == "failed"]
         if dry_run and failed:
             raise ImageNotFoundError(
                 f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
