@@ -110,9 +110,9 @@ def main() -> None:
         run(exe, "keygen", "--private", str(work / "bundle.key"), "--public", str(work / "bundle.pub"))
         bundle = work / "bundle"
         run(exe, "pack", "--config", str(config), "--out", str(bundle), "--sign-key", str(work / "bundle.key"),
-            "--insecure-registry", src.host, "--volume-size", "2M", "--dry-run")
+            "--insecure-registry", src.host, "--volume-size", "300K", "--dry-run")
         run(exe, "pack", "--config", str(config), "--out", str(bundle), "--sign-key", str(work / "bundle.key"),
-            "--insecure-registry", src.host, "--volume-size", "2M")
+            "--insecure-registry", src.host, "--volume-size", "300K")
         run(exe, "inspect", str(bundle))
 
         say("Disconnected side: verify the bundle against the public key")
@@ -124,7 +124,7 @@ def main() -> None:
             "--key", str(work / "bundle.pub"), "--resources-dir", str(resources))
         say("A second unpack finds everything in place")
         run(exe, "unpack", str(bundle), "--registry", mirror.host, "--insecure-registry", mirror.host, "--key", str(work / "bundle.pub"),
-            "--resources-dir", str(resources), "--no-verify")
+            "--resources-dir", str(resources))
 
         say("Cluster resources")
         for f in sorted(resources.iterdir()):
