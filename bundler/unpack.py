@@ -3,7 +3,9 @@
 Owns the disconnected-side flow of ARCHITECTURE "The data flow" (bundle ──► copy ──► read back ──►
 cluster resources):
 
-1. verify the bundle (`bundler.verify.verify_bundle`) unless told not to (loudly);
+1. verify the bundle (`bundler.verify.verify_bundle`) unless told not to (loudly); a full verification is
+   recorded, and a rerun on the very same files (manifest and signature bytes, each volume's device,
+   inode, size, mtime and ctime) checks the signature again but does not re-hash the volumes;
 2. on a Quay target (PROTOCOL-NOTES §4) create every organisation the targets need (the first path
    component of each target repository, prefix applied) and give each a robot that may create
    repositories there (Quay robots only get rights inside their own organisation); push as those robots;
@@ -12,7 +14,8 @@ cluster resources):
 4. for incremental bundles, prove that every blob the bundle leaves to its base is in the registry;
 5. push the rest with the copy engine (bottom-up, raw bytes, always with a tag, blobs read in place from
    the volumes), with one upload per blob for the whole registry: a repository that needs a blob another
-   repository is uploading waits for that upload and then mounts it (cross-repository mount, §2);
+   repository is uploading waits for that upload and then mounts it (cross-repository mount, §2). At most
+   `workers` uploads move bytes at once; checks, mounts and waiting repositories run on other threads;
 6. read back every pushed tag (HEAD → `Docker-Content-Digest`) and compare with the signed bundle manifest;
 7. write the cluster resources (`bundler.resources`) for the registry actually used (host and prefix).
 
@@ -781,7 +784,7 @@ class _Unpacker:
                 return target.text, None if self.options.dry_run else self._explain(exc, target)
             return target.text, (found.digest if found is not None else None)
 
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tag-check") as pool:
+        with ThreadPoolExecutor(max_workers=self.blob_threads, thread_name_prefix="tag-check") as pool:
             current = dict(pool.map(head, targets))
         present = [t for t in targets if current[t.text] == t.digest]
         log.info("%d of %d images already in %s", len(present), len(targets), self.registry_path)
@@ -889,7 +892,7 @@ class _Unpacker:
             return target, (found.digest if found is not None else None), None
 
         mismatches: List[str] = []
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="read-back") as pool:
+        with ThreadPoolExecutor(max_workers=self.blob_threads, thread_name_prefix="read-back") as pool:
             for target, digest, error in pool.map(head, targets):
                 outcome = outcomes[target.text]
                 if error is not None:
@@ -1051,7 +1054,7 @@ def _resource_inputs(targets: Sequence[_Target]) -> Tuple[List[Any], List[Any]]:
     for target in targets:
         image = target.image
         annotations: Mapping[str, str] = image.annotations or {}
-        images.append(MirroredImage(source=image.source, target=target.text, kind=image.kind, digest=str(target.digest), tag=annotations.get("tag") or None))
+        images.append(MirroredImage(source=image.source, target=target.text, kind=image.kind, digest=str(target.digest), tag=Reference.parse(image.source).tag))  # the source's own tag (an imagestream tag name is not it)
         if image.kind != "catalog":
             continue
         last = target.repo.rsplit("/", 1)[-1]

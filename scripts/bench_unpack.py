@@ -247,6 +247,10 @@ def run_skopeo(layout: Path, images: List[BundleImage], host: str) -> Dict[str, 
     return {"wall": time.perf_counter() - t, "rss_mb": peak / 1024}
 
 
+def walls(runs: List[Dict[str, Any]]) -> str:
+    return ", ".join("%.2f" % r["wall"] for r in runs)
+
+
 def median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return sorted(runs, key=lambda r: float(r["wall"]))[len(runs) // 2]
 
@@ -332,7 +336,6 @@ def main() -> None:
         noop_full_ratio = noop_full["wall"] / ours["wall"]
         print(f"\nunpack / skopeo: {ratio:.3f} with verification, {ratio_push:.3f} push phase only (target <= 0.4)")
         print(f"no-op / full: {noop_ratio:.1%} (verification on record), {noop_full_ratio:.1%} with --reverify (target <= 5%)")
-        walls = lambda runs: ", ".join("%.2f" % r["wall"] for r in runs)  # noqa: E731
         print(f"skopeo walls: {walls(skopeo_runs)}; unpack walls: {walls(ours_runs)}; bare upload walls: {walls(floor_runs)}")
         print(f"push phase / bare-upload limit: {ours['push'] / floor['wall']:.2f}; limit / skopeo: {floor['wall'] / skopeo['wall']:.3f}")
         print(f"blobs uploaded {ours['blobs_copied']} ({ours['bytes_copied'] / 1e6:.0f} MB), mounted {ours['blobs_mounted']}, present {ours['blobs_present']}")

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,10 +293,14 @@ class Tamper(NullProgress):
     def __init__(self, server: RegistryServer, repo: str, tag: str, expected: str, substitute: Image) -> None:
         self.server, self.repo, self.tag, self.expected, self.substitute = server, repo, tag, expected, substitute
         self.done = False
+        self.lock = threading.Lock()  # item_done comes from several image threads at once
 
     def item_done(self, name: str, status: str) -> None:
-        if self.done:
-            return
+        with self.lock:
+            if not self.done:
+                self._tamper()
+
+    def _tamper(self) -> None:
         with RegistryClient(self.server.url) as client:
             resp = client.request("HEAD", f"/v2/{self.repo}/manifests/{self.tag}", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
             if resp.status == 200 and resp.headers.get("Docker-Content-Digest") == self.expected:
