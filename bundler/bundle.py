@@ -39,18 +39,19 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import zstandard
 
 from . import __version__
-from .digest import Digest, Readable
+from .digest import Digest, Readable, hash_file
+from .fsutil import atomic_write, free_space
+from .units import human_bytes
 from .errors import BundlerError, DiskSpaceError, ImageNotFoundError, IntegrityError, UnsafeArchiveError, UsageError
 from .layout import Layout
 from .oci import Descriptor, detect_media_type, is_compressed, is_index, parse_manifest
@@ -602,22 +603,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_file_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename. No chmod: FAT32 refuses mode changes, and the bundle often lives there."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _disk_error(exc: OSError, out_dir: Path, volume_size: int) -> BundlerError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskSpaceError(
@@ -630,35 +615,6 @@ def _disk_error(exc: OSError, out_dir: Path, volume_size: int) -> BundlerError:
             hint="use a smaller volume size (FAT32 allows at most 4 GiB - 1 per file), then rerun",
         )
     return UsageError(f"cannot write the bundle in {out_dir}: {exc.strerror or exc}")
-
-
-def _free_space(directory: Path) -> int:
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _hash_file(path: Path, on_bytes: Callable[[int], None]) -> str:
-    hasher = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            hasher.update(view[:n])
-            on_bytes(n)
-    return "sha256:" + hasher.hexdigest()
 
 
 def _reusable(out_dir: Path, fingerprint: str, bundle_id: str, volume_size: int) -> Tuple[Optional[str], Dict[str, Tuple[int, str]]]:
@@ -729,16 +685,16 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
         if cand is None or cand[0] != plan.size:
             continue
         with contextlib.suppress(OSError):
-            if path.stat().st_size == plan.size and _hash_file(path, lambda n: None) == cand[1]:
+            if path.stat().st_size == plan.size and "sha256:" + hash_file(path) == cand[1]:
                 reused[plan.name] = cand[1]
                 log.info("keeping %s from an earlier run (sha256 matches)", plan.name)
 
     to_write = sum(p.size for p in plans if p.name not in reused)
     needed = to_write + _manifest_estimate(len(items), len(images))
-    free = _free_space(out_dir)
+    free = free_space(out_dir)
     if free < needed:
         raise DiskSpaceError(
-            f"not enough free space in {out_dir}: the bundle needs {_human(needed)} ({needed} bytes) more, {_human(free)} is free",
+            f"not enough free space in {out_dir}: the bundle needs {human_bytes(needed)} ({needed} bytes) more, {human_bytes(free)} is free",
             hint="free space, choose another directory, or use a base bundle to write only what is new",
         )
 
@@ -783,8 +739,8 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
             from .signing import sign
 
             signature_path = out_dir / SIGNATURE_NAME
-            _write_file_atomically(signature_path, sign(raw, options.sign_key))
-        _write_file_atomically(manifest_path, raw)
+            atomic_write(signature_path, sign(raw, options.sign_key))
+        atomic_write(manifest_path, raw)
     except OSError as exc:
         raise _disk_error(exc, out_dir, options.volume_size) from None
     _clean_after(out_dir, {v.name for v in volumes})
@@ -805,7 +761,7 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
 
 def _write_state(out_dir: Path, state: Dict[str, Any]) -> None:
     try:
-        _write_file_atomically(out_dir / STATE_NAME, json.dumps(state, indent=1).encode())
+        atomic_write(out_dir / STATE_NAME, json.dumps(state, indent=1).encode())
     except OSError as exc:
         raise _disk_error(exc, out_dir, 0) from None
 

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import UsageError
-from .layout import atomic_write
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Tuple, TypeVar
 import click
 
 from .errors import BundlerError, ExitCode
+from .units import human_bytes  # noqa: F401 (re-exported for the command modules)
 
 T = TypeVar("T")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -92,14 +93,6 @@ def run_command(verbose: int, fn: Callable[[], T]) -> T:
 
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 class CliProgress:

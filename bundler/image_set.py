@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .compat import frozen_keyword_only
+
 from .errors import ConfigError
 
 __all__ = [
@@ -85,20 +87,6 @@ _PLATFORM_TYPES: Mapping[str, str] = {"ocp": "ocp", "okd": "okd"}
 _GIB = 1024**3
 
 _T = TypeVar("_T")
-
-
-def _keyword_only(cls: type[_T]) -> type[_T]:
-    """Make a dataclass's ``__init__`` refuse positional arguments (``kw_only`` needs Python 3.10)."""
-    original: Callable[..., None] = getattr(cls, "__init__")
-
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if args:
-            raise TypeError(f"{cls.__name__}() takes keyword arguments only")
-        original(self, **kwargs)
-
-    setattr(cls, "__init__", __init__)
-    return cls
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,8 +156,7 @@ class Version:
         return text
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class ChannelSpec:
     """A release channel to resolve through the update graph (Cincinnati).
 
@@ -184,8 +171,7 @@ class ChannelSpec:
     full: bool = False
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class ReleaseSpec:
     """The OpenShift/OKD release payloads to carry."""
 
@@ -201,8 +187,7 @@ class ReleaseSpec:
         return not self.images and not self.channels
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class SamplesSpec:
     """Sample imagestream images (the ones the cluster-samples-operator imports)."""
 
@@ -215,8 +200,7 @@ class SamplesSpec:
         return not self.from_release and self.directory is None and not self.images
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class ChannelFilter:
     """One channel of an operator package, optionally limited to a version range."""
 
@@ -225,8 +209,7 @@ class ChannelFilter:
     max_version: Optional[str] = None
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class PackageSpec:
     """One operator package of a catalog (oc-mirror's ``IncludePackage``)."""
 
@@ -237,8 +220,7 @@ class PackageSpec:
     default_channel: Optional[str] = None
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class CatalogSpec:
     """An operator catalog (index image) and the packages to keep from it.
 
@@ -253,8 +235,7 @@ class CatalogSpec:
     packages: Tuple[PackageSpec, ...] = ()
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class RegistryImagesSpec:
     """The images needed to run Quay on the far side; off by default (they need Red Hat credentials)."""
 
@@ -268,8 +249,7 @@ class RegistryImagesSpec:
         return (self.quay, self.postgres, self.redis) if self.enabled else ()
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class TargetSpec:
     """Hints about the mirror registry; the unpack command's flags take precedence."""
 
@@ -278,8 +258,7 @@ class TargetSpec:
     prefix: Optional[str] = None  # repository prefix for everything that is not the release
 
 
-@_keyword_only
-@dataclass(frozen=True)
+@frozen_keyword_only
 class ImageSet:
     """A parsed, validated image-set config."""
 

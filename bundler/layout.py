@@ -23,12 +23,12 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import IO, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .digest import Digest, Readable, check, copy_verified
+from .fsutil import atomic_write
 from .errors import DiskSpaceError, DigestMismatchError, ImageNotFoundError, RegistryError, UsageError
 from .oci import REF_NAME, Descriptor
 
@@ -39,24 +39,6 @@ MAX_RESUME_ATTEMPTS = 6
 
 BlobOpener = Callable[[int], ContextManager[Readable]]
 """Opens the source of a blob at a byte offset (the sink resumes from where its partial file ends)."""
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with contextlib.suppress(OSError):  # FAT32 and some network file systems refuse mode changes
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _raise_disk_error(exc: OSError, where: Path) -> None:

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
 from .copy import Copier, CopyOptions, CopyResult
 from .digest import Digest
 from .errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError
+from .fsutil import free_space
 from .image_set import load_image_set
 from .layout import Layout
 from .oci import is_index, parse_manifest
@@ -250,12 +250,9 @@ def _unique_bytes(images: List[PackedImage]) -> int:
 
 
 def _check_space(directory: Path, needed: int, *, what: str) -> None:
-    probe = directory
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = free_space(directory)
     if free < needed:
         raise DiskSpaceError(
-            f"{what} needs about {needed / 1024**3:.1f} GiB but {probe} has {free / 1024**3:.1f} GiB free",
+            f"{what} needs about {needed / 1024**3:.1f} GiB but {directory} has {free / 1024**3:.1f} GiB free",
             hint="free space or choose another --out directory",
         )

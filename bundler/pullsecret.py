@@ -10,16 +10,15 @@ habit 3 for the write). Secrets never appear in messages or logs.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bundler.errors import DiskSpaceError, UsageError
+from bundler.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -133,34 +132,11 @@ def _parse(raw_text: str, path: Path) -> dict[str, Any]:
 
 def _write_secret_atomic(path: Path, data: bytes) -> None:
     """Write through a 0600 temp file in the same directory, fsync, `os.replace`; no partial file remains."""
-    directory = path.parent
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkstemp creates the file O_EXCL with mode 0600 before a byte is written; fchmod makes it explicit.
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, data, mode=_FILE_MODE)
     except OSError as error:
         raise _write_error(error, path) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except OSError as error:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise _write_error(error, path) from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _write_error(error: OSError, path: Path) -> UsageError:

@@ -53,7 +53,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from .certs import CertificatePaths, CertificateResult, ensure_certificates, install_user_certificate
 from .copy import Copier, CopyOptions
 from .errors import AuthenticationError, BundlerError, IntegrityError, RegistryUnreachableError, UsageError
-from .layout import Layout, atomic_write
+from .fsutil import atomic_write
+from .layout import Layout
 from .oci import Descriptor, Platform, is_index, parse_manifest
 from .podman import ContainerInfo, ContainerSpec, Mount, PodInfo, Podman, PodmanError
 from .quay_api import HEALTH_PATH, QuayAPI

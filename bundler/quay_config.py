@@ -32,7 +32,7 @@ from urllib.parse import quote
 import yaml
 
 from .errors import UsageError
-from .layout import atomic_write
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -21,24 +21,21 @@ ImageContentSourcePolicy next to an ImageDigestMirrorSet.
 from __future__ import annotations
 
 import base64
-import contextlib
 import errno
-import functools
 import json
 import logging
-import os
 import re
-import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any
 
 import yaml
 
+from bundler.compat import frozen_keyword_only
 from bundler.errors import DiskSpaceError, InvalidReferenceError, UsageError
+from bundler.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -91,35 +88,7 @@ _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST_RE = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 
-_T = TypeVar("_T")
-
-if TYPE_CHECKING:
-    from typing_extensions import dataclass_transform
-else:
-
-    def dataclass_transform(**_: Any) -> Callable[[_T], _T]:
-        return lambda decorated: decorated
-
-
-@dataclass_transform(kw_only_default=True, frozen_default=True)
-def _frozen_keyword_only(cls: type[_T]) -> type[_T]:
-    """`@dataclass(frozen=True, kw_only=True)`, also on Python 3.9 (where `kw_only` does not exist yet)."""
-    if sys.version_info >= (3, 10):
-        return dataclass(frozen=True, kw_only=True)(cls)
-    cls = dataclass(frozen=True)(cls)
-    original: Callable[..., None] = cls.__init__  # type: ignore[misc,unused-ignore]
-
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if args:
-            raise TypeError(f"{cls.__name__}() takes keyword arguments only")
-        original(self, **kwargs)
-
-    setattr(cls, "__init__", __init__)  # noqa: B010 (mypy rejects assigning to a method)
-    return cls
-
-
-@_frozen_keyword_only
+@frozen_keyword_only
 class MirroredImage:
     """One image as it now is in the mirror.
 
@@ -137,7 +106,7 @@ class MirroredImage:
     tag: str | None = None
 
 
-@_frozen_keyword_only
+@frozen_keyword_only
 class CatalogInfo:
     """A mirrored catalog (index) image; `target` is pinned by tag or digest in the mirror."""
 
@@ -147,7 +116,7 @@ class CatalogInfo:
     display_name: str
 
 
-@_frozen_keyword_only
+@frozen_keyword_only
 class ReleaseSignature:
     """One detached release signature (`signature-<index>` upstream) for the release manifest `digest`."""
 
@@ -156,7 +125,7 @@ class ReleaseSignature:
     data: bytes
 
 
-@_frozen_keyword_only
+@frozen_keyword_only
 class ResourcesOptions:
     """How to write the cluster resources.
 
@@ -181,7 +150,7 @@ class ResourcesOptions:
     remove_stale: bool = True
 
 
-@_frozen_keyword_only
+@frozen_keyword_only
 class ResourcesResult:
     """What `write_cluster_resources` did: files written (sorted), stale files removed, warnings."""
 
@@ -279,7 +248,7 @@ def write_cluster_resources(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in sorted(documents):
-            _write_atomic(out_dir / name, documents[name])
+            atomic_write(out_dir / name, documents[name])
         removed = _remove_stale(out_dir, keep=set(documents)) if options.remove_stale else []
     except OSError as error:
         raise _os_error(error, out_dir) from error
@@ -663,22 +632,6 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
 def _dump(obj: Any) -> bytes:
     text: str = yaml.safe_dump(obj, sort_keys=True, default_flow_style=False, allow_unicode=True, width=1 << 20)
     return text.encode("utf-8")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, then `os.replace` it into place."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def _remove_stale(out_dir: Path, *, keep: set[str]) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Human sizes on the command line: `4G`, `4GiB`, `700MiB` (binary), `4.7GB`, `650MB` (decimal), bytes."""
+"""Human sizes: parsed from the command line (`4G`, `4GiB`, `700MiB` binary; `4.7GB`, `650MB` decimal) and shown to people."""
 
 from __future__ import annotations
 
@@ -25,3 +25,12 @@ def parse_size(text: str, *, what: str = "size") -> int:
     if value <= 0:
         raise UsageError(f"invalid {what} {text!r}: must be more than zero")
     return value
+
+
+def human_bytes(n: float) -> str:
+    """`1.5 GiB`-style sizes for people (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

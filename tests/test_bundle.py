@@ -414,9 +414,9 @@ def test_incremental_bundle_holds_only_new_blobs(layout_objs: Tuple[Layout, Dict
 
 def test_free_space_is_checked_before_writing(layout_objs: Tuple[Layout, Dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layout, objs = layout_objs
-    import bundler.bundle as bundle_mod
+    import bundler.fsutil as fsutil_mod
 
-    monkeypatch.setattr(bundle_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 5000, 5000))  # type: ignore[attr-defined]
+    monkeypatch.setattr(fsutil_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 5000, 5000))  # type: ignore[attr-defined]
     out = tmp_path / "out"
     with pytest.raises(DiskSpaceError) as e:
         write_bundle(layout, bundle_images(objs), options=BundleWriteOptions(out_dir=out, volume_size=VOLUME_SIZE))
