@@ -12,8 +12,9 @@ from typing import Any, Optional, Tuple
 
 import click
 
-from .cli_support import CONTEXT, CliProgress, common_options, emit_json, human_bytes, registry_options, run_command, setup_logging
+from .cli_support import CONTEXT, CliProgress, common_options, emit_json, registry_options, run_command, setup_logging
 from .errors import UsageError
+from .units import human_bytes
 
 
 @click.command(context_settings=CONTEXT)

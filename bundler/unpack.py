@@ -27,6 +27,7 @@ every image is in the registry. Nothing here imports click or tqdm; secrets neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -35,13 +36,14 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, TypeVar
 
 from .auth import CredentialStore, Credentials, _normalise_key
 from .bundle_manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest
@@ -359,10 +361,7 @@ def verify_once(directory: Path, options: UnpackOptions) -> Tuple[str, List[str]
             "verifiedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         try:
-            from .layout import atomic_write
-
-            stamp_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(stamp_path, (json.dumps(record, indent=1) + "\n").encode(), mode=0o600)
+            _write_private(stamp_path, (json.dumps(record, indent=1) + "\n").encode())
         except OSError as exc:
             log.debug("cannot record the verification in %s: %s", stamp_path, exc)
     return "full", list(result.warnings)
@@ -393,6 +392,22 @@ def _stamp_path(state_dir: Optional[Path], directory: Path, fingerprint: Optiona
         return None
     where = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
     return Path(state_dir or default_state_dir()) / f"{str(fingerprint['manifest'])[:32]}-{where}.json"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a 0600 file atomically (temp file in the same directory, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
 
 
 def _read_stamp(path: Path) -> Optional[Dict[str, Any]]:
@@ -627,7 +642,8 @@ class _Unpacker:
     # -- orchestration ----------------------------------------------------------------------------------
 
     def run(self) -> UnpackResult:
-        targets = self._targets(self.bundle.manifest.images)
+        every = self._targets(self.bundle.manifest.images)  # one per bundle image (two may share a target)
+        targets = list({t.text: t for t in reversed(every)}.values())[::-1]  # one per target, first kept
         orgs = tuple(sorted({t.org for t in targets}))
         credentials = _OrgCredentials(CredentialStore(self.options.authfile), self.host)
         transport = self.options.transport
@@ -649,12 +665,12 @@ class _Unpacker:
             to_walk = [t for t in pending if needed or (self.options.dry_run and _known_size(t) is None)]
             graphs = self._walk(to_walk) if to_walk else {}
             if self.options.dry_run:
-                images = [_image(t, "present" if current[t.text] == t.digest else "would-push", size=_size(t, graphs)) for t in targets]
+                images = [_image(t, "present" if current[t.text] == t.digest else "would-push", size=_size(t, graphs)) for t in every]
                 return self._result(images, orgs)
             self._check_base_blobs(client, pending, graphs, needed)
             outcomes = self._push(client, pending, graphs)
             mismatches = self._read_back(client, [t for t in pending if outcomes[t.text].status == "pushed"], outcomes)
-            images = self._images(targets, current, outcomes, graphs)
+            images = self._images(every, current, outcomes, graphs)
         finally:
             registries.close()
             if self.quay is not None:
@@ -662,7 +678,7 @@ class _Unpacker:
         result = self._result(images, orgs)
         self._raise_for_failures(result, mismatches)
         if self.options.write_resources:
-            result = self._write_resources(result, targets)
+            result = self._write_resources(result, every)
         return result
 
     def _targets(self, images: Iterable[Any]) -> List[_Target]:
@@ -681,15 +697,12 @@ class _Unpacker:
             except BundlerError:
                 raise IntegrityError(f"bundle image {image.source} has an invalid digest {image.digest!r}") from None
             target = _Target(image=image, reference=reference, digest=digest)
-            earlier = seen.get(target.text)
-            if earlier is not None:
-                if earlier.digest != digest:
-                    raise UsageError(
-                        f"two bundle images go to {target.text} with different digests ({earlier.image.source}, {image.source})",
-                        hint="the bundle is inconsistent; pack it again",
-                    )
-                continue
-            seen[target.text] = target
+            earlier = seen.setdefault(target.text, target)
+            if earlier.digest != digest:
+                raise UsageError(
+                    f"two bundle images go to {target.text} with different digests ({earlier.image.source}, {image.source})",
+                    hint="the bundle is inconsistent; pack it again",
+                )
             targets.append(target)
         return targets
 
@@ -979,19 +992,26 @@ class _Unpacker:
     # -- results ------------------------------------------------------------------------------------------------
 
     def _images(self, targets: Sequence[_Target], current: Mapping[str, Any], outcomes: Mapping[str, _Outcome], graphs: Mapping[str, _Graph]) -> List[UnpackedImage]:
+        """One entry per bundle image; an image sharing its target with an earlier one shares its status
+        (its transfer counts are the earlier one's, reported once)."""
         images: List[UnpackedImage] = []
+        seen: Set[str] = set()
         for t in targets:
+            first = t.text not in seen
+            seen.add(t.text)
             found = current[t.text]
             if isinstance(found, BundlerError):
-                self.errors.append(found)
+                if first:
+                    self.errors.append(found)
                 images.append(_image(t, "failed", size=_size(t, graphs), error=str(found)))
             elif found == t.digest:
                 images.append(_image(t, "present", size=_size(t, graphs)))
             else:
                 outcome = outcomes[t.text]
-                if outcome.exception is not None:
+                if outcome.exception is not None and first:
                     self.errors.append(outcome.exception)
-                images.append(_image(t, outcome.status, size=_size(t, graphs), stats=outcome.stats, error=outcome.error))
+                stats = outcome.stats if first else CopyStats()
+                images.append(_image(t, outcome.status, size=_size(t, graphs), stats=stats, error=outcome.error))
         return images
 
     def _result(self, images: Sequence[UnpackedImage], orgs: Tuple[str, ...]) -> UnpackResult:

@@ -572,3 +572,18 @@ def test_a_damaged_bundle_is_refused_before_anything_is_pushed(fresh_registry_pl
     assert any("NOT checked" in w for w in err.result.warnings) and not err.result.verified
     failed = [i for i in err.result.images if i.status == "failed"]
     assert len(failed) >= 1 and all(i.status == "pushed" for i in err.result.images if i not in failed)
+
+
+def test_two_bundle_images_with_one_target_are_pushed_once_and_both_mapped(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    entries = content("dup")
+    app = next(e for e in entries if e.repository == "myorg/app")
+    twin = Entry(app.obj, f"quay.io/myorg/app@{app.digest}", "additional", app.repository, app.tag)
+    bundle = make_bundle(tmp_path / "bundle", [*entries, twin])
+    result = run(bundle, options(registry_plain.host, tmp_path, prefix="dup"))
+    assert len(result.images) == len(entries) + 1
+    assert [i.status for i in result.images] == ["pushed"] * (len(entries) + 1)
+    assert result.stats.blobs_copied == len(unique_blobs(entries))
+    assert result.stats.manifests_pushed == sum(1 + (len(e.obj.children) if isinstance(e.obj, ImageIndex) else 0) for e in entries)
+    mapping = (tmp_path / "resources" / "mapping.txt").read_text().splitlines()
+    target = f"{registry_plain.host}/dup/myorg/app:1.0"
+    assert f"{app.source}={target}" in mapping and f"{twin.source}={target}" in mapping
