@@ -27,26 +27,23 @@ every image is in the registry. Nothing here imports click or tqdm; secrets neve
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import os
 import re
-import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 
-from .auth import CredentialStore, Credentials, _normalise_key
+from .auth import CredentialStore, Credentials
 from .bundle_manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest
+from .compat import frozen_keyword_only
 from .copy import Copier, CopyOptions, CopyResult, CopyStats
 from .digest import Digest
 from .errors import (
@@ -59,6 +56,7 @@ from .errors import (
     RegistryUnreachableError,
     UsageError,
 )
+from .fsutil import atomic_write
 from .oci import Descriptor, is_index, parse_manifest
 from .progress import NullProgress, Progress
 from .reference import Reference
@@ -92,34 +90,6 @@ DEFAULT_RESOURCES_DIR = Path("ocp-bundler-resources")
 ROBOT_NAME = "ocp_bundler"
 _SIGNATURE_FILE = re.compile(r"^signatures/(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})-([1-9][0-9]*)$")
 
-_T = TypeVar("_T")
-
-if TYPE_CHECKING:
-    from typing_extensions import dataclass_transform
-else:
-
-    def dataclass_transform(**_: Any) -> Callable[[_T], _T]:
-        return lambda decorated: decorated
-
-
-@dataclass_transform(kw_only_default=True, frozen_default=True)
-def _keyword_only(cls: "type[_T]") -> "type[_T]":
-    """`@dataclass(frozen=True, kw_only=True)`, also on Python 3.9."""
-    if sys.version_info >= (3, 10):
-        return dataclass(frozen=True, kw_only=True)(cls)
-    cls = dataclass(frozen=True)(cls)
-    original: Callable[..., None] = cls.__init__  # type: ignore[misc,unused-ignore]
-
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if args:
-            raise TypeError(f"{cls.__name__}() takes keyword arguments only")
-        original(self, **kwargs)
-
-    setattr(cls, "__init__", __init__)  # noqa: B010
-    return cls
-
-
 # --- what unpack needs from an open bundle (`bundler.bundle.Bundle` provides it) ---------------------------
 
 
@@ -140,7 +110,7 @@ class OpenBundle(Protocol):
 # --- options and results ------------------------------------------------------------------------------------
 
 
-@_keyword_only
+@frozen_keyword_only
 class UnpackOptions:
     """How to unpack.
 
@@ -177,7 +147,7 @@ class UnpackOptions:
     progress: Progress = field(default_factory=NullProgress)
 
 
-@_keyword_only
+@frozen_keyword_only
 class UnpackedImage:
     """One bundle image and what happened to it.
 
@@ -214,7 +184,7 @@ class UnpackedImage:
         return out
 
 
-@_keyword_only
+@frozen_keyword_only
 class UnpackResult:
     """Everything `unpack` did, for the human summary and the JSON report."""
 
@@ -361,7 +331,8 @@ def verify_once(directory: Path, options: UnpackOptions) -> Tuple[str, List[str]
             "verifiedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         try:
-            _write_private(stamp_path, (json.dumps(record, indent=1) + "\n").encode())
+            stamp_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(stamp_path, (json.dumps(record, indent=1) + "\n").encode(), mode=0o600)
         except OSError as exc:
             log.debug("cannot record the verification in %s: %s", stamp_path, exc)
     return "full", list(result.warnings)
@@ -392,22 +363,6 @@ def _stamp_path(state_dir: Optional[Path], directory: Path, fingerprint: Optiona
         return None
     where = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
     return Path(state_dir or default_state_dir()) / f"{str(fingerprint['manifest'])[:32]}-{where}.json"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a 0600 file atomically (temp file in the same directory, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def _read_stamp(path: Path) -> Optional[Dict[str, Any]]:
@@ -501,14 +456,14 @@ class _OrgCredentials(CredentialStore):
     def __init__(self, fallback: CredentialStore, host: str) -> None:
         super().__init__(files=[])
         self.fallback = fallback
-        self.host = _normalise_key(host)
+        self.host = host
         self.by_org: Dict[str, Credentials] = {}
 
     def add(self, registry: str, creds: Credentials) -> None:
         self.fallback.add(registry, creds)
 
     def lookup(self, registry: str, repository: str = "") -> Optional[Credentials]:
-        if repository and _normalise_key(registry) == self.host:
+        if repository and registry == self.host:  # the client asks with the host it was made for
             creds = self.by_org.get(repository.split("/", 1)[0])
             if creds is not None:
                 return creds
