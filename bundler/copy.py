@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CopyOptions:
     workers: int = 8
-    image_workers: int = 4
+    """Blob transfers at once."""
+    image_workers: int = 16
+    """Images in flight at once. Image threads mostly wait for their blobs, so more of them than blob workers
+    keeps the blob pool full (measured: 2x the blob workers halves a 30-image copy's wall time)."""
     progress: Progress = field(default_factory=NullProgress)
 
 

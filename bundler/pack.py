@@ -121,7 +121,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     work_dir = options.work_dir or default_work_dir(options.out_dir)
     layout = Layout(work_dir / "layout")
     progress = options.progress
-    with Copier(CopyOptions(workers=options.workers, image_workers=max(2, options.workers // 2), progress=progress)) as copier:
+    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=progress)) as copier:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
         planned = plan.deduplicated()
         if options.dry_run:

@@ -79,7 +79,7 @@ dest, host, workers, *refs = sys.argv[1:]
 t = time.perf_counter()
 regs = Registries(options=TransportOptions(insecure_hosts=frozenset({host}), pool_size=32))
 layout = Layout(Path(dest))
-with Copier(CopyOptions(workers=int(workers), image_workers=max(2, int(workers)//2))) as c:
+with Copier(CopyOptions(workers=int(workers), image_workers=2 * int(workers))) as c:
     jobs = [(RegistryRepository(regs.client(host), Reference.parse(r)), LayoutImage(layout, r), None) for r in refs]
     res = c.copy_many(jobs)
 bad = [str(r.error) for r in res if r.status == "failed"]
