@@ -740,6 +740,10 @@ class _Unpacker:
 
     # -- what is there already -------------------------------------------------------------------------
 
+    def _head_threads(self, count: int) -> int:
+        """Threads for a batch of HEADs: starting a thread costs about as much as a loopback HEAD."""
+        return max(1, min(self.blob_threads, max(self.workers, count // 8), count))
+
     def _check_tags(self, client: RegistryClient, targets: Sequence[_Target]) -> Dict[str, Any]:
         """One manifest HEAD per target tag: its digest, None when absent, or the (explained) error."""
 
@@ -752,7 +756,7 @@ class _Unpacker:
                 return target.text, None if self.options.dry_run else self._explain(exc, target)
             return target.text, (found.digest if found is not None else None)
 
-        with ThreadPoolExecutor(max_workers=self.blob_threads, thread_name_prefix="tag-check") as pool:
+        with ThreadPoolExecutor(max_workers=self._head_threads(len(targets)), thread_name_prefix="tag-check") as pool:
             current = dict(pool.map(head, targets))
         present = [t for t in targets if current[t.text] == t.digest]
         log.info("%d of %d images already in %s", len(present), len(targets), self.registry_path)
@@ -860,7 +864,7 @@ class _Unpacker:
             return target, (found.digest if found is not None else None), None
 
         mismatches: List[str] = []
-        with ThreadPoolExecutor(max_workers=self.blob_threads, thread_name_prefix="read-back") as pool:
+        with ThreadPoolExecutor(max_workers=self._head_threads(len(targets)), thread_name_prefix="read-back") as pool:
             for target, digest, error in pool.map(head, targets):
                 outcome = outcomes[target.text]
                 if error is not None:
