@@ -122,6 +122,7 @@ class FaultProxy:
         self.counts: Dict[str, int] = {k: 0 for k in (*FAULT_KINDS, EXPIRED_TOKEN)}
         self.log: List[Tuple[str, str, Optional[str], Optional[int]]] = []
         self._httpd: Optional[LoopbackHTTPServer] = None
+        self._stop_event = threading.Event()
         self.host = ""
 
     # -- lifecycle ------------------------------------------------------------------
@@ -132,12 +133,14 @@ class FaultProxy:
             class Handler(_ProxyHandler):
                 fault_proxy = proxy
 
+            self._stop_event.clear()
             self._httpd = LoopbackHTTPServer(Handler)
             self.host = "127.0.0.1:%d" % self._httpd.port
             self._httpd.start_background("fault-proxy")
         return self
 
     def stop(self) -> None:
+        self._stop_event.set()  # wakes stalled requests, which then drop their connection instead of forwarding
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
             httpd.stop()
@@ -154,7 +157,7 @@ class FaultProxy:
 
     @property
     def stopping(self) -> threading.Event:
-        return self._httpd.stopping if self._httpd else threading.Event()
+        return self._stop_event
 
     # -- control --------------------------------------------------------------------
     def script(
