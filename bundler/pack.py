@@ -19,7 +19,7 @@ from . import __version__
 from .copy import Copier, CopyOptions, CopyResult
 from .digest import Digest
 from .errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError
-from .fsutil import free_space
+from .fsutil import atomic_write, free_space
 from .image_set import load_image_set
 from .layout import Layout
 from .oci import is_index, parse_manifest
@@ -159,8 +159,19 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     ]
     result = PackResult(False, images, plan, seconds=0.0, work_dir=work_dir)
     files = dict(plan.files)
-    files["reports/pack-report.json"] = json.dumps(
-        {"toolVersion": __version__, "config": image_set.source_name, **result.to_json()}, indent=1, default=str
+    # What the bundle carries is what was planned, never what this run happened to do (statuses, bytes,
+    # times): the same content must give the same volumes, so a rerun after an interrupted write keeps them.
+    files["reports/plan.json"] = json.dumps(
+        {
+            "toolVersion": __version__,
+            "config": Path(image_set.source_name).name,
+            "images": [{k: v for k, v in i.to_json().items() if k not in ("status", "bytes")} for i in images],
+            "reports": plan.reports,
+            "warnings": plan.warnings,
+        },
+        indent=1,
+        sort_keys=True,
+        default=str,
     ).encode()
     bundle = write_bundle(
         layout,
@@ -177,6 +188,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     result.bundle = bundle
     result.total_bytes = getattr(bundle, "total_bytes", 0) or _unique_bytes(images)
     result.seconds = time.monotonic() - started
+    atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
     return result
 
 

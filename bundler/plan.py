@@ -18,6 +18,7 @@ from .layout import Layout
 from .plan_types import PlannedImage, digest_tag
 from .reference import Reference
 from .registry import Registries
+from .transports import ImageSource, LayoutImage, RegistryRepository
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,19 @@ def build_plan(
 ) -> Plan:
     """Resolve everything the config names. Network access: manifests and small files only, no layers."""
     plan = Plan(warnings=list(image_set.warnings))
+
+    def stage(reference: str) -> ImageSource:
+        """Copy an image planning must read into the work layout (once; a rerun finds it there) and read it from there."""
+        ref = Reference.parse(reference)
+        copier.copy(RegistryRepository(registries.client(ref.registry), ref), LayoutImage(layout, reference))
+        return LayoutImage(layout, reference)
+
     release_plan = None
     rel = image_set.releases
     if rel.images or rel.channels:
         from . import release
 
-        kwargs: Dict[str, Any] = {"registries": registries, "graph_url": graph_url}
+        kwargs: Dict[str, Any] = {"registries": registries, "graph_url": graph_url, "stage": stage}
         if signature_store:
             kwargs["signature_store"] = signature_store
         release_plan = release.plan_releases(rel, **kwargs)
@@ -98,7 +106,10 @@ def build_plan(
     if sam.from_release or sam.directory or sam.images:
         from . import samples
 
-        samples_plan = samples.plan_samples(sam, registries=registries, release_plan=release_plan)
+        operators = [r.samples_operator for r in (release_plan.releases if release_plan and sam.from_release else ()) if r.samples_operator]
+        samples_plan = samples.plan_samples(
+            sam, registries=registries, release_plan=release_plan, operator_sources={ref: stage(ref) for ref in operators}
+        )
         plan.add(samples_plan.images)
         plan.reports["samples"] = {
             "images": len(samples_plan.images),

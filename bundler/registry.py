@@ -457,17 +457,29 @@ class RegistryClient:
         start = f"/v2/{repo}/blobs/uploads/"
         if mount_from:
             start += "?" + urlencode({"mount": str(digest), "from": mount_from})
-        resp = self.request("POST", start, scopes=scopes, what=f"upload start {repo}")
-        if resp.status == 201:
-            self.remember_blob(digest, repo)
-            return "mounted"
-        if resp.status != 202:
-            raise self._fail(resp, f"upload of {digest.short} to {repo}", start, repo=repo)
-        location = self._location(resp, start)
-        if descriptor.size > CHUNKED_UPLOAD_THRESHOLD:
-            self._upload_chunked(repo, descriptor, opener, location, scopes, on_bytes)
-        else:
-            self._upload_monolithic(repo, descriptor, opener, location, scopes, on_bytes)
+        attempt = 0
+        while True:
+            attempt += 1
+            resp = self.request("POST", start, scopes=scopes, what=f"upload start {repo}")
+            if resp.status == 201:
+                self.remember_blob(digest, repo)
+                return "mounted"
+            if resp.status != 202:
+                raise self._fail(resp, f"upload of {digest.short} to {repo}", start, repo=repo)
+            location = self._location(resp, start)
+            try:
+                if descriptor.size > CHUNKED_UPLOAD_THRESHOLD:
+                    self._upload_chunked(repo, descriptor, opener, location, scopes, on_bytes)
+                else:
+                    self._upload_monolithic(repo, descriptor, opener, location, scopes, on_bytes)
+                break
+            except RegistryError as exc:
+                # A body cut half way cancels the upload session on most registries (docker-registry then
+                # answers 404 BLOB_UPLOAD_INVALID): open a new session and send the blob again.
+                session_lost = exc.status == 404 and bool({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"} & set(exc.codes))
+                if not (exc.temporary or session_lost) or attempt >= self._opts.max_attempts:
+                    raise
+                self._sleep(attempt, None, f"upload of {digest.short} to {repo}: {exc}")
         self.remember_blob(digest, repo)
         return "uploaded"
 

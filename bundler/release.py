@@ -35,7 +35,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -383,11 +383,14 @@ def plan_releases(
     graph_url: Optional[str] = None,
     signature_store: Optional[str] = None,
     workers: int = 8,
+    stage: Optional[Callable[[str], ImageSource]] = None,
 ) -> ReleasePlan:
     """Resolve `spec` to release payloads and plan every image (release + components) to carry.
 
     `graph_url` overrides `spec.graph_url` (and the default update service); `signature_store` the
-    default signature store (`release_signatures.DEFAULT_SIGNATURE_STORE`).
+    default signature store (`release_signatures.DEFAULT_SIGNATURE_STORE`). `stage`, when given, turns a
+    release reference into the source to read it from (pack copies it into its work layout first, so the
+    release is downloaded once and a rerun reads it from disk).
     """
     if spec.is_empty():
         return ReleasePlan(images=(), releases=())
@@ -395,7 +398,7 @@ def plan_releases(
 
     def read(w: _Wanted) -> ReleaseInfo:
         ref = Reference.parse(w.reference)
-        source = RegistryRepository(registries.client(ref.registry), ref)
+        source: ImageSource = stage(w.reference) if stage is not None else RegistryRepository(registries.client(ref.registry), ref)
         return read_release(
             source,
             reference=w.reference,

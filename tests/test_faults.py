@@ -24,11 +24,11 @@
   absent or the bundle's digest with everything below it present; a rerun completes digest-exact (skopeo)
   and a final no-op rerun writes nothing and touches no blob.
 
-Library bugs these found are strict xfails, each naming the code and the fix:
-`test_pack_rerun_fetches_no_finished_blob_again` (release planning downloads from the source on every
-run), `test_pack_rerun_keeps_the_volumes_an_interrupted_write_finished` (the per-run pack report in the
-bundle defeats volume reuse), `test_unpack_recovers_from_an_upload_cut_mid_body` (a monolithic upload is
-retried on a dead upload session).
+Regression tests for faults these found: `test_pack_rerun_fetches_no_finished_blob_again` (planning
+reads the release from the work layout, so a rerun downloads nothing finished),
+`test_pack_rerun_keeps_the_volumes_an_interrupted_write_finished` (the bundle carries no per-run data,
+so finished volumes are kept), `test_unpack_recovers_from_an_upload_cut_mid_body` (a cut upload opens a
+new upload session).
 
 Determinism: fault choices and kill delays come from fixed seeds; the throttle bounds how much any killed
 run can move, so every kill lands while the process is still working. Timeouts are generous but bounded.
@@ -48,7 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -228,20 +228,9 @@ def blob_gets(log: Sequence[Tuple[str, str, Optional[str], Optional[int]]]) -> L
     return out
 
 
-def release_planning_reads(content: Content) -> Set[str]:
-    """Blobs of the release image that planning reads from the SOURCE registry on every pack run (config and
-    the layer holding release-manifests/), even when the work layout has them: a known library bug, shown by
-    the strict xfail `test_pack_rerun_fetches_no_finished_blob_again`. The other tests exempt exactly these
-    from their "nothing finished is fetched again" checks; drop the exemption when that test passes."""
-    top = content.release.image
-    assert top is not None
-    amd64 = [i for i in top.images if i.platform.get("architecture") == "amd64"]
-    return {b.digest for i in amd64 for b in i.blobs}
-
-
 def refetched(log: Sequence[Tuple[str, str, Optional[str], Optional[int]]], finished: Iterable[str], content: Content) -> List[str]:
     """Blobs a run fetched although they were finished in the work layout before it started."""
-    done = set(finished) - release_planning_reads(content)
+    done = set(finished)
     return [content.describe(d) for d in blob_gets(log) if d in done]
 
 
@@ -351,17 +340,6 @@ def test_pack_rerun_resumes_after_a_fault_that_outlasts_the_retries(registry_pla
     check_bundle(tmp_path / "bundle", content, keys, skopeo, registry_plain.host)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: planning reads the release image from the SOURCE registry on every run "
-        "(bundler/release.py read_release on the RegistryRepository that bundler/plan.py build_plan hands it): "
-        "its config and the layer holding release-manifests/ are downloaded again by every rerun although the "
-        "work layout has them, and within one run that layer is downloaded three times (_read_file once for "
-        "image-references, once for release-metadata, then the copy). Fix: copy the release image into the work "
-        "layout first and read it from there (LayoutImage), reading both files in one pass."
-    ),
-)
 def test_pack_rerun_fetches_no_finished_blob_again(registry_plain: RegistryServer, tmp_path: Path, keys: Keys) -> None:
     with FaultProxy(registry_plain.url, rate=0.0) as proxy:  # counts only
         content = build_content(proxy.url, prefix="t-faults/refetch", seed="faults-refetch", big_sizes=(1 << 20,), components=5)
@@ -396,17 +374,6 @@ class StopAfterVolumes(NullProgress):
                 raise Interrupted(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: bundler/pack.py puts reports/pack-report.json into the bundle, and that report holds what "
-        "this run did (each image's status copied/present and bytes fetched); bundler/bundle.py write_bundle "
-        "fingerprints every item (report included, placed first) to decide which finished volumes a rerun may "
-        "keep, so after an interrupted write in the run that pulled the images the rerun's report differs and "
-        "every volume is written again. Fix: keep run-specific data out of the bundle (or out of the volumes "
-        "and the fingerprint)."
-    ),
-)
 def test_pack_rerun_keeps_the_volumes_an_interrupted_write_finished(registry_plain: RegistryServer, tmp_path: Path, keys: Keys) -> None:
     content = build_content(registry_plain.url, prefix="t-faults/keep", seed="faults-keep", big_sizes=(1 << 20,), components=5)
     registries = Registries(options=transport(registry_plain.host))
@@ -507,15 +474,6 @@ def test_unpack_through_a_faulty_target(packed: Packed, registry_factory: Callab
     print(f"\nunpack through faults: {requests} requests, faults {counts}, {reruns} rerun(s), {seconds:.1f}s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: bundler/registry.py RegistryClient._upload_monolithic sends the blob with one PUT whose "
-        "retries (_send_with_retries) reuse the same upload session; docker-registry cancels a session whose "
-        "request body broke off, so every retry gets 404 BLOB_UPLOAD_INVALID and the image fails (exit 4) "
-        "after one connection reset. Fix: on a failed PUT start a new upload (POST) and send from offset 0."
-    ),
-)
 def test_unpack_recovers_from_an_upload_cut_mid_body(packed: Packed, registry_factory: Callable[..., RegistryServer], tmp_path: Path, skopeo: Any, keys: Keys) -> None:
     target = registry_factory("plain")
     prefix = "cut"
