@@ -141,6 +141,8 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
             raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
         raise PartialFailureError(f"{summary}: {detail}", failures=lines, hint="rerun to resume; finished images are not fetched again")
 
+    _fill_catalog_bytes(plan, images, layout)
+
     from .bundle import BundleWriteOptions, write_bundle
     from .bundle_manifest import BundleImage
 
@@ -259,6 +261,31 @@ def _unique_bytes(images: List[PackedImage]) -> int:
     if seen:
         return sum(seen.values())
     return sum(i.bytes_needed for i in images)
+
+
+def _blob_sizes(layout: Layout, digest: str, media_type: str) -> Dict[str, int]:
+    """Every blob (manifests included) an image in the layout is made of, with its size."""
+    out: Dict[str, int] = {}
+    stack = [(Digest.parse(digest), media_type)]
+    while stack:
+        d, mt = stack.pop()
+        raw = layout.read_blob(d)
+        out[str(d)] = len(raw)
+        parsed = parse_manifest(raw, mt)
+        stack.extend((c.digest, c.media_type) for c in parsed.children)
+        out.update({str(b.digest): b.size for b in parsed.blobs})
+    return out
+
+
+def _fill_catalog_bytes(plan: Plan, images: List[PackedImage], layout: Layout) -> None:
+    """Each catalog report's `bytes`: the unique blobs of the catalog image and every image it brought."""
+    for report in plan.reports.get("catalogs", []):
+        name = report.get("catalog")
+        blobs: Dict[str, int] = {}
+        for img in images:
+            if img.digest and (img.planned.annotations.get("catalog") == name or (img.planned.kind == "catalog" and img.planned.source == name)):
+                blobs.update(_blob_sizes(layout, img.digest, img.media_type))
+        report["bytes"] = sum(blobs.values())
 
 
 def _check_space(directory: Path, needed: int, *, what: str) -> None:
