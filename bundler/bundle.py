@@ -232,7 +232,8 @@ def blob_role(media_type: str) -> str:
     return "layer"
 
 
-def _load_base(path: Path) -> BundleManifest:
+def load_base_manifest(path: Path) -> BundleManifest:
+    """The manifest of an earlier bundle (its directory or its manifest file), for incremental packs."""
     path = Path(path)
     manifest_path = path / MANIFEST_NAME if path.is_dir() else path
     try:
@@ -540,7 +541,7 @@ def plan_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bundl
     The numbers are upper bounds: compressible data is counted at its full size.
     """
     _check_volume_size(options.volume_size)
-    base = _load_base(options.base) if options.base else None
+    base = load_base_manifest(options.base) if options.base else None
     graph = _walk(layout, images, base)
     items = _file_items(options.files) + graph.metadata + graph.layers
     for item in items:
@@ -646,7 +647,7 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
         from .signing import load_private_key
 
         load_private_key(options.sign_key)  # a bad key fails now, not after hours of writing
-    base = _load_base(options.base) if options.base else None
+    base = load_base_manifest(options.base) if options.base else None
     graph = _walk(layout, images, base)
     items = _file_items(options.files) + graph.metadata + graph.layers
 

@@ -8,15 +8,46 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import click
 
 from . import __version__
-from .cli_support import CONTEXT, CliProgress, common_options, emit_json, human_bytes, make_registries, registry_options, run_command, setup_logging
+from .cli_support import CONTEXT, CliProgress, common_options, emit_json, make_registries, registry_options, run_command, setup_logging
+from .units import human_bytes
 from .errors import ExitCode
 
-@click.group(context_settings=CONTEXT)
+#: Commands of each area live in their own module, imported only when that command runs (a no-op
+#: `unpack` should not pay for importing `quay` or `pack`); `--help` imports them all for their summaries.
+LAZY_COMMANDS = {
+    "pack": "bundler.cli_pack:pack",
+    "keygen": "bundler.cli_bundle:keygen",
+    "verify": "bundler.cli_bundle:verify",
+    "inspect": "bundler.cli_bundle:inspect",
+    "unpack": "bundler.cli_unpack:unpack",
+    "pull-secret": "bundler.cli_unpack:pull_secret",
+    "extract": "bundler.cli_release:extract",
+    "quay": "bundler.cli_quay:quay",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="ocp-bundler")
 def main() -> None:
     """Carry OpenShift content into disconnected networks.
@@ -79,26 +110,6 @@ def copy(source: str, destination: str, authfile: Optional[Path], ca_file: Optio
 
     run_command(verbose, body)
 
-
-# Commands of each area live in their own module (`COMMANDS` list) so this file stays a table of contents.
-_COMMAND_MODULES = ("cli_pack", "cli_bundle", "cli_unpack", "cli_release", "cli_quay")
-
-
-def _register_commands() -> None:
-    import importlib
-
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"bundler.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"bundler.{name}":
-                continue
-            raise
-        for command in getattr(module, "COMMANDS", []):
-            main.add_command(command)
-
-
-_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -64,7 +64,11 @@ def verify(directory: Path, key: Optional[Path], require_signature: bool, worker
 
         progress = CliProgress("verify", enabled=not as_json)
         try:
+            from .unpack import bundle_fingerprint, record_verification
+
+            before = bundle_fingerprint(directory)
             result = verify_bundle(directory, key=key, require_signature=require_signature, progress=progress, workers=workers)
+            record_verification(directory, result, fingerprint=before)  # unpack then need not hash the volumes again
         finally:
             progress.close()
         if as_json:

@@ -84,11 +84,11 @@ def pack(
                 click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
         click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
         for cat in result.plan.reports.get("catalogs", []):
-            size = f", {human_bytes(cat['bytes'])}" if cat.get("bytes") else ""
+            size_text = f", {human_bytes(cat['bytes'])}" if cat.get("bytes") else ""
             how = f"{cat.get('format')}, {cat.get('mode')}" + (", pruned image built" if cat.get("pruned") else ", copied as is")
             click.echo(
                 f"Catalog {cat.get('catalog')} ({how}): {cat.get('packages')} packages, {cat.get('channels')} channels, "
-                f"{cat.get('bundles')} bundles, {cat.get('images')} images{size}; {len(cat.get('recovered') or [])} recovered from CSVs"
+                f"{cat.get('bundles')} bundles, {cat.get('images')} images{size_text}; {len(cat.get('recovered') or [])} recovered from CSVs"
             )
             for rec in cat.get("recovered") or []:
                 click.echo(f"  recovered (value: instead of image: in the CSV): {rec}")

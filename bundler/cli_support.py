@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Tuple, TypeVar
 import click
 
 from .errors import BundlerError, ExitCode
-from .units import human_bytes  # noqa: F401 (re-exported for the command modules)
+from .units import human_bytes as human_bytes  # re-exported for the command modules
 
 T = TypeVar("T")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}

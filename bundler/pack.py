@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import __version__
 from .copy import Copier, CopyOptions, CopyResult
@@ -22,7 +22,7 @@ from .errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFai
 from .fsutil import atomic_write, free_space
 from .image_set import load_image_set
 from .layout import Layout
-from .oci import is_index, parse_manifest
+from .oci import Descriptor, is_index, parse_manifest
 from .plan import Plan, build_plan
 from .plan_types import PlannedImage
 from .progress import NullProgress, Progress
@@ -120,6 +120,12 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
     work_dir = options.work_dir or default_work_dir(options.out_dir)
     layout = Layout(work_dir / "layout")
+    in_base: Set[str] = set()
+    if options.base is not None:
+        from .bundle import load_base_manifest
+
+        base = load_base_manifest(options.base)  # a bad --base fails now, not after the pull
+        in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
     progress = options.progress
     with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=progress)) as copier:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
@@ -129,7 +135,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
             total = _unique_bytes(images)
             _check_space(options.out_dir, total, what="the bundle")
             return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
-        images = _pull(planned, registries=registries, layout=layout, copier=copier)
+        images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
     failed = [i for i in images if i.status == "failed"]
     if failed:
         lines = [f"{i.planned.source}: {i.error}" for i in failed]
@@ -206,7 +212,22 @@ def layout_ref(img: PlannedImage) -> str:
     return img.annotations.get("layout-ref", img.source)
 
 
-def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout, copier: Copier) -> List[PackedImage]:
+class _LayoutSkippingBase(LayoutImage):
+    """A layout sink for incremental packs: configs and layers the base bundle carries count as present.
+
+    Manifests are still stored (the bundle needs them to describe every image); the blobs themselves are
+    neither fetched nor written, because the far side already has them from the base bundle.
+    """
+
+    def __init__(self, layout: Layout, ref_name: Optional[str], in_base: Set[str]) -> None:
+        super().__init__(layout, ref_name)
+        self._in_base = in_base
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        return str(descriptor.digest) in self._in_base or super().has_blob(descriptor)
+
+
+def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout, copier: Copier, in_base: Optional[Set[str]] = None) -> List[PackedImage]:
     jobs = []
     out: List[PackedImage] = []
     to_copy: List[Tuple[int, PlannedImage]] = []
@@ -218,7 +239,8 @@ def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout
             continue
         to_copy.append((idx, img))
         src = _source_for(img, registries, layout)
-        jobs.append((src, LayoutImage(layout, img.source), Digest.parse(img.digest) if img.digest else None))
+        sink = _LayoutSkippingBase(layout, img.source, in_base) if in_base else LayoutImage(layout, img.source)
+        jobs.append((src, sink, Digest.parse(img.digest) if img.digest else None))
     results: List[CopyResult] = copier.copy_many(jobs)
     for (idx, img), r in zip(to_copy, results):
         if r.status == "failed":

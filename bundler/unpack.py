@@ -319,23 +319,36 @@ def verify_once(directory: Path, options: UnpackOptions) -> Tuple[str, List[str]
             return f"unchanged since a full verification at {when}", [str(w) for w in stamp.get("warnings", [])]
     log.info("verifying %s", directory)
     result = verify_bundle(directory, key=options.key, require_signature=options.require_signature, progress=options.progress)
-    if fingerprint is not None and stamp_path is not None and fingerprint == _fingerprint(directory):
-        record = {
-            "version": STAMP_VERSION,
-            "directory": str(directory.resolve()),
-            "bundleId": result.bundle_id,
-            "fingerprint": fingerprint,
-            "signed": result.signed,
-            "keyId": result.key_id,
-            "warnings": list(result.warnings),
-            "verifiedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        try:
-            stamp_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(stamp_path, (json.dumps(record, indent=1) + "\n").encode(), mode=0o600)
-        except OSError as exc:
-            log.debug("cannot record the verification in %s: %s", stamp_path, exc)
+    record_verification(directory, result, fingerprint=fingerprint, state_dir=options.state_dir)
     return "full", list(result.warnings)
+
+
+def record_verification(directory: Path, result: Any, *, fingerprint: Optional[Dict[str, Any]], state_dir: Optional[Path] = None) -> None:
+    """Remember a successful full verification of these very files (`fingerprint` taken before it started),
+    so that `unpack` need not hash the volumes again. Nothing is recorded if the files changed meanwhile."""
+    stamp_path = _stamp_path(state_dir, directory, fingerprint)
+    if fingerprint is None or stamp_path is None or fingerprint != _fingerprint(directory):
+        return
+    record = {
+        "version": STAMP_VERSION,
+        "directory": str(directory.resolve()),
+        "bundleId": result.bundle_id,
+        "fingerprint": fingerprint,
+        "signed": result.signed,
+        "keyId": result.key_id,
+        "warnings": list(result.warnings),
+        "verifiedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        stamp_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(stamp_path, (json.dumps(record, indent=1) + "\n").encode(), mode=0o600)
+    except OSError as exc:
+        log.debug("cannot record the verification in %s: %s", stamp_path, exc)
+
+
+def bundle_fingerprint(directory: Path) -> Optional[Dict[str, Any]]:
+    """What identifies these bundle files for a verification record (None when something cannot be read)."""
+    return _fingerprint(directory)
 
 
 def _fingerprint(directory: Path) -> Optional[Dict[str, Any]]:
@@ -617,12 +630,13 @@ class _Unpacker:
             current = self._check_tags(client, targets)
             pending = [t for t in targets if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
             needed = set(self.bundle.blobs_needed_from_base()) if pending else set()
-            to_walk = [t for t in pending if needed or (self.options.dry_run and _known_size(t) is None)]
+            # an incremental bundle's base blobs may sit in repositories of images already in place: walk those too
+            to_walk = list(targets) if needed else [t for t in pending if self.options.dry_run and _known_size(t) is None]
             graphs = self._walk(to_walk) if to_walk else {}
             if self.options.dry_run:
                 images = [_image(t, "present" if current[t.text] == t.digest else "would-push", size=_size(t, graphs)) for t in every]
                 return self._result(images, orgs)
-            self._check_base_blobs(client, pending, graphs, needed)
+            self._check_base_blobs(client, pending, graphs, needed, elsewhere=targets)
             outcomes = self._push(client, pending, graphs)
             mismatches = self._read_back(client, [t for t in pending if outcomes[t.text].status == "pushed"], outcomes)
             images = self._images(every, current, outcomes, graphs)
@@ -787,8 +801,11 @@ class _Unpacker:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="walk") as pool:
             return dict(pool.map(walk, targets))
 
-    def _check_base_blobs(self, client: RegistryClient, targets: Sequence[_Target], graphs: Mapping[str, _Graph], needed: Iterable[str]) -> None:
-        """An incremental bundle leaves some blobs to its base: each must be in a repository that needs it.
+    def _check_base_blobs(
+        self, client: RegistryClient, targets: Sequence[_Target], graphs: Mapping[str, _Graph], needed: Iterable[str], *, elsewhere: Sequence[_Target] = ()
+    ) -> None:
+        """An incremental bundle leaves some blobs to its base: each must be in the registry already, in a
+        repository that needs it or in one of `elsewhere`'s (images already in place) whose image uses it.
 
         A blob found is remembered by the client, so repositories lacking it mount it from there."""
         wanted = set(needed)
@@ -802,9 +819,16 @@ class _Unpacker:
         if not users:
             return
 
+        holders: Dict[str, List[str]] = {}
+        for target in elsewhere:
+            graph = graphs.get(target.text)
+            for digest in graph.blobs if graph is not None else ():
+                if digest in wanted:
+                    holders.setdefault(digest, []).append(target.repo)
+
         def find(item: Tuple[str, List[_Target]]) -> Tuple[str, bool]:
             digest, using = item
-            for repo in dict.fromkeys(t.repo for t in using):
+            for repo in dict.fromkeys([*(t.repo for t in using), *holders.get(digest, [])]):
                 if client.has_blob(repo, Digest.parse(digest), scopes=(f"repository:{repo}:pull,push",)):
                     return digest, True
             return digest, False
