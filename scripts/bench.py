@@ -421,7 +421,7 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
     env = dict(os.environ, OCPB_DEBUG_LOG=str(work / "debug.log"), XDG_CACHE_HOME=str(work / "cache"), PYTHONPYCACHEPREFIX=str(work / "pycache"))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     # The console script runs this checkout's package, whatever the editable install points at (a
-    # `pip install -e` in another clone re-points it for everyone): PYTHONPATH is searched first.
+    # `pip install -e` elsewhere re-points it): PYTHONPATH is searched first.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     ran = subprocess.run([sys.executable, "-c", "import bundler; print(bundler.__file__)"], env=env, cwd=work, capture_output=True, text=True, check=True).stdout.strip()
     if Path(ran).resolve().parent.parent != ROOT:
