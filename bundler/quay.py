@@ -507,7 +507,8 @@ class QuayUpResult:
         if self.auth_file is not None:
             lines += [
                 f"Push with the robot credentials in {self.auth_file} (robot{'s' if len(self.robots) > 1 else ''} {', '.join(self.robots)}):",
-                f"  ocp-bundler unpack BUNDLE --registry {self.server} --authfile {self.auth_file}",
+                f"  ocp-bundler unpack BUNDLE --registry {self.server} --authfile {self.auth_file} --quay-data-dir {self.secrets_file.parent}",
+                "  (--quay-data-dir lets unpack create, with this Quay's stored token, the organisations the bundle needs beyond --org)",
                 f"  podman login --authfile {self.auth_file} {self.server}   (checks the stored credentials)",
             ]
         lines.append(f"Web UI: {self.url} (user {self.init_user}; its password is in {self.secrets_file}, key init_password)")
@@ -1014,7 +1015,7 @@ def _prepare_pushes(
             raise AuthenticationError(
                 f"Quay at {api_url} was initialised before and no API token is stored to create {', '.join(n for _, n in missing)}",
                 url=api_url,
-                hint="create an OAuth token for a superuser in Quay's UI and pass it with --api-token-file",
+                hint="create an OAuth token for a superuser in Quay's UI and pass it with --api-token-file (quay up) or --quay-token (unpack)",
             )
         for org, _name in missing:
             if api.ensure_organization(org):

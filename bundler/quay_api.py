@@ -185,7 +185,7 @@ class QuayAPI:
                 f"{what}: Quay answered {resp.status}{detail}",
                 status=resp.status,
                 url=url,
-                hint="the API token is missing, expired or lacks rights; create an OAuth token for a superuser in Quay's UI (Organization → Applications → Generate Token) and pass it with --api-token-file",
+                hint="the API token is missing, expired or lacks rights; create an OAuth token for a superuser in Quay's UI (Organization → Applications → Generate Token) and pass it with --api-token-file (quay up) or --quay-token (unpack)",
             )
         return RegistryError(f"{what}: Quay answered {resp.status}{detail}", status=resp.status, url=url, temporary=resp.status >= 500)
 
@@ -194,7 +194,7 @@ class QuayAPI:
             raise AuthenticationError(
                 f"{what} needs a Quay API token",
                 url=self.base_url,
-                hint="initialise the first user (ocp-bundler quay up) or pass an OAuth token with --api-token-file",
+                hint="initialise the first user (ocp-bundler quay up) or pass an OAuth token with --api-token-file (quay up) or --quay-token (unpack)",
             )
 
     # -- discovery and health ------------------------------------------------------------------------------
