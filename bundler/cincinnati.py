@@ -22,12 +22,8 @@ Nothing here talks to a registry or reads images; `bundler.release` does that wi
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
-import random
-import ssl
-import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlencode, urlsplit
@@ -35,18 +31,16 @@ from urllib.parse import urlencode, urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from . import __version__
 from .errors import RegistryError, RegistryUnreachableError, UsageError
 from .image_set import ChannelSpec, Version
-from .registry import TransportOptions, redact
+from .httpclient import RETRY_STATUSES as _RETRY_STATUSES
+from .httpclient import USER_AGENT, HttpPools, TransportOptions, redact, send_with_retries, short_reason
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRAPH_URL = "https://api.openshift.com/api/upgrades_info/v1/graph"
 #: The OKD update service (oc-mirror uses it for ``type: okd`` channels).
 DEFAULT_OKD_GRAPH_URL = "https://amd64.origin.releases.ci.openshift.org/graph"
-USER_AGENT = f"ocp-bundler/{__version__}"
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_GRAPH_BYTES = 64 << 20
 
 
@@ -67,16 +61,10 @@ class HttpFetcher:
 
     def __init__(self, options: TransportOptions = TransportOptions()) -> None:
         self.options = options
-        timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
-        ctx = ssl.create_default_context()
-        if options.ca_file is not None:
-            ctx.load_verify_locations(cafile=str(options.ca_file))
-        self._secure = urllib3.PoolManager(ssl_context=ctx, timeout=timeout, maxsize=options.pool_size, block=False)
-        self._insecure = urllib3.PoolManager(cert_reqs="CERT_NONE", timeout=timeout, maxsize=options.pool_size, block=False)
+        self._pools = HttpPools(options)
 
     def close(self) -> None:
-        self._secure.clear()
-        self._insecure.clear()
+        self._pools.close()
 
     def __enter__(self) -> "HttpFetcher":
         return self
@@ -84,58 +72,19 @@ class HttpFetcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _pool(self, url: str) -> urllib3.PoolManager:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        insecure = self.options.insecure_hosts
-        return self._insecure if (netloc in insecure or host in insecure) else self._secure
-
     def get(self, url: str, *, headers: Optional[Mapping[str, str]] = None, what: str = "", max_bytes: int = MAX_GRAPH_BYTES) -> HttpAnswer:
         """GET `url`; retried on connection errors, 429 and 5xx. Any final status is returned, not raised."""
         what = what or redact(url)
         hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                resp = self._pool(url).request(
-                    "GET", url, headers=hdrs, retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5), preload_content=False
-                )
-                try:
-                    data = _read_limited(resp, max_bytes, what, url)
-                finally:
-                    resp.release_conn()
-            except (Urllib3Error, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, urllib3.exceptions.SSLError) or isinstance(exc, urllib3.exceptions.SSLError):
-                    raise RegistryUnreachableError(
-                        f"TLS error fetching {what}: {_short(reason)}",
-                        url=redact(url),
-                        hint="pass the server's CA with --ca-file",
-                    ) from None
-                if attempt >= self.options.max_attempts:
-                    raise RegistryUnreachableError(
-                        f"cannot fetch {what}: {_short(reason)}",
-                        url=redact(url),
-                        temporary=True,
-                        hint="check the URL and the network (a proxy?), then rerun",
-                    ) from None
-                self._sleep(attempt, None, f"{what}: {_short(reason)}")
-                continue
-            if resp.status in _RETRY_STATUSES and attempt < self.options.max_attempts:
-                self._sleep(attempt, resp.headers.get("Retry-After"), f"{what}: HTTP {resp.status}")
-                continue
-            return HttpAnswer(resp.status, data, url)
-
-    def _sleep(self, attempt: int, retry_after: Optional[str], why: str) -> None:
-        opts = self.options
-        delay = min(opts.backoff_max, opts.backoff_base * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
-        if retry_after:
-            with contextlib.suppress(ValueError):
-                delay = min(60.0, max(float(retry_after), 0.0))
-        log.debug("retrying in %.1fs (%s)", delay, why)
-        time.sleep(delay)
+        host = urlsplit(url).netloc
+        resp = send_with_retries(self._pools.for_url(url), self.options, "GET", url, hdrs, None, what=what, host=host, preload=False)
+        try:
+            data = _read_limited(resp, max_bytes, what, url)
+        except (Urllib3Error, OSError) as exc:
+            raise RegistryUnreachableError(f"{what}: the answer broke off: {short_reason(exc)}", url=redact(url), temporary=True, hint="rerun") from None
+        finally:
+            resp.release_conn()
+        return HttpAnswer(resp.status, data, url)
 
 
 def _read_limited(resp: urllib3.BaseHTTPResponse, max_bytes: int, what: str, url: str) -> bytes:
@@ -149,19 +98,6 @@ def _read_limited(resp: urllib3.BaseHTTPResponse, max_bytes: int, what: str, url
         if total > max_bytes:
             raise RegistryError(f"{what}: answer larger than {max_bytes} bytes", url=redact(url))
         chunks.append(chunk)
-
-
-def _short(exc: object) -> str:
-    text = str(exc)
-    if "Connection refused" in text:
-        return "connection refused"
-    if "Name or service not known" in text or "Temporary failure in name resolution" in text:
-        return "unknown host name"
-    if "timed out" in text:
-        return "timed out"
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "certificate verify failed"
-    return text[:200]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,26 +12,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
-import ssl
 import threading
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
-from urllib.parse import quote, urlencode, urljoin, urlsplit
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import (
     MaxRetryError,
-    NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
     SSLError,
 )
 
-from . import __version__
 from .auth import Challenge, CredentialStore, TokenCache, parse_challenge
 from .digest import CHUNK_SIZE, Digest, Readable
 from .errors import (
@@ -39,33 +33,18 @@ from .errors import (
     DigestMismatchError,
     ImageNotFoundError,
     RegistryError,
-    RegistryUnreachableError,
 )
+from .httpclient import RETRY_STATUSES, USER_AGENT, Body, HttpPools, backoff, send_with_retries, short_reason
+from .httpclient import TransportOptions as TransportOptions  # re-exported: part of this module's API
+from .httpclient import redact as redact
 from .oci import ACCEPT, Descriptor, detect_media_type
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"ocp-bundler/{__version__}"
 #: Blobs larger than this are uploaded in chunks so a failure resumes instead of restarting.
 CHUNKED_UPLOAD_THRESHOLD = 256 << 20
 UPLOAD_CHUNK_SIZE = 64 << 20
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-Body = Union[None, bytes, Callable[[], Iterator[bytes]]]
-
-
-@dataclass(frozen=True)
-class TransportOptions:
-    """How to reach registries. `insecure_hosts`: plain HTTP or unverified TLS for these hosts only."""
-
-    ca_file: Optional[Path] = None
-    insecure_hosts: FrozenSet[str] = frozenset()
-    connect_timeout: float = 15.0
-    read_timeout: float = 120.0
-    max_attempts: int = 5
-    backoff_base: float = 0.5
-    backoff_max: float = 10.0
-    pool_size: int = 16
 
 
 @dataclass(frozen=True)
@@ -80,15 +59,6 @@ class ManifestHead:
     digest: Optional[Digest]
     media_type: str
     size: Optional[int]
-
-
-def redact(url: str) -> str:
-    """A URL without credentials or query string (upload session state and tokens live there)."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _error_codes(data: bytes) -> Tuple[List[str], str]:
@@ -116,15 +86,7 @@ class Registries:
         self.options = options
         self.credentials = credentials if credentials is not None else CredentialStore(files=[])
         self.tokens = TokenCache()
-        timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
-        ctx = ssl.create_default_context()
-        if options.ca_file is not None:
-            ctx.load_verify_locations(cafile=str(options.ca_file))
-        kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
-        if str(getattr(urllib3, "__version__", "")).startswith("2"):
-            kw["blocksize"] = CHUNK_SIZE
-        self._secure = urllib3.PoolManager(ssl_context=ctx, **kw)
-        self._insecure = urllib3.PoolManager(cert_reqs="CERT_NONE", **kw)
+        self.pools = HttpPools(options)
         self._hosts: Dict[str, _HostState] = {}
         self._guard = threading.RLock()
         self._clients: Dict[str, "RegistryClient"] = {}
@@ -141,8 +103,7 @@ class Registries:
             return self._hosts.setdefault(host, _HostState())
 
     def close(self) -> None:
-        self._secure.clear()
-        self._insecure.clear()
+        self.pools.close()
 
 
 def _pull(repo: str) -> Tuple[str, ...]:
@@ -169,7 +130,7 @@ class RegistryClient:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _pool(self) -> urllib3.PoolManager:
-        return self._shared._insecure if self.insecure else self._shared._secure
+        return self._shared.pools.insecure if self.insecure else self._shared.pools.secure
 
     def _base(self) -> str:
         st = self._state
@@ -228,7 +189,7 @@ class RegistryClient:
         realm_parts = urlsplit(realm)
         if creds is not None and (realm_parts.scheme == "https" or realm_parts.hostname == self.host.split(":")[0]):
             headers["Authorization"] = creds.basic_header()
-        pool = self._shared._insecure if (realm_parts.netloc in self._opts.insecure_hosts or self.insecure) else self._shared._secure
+        pool = self._shared.pools.insecure if (self._shared.pools.is_insecure(realm) or self.insecure) else self._shared.pools.secure
         resp = self._send_with_retries(pool, "GET", url, headers, None, what=f"token from {redact(realm)}")
         data = resp.data
         if resp.status in (401, 403):
@@ -263,54 +224,10 @@ class RegistryClient:
         preload: bool = True,
         redirect: bool = True,
     ) -> urllib3.BaseHTTPResponse:
-        """One logical request: retried on connection errors, 429 and 5xx, bounded, with backoff."""
-        attempt = 0
-        while True:
-            attempt += 1
-            payload: Any = body() if callable(body) else body
-            try:
-                resp = pool.urlopen(
-                    method,
-                    url,
-                    body=payload,
-                    headers=headers,
-                    retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5 if redirect else 0, raise_on_redirect=False),
-                    redirect=redirect,
-                    preload_content=preload,
-                    decode_content=False,
-                )
-            except (MaxRetryError, ProtocolError, ReadTimeoutError, NewConnectionError, SSLError, Urllib3Error) as exc:
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, SSLError) or isinstance(exc, SSLError):
-                    raise RegistryUnreachableError(
-                        f"TLS error talking to {self.host}: {_short(reason)}",
-                        url=redact(url),
-                        hint="pass the registry's CA with --ca-file, or --insecure-registry " + self.host + " for a test registry",
-                    ) from None
-                if attempt >= self._opts.max_attempts:
-                    raise RegistryUnreachableError(
-                        f"cannot reach {self.host} for {what}: {_short(reason)}",
-                        url=redact(url),
-                        temporary=True,
-                        hint="check the host name, port and network, then rerun",
-                    ) from None
-                self._sleep(attempt, None, f"{what}: {_short(reason)}")
-                continue
-            if resp.status in RETRY_STATUSES and attempt < self._opts.max_attempts:
-                retry_after = resp.headers.get("Retry-After")
-                resp.drain_conn() if not preload else None
-                resp.release_conn()
-                self._sleep(attempt, retry_after, f"{what}: HTTP {resp.status}")
-                continue
-            return resp
+        return send_with_retries(pool, self._opts, method, url, headers, body, what=what, host=self.host, preload=preload, redirect=redirect)
 
     def _sleep(self, attempt: int, retry_after: Optional[str], why: str) -> None:
-        delay = min(self._opts.backoff_max, self._opts.backoff_base * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
-        if retry_after:
-            with contextlib.suppress(ValueError):
-                delay = min(60.0, max(float(retry_after), 0.0))
-        log.debug("retrying in %.1fs (%s)", delay, why)
-        time.sleep(delay)
+        backoff(self._opts, attempt, retry_after, why)
 
     def request(
         self,
@@ -605,7 +522,7 @@ class _SafeStream:
         try:
             return self._resp.read(n)
         except (ProtocolError, ReadTimeoutError, Urllib3Error, OSError) as exc:
-            raise RegistryError(f"{self._host}: download of {self._digest.short} interrupted: {_short(exc)}", temporary=True) from None
+            raise RegistryError(f"{self._host}: download of {self._digest.short} interrupted: {short_reason(exc)}", temporary=True) from None
 
 
 def _discard(stream: Readable, n: int) -> None:
@@ -639,19 +556,3 @@ def _repo_of(scopes: Sequence[str]) -> str:
         if len(parts) >= 3:
             return parts[1]
     return ""
-
-
-def _short(exc: object) -> str:
-    text = str(exc)
-    for marker in ("Caused by ", "(Caused by "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
-    if "Connection refused" in text:
-        return "connection refused"
-    if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name resolution" in text:
-        return "unknown host name"
-    if "timed out" in text:
-        return "timed out"
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "certificate verify failed"
-    return text[:200]
