@@ -99,6 +99,9 @@ def pack(
         click.echo(f"Total: {human_bytes(result.total_bytes)} (unique blobs)")
         if not dry_run:
             click.echo(f"Bundle written to {out_dir} in {result.seconds:.1f}s")
+            skipped = getattr(result.bundle, "blobs_skipped_by_base", 0)
+            if base is not None:
+                click.echo(f"Incremental against {base}: {getattr(result.bundle, 'blobs_written', '?')} blobs carried, {skipped} left to the base bundle")
             if not sign_key:
                 click.echo("warning: the bundle is not signed; use --sign-key so the far side can prove it is yours", err=True)
             click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if sign_key else ""))

@@ -126,6 +126,17 @@ def main() -> None:
         run(exe, "unpack", str(bundle), "--registry", mirror.host, "--insecure-registry", mirror.host, "--key", str(work / "bundle.pub"),
             "--resources-dir", str(resources))
 
+        say("An upgrade: one more image, packed as an incremental bundle against the first one")
+        push(src.url, "demo/new-app", make_image(random_layers=[150_000], seed="demo-new"), "v1")
+        config2 = work / "image-set-2.yaml"
+        config2.write_text(config.read_text().replace("additionalImages:\n", f"additionalImages:\n  - {src.host}/demo/new-app:v1\n"))
+        bundle2 = work / "bundle-2"
+        run(exe, "pack", "--config", str(config2), "--out", str(bundle2), "--base", str(bundle), "--sign-key", str(work / "bundle.key"),
+            "--insecure-registry", src.host, "--volume-size", "300K")
+        run(exe, "verify", str(bundle2), "--key", str(work / "bundle.pub"))
+        run(exe, "unpack", str(bundle2), "--registry", mirror.host, "--insecure-registry", mirror.host, "--key", str(work / "bundle.pub"),
+            "--resources-dir", str(resources))
+
         say("Cluster resources")
         for f in sorted(resources.iterdir()):
             print(f"  {f}")
