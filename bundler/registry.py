@@ -10,6 +10,7 @@ bounded retries by predicate: connection errors, 429 (honouring Retry-After) and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -122,6 +123,7 @@ class RegistryClient:
         self._shared = shared
         self._opts = shared.options
         self._state = shared._state(host)
+        self._once = dataclasses.replace(self._opts, max_attempts=1)
         self.insecure = host in self._opts.insecure_hosts
         #: where each blob is known to exist on this registry (for cross-repository mounts)
         self.known_blobs: Dict[str, str] = {}
@@ -239,8 +241,12 @@ class RegistryClient:
         body: Body = None,
         preload: bool = True,
         what: str = "",
+        retry: bool = True,
     ) -> urllib3.BaseHTTPResponse:
-        """Send an authenticated request; answers 401 by authenticating once, then gives the answer back."""
+        """Send an authenticated request; answers 401 by authenticating once, then gives the answer back.
+
+        `retry=False` sends it once: for requests that must not be repeated blindly (an upload chunk that
+        broke off may have been half appended; the caller asks the registry where the upload stands)."""
         url = path_or_url if "://" in path_or_url else self._base() + path_or_url
         what = what or f"{method} {redact(url)}"
         answered_challenge = False
@@ -250,7 +256,9 @@ class RegistryClient:
             auth = self._auth_header(scopes, force_refresh=refreshed)
             if auth:
                 hdrs["Authorization"] = auth
-            resp = self._send_with_retries(self._pool(), method, url, hdrs, body, what=what, preload=preload)
+            resp = send_with_retries(
+                self._pool(), self._opts if retry else self._once, method, url, hdrs, body, what=what, host=self.host, preload=preload
+            )
             if resp.status != 401:
                 return resp
             if not preload:
@@ -460,6 +468,7 @@ class RegistryClient:
                     },
                     body=body,
                     what=f"upload chunk of {d.digest.short}",
+                    retry=False,
                 )
             except RegistryError as exc:
                 if not exc.temporary:
@@ -472,6 +481,7 @@ class RegistryClient:
             failures += 1
             if failures > self._opts.max_attempts:
                 raise RegistryError(f"{self.host}: chunked upload of {d.digest.short} keeps failing", temporary=True, hint="rerun to resume")
+            self._sleep(failures, resp.headers.get("Retry-After") if resp is not None else None, f"upload chunk of {d.digest.short}")
             offset, location = self._upload_offset(location, scopes)  # never resend blindly: ask where it is
         url = _with_query(location, {"digest": str(d.digest)})
         resp = self.request("PUT", url, scopes=scopes, headers={"Content-Length": "0"}, body=b"", what=f"upload end {d.digest.short}")
@@ -484,9 +494,12 @@ class RegistryClient:
         rng = resp.headers.get("Range", "")
         new_loc = resp.headers.get("Location")
         nxt = urljoin(location, new_loc) if new_loc else location
-        if "-" in rng:
-            return int(rng.rsplit("-", 1)[1]) + 1, nxt
-        return 0, nxt
+        # `Range: 0-<last byte>`; docker-registry also answers `0-0` for an EMPTY upload, and a chunk is never a
+        # single byte, so `0-0` means nothing arrived yet.
+        start, sep, last = rng.partition("-")
+        if not sep or not last.isdigit() or last == "0":
+            return 0, nxt
+        return int(last) + 1, nxt
 
     def _check_upload_done(self, resp: urllib3.BaseHTTPResponse, repo: str, d: Descriptor, url: str) -> None:
         if resp.status != 201:

@@ -264,3 +264,37 @@ def test_cli_errors_have_exit_codes_and_one_line(registry_tls: RegistryServer, t
     assert r.returncode == 2 and "invalid image reference" in _one_line(r.stderr)
     r = _cli("copy", "ftp://x", f"oci:{tmp_path}/l")
     assert r.returncode == 2 and "invalid location" in _one_line(r.stderr)
+
+
+def test_chunked_upload_recovers_the_offset_after_a_broken_chunk(fresh_registry_plain: RegistryServer, tmp_path: Path, skopeo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big blobs go up in chunks; a chunk cut half way is not resent blindly: the offset is asked first."""
+    import bundler.registry as registry_mod
+
+    monkeypatch.setattr(registry_mod, "CHUNKED_UPLOAD_THRESHOLD", 100_000)
+    monkeypatch.setattr(registry_mod, "UPLOAD_CHUNK_SIZE", 256 * 1024)
+    big = random_layer(1_500_000, seed="chunked")
+    img = make_image(base_layers=[big], seed="chunked")
+    layout = Layout(tmp_path / "l")
+    from tests.infra.images import write_oci_layout
+
+    write_oci_layout(tmp_path / "l", [("x", img)])
+    with FaultProxy(fresh_registry_plain.url) as proxy:
+        seen = {"PATCH": 0}
+
+        def nth_patch(n: int) -> Any:
+            def match(method: str, target: str) -> bool:
+                if method != "PATCH":
+                    return False
+                seen["PATCH"] += 1
+                return seen["PATCH"] == n
+            return match
+
+        proxy.script("reset", match=nth_patch(1), times=1)  # before anything arrived
+        proxy.script("500", match=nth_patch(4), times=1)  # half way: the upload resumes at the registry's offset
+        regs = Registries(options=TransportOptions(insecure_hosts=frozenset({proxy.host}), backoff_base=0.01))
+        with Copier() as c:
+            c.copy(LayoutImage(layout, "x"), RegistryRepository(regs.client(proxy.host), Reference.parse(f"{proxy.host}/chunked/x:v1")))
+        patches = [t for (m, t, f, s) in proxy.log if m == "PATCH"]
+        assert proxy.counts["reset"] == 1 and proxy.counts["500"] == 1
+        assert len(patches) >= 7  # six 256 KiB chunks, plus the ones that failed
+    assert skopeo.digest(f"{fresh_registry_plain.host}/chunked/x:v1") == img.digest
