@@ -6,7 +6,6 @@ unreachable or authentication failed (see `bundler.errors`).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -15,7 +14,6 @@ import click
 from . import __version__
 from .cli_support import CONTEXT, CliProgress, common_options, emit_json, make_registries, registry_options, run_command, setup_logging
 from .units import human_bytes
-from .errors import ExitCode
 
 #: Commands of each area live in their own module, imported only when that command runs (a no-op
 #: `unpack` should not pay for importing `quay` or `pack`); `--help` imports them all for their summaries.

@@ -461,7 +461,7 @@ def verify_bundle(
             except SignatureError as exc:
                 problems.append(Problem("signature", f"{MANIFEST_NAME} does not match its signature {SIGNATURE_NAME}: the manifest was tampered with, or {key} is not the key it was signed with ({exc})"))
         else:
-            warnings.append(f"the bundle is signed but no --key was given: the signature was NOT checked")
+            warnings.append("the bundle is signed but no --key was given: the signature was NOT checked")
     elif key is not None or require_signature:
         problems.append(Problem("signature", f"the bundle is not signed (no {SIGNATURE_NAME}), but a signed bundle is required: it was stripped of its signature, or packed without --sign-key"))
     else:

@@ -239,3 +239,32 @@ class Skopeo:
 @pytest.fixture
 def skopeo() -> Skopeo:
     return Skopeo(require_tool("skopeo"))
+
+
+def cli_runner() -> Any:
+    """A click CliRunner giving `.output` (stdout and stderr together), `.stdout` and `.stderr` on every click
+    version we support (click < 8.2 keeps them apart only with `mix_stderr=False`, and then `.output` is
+    stdout alone; 8.2 removed the parameter and offers all three)."""
+    from click.testing import CliRunner
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+    class _Result:
+        def __init__(self, result: Any) -> None:
+            self._result = result
+            self.output = result.stdout + result.stderr
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._result, name)
+
+    class _Runner:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(runner, name)
+
+        def invoke(self, *args: Any, **kwargs: Any) -> Any:
+            return _Result(runner.invoke(*args, **kwargs))
+
+    return _Runner()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping
 
 import pytest
-from click.testing import CliRunner
 
 from bundler.errors import ImageNotFoundError, UsageError
 from bundler.extract import (
@@ -33,6 +32,7 @@ from bundler.transports import ImageSource, LayoutImage
 from tests.infra import openshift_images as oi
 from tests.infra.images import make_image, make_layer, write_oci_layout
 from tests.infra.registry import RegistryServer
+from tests.conftest import cli_runner
 
 DIGEST = "sha256:" + "d" * 64
 RELEASE = ReleaseIdentity(version="4.8.0", arch="x86_64", digest=DIGEST, source="quay.io/openshift-release-dev/ocp-release:4.8.0-x86_64")
@@ -266,7 +266,7 @@ def test_cli_extract_from_a_bundle(tmp_path: Path, components: Dict[str, object]
     (bundle_dir / "oci").symlink_to(components["root"])  # type: ignore[arg-type]
     monkeypatch.setitem(sys.modules, "bundler.bundle", _fake_bundle_module(bundle_dir, _carried(components)))
     monkeypatch.setenv("OCPB_DEBUG_LOG", str(tmp_path / "debug.log"))
-    runner = CliRunner()
+    runner = cli_runner()
     out = tmp_path / "out"
     res = runner.invoke(
         main, ["extract", str(bundle_dir), "--command", "openshift-install", "--to", str(out), "--registry", "mirror.example.com:8443", "--prefix", "disc", "--json"]
@@ -323,7 +323,7 @@ def test_extract_from_a_packed_bundle(tmp_path: Path, registry_plain: RegistrySe
     assert kinds.count("release") == 1 and kinds.count("release-component") == 6 and kinds.count("sample") == 28
 
     monkeypatch.setenv("OCPB_DEBUG_LOG", str(tmp_path / "debug.log"))
-    res = CliRunner().invoke(
+    res = cli_runner().invoke(
         main, ["extract", str(tmp_path / "bundle"), "--command", "openshift-install", "--to", str(tmp_path / "bin"), "--registry", "mirror.example.com:8443"]
     )
     assert res.exit_code == 0, res.output

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
-from click.testing import CliRunner
 
 from bundler.cli import main
 from bundler.quay import LOCAL_REPOSITORY, QuayPaths, images_from_bundle, quay_down, registry_role
-from tests.conftest import require_tool
+from tests.conftest import require_tool, cli_runner
 
 
 def _run(args: List[str], **env: str) -> "subprocess.CompletedProcess[str]":
@@ -40,7 +39,7 @@ def test_podman_missing_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_usage_errors_are_exit_2(tmp_path: Path) -> None:
-    runner = CliRunner()
+    runner = cli_runner()
     cert = tmp_path / "c.pem"
     cert.write_text("x")
     out = runner.invoke(main, ["quay", "up", "--hostname", "h", "--ssl-cert", str(cert), "--data-dir", str(tmp_path / "d")])
@@ -137,7 +136,7 @@ def test_quay_up_from_a_bundle_with_the_cli(bundle_of_stand_ins: Path, tmp_path:
         "--bind-address", "127.0.0.1", "--data-dir", str(data), "--name", name, "--timeout", "60",
         "--health-path", "/v2/", "--skip-database-setup",
     ]  # fmt: skip
-    runner = CliRunner()
+    runner = cli_runner()
     try:
         with QuayDouble(cert_file=paths.certificates.server_cert, key_file=paths.certificates.server_key, ca_file=paths.certificates.ca_cert) as double:
             out = runner.invoke(main, [*args, "--api-url", double.url, "--json"])

@@ -47,7 +47,7 @@ from bundler.quay import (
 from bundler.certs import ensure_certificates
 from bundler.podman import Podman
 from bundler.transports import LayoutImage
-from tests.conftest import require_tool
+from tests.conftest import require_tool, cli_runner
 from tests.infra.images import Image, make_config, make_image, make_index, make_layer, make_manifest, write_oci_layout
 from tests.infra.quay_double import QuayDouble
 
@@ -224,7 +224,6 @@ def test_load_image_keeps_config_and_digest_for_docker_list_and_oci_image(podman
 
 
 def test_quay_up_rerun_status_down_purge(podman_ready: Podman, stand_ins: StandIns, pod_name: str, tmp_path: Path) -> None:
-    from click.testing import CliRunner
 
     from bundler.cli import main
 
@@ -323,7 +322,7 @@ def test_quay_up_rerun_status_down_purge(podman_ready: Podman, stand_ins: StandI
         # status, library and CLI
         st = quay_status(name=pod_name, data_dir=data, podman=podman_ready)
         assert st.running and st.healthy is True  # polled on the health path `quay up` was given
-        runner = CliRunner()
+        runner = cli_runner()
         out = runner.invoke(main, ["quay", "status", "--name", pod_name, "--data-dir", str(data), "--json"])
         doc = json.loads(out.output)
         assert doc["running"] is True and doc["containers"]["quay"]["state"] == "running"

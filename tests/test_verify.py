@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Tuple
 
 import pytest
-from click.testing import CliRunner
 
 from bundler.bundle import BundleWriteResult
 from bundler.bundle_manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleBlob, BundleManifest, BundleVolume, Part
@@ -27,6 +26,7 @@ from bundler.layout import Layout
 from bundler.signing import generate_keypair
 from bundler.verify import UNSIGNED_WARNING, scan_volume, verify_bundle
 from tests.test_bundle import FILES, VOLUME_SIZE, bundle_copy, keys, layout_objs, sha, signed_bundle  # noqa: F401  (fixtures)
+from tests.conftest import cli_runner
 
 Fixture = Tuple[Path, BundleWriteResult]
 
@@ -302,7 +302,7 @@ def cli() -> Callable[..., Any]:
     from bundler.cli import main
 
     def run(*args: str) -> Any:
-        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        return cli_runner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return run
 
