@@ -26,10 +26,10 @@ from typing import Any, Callable, Dict, List, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundler.catalog import collect_images  # noqa: E402
-from bundler.catalog_fbc import load_fbc, render_fbc, select  # noqa: E402
-from bundler.catalog_sqlite import load_sqlite, prune_sqlite  # noqa: E402
-from bundler.image_set import CatalogSpec, ChannelFilter, PackageSpec  # noqa: E402
+from bundler.openshift.catalog.plan import collect_images  # noqa: E402
+from bundler.openshift.catalog.fbc import load_fbc, render_fbc, select  # noqa: E402
+from bundler.openshift.catalog.sqlite import load_sqlite, prune_sqlite  # noqa: E402
+from bundler.openshift.image_set import CatalogSpec, ChannelFilter, PackageSpec  # noqa: E402
 
 HEX = "0123456789abcdef"
 

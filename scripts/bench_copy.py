@@ -73,11 +73,11 @@ def run_child(code: str, *args: str) -> Dict[str, Any]:
 OURS = r"""
 import json, resource, sys, time
 from pathlib import Path
-from bundler.copy import Copier, CopyOptions
-from bundler.layout import Layout
-from bundler.reference import Reference
-from bundler.registry import Registries, TransportOptions
-from bundler.transports import LayoutImage, RegistryRepository
+from bundler.transfer.copy import Copier, CopyOptions
+from bundler.layout.store import Layout
+from bundler.oci.reference import Reference
+from bundler.registry.client import Registries, TransportOptions
+from bundler.transfer.transports import LayoutImage, RegistryRepository
 dest, host, workers, *refs = sys.argv[1:]
 t = time.perf_counter()
 regs = Registries(options=TransportOptions(insecure_hosts=frozenset({host}), pool_size=32))

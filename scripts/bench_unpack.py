@@ -40,11 +40,11 @@ from typing import Any, Dict, List, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundler.bundle import BundleWriteOptions, write_bundle  # noqa: E402
-from bundler.bundle_manifest import BundleImage  # noqa: E402
-from bundler.layout import Layout  # noqa: E402
-from bundler.signing import generate_keypair  # noqa: E402
-from bundler.units import parse_size  # noqa: E402
+from bundler.bundle.volumes import BundleWriteOptions, write_bundle  # noqa: E402
+from bundler.bundle.manifest import BundleImage  # noqa: E402
+from bundler.layout.store import Layout  # noqa: E402
+from bundler.bundle.signing import generate_keypair  # noqa: E402
+from bundler.base.units import parse_size  # noqa: E402
 from tests.infra.registry import RegistryServer  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -164,8 +164,8 @@ def build(root: Path, total: int, n_images: int) -> Tuple[List[BundleImage], int
 OURS = r"""
 import dataclasses, json, sys, time
 from pathlib import Path
-from bundler.registry import TransportOptions
-from bundler.unpack import UnpackOptions, unpack_bundle, verify_once
+from bundler.registry.client import TransportOptions
+from bundler.flows.unpack import UnpackOptions, unpack_bundle, verify_once
 bundle, host, key, workers, resources, state, reverify = sys.argv[1:]
 options = UnpackOptions(registry=host, transport=TransportOptions(insecure_hosts=frozenset({host}), pool_size=32),
                         workers=int(workers), key=Path(key), require_signature=True, reverify=reverify == "1",
@@ -188,10 +188,10 @@ FLOOR = r"""
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from bundler.bundle import Bundle
-from bundler.digest import Digest
-from bundler.oci import Descriptor
-from bundler.registry import Registries, TransportOptions
+from bundler.bundle.volumes import Bundle
+from bundler.oci.digest import Digest
+from bundler.oci.media import Descriptor
+from bundler.registry.client import Registries, TransportOptions
 bundle, host, workers = sys.argv[1:]
 b = Bundle.open(Path(bundle))
 client = Registries(options=TransportOptions(insecure_hosts=frozenset({host}), pool_size=32)).client(host)

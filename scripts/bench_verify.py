@@ -33,12 +33,12 @@ from typing import List, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bundler.bundle import BundleWriteOptions, write_bundle  # noqa: E402
-from bundler.bundle_manifest import BundleImage  # noqa: E402
-from bundler.digest import Digest  # noqa: E402
-from bundler.layout import Layout  # noqa: E402
-from bundler.oci import DOCKER_LAYER_GZIP, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_MANIFEST  # noqa: E402
-from bundler.units import parse_size  # noqa: E402
+from bundler.bundle.volumes import BundleWriteOptions, write_bundle  # noqa: E402
+from bundler.bundle.manifest import BundleImage  # noqa: E402
+from bundler.oci.digest import Digest  # noqa: E402
+from bundler.layout.store import Layout  # noqa: E402
+from bundler.oci.media import DOCKER_LAYER_GZIP, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_MANIFEST  # noqa: E402
+from bundler.base.units import parse_size  # noqa: E402
 
 CHUNK = 4 << 20
 
@@ -100,7 +100,7 @@ def build(layout_dir: Path, total: int, seed: int) -> Tuple[Layout, List[BundleI
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from bundler.verify import verify_bundle
+from bundler.bundle.verify import verify_bundle
 t = time.monotonic()
 r = verify_bundle({bundle!r}, workers={workers})
 print(json.dumps({{"seconds": time.monotonic() - t, "bytes": r.bytes, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))

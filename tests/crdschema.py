@@ -1,6 +1,6 @@
 """A small validator for Kubernetes objects against the OpenAPI v3 schemas inside CRD YAMLs.
 
-Test helper (not shipped): checks what `bundler.resources` generates against the real CRDs in
+Test helper (not shipped): checks what `bundler.openshift.resources` generates against the real CRDs in
 `/work/shared/fixtures/cluster-resources/crds/` (PROTOCOL-NOTES §5 "Cluster resources"), the way the API
 server would with strict field validation, for the keywords those CRDs use:
 

@@ -27,17 +27,17 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from bundler.bundle import Bundle, BundleWriteOptions, BundleWriteResult, plan_bundle, write_bundle
-from bundler.bundle_manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleImage, BundleManifest
-from bundler.copy import Copier
-from bundler.digest import Digest
-from bundler.errors import DiskSpaceError, ExitCode, ImageNotFoundError, IntegrityError, UsageError
-from bundler.layout import Layout
-from bundler.oci import Descriptor, is_index, parse_manifest
-from bundler.progress import CountingProgress
-from bundler.signing import generate_keypair
-from bundler.transports import LayoutImage
-from bundler.verify import verify_bundle
+from bundler.bundle.volumes import Bundle, BundleWriteOptions, BundleWriteResult, plan_bundle, write_bundle
+from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleImage, BundleManifest
+from bundler.transfer.copy import Copier
+from bundler.oci.digest import Digest
+from bundler.base.errors import DiskSpaceError, ExitCode, ImageNotFoundError, IntegrityError, UsageError
+from bundler.layout.store import Layout
+from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.base.progress import CountingProgress
+from bundler.bundle.signing import generate_keypair
+from bundler.transfer.transports import LayoutImage
+from bundler.bundle.verify import verify_bundle
 from tests.infra.images import make_image, make_index, random_layer, write_oci_layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -414,7 +414,7 @@ def test_incremental_bundle_holds_only_new_blobs(layout_objs: Tuple[Layout, Dict
 
 def test_free_space_is_checked_before_writing(layout_objs: Tuple[Layout, Dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layout, objs = layout_objs
-    import bundler.fsutil as fsutil_mod
+    import bundler.base.fsutil as fsutil_mod
 
     monkeypatch.setattr(fsutil_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 5000, 5000))  # type: ignore[attr-defined]
     out = tmp_path / "out"
@@ -427,7 +427,7 @@ def test_free_space_is_checked_before_writing(layout_objs: Tuple[Layout, Dict[st
 
 def test_enospc_while_writing_leaves_no_bundle_and_a_rerun_finishes(layout_objs: Tuple[Layout, Dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layout, objs = layout_objs
-    import bundler.bundle as bundle_mod
+    import bundler.bundle.volumes as bundle_mod
 
     real_open = open
     budget = {"bytes": 2 * VOLUME_SIZE + 1000}
@@ -479,8 +479,8 @@ KILL_SCRIPT = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from tests.test_bundle import build_layout, bundle_images
-    from bundler.bundle import BundleWriteOptions, write_bundle
-    from bundler.progress import NullProgress
+    from bundler.bundle.volumes import BundleWriteOptions, write_bundle
+    from bundler.base.progress import NullProgress
 
     class Slow(NullProgress):
         def item_done(self, name, status):
@@ -522,7 +522,7 @@ def test_writer_killed_half_way_then_rerun_verifies(tmp_path: Path, keys: Tuple[
 
 
 def test_layering_no_click_below_the_cli() -> None:
-    code = "import sys, bundler.bundle, bundler.verify, bundler.signing, bundler.bundle_manifest; print('click' in sys.modules or 'tqdm' in sys.modules)"
+    code = "import sys, bundler.bundle.volumes, bundler.bundle.verify, bundler.bundle.signing, bundler.bundle.manifest; print('click' in sys.modules or 'tqdm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
     assert out == "False"
 
@@ -532,7 +532,7 @@ def test_member_layout_properties(volume_size: int) -> None:
     """Volumes never exceed the size; parts are block-aligned, contiguous per item, and within ustar limits."""
     import random
 
-    from bundler.bundle import MEMBER_MAX, _assign, _Item
+    from bundler.bundle.volumes import MEMBER_MAX, _assign, _Item
 
     rng = random.Random(volume_size)
     sizes = [0, 1, 511, 512, 513] + [rng.choice([rng.randint(1, 4096), rng.randint(1, volume_size // 3), rng.randint(volume_size, 3 * volume_size)]) for _ in range(40)]

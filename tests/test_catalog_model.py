@@ -17,8 +17,8 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-from bundler.catalog import collect_images
-from bundler.catalog_fbc import (
+from bundler.openshift.catalog.plan import collect_images
+from bundler.openshift.catalog.fbc import (
     FORMAT_FBC_ALPHA,
     Bundle,
     DeclarativeConfig,
@@ -32,9 +32,9 @@ from bundler.catalog_fbc import (
     render_fbc_files,
     select,
 )
-from bundler.catalog_sqlite import load_sqlite, prune_sqlite
-from bundler.errors import ConfigError
-from bundler.image_set import CatalogSpec, ChannelFilter, PackageSpec
+from bundler.openshift.catalog.sqlite import load_sqlite, prune_sqlite
+from bundler.base.errors import ConfigError
+from bundler.openshift.image_set import CatalogSpec, ChannelFilter, PackageSpec
 
 FIXTURES = Path(os.environ.get("BUNDLER_FIXTURES", "/work/shared/fixtures"))
 SYNTH = FIXTURES / "catalog-fbc" / "synthetic"
@@ -362,7 +362,7 @@ def test_sqlite_full_images_are_related_images_and_bundlepaths(name: str, tmp_pa
     assert db.read_bytes() == before  # read from a copy
     sel = select(model, spec(full=True))
     got = collect_images(sel)
-    from bundler.reference import Reference
+    from bundler.oci.reference import Reference
 
     assert {str(u.reference) for u in got.uses} == {str(Reference.parse(i)) for i in _sqlite_images(db)}
 
@@ -445,7 +445,7 @@ def test_bundle_object_base64_is_a_csv() -> None:
     ],
 )
 def test_drop_cache_args(args: object, expected: object, changed: bool) -> None:
-    from bundler.catalog_build import drop_cache_args
+    from bundler.openshift.catalog.build import drop_cache_args
 
     assert drop_cache_args(args) == (expected, changed)  # type: ignore[arg-type]
 
@@ -456,7 +456,7 @@ def test_pruned_layer_is_deterministic_with_opaque_root(tmp_path: Path) -> None:
     import io
     import tarfile
 
-    from bundler.catalog_build import build_layer
+    from bundler.openshift.catalog.build import build_layer
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

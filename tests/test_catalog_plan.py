@@ -15,20 +15,20 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from bundler.catalog import LABEL_FBC, LABEL_SQLITE, CatalogPlan, plan_catalog
-from bundler.catalog_fbc import load_fbc
-from bundler.catalog_sqlite import load_sqlite
-from bundler.copy import Copier, CopyOptions
-from bundler.digest import Digest
-from bundler.errors import ImageNotFoundError, UsageError
-from bundler.image_files import extract_file, open_image, read_files
-from bundler.image_set import CatalogSpec, ChannelFilter, PackageSpec
-from bundler.layout import Layout
-from bundler.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
-from bundler.plan_types import digest_tag
-from bundler.reference import Reference
-from bundler.registry import Registries, TransportOptions
-from bundler.transports import LayoutImage, RegistryRepository
+from bundler.openshift.catalog.plan import LABEL_FBC, LABEL_SQLITE, CatalogPlan, plan_catalog
+from bundler.openshift.catalog.fbc import load_fbc
+from bundler.openshift.catalog.sqlite import load_sqlite
+from bundler.transfer.copy import Copier, CopyOptions
+from bundler.oci.digest import Digest
+from bundler.base.errors import ImageNotFoundError, UsageError
+from bundler.transfer.image_files import extract_file, open_image, read_files
+from bundler.openshift.image_set import CatalogSpec, ChannelFilter, PackageSpec
+from bundler.layout.store import Layout
+from bundler.oci.media import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
+from bundler.oci.planned import digest_tag
+from bundler.oci.reference import Reference
+from bundler.registry.client import Registries, TransportOptions
+from bundler.transfer.transports import LayoutImage, RegistryRepository
 from tests.infra.images import make_image, make_index, push
 from tests.infra.catalog_images import catalog_files, fbc_catalog, index_image, sqlite_catalog
 from tests.infra.registry import RegistryServer

@@ -1,4 +1,4 @@
-"""The registry's CA and server certificate (`bundler.certs`), checked with `cryptography` and a real TLS
+"""The registry's CA and server certificate (`bundler.quay.certs`), checked with `cryptography` and a real TLS
 handshake through Python's `ssl` (OpenSSL) verifying the chain and the host name / IP."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bundler.certs import (
+from bundler.quay.certs import (
     CertificatePaths,
     ensure_certificates,
     install_user_certificate,
@@ -25,7 +25,7 @@ from bundler.certs import (
     load_certificates,
     make_ca,
 )
-from bundler.errors import UsageError
+from bundler.base.errors import UsageError
 
 
 def _paths(tmp_path: Path) -> CertificatePaths:

@@ -16,13 +16,13 @@ from typing import Any, List, Optional, Tuple
 
 import pytest
 
-from bundler.auth import CredentialStore
-from bundler.copy import Copier, CopyOptions
-from bundler.digest import Digest
-from bundler.layout import Layout
-from bundler.reference import Reference
-from bundler.registry import Registries, TransportOptions
-from bundler.transports import LayoutImage, RegistryRepository
+from bundler.registry.auth import CredentialStore
+from bundler.transfer.copy import Copier, CopyOptions
+from bundler.oci.digest import Digest
+from bundler.layout.store import Layout
+from bundler.oci.reference import Reference
+from bundler.registry.client import Registries, TransportOptions
+from bundler.transfer.transports import LayoutImage, RegistryRepository
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.images import make_image, make_index, push, random_layer
 from tests.infra.registry import RegistryServer
@@ -161,7 +161,7 @@ def test_corrupted_partial_file_is_discarded(fresh_registry_plain: RegistryServe
     (tmp_path / "l" / "ingest").mkdir()
     (tmp_path / "l" / "ingest" / f"sha256-{big.digest.split(':')[1]}.partial").write_bytes(b"garbage" * 100)
     regs = _registries(fresh_registry_plain)
-    from bundler.errors import DigestMismatchError
+    from bundler.base.errors import DigestMismatchError
 
     src = RegistryRepository(regs.client(fresh_registry_plain.host), Reference.parse(f"{fresh_registry_plain.host}/c/x:v1"))
     with Copier() as c, pytest.raises(DigestMismatchError):
@@ -268,7 +268,7 @@ def test_cli_errors_have_exit_codes_and_one_line(registry_tls: RegistryServer, t
 
 def test_chunked_upload_recovers_the_offset_after_a_broken_chunk(fresh_registry_plain: RegistryServer, tmp_path: Path, skopeo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Big blobs go up in chunks; a chunk cut half way is not resent blindly: the offset is asked first."""
-    import bundler.registry as registry_mod
+    import bundler.registry.client as registry_mod
 
     monkeypatch.setattr(registry_mod, "CHUNKED_UPLOAD_THRESHOLD", 100_000)
     monkeypatch.setattr(registry_mod, "UPLOAD_CHUNK_SIZE", 256 * 1024)

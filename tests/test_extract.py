@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Mapping
 
 import pytest
 
-from bundler.errors import ImageNotFoundError, UsageError
-from bundler.extract import (
+from bundler.base.errors import ImageNotFoundError, UsageError
+from bundler.openshift.extract import (
     RELEASE_IMAGE_MARKER,
     RELEASE_VERSION_MARKER,
     ReleaseIdentity,
@@ -27,8 +27,8 @@ from bundler.extract import (
     extract_command,
     mirror_pull_spec,
 )
-from bundler.layout import Layout
-from bundler.transports import ImageSource, LayoutImage
+from bundler.layout.store import Layout
+from bundler.transfer.transports import ImageSource, LayoutImage
 from tests.infra import openshift_images as oi
 from tests.infra.images import make_image, make_layer, write_oci_layout
 from tests.infra.registry import RegistryServer
@@ -212,7 +212,7 @@ def test_mirror_pull_spec() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The CLI over a bundle (a stand-in `bundler.bundle` honouring the agreed contract)
+# The CLI over a bundle (a stand-in `bundler.bundle.volumes` honouring the agreed contract)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -227,7 +227,7 @@ class FakeBundleImage:
 
 
 def _fake_bundle_module(root: Path, images: List[FakeBundleImage]) -> types.ModuleType:
-    module = types.ModuleType("bundler.bundle")
+    module = types.ModuleType("bundler.bundle.volumes")
 
     class Bundle:
         def __init__(self) -> None:
@@ -264,7 +264,7 @@ def test_cli_extract_from_a_bundle(tmp_path: Path, components: Dict[str, object]
     bundle_dir = tmp_path / "bundle"
     bundle_dir.mkdir()
     (bundle_dir / "oci").symlink_to(components["root"])  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "bundler.bundle", _fake_bundle_module(bundle_dir, _carried(components)))
+    monkeypatch.setitem(sys.modules, "bundler.bundle.volumes", _fake_bundle_module(bundle_dir, _carried(components)))
     monkeypatch.setenv("OCPB_DEBUG_LOG", str(tmp_path / "debug.log"))
     runner = cli_runner()
     out = tmp_path / "out"
@@ -299,10 +299,10 @@ def test_choose_release_among_several() -> None:
 
 def test_extract_from_a_packed_bundle(tmp_path: Path, registry_plain: RegistryServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real thing: pack a synthetic release (with its samples) into a bundle, then extract from it."""
-    pack_module = pytest.importorskip("bundler.pack")
-    pytest.importorskip("bundler.bundle")
+    pack_module = pytest.importorskip("bundler.flows.pack")
+    pytest.importorskip("bundler.bundle.volumes")
     from bundler.cli import main
-    from bundler.registry import Registries, TransportOptions
+    from bundler.registry.client import Registries, TransportOptions
 
     rel = oi.build_release(
         registry_plain.url, version="4.8.0", components=6, repo="t-extract/ocp-release", component_repo="t-extract/art",

@@ -52,15 +52,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import pytest
 
-from bundler.bundle import read_manifest
-from bundler.bundle_manifest import MANIFEST_NAME
-from bundler.errors import ExitCode, PartialFailureError
-from bundler.pack import PackOptions, PackResult, pack
-from bundler.progress import NullProgress
-from bundler.registry import Registries, TransportOptions
-from bundler.signing import generate_keypair
-from bundler.unpack import UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
-from bundler.verify import verify_bundle
+from bundler.bundle.volumes import read_manifest
+from bundler.bundle.manifest import MANIFEST_NAME
+from bundler.base.errors import ExitCode, PartialFailureError
+from bundler.flows.pack import PackOptions, PackResult, pack
+from bundler.base.progress import NullProgress
+from bundler.registry.client import Registries, TransportOptions
+from bundler.bundle.signing import generate_keypair
+from bundler.flows.unpack import UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
+from bundler.bundle.verify import verify_bundle
 from tests.infra.faultproxy import HTTP_429, HTTP_500, RESET, STALL, TRUNCATE, FaultProxy
 from tests.infra.faults import Throttle, blob_map, tree_check
 from tests.infra.images import MANIFEST_TYPES, Blob, Manifestish, RegistryClient, iter_manifests, make_image, make_index, push, random_layer

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bundler.image_files import extract_file, open_image, read_files
-from bundler.layout import Layout
-from bundler.transports import LayoutImage
+from bundler.transfer.image_files import extract_file, open_image, read_files
+from bundler.layout.store import Layout
+from bundler.transfer.transports import LayoutImage
 from tests.infra.images import make_image, make_index, make_layer, write_oci_layout
 
 

@@ -1,4 +1,4 @@
-"""Tests for bundler.image_set: both config formats, the examples, and every kind of error message."""
+"""Tests for bundler.openshift.image_set: both config formats, the examples, and every kind of error message."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.errors import ConfigError, ExitCode
-from bundler.image_set import (
+from bundler.base.errors import ConfigError, ExitCode
+from bundler.openshift.image_set import (
     API_VERSION,
     DEFAULT_POSTGRES_IMAGE,
     DEFAULT_QUAY_IMAGE,

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bundler.bundle import Bundle
-from bundler.pack import PackOptions, pack
-from bundler.registry import Registries, TransportOptions
-from bundler.unpack import UnpackOptions, unpack_bundle
-from bundler.verify import verify_bundle
+from bundler.bundle.volumes import Bundle
+from bundler.flows.pack import PackOptions, pack
+from bundler.registry.client import Registries, TransportOptions
+from bundler.flows.unpack import UnpackOptions, unpack_bundle
+from bundler.bundle.verify import verify_bundle
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.images import make_image, make_index, push, random_layer
 from tests.infra.registry import RegistryServer

@@ -1,4 +1,4 @@
-"""Tests for bundler.pullsecret: add a mirror's credentials to a pull secret without disturbing the rest."""
+"""Tests for bundler.openshift.pullsecret: add a mirror's credentials to a pull secret without disturbing the rest."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from bundler.errors import UsageError
-from bundler.pullsecret import add_registry_credentials
+from bundler.base.errors import UsageError
+from bundler.openshift.pullsecret import add_registry_credentials
 
 PASSWORD = "s3cr3t-P@ss:with:colons"
 EXISTING_AUTH = base64.b64encode(b"someone:existing-secret-token").decode()

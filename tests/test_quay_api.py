@@ -1,4 +1,4 @@
-"""`bundler.quay_api.QuayAPI` against `tests.infra.quay_double.QuayDouble` (Quay's REST answers, and a
+"""`bundler.quay.api.QuayAPI` against `tests.infra.quay_double.QuayDouble` (Quay's REST answers, and a
 registry behind it that refuses pushes into organisations that do not exist or belong to someone else)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from bundler.errors import AuthenticationError, ExitCode, RegistryError, RegistryUnreachableError, UsageError
-from bundler.quay_api import CREATOR_TEAM, QuayAPI, RobotAccount
+from bundler.base.errors import AuthenticationError, ExitCode, RegistryError, RegistryUnreachableError, UsageError
+from bundler.quay.api import CREATOR_TEAM, QuayAPI, RobotAccount
 from tests.conftest import require_tool
 from tests.infra.images import PushError, make_image, push, write_oci_layout
 from tests.infra.quay_double import QuayDouble
@@ -139,12 +139,12 @@ def test_bundler_copy_pushes_through_the_double_with_a_robot_auth_file(quay: Qua
     """What unpack will do: bundler's own registry client, credentials from a docker auth file."""
     import base64
 
-    from bundler.auth import CredentialStore
-    from bundler.copy import Copier
-    from bundler.layout import Layout
-    from bundler.reference import Reference
-    from bundler.registry import Registries, TransportOptions
-    from bundler.transports import LayoutImage, RegistryRepository
+    from bundler.registry.auth import CredentialStore
+    from bundler.transfer.copy import Copier
+    from bundler.layout.store import Layout
+    from bundler.oci.reference import Reference
+    from bundler.registry.client import Registries, TransportOptions
+    from bundler.transfer.transports import LayoutImage, RegistryRepository
 
     api = _admin(quay)
     api.ensure_organization("ocp4")

@@ -1,5 +1,5 @@
 """`ocp-bundler quay ...` as users run it: one clear error line with the right exit code when something is
-missing, and `quay up --bundle` end to end from a real bundle (written by `bundler.bundle`) of stand-in
+missing, and `quay up --bundle` end to end from a real bundle (written by `bundler.bundle.volumes`) of stand-in
 images; plus the layering rule (no click below the CLI)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List
 import pytest
 
 from bundler.cli import main
-from bundler.quay import LOCAL_REPOSITORY, QuayPaths, images_from_bundle, quay_down, registry_role
+from bundler.quay.bringup import LOCAL_REPOSITORY, QuayPaths, images_from_bundle, quay_down, registry_role
 from tests.conftest import require_tool, cli_runner
 
 
@@ -63,12 +63,12 @@ def test_registry_roles_from_repository_names() -> None:
     assert registry_role("registry.redhat.io/rhel9/postgresql-15:latest") == "postgres"
     assert registry_role("rhel9/redis-7") == "redis"
     assert registry_role("quay.io/openshift/origin-cli") is None
-    assert registry_role("example.com/x/db", {"io.ocp-bundler.registry-role": "postgres"}) == "postgres"
+    assert registry_role("example.com/x/db", {"io.ocp-bundler.registry.client-role": "postgres"}) == "postgres"
 
 
 def test_library_modules_do_not_import_click() -> None:
     code = (
-        "import sys; import bundler.quay, bundler.quay_api, bundler.quay_config, bundler.certs, bundler.podman; "
+        "import sys; import bundler.quay.bringup, bundler.quay.api, bundler.quay.config, bundler.quay.certs, bundler.quay.podman; "
         "bad = [m for m in ('click', 'tqdm') if m in sys.modules]; print(','.join(bad))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -82,9 +82,9 @@ def test_library_modules_do_not_import_click() -> None:
 def bundle_of_stand_ins(tmp_path: Path) -> Iterator[Path]:
     """A real bundle whose `registry` images are the podman test stand-ins."""
     require_tool("podman")
-    from bundler.bundle import BundleWriteOptions, write_bundle
-    from bundler.bundle_manifest import BundleImage
-    from bundler.layout import Layout
+    from bundler.bundle.volumes import BundleWriteOptions, write_bundle
+    from bundler.bundle.manifest import BundleImage
+    from bundler.layout.store import Layout
     from tests.test_quay_podman import POSTGRES_SCRIPT, REDIS_SCRIPT, _busybox_image, _quay_stand_in
     from tests.infra.images import Manifestish, make_index, write_oci_layout
 
@@ -117,7 +117,7 @@ def bundle_of_stand_ins(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_quay_up_from_a_bundle_with_the_cli(bundle_of_stand_ins: Path, tmp_path: Path) -> None:
-    from bundler.certs import ensure_certificates
+    from bundler.quay.certs import ensure_certificates
     from tests.infra.quay_double import QuayDouble
 
     found = images_from_bundle(bundle_of_stand_ins)

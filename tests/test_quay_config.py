@@ -1,4 +1,4 @@
-"""Quay's config.yaml and the secrets file (`bundler.quay_config`): every key PROTOCOL-NOTES §4 requires,
+"""Quay's config.yaml and the secrets file (`bundler.quay.config`): every key PROTOCOL-NOTES §4 requires,
 S3-compatible storage variants, secrets that are stable, private and never shown."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bundler.errors import UsageError
-from bundler.quay_config import (
+from bundler.base.errors import UsageError
+from bundler.quay.config import (
     QuayConfigOptions,
     QuaySecrets,
     S3StorageOptions,

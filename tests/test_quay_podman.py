@@ -30,8 +30,8 @@ from typing import Dict, Iterator, List, Mapping, Optional
 import pytest
 import urllib3
 
-from bundler.layout import Layout
-from bundler.quay import (
+from bundler.layout.store import Layout
+from bundler.quay.bringup import (
     LOCAL_REPOSITORY,
     QuayHealthError,
     QuayPaths,
@@ -44,9 +44,9 @@ from bundler.quay import (
     quay_status,
     quay_up,
 )
-from bundler.certs import ensure_certificates
-from bundler.podman import Podman
-from bundler.transports import LayoutImage
+from bundler.quay.certs import ensure_certificates
+from bundler.quay.podman import Podman
+from bundler.transfer.transports import LayoutImage
 from tests.conftest import require_tool, cli_runner
 from tests.infra.images import Image, make_config, make_image, make_index, make_layer, make_manifest, write_oci_layout
 from tests.infra.quay_double import QuayDouble
@@ -382,7 +382,7 @@ def test_quay_up_port_taken_is_one_clear_error(podman_ready: Podman, stand_ins: 
 
 
 def test_missing_image_without_bundle_is_a_usage_error(podman_ready: Podman, pod_name: str, tmp_path: Path) -> None:
-    from bundler.errors import UsageError
+    from bundler.base.errors import UsageError
 
     with pytest.raises(UsageError) as info:
         quay_up(_options(tmp_path / "quay", pod_name, _free_port()), [], podman=podman_ready)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bundler.auth import CredentialStore, TokenCache, default_auth_files, parse_challenge
-from bundler.errors import InvalidReferenceError, UsageError
-from bundler.reference import Reference
+from bundler.registry.auth import CredentialStore, TokenCache, default_auth_files, parse_challenge
+from bundler.base.errors import InvalidReferenceError, UsageError
+from bundler.oci.reference import Reference
 
 D = "sha256:" + "a" * 64
 
@@ -97,7 +97,7 @@ def test_challenge_parsing() -> None:
 
 
 def test_token_cache_refreshes_before_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bundler.auth as auth
+    import bundler.registry.auth as auth
 
     now = [1000.0]
     monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])

@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
-from bundler.cincinnati import (
+from bundler.openshift.cincinnati import (
     GraphNode,
     HttpFetcher,
     UpdateGraph,
@@ -22,19 +22,19 @@ from bundler.cincinnati import (
     parse_graph,
     select_releases,
 )
-from bundler.errors import (
+from bundler.base.errors import (
     ExitCode,
     ImageNotFoundError,
     IntegrityError,
     RegistryError,
     UsageError,
 )
-from bundler.image_set import ChannelSpec, ReleaseSpec, Version
-from bundler.layout import Layout
-from bundler.registry import Registries, TransportOptions
-from bundler.release import check_components, plan_releases, read_release
-from bundler.release_signatures import as_release_signatures, fetch_signatures
-from bundler.transports import LayoutImage
+from bundler.openshift.image_set import ChannelSpec, ReleaseSpec, Version
+from bundler.layout.store import Layout
+from bundler.registry.client import Registries, TransportOptions
+from bundler.openshift.release import check_components, plan_releases, read_release
+from bundler.openshift.release_signatures import as_release_signatures, fetch_signatures
+from bundler.transfer.transports import LayoutImage
 from tests.infra.images import make_image, push, write_oci_layout
 from tests.infra.openshift_images import (
     IMAGE_REFERENCES_FIXTURE,
@@ -352,7 +352,7 @@ def test_release_signatures_from_a_store(rel48: ReleaseFixture, channel_releases
 
 def test_library_modules_do_not_import_click_or_tqdm() -> None:
     code = (
-        "import sys; import bundler.release, bundler.samples, bundler.extract, bundler.cincinnati, bundler.release_signatures; "
+        "import sys; import bundler.openshift.release, bundler.openshift.samples, bundler.openshift.extract, bundler.openshift.cincinnati, bundler.openshift.release_signatures; "
         "print(sorted(m for m in ('click', 'tqdm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)

@@ -1,4 +1,4 @@
-"""Tests for bundler.resources (PROTOCOL-NOTES §5 "Cluster resources") and the CRD validator it relies on.
+"""Tests for bundler.openshift.resources (PROTOCOL-NOTES §5 "Cluster resources") and the CRD validator it relies on.
 
 Everything generated is validated against the real CRDs in the shared fixtures; the release payload is the
 real 4.8 nightly image-references (135 components).
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bundler.errors import InvalidReferenceError, UsageError
-from bundler.resources import (
+from bundler.base.errors import InvalidReferenceError, UsageError
+from bundler.openshift.resources import (
     CatalogInfo,
     MirroredImage,
     ReleaseSignature,

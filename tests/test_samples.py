@@ -1,7 +1,7 @@
 """Sample imagestream images: from the release's samples operator (both paths), a directory, a list.
 
 The imagestreams are the real ones from the cluster-samples-operator repository (shared fixtures); the
-expected images are computed here straight from the JSON, independently of `bundler.samples`.
+expected images are computed here straight from the JSON, independently of `bundler.openshift.samples`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import AbstractSet, Iterator, Set, Tuple
 
 import pytest
 
-from bundler.errors import ConfigError, UsageError
-from bundler.image_set import ReleaseSpec, SamplesSpec
-from bundler.layout import Layout
-from bundler.plan_types import digest_tag
-from bundler.registry import Registries, TransportOptions
-from bundler.release import ReleaseInfo, ReleasePlan, plan_releases
-from bundler.samples import plan_samples, read_operator_imagestreams, sample_target
-from bundler.transports import LayoutImage
+from bundler.base.errors import ConfigError, UsageError
+from bundler.openshift.image_set import ReleaseSpec, SamplesSpec
+from bundler.layout.store import Layout
+from bundler.oci.planned import digest_tag
+from bundler.registry.client import Registries, TransportOptions
+from bundler.openshift.release import ReleaseInfo, ReleasePlan, plan_releases
+from bundler.openshift.samples import plan_samples, read_operator_imagestreams, sample_target
+from bundler.transfer.transports import LayoutImage
 from tests.infra.images import make_image, make_layer, write_oci_layout
 from tests.infra.openshift_images import (
     SAMPLES_FIXTURE_DIR,

@@ -1,4 +1,4 @@
-"""Ed25519 keys and detached signatures (`bundler.signing`)."""
+"""Ed25519 keys and detached signatures (`bundler.bundle.signing`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bundler.errors import ExitCode, SignatureError, UsageError
-from bundler.signing import generate_keypair, key_id, load_public_key, sign, signature_key_id, verify_signature
+from bundler.base.errors import ExitCode, SignatureError, UsageError
+from bundler.bundle.signing import generate_keypair, key_id, load_public_key, sign, signature_key_id, verify_signature
 
 
 @pytest.fixture

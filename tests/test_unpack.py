@@ -29,15 +29,15 @@ import pytest
 import urllib3
 import yaml
 
-from bundler.bundle import Bundle, BundleWriteOptions, write_bundle
-from bundler.bundle_manifest import BundleImage
-from bundler.errors import ExitCode, IntegrityError, UsageError
-from bundler.layout import Layout
-from bundler.plan_types import digest_tag
-from bundler.progress import NullProgress
-from bundler.registry import TransportOptions
-from bundler.signing import generate_keypair
-from bundler.unpack import ReadBackMismatchError, UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
+from bundler.bundle.volumes import Bundle, BundleWriteOptions, write_bundle
+from bundler.bundle.manifest import BundleImage
+from bundler.base.errors import ExitCode, IntegrityError, UsageError
+from bundler.layout.store import Layout
+from bundler.oci.planned import digest_tag
+from bundler.base.progress import NullProgress
+from bundler.registry.client import TransportOptions
+from bundler.bundle.signing import generate_keypair
+from bundler.flows.unpack import ReadBackMismatchError, UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
 from tests.crdschema import load_crds, validate_object
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.images import MANIFEST_TYPES, Image, ImageIndex, Manifestish, RegistryClient, make_image, make_index, push, random_layer, write_oci_layout

@@ -15,11 +15,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import pytest
 
-from bundler.errors import AuthenticationError, ExitCode
-from bundler.quay_api import QuayAPI
-from bundler.quay_config import QuaySecrets, save_secrets
-from bundler.registry import TransportOptions
-from bundler.unpack import UnpackOptions, UnpackPartialFailureError, unpack_bundle
+from bundler.base.errors import AuthenticationError, ExitCode
+from bundler.quay.api import QuayAPI
+from bundler.quay.config import QuaySecrets, save_secrets
+from bundler.registry.client import TransportOptions
+from bundler.flows.unpack import UnpackOptions, UnpackPartialFailureError, unpack_bundle
 from tests.infra.quay_double import QuayDouble
 from tests.test_unpack import FAST, PUBLIC_KEY, Entry, check_resources, cli, content, make_bundle, signature_files
 
@@ -128,9 +128,9 @@ def test_with_a_token_organisations_and_robots_are_created_then_pushes_succeed(q
 
 def test_quay_up_then_unpack_with_its_robots(quay: Any, tmp_path: Path, skopeo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--quay-up`: unpack asks the bring-up for every organisation the bundle needs, then pushes as the
-    bring-up's robots (read from its data dir). The podman part is `bundler.quay`'s (tested there); here a
+    bring-up's robots (read from its data dir). The podman part is `bundler.quay.bringup`'s (tested there); here a
     stand-in does what it does through the REST API on the double and writes its data dir."""
-    import bundler.quay as quay_module
+    import bundler.quay.bringup as quay_module
 
     entries = content("quay-up")
     bundle = make_bundle(tmp_path / "bundle", entries)

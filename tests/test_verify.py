@@ -19,12 +19,12 @@ from typing import Any, Callable, Dict, Tuple
 
 import pytest
 
-from bundler.bundle import BundleWriteResult
-from bundler.bundle_manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleBlob, BundleManifest, BundleVolume, Part
-from bundler.errors import ExitCode, IntegrityError, SignatureError, UnsafeArchiveError, UsageError
-from bundler.layout import Layout
-from bundler.signing import generate_keypair
-from bundler.verify import UNSIGNED_WARNING, scan_volume, verify_bundle
+from bundler.bundle.volumes import BundleWriteResult
+from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleBlob, BundleManifest, BundleVolume, Part
+from bundler.base.errors import ExitCode, IntegrityError, SignatureError, UnsafeArchiveError, UsageError
+from bundler.layout.store import Layout
+from bundler.bundle.signing import generate_keypair
+from bundler.bundle.verify import UNSIGNED_WARNING, scan_volume, verify_bundle
 from tests.test_bundle import FILES, VOLUME_SIZE, bundle_copy, keys, layout_objs, sha, signed_bundle  # noqa: F401  (fixtures)
 from tests.conftest import cli_runner
 

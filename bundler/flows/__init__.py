@@ -1,0 +1,1 @@
+"""The use-cases: plan, pack and unpack, composed from the layers below."""

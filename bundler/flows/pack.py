@@ -1,0 +1,319 @@
+"""The pack use-case: image-set config → pull into a work layout → bundle (volumes + signed manifest).
+
+The work layout survives interruption: blobs land under their final name only when verified, so a rerun
+fetches nothing twice. The bundle is written only when every image arrived; otherwise the failures are
+listed (exit 4, or exit 2 when images do not exist upstream) and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from bundler import __version__
+from bundler.transfer.copy import Copier, CopyOptions, CopyResult
+from bundler.oci.digest import Digest
+from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError
+from bundler.base.fsutil import atomic_write, free_space
+from bundler.openshift.image_set import load_image_set
+from bundler.layout.store import Layout
+from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.flows.plan import Plan, build_plan
+from bundler.oci.planned import PlannedImage
+from bundler.base.progress import NullProgress, Progress
+from bundler.oci.reference import Reference
+from bundler.registry.client import Registries
+from bundler.transfer.transports import LayoutImage, RegistryRepository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOLUME_SIZE = 4 * 1024**3 - 1  # FAT32's file size limit
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    config: Path
+    out_dir: Path
+    work_dir: Optional[Path] = None
+    volume_size: int = DEFAULT_VOLUME_SIZE
+    sign_key: Optional[Path] = None
+    base: Optional[Path] = None
+    dry_run: bool = False
+    workers: int = 8
+    graph_url: Optional[str] = None
+    signature_store: Optional[str] = None
+    progress: Progress = field(default_factory=NullProgress)
+
+
+@dataclass
+class PackedImage:
+    planned: PlannedImage
+    status: str
+    digest: Optional[str] = None
+    media_type: str = ""
+    manifest_size: int = 0
+    bytes_needed: int = 0
+    error: Optional[str] = None
+    blob_sizes: Dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        p = self.planned
+        out: Dict[str, Any] = {
+            "source": p.source,
+            "kind": p.kind,
+            "target": f"{p.target_repository}:{p.target_tag}",
+            "digest": self.digest,
+            "status": self.status,
+            "bytes": self.bytes_needed,
+        }
+        if p.annotations:
+            out["annotations"] = dict(p.annotations)
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class PackResult:
+    dry_run: bool
+    images: List[PackedImage]
+    plan: Plan
+    total_bytes: int = 0
+    bundle: Any = None
+    seconds: float = 0.0
+    work_dir: Optional[Path] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        by_kind: Dict[str, int] = {}
+        for img in self.images:
+            by_kind[img.planned.kind] = by_kind.get(img.planned.kind, 0) + 1
+        out: Dict[str, Any] = {
+            "dryRun": self.dry_run,
+            "images": [i.to_json() for i in self.images],
+            "imagesByKind": by_kind,
+            "totalBytes": self.total_bytes,
+            "reports": self.plan.reports,
+            "warnings": self.plan.warnings,
+            "seconds": round(self.seconds, 2),
+            "workDir": str(self.work_dir) if self.work_dir else None,
+        }
+        if self.bundle is not None:
+            out["bundle"] = self.bundle.to_json() if hasattr(self.bundle, "to_json") else str(self.bundle)
+        return out
+
+
+def default_work_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.ocp-bundler-work"
+
+
+def pack(options: PackOptions, *, registries: Registries) -> PackResult:
+    started = time.monotonic()
+    image_set = load_image_set(options.config)
+    if options.sign_key is not None and not options.dry_run:
+        from bundler.bundle.signing import load_private_key
+
+        load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
+    work_dir = options.work_dir or default_work_dir(options.out_dir)
+    layout = Layout(work_dir / "layout")
+    in_base: Set[str] = set()
+    if options.base is not None:
+        from bundler.bundle.volumes import load_base_manifest
+
+        base = load_base_manifest(options.base)  # a bad --base fails now, not after the pull
+        in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
+    progress = options.progress
+    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=progress)) as copier:
+        plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
+        planned = plan.deduplicated()
+        if options.dry_run:
+            images = _measure(planned, registries=registries, layout=layout, workers=options.workers)
+            total = _unique_bytes(images)
+            _check_space(options.out_dir, total, what="the bundle")
+            return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
+        images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
+    failed = [i for i in images if i.status == "failed"]
+    if failed:
+        lines = [f"{i.planned.source}: {i.error}" for i in failed]
+        missing = [i for i in failed if i.error and "not found" in i.error]
+        cls = ImageNotFoundError if len(missing) == len(failed) else PartialFailureError
+        summary = f"{len(failed)} of {len(images)} images could not be pulled; nothing was written to {options.out_dir}"
+        detail = "; ".join(lines[:10]) + (f"; … and {len(lines) - 10} more" if len(lines) > 10 else "")
+        if cls is ImageNotFoundError:
+            raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
+        raise PartialFailureError(f"{summary}: {detail}", failures=lines, hint="rerun to resume; finished images are not fetched again")
+
+    _fill_catalog_bytes(plan, images, layout)
+
+    from bundler.bundle.volumes import BundleWriteOptions, write_bundle
+    from bundler.bundle.manifest import BundleImage
+
+    bundle_images = [
+        BundleImage(
+            source=i.planned.source,
+            digest=str(i.digest),
+            media_type=i.media_type,
+            size=i.manifest_size,
+            kind=i.planned.kind,
+            target_repository=i.planned.target_repository,
+            target_tag=i.planned.target_tag,
+            annotations=dict(i.planned.annotations),
+        )
+        for i in images
+    ]
+    result = PackResult(False, images, plan, seconds=0.0, work_dir=work_dir)
+    files = dict(plan.files)
+    # What the bundle carries is what was planned, never what this run happened to do (statuses, bytes,
+    # times): the same content must give the same volumes, so a rerun after an interrupted write keeps them.
+    files["reports/plan.json"] = json.dumps(
+        {
+            "toolVersion": __version__,
+            "config": Path(image_set.source_name).name,
+            "images": [{k: v for k, v in i.to_json().items() if k not in ("status", "bytes")} for i in images],
+            "reports": plan.reports,
+            "warnings": plan.warnings,
+        },
+        indent=1,
+        sort_keys=True,
+        default=str,
+    ).encode()
+    bundle = write_bundle(
+        layout,
+        bundle_images,
+        options=BundleWriteOptions(
+            out_dir=options.out_dir,
+            volume_size=options.volume_size,
+            sign_key=options.sign_key,
+            base=options.base,
+            files=files,
+            progress=progress,
+        ),
+    )
+    result.bundle = bundle
+    result.total_bytes = getattr(bundle, "total_bytes", 0) or _unique_bytes(images)
+    result.seconds = time.monotonic() - started
+    atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
+    return result
+
+
+def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Any:
+    if img.in_layout:
+        return LayoutImage(layout, layout_ref(img))
+    ref = Reference.parse(img.source)
+    return RegistryRepository(registries.client(ref.registry), ref)
+
+
+def layout_ref(img: PlannedImage) -> str:
+    """The ref name an image built into the work layout is stored under."""
+    return img.annotations.get("layout-ref", img.source)
+
+
+class _LayoutSkippingBase(LayoutImage):
+    """A layout sink for incremental packs: configs and layers the base bundle carries count as present.
+
+    Manifests are still stored (the bundle needs them to describe every image); the blobs themselves are
+    neither fetched nor written, because the far side already has them from the base bundle.
+    """
+
+    def __init__(self, layout: Layout, ref_name: Optional[str], in_base: Set[str]) -> None:
+        super().__init__(layout, ref_name)
+        self._in_base = in_base
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        return str(descriptor.digest) in self._in_base or super().has_blob(descriptor)
+
+
+def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout, copier: Copier, in_base: Optional[Set[str]] = None) -> List[PackedImage]:
+    jobs = []
+    out: List[PackedImage] = []
+    to_copy: List[Tuple[int, PlannedImage]] = []
+    for idx, img in enumerate(planned):
+        out.append(PackedImage(img, "pending"))
+        if img.in_layout:
+            d = layout.resolve(layout_ref(img))
+            out[idx] = PackedImage(img, "built", str(d.digest), d.media_type, d.size, 0)
+            continue
+        to_copy.append((idx, img))
+        src = _source_for(img, registries, layout)
+        sink = _LayoutSkippingBase(layout, img.source, in_base) if in_base else LayoutImage(layout, img.source)
+        jobs.append((src, sink, Digest.parse(img.digest) if img.digest else None))
+    results: List[CopyResult] = copier.copy_many(jobs)
+    for (idx, img), r in zip(to_copy, results):
+        if r.status == "failed":
+            out[idx] = PackedImage(img, "failed", error=str(r.error))
+        else:
+            assert r.digest is not None
+            out[idx] = PackedImage(img, r.status, str(r.digest), r.media_type, layout.blob_path(r.digest).stat().st_size, r.stats.bytes_copied)
+    return out
+
+
+def _measure(planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int) -> List[PackedImage]:
+    """For --dry-run: fetch manifests (no layers) and add up the unique blobs each image needs."""
+
+    def one(img: PlannedImage) -> PackedImage:
+        try:
+            src = _source_for(img, registries, layout)
+            top = src.resolve()
+            blobs: Dict[str, int] = {}
+            stack = [top]
+            while stack:
+                m = stack.pop()
+                parsed = parse_manifest(m.raw, m.media_type)
+                if is_index(m.media_type):
+                    stack.extend(src.fetch_manifest(c) for c in parsed.children)
+                for b in parsed.blobs:
+                    blobs[str(b.digest)] = b.size
+            return PackedImage(img, "planned", str(top.digest), top.media_type, len(top.raw), sum(blobs.values()), blob_sizes=blobs)
+        except BundlerError as exc:  # reported per image in the plan, never hidden
+            return PackedImage(img, "failed", error=str(exc))
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, planned))
+
+
+def _unique_bytes(images: List[PackedImage]) -> int:
+    seen: Dict[str, int] = {}
+    for i in images:
+        for d, s in i.blob_sizes.items():
+            seen[d] = s
+    if seen:
+        return sum(seen.values())
+    return sum(i.bytes_needed for i in images)
+
+
+def _blob_sizes(layout: Layout, digest: str, media_type: str) -> Dict[str, int]:
+    """Every blob (manifests included) an image in the layout is made of, with its size."""
+    out: Dict[str, int] = {}
+    stack = [(Digest.parse(digest), media_type)]
+    while stack:
+        d, mt = stack.pop()
+        raw = layout.read_blob(d)
+        out[str(d)] = len(raw)
+        parsed = parse_manifest(raw, mt)
+        stack.extend((c.digest, c.media_type) for c in parsed.children)
+        out.update({str(b.digest): b.size for b in parsed.blobs})
+    return out
+
+
+def _fill_catalog_bytes(plan: Plan, images: List[PackedImage], layout: Layout) -> None:
+    """Each catalog report's `bytes`: the unique blobs of the catalog image and every image it brought."""
+    for report in plan.reports.get("catalogs", []):
+        name = report.get("catalog")
+        blobs: Dict[str, int] = {}
+        for img in images:
+            if img.digest and (img.planned.annotations.get("catalog") == name or (img.planned.kind == "catalog" and img.planned.source == name)):
+                blobs.update(_blob_sizes(layout, img.digest, img.media_type))
+        report["bytes"] = sum(blobs.values())
+
+
+def _check_space(directory: Path, needed: int, *, what: str) -> None:
+    free = free_space(directory)
+    if free < needed:
+        raise DiskSpaceError(
+            f"{what} needs about {needed / 1024**3:.1f} GiB but {directory} has {free / 1024**3:.1f} GiB free",
+            hint="free space or choose another --out directory",
+        )

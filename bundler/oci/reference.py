@@ -1,0 +1,105 @@
+"""Image references: parse and normalise `host[:port]/path[:tag][@sha256:...]`.
+
+Follows the distribution reference grammar (docker/distribution `reference/regexp.go`) and the Docker Hub
+defaults containers/image applies: a first component without `.` or `:` (and not `localhost`) is a path on
+`docker.io`, and a single-component Docker Hub path lives under `library/`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from bundler.oci.digest import Digest
+from bundler.base.errors import InvalidReferenceError
+
+DOCKER_HUB = "docker.io"
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_HOST_RE = re.compile(
+    r"^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$"
+)
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: Optional[str] = None
+    digest: Optional[Digest] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Reference":
+        original = text
+        if not text or text != text.strip():
+            raise InvalidReferenceError(f"invalid image reference {original!r}: empty or has spaces")
+        digest: Optional[Digest] = None
+        if "@" in text:
+            text, _, digest_text = text.partition("@")
+            try:
+                digest = Digest.parse(digest_text)
+            except InvalidReferenceError:
+                raise InvalidReferenceError(
+                    f"invalid image reference {original!r}: bad digest {digest_text!r}",
+                    hint="expected NAME@sha256:<64 hex digits>",
+                ) from None
+        tag: Optional[str] = None
+        slash = text.rfind("/")
+        colon = text.rfind(":")
+        if colon > slash:
+            text, tag = text[:colon], text[colon + 1 :]
+            if not _TAG_RE.match(tag):
+                raise InvalidReferenceError(f"invalid image reference {original!r}: bad tag {tag!r}")
+        first, sep, rest = text.partition("/")
+        if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+            registry, path = first, rest
+        else:
+            registry, path = DOCKER_HUB, text
+        if registry in ("index.docker.io", "registry-1.docker.io"):
+            registry = DOCKER_HUB
+        if not _HOST_RE.match(registry):
+            raise InvalidReferenceError(f"invalid image reference {original!r}: bad registry host {registry!r}")
+        if registry == DOCKER_HUB and "/" not in path:
+            path = f"library/{path}"
+        if not path or not _PATH_RE.match(path):
+            raise InvalidReferenceError(
+                f"invalid image reference {original!r}",
+                hint="expected HOST[:PORT]/PATH[:TAG][@sha256:DIGEST] with a lowercase path",
+            )
+        if len(registry) + 1 + len(path) > 255:
+            raise InvalidReferenceError(f"invalid image reference {original!r}: name longer than 255 characters")
+        return cls(registry=registry, repository=path, tag=tag, digest=digest)
+
+    @property
+    def name(self) -> str:
+        """`registry/repository`, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def identifier(self) -> str:
+        """What to ask the registry for: the digest when pinned, else the tag (default `latest`)."""
+        if self.digest is not None:
+            return str(self.digest)
+        return self.tag or "latest"
+
+    def with_digest(self, digest: Digest) -> "Reference":
+        return replace(self, digest=digest)
+
+    def with_tag(self, tag: Optional[str]) -> "Reference":
+        return replace(self, tag=tag)
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest is not None:
+            out += f"@{self.digest}"
+        return out
+
+
+def is_valid_tag(tag: str) -> bool:
+    return bool(_TAG_RE.match(tag))

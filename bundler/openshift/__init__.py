@@ -1,0 +1,1 @@
+"""OpenShift content: image-set configs, releases, samples, operator catalogs, update graph, cluster resources."""

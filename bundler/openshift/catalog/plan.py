@@ -1,0 +1,558 @@
+"""Operator catalogs: one image-set catalog entry → the index image, bundles and related images to carry.
+
+Owns the catalog planner (`plan_catalog`, PROTOCOL-NOTES §5 "Catalogs" and "The `value:` bug"):
+
+1. resolve the index image and copy it digest-exact into the work layout (pack would copy it anyway; the
+   plan reads the catalog from there, so nothing is downloaded twice);
+2. recognise the catalog by its labels — `operators.operatorframework.io.index.configs.v1` (file-based
+   catalog directory) or `…index.database.v1` (sqlite) — and read it into one model
+   (`catalog_fbc.load_fbc`, `catalog_sqlite.load_sqlite`);
+3. `select` what the config asks for (heads only, `full`, packages / channels / version ranges,
+   `defaultChannel`, dependencies) — unknown names are `ConfigError`s with close matches;
+4. collect every image the selected bundles need: the bundle image, `relatedImages`, and what the CSV names
+   (`collect_images`). An empty or unreadable related image (bugzilla 1821515, `value:` instead of
+   `image:`) is recovered from the CSV in the catalog (`olm.bundle.object`, sqlite `operatorbundle.csv`) or,
+   failing that, from the bundle image's `manifests/*.clusterserviceversion.yaml`; each recovery is listed
+   in the report, and anything still unreadable is listed as unresolved — nothing is dropped silently;
+5. pin every image by digest (tags resolved with a manifest HEAD, GET when HEAD gives no digest);
+6. the catalog image: copied digest-exact when unfiltered (`full`, or no packages), else a pruned image
+   built in the layout (`catalog_build`) whose `/configs` (or `index.db`) holds exactly the selection.
+
+Kinds: `operator` for bundles and related images (target repository = source path without host,
+tag = the source tag, or `digest_tag(digest)` for digest-only references), `catalog` for the index image.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+
+from bundler.openshift.catalog.build import build_pruned_image
+from bundler.openshift.catalog.fbc import (
+    FORMAT_SQLITE,
+    Bundle,
+    DeclarativeConfig,
+    InvalidCatalogError,
+    RelatedImage,
+    Selection,
+    csv_images,
+    load_fbc,
+    parse_csv_document,
+    render_fbc,
+    render_fbc_files,
+    select,
+)
+from bundler.openshift.catalog.sqlite import load_sqlite, prune_sqlite
+from bundler.transfer.copy import Copier
+from bundler.oci.digest import Digest
+from bundler.base.errors import BundlerError, ImageNotFoundError, InvalidReferenceError, RegistryError, UsageError
+from bundler.transfer.image_files import ImageRef, extract_file, normalise, open_image, read_files
+from bundler.openshift.image_set import CatalogSpec
+from bundler.layout.store import Layout
+from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.planned import PlannedImage, digest_tag
+from bundler.oci.reference import Reference
+from bundler.registry.client import FetchedManifest, Registries
+from bundler.transfer.transports import LayoutImage, RegistryRepository
+
+__all__ = [
+    "CatalogPlan",
+    "CatalogReport",
+    "CollectedImages",
+    "DeclarativeConfig",
+    "ImageUse",
+    "InvalidCatalogError",
+    "RecoveredImage",
+    "Selection",
+    "UnresolvedImage",
+    "collect_images",
+    "load_fbc",
+    "load_sqlite",
+    "plan_catalog",
+    "render_fbc",
+    "select",
+]
+
+log = logging.getLogger(__name__)
+
+LABEL_FBC = "operators.operatorframework.io.index.configs.v1"
+LABEL_SQLITE = "operators.operatorframework.io.index.database.v1"
+PRUNED_REF_PREFIX = "ocpb-pruned/"
+"""Layout ref names of pruned catalogs (never a pullable reference, so never confused with a copied image)."""
+
+MAX_CATALOG_BYTES = 4 << 30
+MAX_BUNDLE_MANIFEST_BYTES = 64 << 20
+RESOLVE_WORKERS = 8
+
+CsvLoader = Callable[[Bundle], Optional[Mapping[str, Any]]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveredImage:
+    package: str
+    bundle: str
+    image: str
+    source: str
+    """"catalog-csv" (the CSV the catalog carries) or "bundle-image" (the CSV in the bundle image)."""
+    reason: str
+
+    def to_json(self) -> Dict[str, str]:
+        return {"package": self.package, "bundle": self.bundle, "image": self.image, "from": self.source, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class UnresolvedImage:
+    package: str
+    bundle: str
+    name: str
+    reference: str
+    reason: str
+
+    def to_json(self) -> Dict[str, str]:
+        return {"package": self.package, "bundle": self.bundle, "name": self.name, "reference": self.reference, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ImageUse:
+    reference: Reference
+    package: str
+    bundle: str
+    role: str
+    """"bundle" or "related"."""
+    name: str = ""
+    recovered: str = ""
+
+
+@dataclass
+class CollectedImages:
+    uses: List[ImageUse] = field(default_factory=list)
+    recovered: List[RecoveredImage] = field(default_factory=list)
+    unresolved: List[UnresolvedImage] = field(default_factory=list)
+
+
+@dataclass
+class CatalogReport:
+    catalog: str
+    digest: str
+    format: str
+    platform: str
+    mode: str
+    """"heads-only", "full" or "filtered"."""
+    target: str
+    pruned: bool
+    pruned_digest: Optional[str] = None
+    packages: int = 0
+    channels: int = 0
+    bundles: int = 0
+    images: int = 0
+    bytes: Optional[int] = None
+    """Bytes of the operator images; None until pack has measured them."""
+    catalog_bytes: Optional[int] = None
+    """Bytes of a pruned catalog image built in the layout (all its blobs)."""
+    catalog_bundles: int = 0
+    """Bundles in the whole catalog (what an unpruned catalog still offers)."""
+    selection: Dict[str, Any] = field(default_factory=dict)
+    dependencies: List[Tuple[str, str]] = field(default_factory=list)
+    recovered: List[RecoveredImage] = field(default_factory=list)
+    unresolved: List[UnresolvedImage] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "catalog": self.catalog,
+            "digest": self.digest,
+            "format": self.format,
+            "platform": self.platform,
+            "mode": self.mode,
+            "target": self.target,
+            "pruned": self.pruned,
+            "prunedDigest": self.pruned_digest,
+            "packages": self.packages,
+            "channels": self.channels,
+            "bundles": self.bundles,
+            "images": self.images,
+            "bytes": self.bytes,
+            "catalogBytes": self.catalog_bytes,
+            "catalogBundles": self.catalog_bundles,
+            "selection": self.selection,
+            "dependencies": [{"package": p, "bundle": b} for p, b in self.dependencies],
+            "recovered": [r.to_json() for r in self.recovered],
+            "unresolved": [u.to_json() for u in self.unresolved],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class CatalogPlan:
+    catalog_image: PlannedImage
+    images: Tuple[PlannedImage, ...]
+    report: CatalogReport
+
+
+# --------------------------------------------------------------------------------------------------
+# Images of a selection (pure, apart from the optional bundle-image CSV loader)
+# --------------------------------------------------------------------------------------------------
+
+
+def _parse(text: str) -> Optional[Reference]:
+    try:
+        return Reference.parse(text.strip())
+    except InvalidReferenceError:
+        return None
+
+
+def collect_images(selection: Selection, *, bundle_csv: Optional[CsvLoader] = None) -> CollectedImages:
+    """Every image the selected bundles need, with recoveries and what could not be read.
+
+    The CSV the catalog carries is always read (the `value:` bug can leave no trace in `relatedImages`:
+    newer sqlite schemas delete empty rows); the bundle image is only opened (`bundle_csv`) for a bundle
+    whose related images are empty or unreadable and whose catalog CSV does not account for them.
+    """
+    out = CollectedImages()
+    for b in selection.bundles():
+        _collect_bundle(b, out, bundle_csv)
+    for u in out.unresolved:
+        log.warning("catalog bundle %s (%s): image %r (%s) cannot be carried: %s", u.bundle, u.package, u.reference, u.name or "no name", u.reason)
+    return out
+
+
+def _collect_bundle(b: Bundle, out: CollectedImages, bundle_csv: Optional[CsvLoader]) -> None:
+    known: Set[str] = set()
+
+    def add(ref: Reference, role: str, name: str, recovered: str = "") -> bool:
+        key = str(ref)
+        if key in known:
+            return False
+        known.add(key)
+        out.uses.append(ImageUse(ref, b.package, b.name, role, name, recovered))
+        return True
+
+    if b.image:
+        ref = _parse(b.image)
+        if ref is None:
+            out.unresolved.append(UnresolvedImage(b.package, b.name, "(bundle image)", b.image, "not a readable image reference"))
+        else:
+            add(ref, "bundle", "")
+    bad: List[RelatedImage] = []
+    for ri in b.related_images:
+        ref = _parse(ri.image) if ri.image else None
+        if ref is None:
+            bad.append(ri)
+        else:
+            add(ref, "related", ri.name)
+
+    def absorb(csv: Optional[Mapping[str, Any]], source: str) -> Optional[Set[str]]:
+        if csv is None:
+            return None
+        names: Set[str] = set()
+        for ri in csv_images(csv):
+            ref = _parse(ri.image)
+            if ref is None:
+                out.unresolved.append(UnresolvedImage(b.package, b.name, ri.name, ri.image, f"the CSV ({source}) names an unreadable image reference"))
+                continue
+            names.add(ri.name)
+            if add(ref, "related", ri.name, source):
+                why = "related image entry is empty or unreadable (bugzilla 1821515)" if bad else "named by the CSV but missing from the catalog's relatedImages"
+                out.recovered.append(RecoveredImage(b.package, b.name, str(ref), source, why))
+        return names
+
+    def pending(names: Optional[Set[str]], remaining: List[RelatedImage]) -> List[RelatedImage]:
+        if names is None:
+            return remaining
+        return [ri for ri in remaining if ri.name and ri.name not in names]
+
+    left = pending(absorb(b.csv(), "catalog-csv"), bad)
+    if left and bundle_csv is not None and b.image and _parse(b.image) is not None:
+        try:
+            left = pending(absorb(bundle_csv(b), "bundle-image"), left)
+        except BundlerError as exc:
+            for ri in left:
+                out.unresolved.append(UnresolvedImage(b.package, b.name, ri.name, ri.image, f"empty or unreadable, and the bundle image's CSV could not be read: {exc}"))
+            left = []
+    for ri in left:
+        out.unresolved.append(UnresolvedImage(b.package, b.name, ri.name, ri.image, "empty or unreadable, and no CSV names an image for it"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry work
+# --------------------------------------------------------------------------------------------------
+
+
+def _bundle_image_csv(registries: Registries, platform: str) -> CsvLoader:
+    def load(bundle: Bundle) -> Optional[Mapping[str, Any]]:
+        ref = Reference.parse(bundle.image)
+        src = RegistryRepository(registries.client(ref.registry), ref)
+        image = open_image(src, platform=platform)
+        files = read_files(
+            image,
+            lambda p: p.startswith("manifests/") and p.endswith((".yaml", ".yml", ".json")),
+            max_bytes=MAX_BUNDLE_MANIFEST_BYTES,
+        )
+        for name in sorted(files, key=lambda n: (".clusterserviceversion." not in n, n)):
+            csv = parse_csv_document(name, files[name])
+            if csv is not None:
+                log.info("bundle %s: read the CSV from %s in %s", bundle.name, name, bundle.image)
+                return csv
+        return None
+
+    return load
+
+
+def resolve_digests(refs: List[Reference], registries: Registries, *, workers: int = RESOLVE_WORKERS) -> Dict[str, Digest]:
+    """Digest of every tag reference (manifest HEAD with the full Accept header; GET when HEAD names none)."""
+
+    def one(ref: Reference) -> Tuple[str, Optional[Digest], Optional[BundlerError]]:
+        client = registries.client(ref.registry)
+        try:
+            head = client.head_manifest(ref.repository, ref.identifier)
+            if head is None:
+                raise ImageNotFoundError(f"image {ref} not found")
+            digest = head.digest or client.get_manifest(ref.repository, ref.identifier).digest
+            return str(ref), digest, None
+        except BundlerError as exc:
+            return str(ref), None, exc
+
+    out: Dict[str, Digest] = {}
+    failures: List[Tuple[str, BundlerError]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="catalog-resolve") as pool:
+        for key, digest, exc in pool.map(one, refs):
+            if digest is not None:
+                out[key] = digest
+            else:
+                assert exc is not None
+                failures.append((key, exc))
+    if failures:
+        listing = "; ".join(f"{k} ({e})" for k, e in failures[:10]) + (f"; … {len(failures)} in all" if len(failures) > 10 else "")
+        if all(isinstance(e, ImageNotFoundError) for _, e in failures):
+            raise ImageNotFoundError(
+                f"{len(failures)} image(s) named by the catalog do not exist: {listing}",
+                hint="the catalog references images its publisher removed; narrow the selection or ask the publisher",
+            )
+        first = next(e for _, e in failures if not isinstance(e, ImageNotFoundError))
+        if isinstance(first, RegistryError):
+            raise RegistryError(
+                f"cannot resolve {len(failures)} image tag(s) named by the catalog: {listing}",
+                status=first.status,
+                codes=first.codes,
+                url=first.url,
+                temporary=first.temporary,
+                hint=first.hint,
+            )
+        raise first
+    return out
+
+
+def _planned(uses: List[ImageUse], digests: Mapping[str, Digest], catalog: str) -> List[PlannedImage]:
+    grouped: Dict[Tuple[str, str], List[ImageUse]] = {}
+    pinned: Dict[Tuple[str, str], Tuple[Reference, Digest]] = {}
+    for u in uses:
+        ref = u.reference
+        digest = ref.digest if ref.digest is not None else digests[str(ref)]
+        tag = ref.tag or digest_tag(str(digest))
+        key = (f"{ref.name}@{digest}", tag)
+        grouped.setdefault(key, []).append(u)
+        pinned[key] = (ref, digest)
+    out = []
+    for key, us in grouped.items():
+        ref, digest = pinned[key]
+        first = us[0]
+        ann = {"catalog": catalog, "package": first.package, "bundle": first.bundle, "role": first.role, "uses": str(len(us))}
+        if ref.tag and ref.digest is None:
+            ann["resolved-from"] = str(ref)
+        rec = next((x.recovered for x in us if x.recovered), "")
+        if rec and all(x.recovered for x in us):
+            ann["recovered"] = rec
+        out.append(
+            PlannedImage(
+                source=key[0],
+                kind="operator",
+                target_repository=ref.repository,
+                target_tag=key[1],
+                digest=str(digest),
+                annotations=ann,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the catalog out of the index image
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Content:
+    model: DeclarativeConfig
+    format: str
+    root: str
+    """FBC directory (`configs`) or database path (`database/index.db`), normalised."""
+    db_file: Optional[Path] = None
+
+
+def _read_catalog(image: ImageRef, workdir: Path, where: str) -> _Content:
+    labels = image.labels
+    if labels.get(LABEL_FBC):
+        root = normalise(labels[LABEL_FBC]).rstrip("/")
+        prefix = root + "/" if root else ""
+        files = read_files(image, lambda p: p.startswith(prefix), max_bytes=MAX_CATALOG_BYTES)
+        if not files:
+            raise InvalidCatalogError(f"{where}: the label {LABEL_FBC} names /{root}, but the image has no files there")
+        rel = {p[len(prefix) :]: data for p, data in files.items()}
+        return _Content(load_fbc(rel), "fbc", root)
+    if labels.get(LABEL_SQLITE):
+        db = normalise(labels[LABEL_SQLITE])
+        dest = workdir / "index.db"
+        with open(dest, "wb") as f:
+            member = extract_file(image, db, f)
+        if member is None:
+            raise InvalidCatalogError(f"{where}: the label {LABEL_SQLITE} names /{db}, but the image has no such file")
+        return _Content(load_sqlite(dest), FORMAT_SQLITE, db, dest)
+    raise UsageError(
+        f"{where} is not an operator catalog: it has neither the {LABEL_FBC} nor the {LABEL_SQLITE} label",
+        hint="name an index image (e.g. registry.redhat.io/redhat/redhat-operator-index:v4.14) in operators[].catalog",
+    )
+
+
+def _layout_bytes(layout: Layout, top: Descriptor) -> int:
+    seen: Dict[str, int] = {str(top.digest): top.size}
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        parsed = parse_manifest(layout.read_blob(d.digest), d.media_type)
+        children = list(parsed.children) if is_index(d.media_type) else []
+        for c in children:
+            if str(c.digest) not in seen:
+                seen[str(c.digest)] = c.size
+                stack.append(c)
+        for b in parsed.blobs:
+            seen.setdefault(str(b.digest), b.size)
+    return sum(seen.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# The planner
+# --------------------------------------------------------------------------------------------------
+
+
+def plan_catalog(
+    spec: CatalogSpec,
+    *,
+    registries: Registries,
+    layout: Layout,
+    copier: Copier,
+    platform: str = "linux/amd64",
+) -> CatalogPlan:
+    """Plan one catalog entry of an image-set config (see the module docstring)."""
+    ref = Reference.parse(spec.catalog)
+    client = registries.client(ref.registry)
+    top: FetchedManifest = RegistryRepository(client, ref).resolve()
+    pinned = Reference(ref.registry, ref.repository, digest=top.digest)
+    log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
+    copier.copy(RegistryRepository(client, pinned), LayoutImage(layout, None), expected=top.digest)
+    local = LayoutImage(layout, None)
+    image = open_image(local, top, platform=platform)
+
+    with tempfile.TemporaryDirectory(prefix="ocpb-catalog-") as tmp:
+        workdir = Path(tmp)
+        content = _read_catalog(image, workdir, spec.catalog)
+        selection = select(content.model, spec)
+        collected = collect_images(selection, bundle_csv=_bundle_image_csv(registries, platform))
+        tags = {str(u.reference): u.reference for u in collected.uses if u.reference.digest is None}
+        digests = resolve_digests(list(tags.values()), registries) if tags else {}
+        images = _planned(collected.uses, digests, spec.catalog)
+
+        target_repo = spec.target_catalog or ref.repository
+        mode = "filtered" if spec.packages else ("full" if spec.full else "heads-only")
+        notes = list(selection.notes)
+        report = CatalogReport(
+            catalog=spec.catalog,
+            digest=str(top.digest),
+            format=content.format,
+            platform=platform,
+            mode=mode,
+            target="",
+            pruned=selection.pruned,
+            packages=len(selection.channels),
+            channels=selection.channel_count(),
+            bundles=len(selection.bundle_keys()),
+            images=len(images),
+            catalog_bundles=len(content.model.bundles),
+            selection=selection.to_json(),
+            dependencies=list(selection.dependencies),
+            recovered=list(collected.recovered),
+            unresolved=list(collected.unresolved),
+            notes=notes,
+        )
+        if not selection.pruned:
+            tag = spec.target_tag or ref.tag or digest_tag(str(top.digest))
+            catalog_image = PlannedImage(
+                source=f"{ref.name}@{top.digest}",
+                kind="catalog",
+                target_repository=target_repo,
+                target_tag=tag,
+                digest=str(top.digest),
+                annotations={"catalog": spec.catalog, "format": content.format, "pruned": "false", "mode": mode},
+            )
+            if mode == "heads-only":
+                notes.append(
+                    f"the catalog is carried unchanged (digest-exact): it lists {len(content.model.bundles)} bundles, "
+                    f"of which the {report.bundles} channel heads (and their dependencies) are carried"
+                )
+        else:
+            explicit_tag = spec.target_tag or ref.tag
+            ref_name = f"{PRUNED_REF_PREFIX}{target_repo}:{explicit_tag or digest_tag(str(top.digest), prefix='from')}"
+            if content.format == FORMAT_SQLITE:
+                assert content.db_file is not None
+                pruned_db = workdir / "pruned.db"
+                prune_sqlite(content.db_file, pruned_db, selection)
+                files: Dict[str, Any] = {content.root: pruned_db}
+                opaque: List[str] = []
+            else:
+                prefix = content.root + "/" if content.root else ""
+                files = {prefix + name: data for name, data in render_fbc_files(selection).items()}
+                opaque = [content.root] if content.root else []
+            original = Descriptor(media_type=top.media_type, digest=top.digest, size=len(top.raw))
+            built = build_pruned_image(
+                layout,
+                original,
+                files=files,
+                opaque_dirs=opaque,
+                ref_name=ref_name,
+                drop_cache=content.format != FORMAT_SQLITE,
+                notes=notes,
+            )
+            new_digest = str(built.descriptor.digest)
+            tag = explicit_tag or digest_tag(new_digest)
+            report.pruned_digest = new_digest
+            report.catalog_bytes = _layout_bytes(layout, built.descriptor)
+            catalog_image = PlannedImage(
+                source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `layout-ref`
+                kind="catalog",
+                target_repository=target_repo,
+                target_tag=tag,
+                digest=new_digest,
+                in_layout=True,
+                annotations={
+                    "catalog": spec.catalog,
+                    "layout-ref": ref_name,
+                    "format": content.format,
+                    "original-digest": str(top.digest),
+                    "pruned": "true",
+                    "mode": mode,
+                },
+            )
+        report.target = f"{target_repo}:{tag}"
+    log.info(
+        "catalog %s: %d packages, %d channels, %d bundles, %d images%s",
+        spec.catalog, report.packages, report.channels, report.bundles, report.images, f", {len(report.recovered)} recovered" if report.recovered else "",
+    )
+    return CatalogPlan(catalog_image=catalog_image, images=tuple(images), report=report)

@@ -1,0 +1,571 @@
+"""A client of the OCI distribution API (distribution-spec v1.1) over urllib3.
+
+Owns every HTTP exchange with a registry: manifests fetched and pushed as raw bytes with their media type
+(full `Accept` always), HEAD checks, streaming blob GETs with Range resume, monolithic and chunked uploads,
+cross-repository mounts, authentication (Basic and Bearer with a per-scope token cache, see `auth`), and
+bounded retries by predicate: connection errors, 429 (honouring Retry-After) and 5xx. Errors come out as
+`RegistryError` subclasses carrying status, registry error codes and a redacted URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import (
+    MaxRetryError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from bundler.registry.auth import Challenge, CredentialStore, TokenCache, parse_challenge
+from bundler.oci.digest import CHUNK_SIZE, Digest, Readable
+from bundler.base.errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    RegistryError,
+)
+from bundler.registry.http import RETRY_STATUSES, USER_AGENT, Body, HttpPools, backoff, send_with_retries, short_reason
+from bundler.registry.http import TransportOptions as TransportOptions  # re-exported: part of this module's API
+from bundler.registry.http import redact as redact
+from bundler.oci.media import ACCEPT, Descriptor, detect_media_type
+
+log = logging.getLogger(__name__)
+
+#: Blobs larger than this are uploaded in chunks so a failure resumes instead of restarting.
+CHUNKED_UPLOAD_THRESHOLD = 256 << 20
+UPLOAD_CHUNK_SIZE = 64 << 20
+
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    raw: bytes
+    media_type: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: Optional[Digest]
+    media_type: str
+    size: Optional[int]
+
+
+def _error_codes(data: bytes) -> Tuple[List[str], str]:
+    try:
+        obj = json.loads(data)
+        errs = obj.get("errors") or []
+        codes = [str(e.get("code", "")) for e in errs if isinstance(e, dict)]
+        messages = [str(e.get("message", "")) for e in errs if isinstance(e, dict)]
+        return codes, "; ".join(m for m in messages if m)
+    except (ValueError, AttributeError):
+        return [], ""
+
+
+@dataclass
+class _HostState:
+    scheme: Optional[str] = None
+    challenge: Optional[Challenge] = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Registries:
+    """Shared HTTP pools, token cache and credentials for every registry one command talks to."""
+
+    def __init__(self, *, credentials: Optional[CredentialStore] = None, options: TransportOptions = TransportOptions()) -> None:
+        self.options = options
+        self.credentials = credentials if credentials is not None else CredentialStore(files=[])
+        self.tokens = TokenCache()
+        self.pools = HttpPools(options)
+        self._hosts: Dict[str, _HostState] = {}
+        self._guard = threading.RLock()
+        self._clients: Dict[str, "RegistryClient"] = {}
+
+    def client(self, host: str) -> "RegistryClient":
+        with self._guard:
+            c = self._clients.get(host)
+            if c is None:
+                c = self._clients[host] = RegistryClient(host, self)
+            return c
+
+    def _state(self, host: str) -> _HostState:
+        with self._guard:
+            return self._hosts.setdefault(host, _HostState())
+
+    def close(self) -> None:
+        self.pools.close()
+
+
+def _pull(repo: str) -> Tuple[str, ...]:
+    return (f"repository:{repo}:pull",)
+
+
+def _push(repo: str) -> Tuple[str, ...]:
+    return (f"repository:{repo}:pull,push",)
+
+
+class RegistryClient:
+    """The distribution API of one registry host."""
+
+    def __init__(self, host: str, shared: Registries) -> None:
+        self.host = host
+        self._shared = shared
+        self._opts = shared.options
+        self._state = shared._state(host)
+        self._once = dataclasses.replace(self._opts, max_attempts=1)
+        self.insecure = host in self._opts.insecure_hosts
+        #: where each blob is known to exist on this registry (for cross-repository mounts)
+        self.known_blobs: Dict[str, str] = {}
+        self._known_lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _pool(self) -> urllib3.PoolManager:
+        return self._shared.pools.insecure if self.insecure else self._shared.pools.secure
+
+    def _base(self) -> str:
+        st = self._state
+        if st.scheme is None:
+            with st.lock:
+                if st.scheme is None:
+                    st.scheme = self._probe_scheme()
+        return f"{st.scheme}://{self.host}"
+
+    def _probe_scheme(self) -> str:
+        if not self.insecure:
+            return "https"
+        try:
+            self._pool().request("GET", f"https://{self.host}/v2/", retries=False, timeout=urllib3.Timeout(connect=5, read=10))
+            return "https"
+        except (SSLError, ProtocolError, MaxRetryError) as exc:
+            log.debug("%s: TLS probe failed (%s); using plain HTTP", self.host, exc)
+            return "http"
+        except Urllib3Error:
+            return "http"
+
+    def _auth_header(self, scopes: Tuple[str, ...], *, force_refresh: bool = False) -> Optional[str]:
+        ch = self._state.challenge
+        if ch is None:
+            return None
+        creds = self._shared.credentials.lookup(self.host, _repo_of(scopes))
+        if ch.scheme == "basic":
+            return creds.basic_header() if creds else None
+        if ch.scheme != "bearer":
+            return None
+        realm = ch.params.get("realm", "")
+        service = ch.params.get("service", "")
+        key = (realm, service, tuple(sorted(scopes)))
+        tokens = self._shared.tokens
+        if force_refresh:
+            tokens.invalidate(key)
+        tok = tokens.get(key)
+        if tok is not None:
+            return f"Bearer {tok}"
+        with tokens.lock_for(key):
+            tok = tokens.get(key)
+            if tok is None:
+                tok = self._fetch_token(realm, service, scopes, key)
+        return f"Bearer {tok}"
+
+    def _fetch_token(self, realm: str, service: str, scopes: Tuple[str, ...], key: Tuple[str, str, Tuple[str, ...]]) -> str:
+        if not realm:
+            raise AuthenticationError(f"{self.host} asked for a token but named no realm")
+        params: List[Tuple[str, str]] = []
+        if service:
+            params.append(("service", service))
+        params.extend(("scope", s) for s in scopes)
+        url = realm + ("&" if "?" in realm else "?") + urlencode(params)
+        headers = {"User-Agent": USER_AGENT}
+        creds = self._shared.credentials.lookup(self.host, _repo_of(scopes))
+        realm_parts = urlsplit(realm)
+        if creds is not None and (realm_parts.scheme == "https" or realm_parts.hostname == self.host.split(":")[0]):
+            headers["Authorization"] = creds.basic_header()
+        pool = self._shared.pools.insecure if (self._shared.pools.is_insecure(realm) or self.insecure) else self._shared.pools.secure
+        resp = self._send_with_retries(pool, "GET", url, headers, None, what=f"token from {redact(realm)}")
+        data = resp.data
+        if resp.status in (401, 403):
+            raise AuthenticationError(
+                f"{self.host}: the token service refused the credentials" + (" (none were found)" if creds is None else f" for user {creds.username!r}"),
+                status=resp.status,
+                url=redact(realm),
+                hint="check the auth file (--authfile, or log in with podman login) and try again",
+            )
+        if resp.status != 200:
+            raise RegistryError(f"{self.host}: token service answered HTTP {resp.status}", status=resp.status, url=redact(realm))
+        try:
+            obj = json.loads(data)
+            token = obj.get("token") or obj.get("access_token")
+            expires_in = float(obj.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            raise RegistryError(f"{self.host}: token service returned something that is not a token", url=redact(realm)) from None
+        if not token:
+            raise RegistryError(f"{self.host}: token service returned no token", url=redact(realm))
+        self._shared.tokens.put(key, str(token), expires_in)
+        return str(token)
+
+    def _send_with_retries(
+        self,
+        pool: urllib3.PoolManager,
+        method: str,
+        url: str,
+        headers: Dict[str, str],
+        body: Body,
+        *,
+        what: str,
+        preload: bool = True,
+        redirect: bool = True,
+    ) -> urllib3.BaseHTTPResponse:
+        return send_with_retries(pool, self._opts, method, url, headers, body, what=what, host=self.host, preload=preload, redirect=redirect)
+
+    def _sleep(self, attempt: int, retry_after: Optional[str], why: str) -> None:
+        backoff(self._opts, attempt, retry_after, why)
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scopes: Tuple[str, ...],
+        headers: Optional[Dict[str, str]] = None,
+        body: Body = None,
+        preload: bool = True,
+        what: str = "",
+        retry: bool = True,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send an authenticated request; answers 401 by authenticating once, then gives the answer back.
+
+        `retry=False` sends it once: for requests that must not be repeated blindly (an upload chunk that
+        broke off may have been half appended; the caller asks the registry where the upload stands)."""
+        url = path_or_url if "://" in path_or_url else self._base() + path_or_url
+        what = what or f"{method} {redact(url)}"
+        answered_challenge = False
+        refreshed = False
+        while True:
+            hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
+            auth = self._auth_header(scopes, force_refresh=refreshed)
+            if auth:
+                hdrs["Authorization"] = auth
+            resp = send_with_retries(
+                self._pool(), self._opts if retry else self._once, method, url, hdrs, body, what=what, host=self.host, preload=preload
+            )
+            if resp.status != 401:
+                return resp
+            if not preload:
+                resp.drain_conn()
+            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+            known = self._state.challenge
+            if challenge is not None and not answered_challenge and (auth is None or known is None or known.scheme != challenge.scheme):
+                self._state.challenge = challenge  # learn how this registry wants to be asked, then ask again
+                answered_challenge = True
+                continue
+            if not refreshed and self._state.challenge is not None and self._state.challenge.scheme == "bearer":
+                refreshed = True  # the token may have expired early or lack a scope: fetch a new one once
+                continue
+            return resp
+
+    def _fail(self, resp: urllib3.BaseHTTPResponse, what: str, url: str, *, repo: str = "") -> RegistryError:
+        data = resp.data if resp.data is not None else b""
+        codes, message = _error_codes(data or b"")
+        status = resp.status
+        detail = f"HTTP {status}" + (f" {','.join(codes)}" if codes else "") + (f": {message}" if message else "")
+        if status in (401, 403):
+            creds = self._shared.credentials.lookup(self.host, repo)
+            who = f"user {creds.username!r}" if creds else "anonymous access (no credentials found)"
+            return AuthenticationError(
+                f"{self.host}: not authorised for {what} as {who} ({detail})",
+                status=status,
+                codes=codes,
+                url=redact(url),
+                hint="check the credentials in the auth file and the permissions on the repository",
+            )
+        temporary = status in RETRY_STATUSES
+        return RegistryError(f"{self.host}: {what} failed ({detail})", status=status, codes=codes, url=redact(url), temporary=temporary)
+
+    # -- API -----------------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Check that the registry answers the API (authenticating if it asks)."""
+        resp = self.request("GET", "/v2/", scopes=(), what="API check")
+        if resp.status not in (200, 401):
+            raise self._fail(resp, "API check", "/v2/")
+
+    def get_manifest(self, repo: str, ref: str) -> FetchedManifest:
+        path = f"/v2/{repo}/manifests/{ref}"
+        resp = self.request("GET", path, scopes=_pull(repo), headers={"Accept": ACCEPT}, what=f"manifest {repo}:{ref}")
+        if resp.status == 404:
+            raise ImageNotFoundError(
+                f"image {self.host}/{repo}{'@' if ':' in ref else ':'}{ref} not found",
+                hint="check the name, tag or digest (and that the credentials can see it)",
+            )
+        if resp.status != 200:
+            raise self._fail(resp, f"manifest {repo}:{ref}", path, repo=repo)
+        raw = bytes(resp.data)
+        media_type = detect_media_type(raw, resp.headers.get("Content-Type"))
+        digest = Digest.of(raw)
+        if ref.startswith("sha") and ":" in ref:
+            expected = Digest.parse(ref)
+            if expected != digest:
+                raise DigestMismatchError(f"{self.host}/{repo}@{ref}: the registry served a manifest with digest {digest}")
+        return FetchedManifest(raw, media_type, digest)
+
+    def head_manifest(self, repo: str, ref: str, *, scopes: Optional[Tuple[str, ...]] = None) -> Optional[ManifestHead]:
+        path = f"/v2/{repo}/manifests/{ref}"
+        resp = self.request("HEAD", path, scopes=scopes or _pull(repo), headers={"Accept": ACCEPT}, what=f"manifest check {repo}:{ref}")
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise self._fail(resp, f"manifest check {repo}:{ref}", path, repo=repo)
+        dcd = resp.headers.get("Docker-Content-Digest")
+        length = resp.headers.get("Content-Length")
+        return ManifestHead(
+            digest=Digest.parse(dcd) if dcd else None,
+            media_type=(resp.headers.get("Content-Type") or "").split(";")[0].strip(),
+            size=int(length) if length and length.isdigit() else None,
+        )
+
+    def has_blob(self, repo: str, digest: Digest, *, scopes: Optional[Tuple[str, ...]] = None) -> bool:
+        path = f"/v2/{repo}/blobs/{digest}"
+        resp = self.request("HEAD", path, scopes=scopes or _pull(repo), what=f"blob check {digest.short}")
+        if resp.status == 200:
+            self.remember_blob(digest, repo)
+            return True
+        if resp.status == 404:
+            return False
+        raise self._fail(resp, f"blob check {repo}@{digest.short}", path, repo=repo)
+
+    def remember_blob(self, digest: Digest, repo: str) -> None:
+        with self._known_lock:
+            self.known_blobs.setdefault(str(digest), repo)
+
+    @contextlib.contextmanager
+    def open_blob(self, repo: str, digest: Digest, offset: int = 0) -> Iterator[Readable]:
+        """Stream a blob from `offset` (HTTP Range). Reading errors surface as temporary RegistryError."""
+        path = f"/v2/{repo}/blobs/{digest}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = self.request("GET", path, scopes=_pull(repo), headers=headers, preload=False, what=f"blob {digest.short}")
+        try:
+            if resp.status == 404:
+                raise ImageNotFoundError(f"blob {digest} not found in {self.host}/{repo}", hint="the image upstream is incomplete")
+            if resp.status not in (200, 206):
+                resp.read()
+                raise self._fail(resp, f"blob {repo}@{digest.short}", path, repo=repo)
+            stream = _SafeStream(resp, self.host, digest)
+            if offset and resp.status == 200:
+                _discard(stream, offset)  # the server ignored Range: skip what we have
+            yield stream
+        finally:
+            resp.release_conn()
+
+    def upload_blob(
+        self,
+        repo: str,
+        descriptor: Descriptor,
+        opener: Callable[[int], ContextManager[Readable]],
+        *,
+        mount_from: Optional[str] = None,
+        on_bytes: Optional[Callable[[int], None]] = None,
+    ) -> str:
+        """Put a blob into `repo`: a cross-repository mount when possible, else an upload. Returns how."""
+        digest = descriptor.digest
+        scopes = _push(repo) + (_pull(mount_from) if mount_from else ())
+        start = f"/v2/{repo}/blobs/uploads/"
+        if mount_from:
+            start += "?" + urlencode({"mount": str(digest), "from": mount_from})
+        attempt = 0
+        while True:
+            attempt += 1
+            resp = self.request("POST", start, scopes=scopes, what=f"upload start {repo}")
+            if resp.status == 201:
+                self.remember_blob(digest, repo)
+                return "mounted"
+            if resp.status != 202:
+                raise self._fail(resp, f"upload of {digest.short} to {repo}", start, repo=repo)
+            location = self._location(resp, start)
+            try:
+                if descriptor.size > CHUNKED_UPLOAD_THRESHOLD:
+                    self._upload_chunked(repo, descriptor, opener, location, scopes, on_bytes)
+                else:
+                    self._upload_monolithic(repo, descriptor, opener, location, scopes, on_bytes)
+                break
+            except RegistryError as exc:
+                # A body cut half way cancels the upload session on most registries (docker-registry then
+                # answers 404 BLOB_UPLOAD_INVALID): open a new session and send the blob again.
+                session_lost = exc.status == 404 and bool({"BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN"} & set(exc.codes))
+                if not (exc.temporary or session_lost) or attempt >= self._opts.max_attempts:
+                    raise
+                self._sleep(attempt, None, f"upload of {digest.short} to {repo}: {exc}")
+        self.remember_blob(digest, repo)
+        return "uploaded"
+
+    def _location(self, resp: urllib3.BaseHTTPResponse, base_path: str) -> str:
+        loc = resp.headers.get("Location")
+        if not loc:
+            raise RegistryError(f"{self.host}: upload answered without a Location header", url=redact(base_path))
+        return urljoin(self._base() + base_path, loc)
+
+    def _upload_monolithic(
+        self,
+        repo: str,
+        d: Descriptor,
+        opener: Callable[[int], ContextManager[Readable]],
+        location: str,
+        scopes: Tuple[str, ...],
+        on_bytes: Optional[Callable[[int], None]],
+    ) -> None:
+        url = _with_query(location, {"digest": str(d.digest)})
+
+        def body() -> Iterator[bytes]:
+            return _chunks(opener, 0, d.size, on_bytes)
+
+        resp = self.request(
+            "PUT",
+            url,
+            scopes=scopes,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(d.size)},
+            body=body,
+            what=f"upload of {d.digest.short}",
+        )
+        self._check_upload_done(resp, repo, d, url)
+
+    def _upload_chunked(
+        self,
+        repo: str,
+        d: Descriptor,
+        opener: Callable[[int], ContextManager[Readable]],
+        location: str,
+        scopes: Tuple[str, ...],
+        on_bytes: Optional[Callable[[int], None]],
+    ) -> None:
+        offset = 0
+        failures = 0
+        while offset < d.size:
+            end = min(d.size, offset + UPLOAD_CHUNK_SIZE)
+            start_at = offset
+
+            def body(start_at: int = start_at, end: int = end) -> Iterator[bytes]:
+                return _chunks(opener, start_at, end - start_at, on_bytes)
+
+            try:
+                resp = self.request(
+                    "PATCH",
+                    location,
+                    scopes=scopes,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(end - start_at),
+                        "Content-Range": f"{start_at}-{end - 1}",
+                    },
+                    body=body,
+                    what=f"upload chunk of {d.digest.short}",
+                    retry=False,
+                )
+            except RegistryError as exc:
+                if not exc.temporary:
+                    raise
+                resp = None
+            if resp is not None and resp.status == 202:
+                location = self._location(resp, location)
+                offset = end
+                continue
+            failures += 1
+            if failures > self._opts.max_attempts:
+                raise RegistryError(f"{self.host}: chunked upload of {d.digest.short} keeps failing", temporary=True, hint="rerun to resume")
+            self._sleep(failures, resp.headers.get("Retry-After") if resp is not None else None, f"upload chunk of {d.digest.short}")
+            offset, location = self._upload_offset(location, scopes)  # never resend blindly: ask where it is
+        url = _with_query(location, {"digest": str(d.digest)})
+        resp = self.request("PUT", url, scopes=scopes, headers={"Content-Length": "0"}, body=b"", what=f"upload end {d.digest.short}")
+        self._check_upload_done(resp, repo, d, url)
+
+    def _upload_offset(self, location: str, scopes: Tuple[str, ...]) -> Tuple[int, str]:
+        resp = self.request("GET", location, scopes=scopes, what="upload status")
+        if resp.status not in (200, 204):
+            raise self._fail(resp, "upload status", location)
+        rng = resp.headers.get("Range", "")
+        new_loc = resp.headers.get("Location")
+        nxt = urljoin(location, new_loc) if new_loc else location
+        # `Range: 0-<last byte>`; docker-registry also answers `0-0` for an EMPTY upload, and a chunk is never a
+        # single byte, so `0-0` means nothing arrived yet.
+        start, sep, last = rng.partition("-")
+        if not sep or not last.isdigit() or last == "0":
+            return 0, nxt
+        return int(last) + 1, nxt
+
+    def _check_upload_done(self, resp: urllib3.BaseHTTPResponse, repo: str, d: Descriptor, url: str) -> None:
+        if resp.status != 201:
+            raise self._fail(resp, f"upload of {d.digest.short} to {repo}", url, repo=repo)
+        got = resp.headers.get("Docker-Content-Digest")
+        if got and got != str(d.digest):
+            raise DigestMismatchError(f"{self.host}/{repo}: blob stored as {got}, expected {d.digest}")
+
+    def put_manifest(self, repo: str, ref: str, raw: bytes, media_type: str) -> Digest:
+        """PUT the exact bytes with their media type under a tag or digest; checks the digest the registry reports."""
+        path = f"/v2/{repo}/manifests/{ref}"
+        resp = self.request(
+            "PUT", path, scopes=_push(repo), headers={"Content-Type": media_type}, body=raw, what=f"manifest push {repo}:{ref}"
+        )
+        if resp.status not in (200, 201):
+            raise self._fail(resp, f"manifest push {repo}:{ref}", path, repo=repo)
+        expected = Digest.of(raw)
+        got = resp.headers.get("Docker-Content-Digest")
+        if got and got != str(expected):
+            raise DigestMismatchError(f"{self.host}/{repo}:{ref}: the registry stored the manifest as {got}, expected {expected}")
+        return expected
+
+
+class _SafeStream:
+    """A response body whose read errors are temporary `RegistryError`s (so callers resume)."""
+
+    def __init__(self, resp: urllib3.BaseHTTPResponse, host: str, digest: Digest) -> None:
+        self._resp = resp
+        self._host = host
+        self._digest = digest
+
+    def read(self, n: int = CHUNK_SIZE) -> bytes:
+        try:
+            return self._resp.read(n)
+        except (ProtocolError, ReadTimeoutError, Urllib3Error, OSError) as exc:
+            raise RegistryError(f"{self._host}: download of {self._digest.short} interrupted: {short_reason(exc)}", temporary=True) from None
+
+
+def _discard(stream: Readable, n: int) -> None:
+    while n > 0:
+        chunk = stream.read(min(n, CHUNK_SIZE))
+        if not chunk:
+            raise RegistryError("stream ended while skipping to the resume offset", temporary=True)
+        n -= len(chunk)
+
+
+def _chunks(opener: Callable[[int], ContextManager[Readable]], offset: int, length: int, on_bytes: Optional[Callable[[int], None]]) -> Iterator[bytes]:
+    with opener(offset) as src:
+        left = length
+        while left > 0:
+            chunk = src.read(min(CHUNK_SIZE, left))
+            if not chunk:
+                raise RegistryError("source ended before the blob was complete", temporary=False)
+            left -= len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            yield chunk
+
+
+def _with_query(url: str, params: Dict[str, str]) -> str:
+    return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
+def _repo_of(scopes: Sequence[str]) -> str:
+    for s in scopes:
+        parts = s.split(":")
+        if len(parts) >= 3:
+            return parts[1]
+    return ""

@@ -1,0 +1,174 @@
+"""HTTP plumbing shared by every client we have (registries, the update service, signature stores).
+
+Owns the connection pools (TLS verified with the system CAs plus `--ca-file`; unverified TLS or plain HTTP
+only for the hosts given with `--insecure-registry`), and one logical request with bounded retries by
+predicate — connection errors, 429 (honouring Retry-After) and 5xx — with jittered exponential backoff.
+A TLS failure is never retried: it is a configuration problem, reported with what to pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, FrozenSet, Iterator, Optional, Union
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError, SSLError
+
+from bundler import __version__
+from bundler.base.errors import RegistryUnreachableError
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"ocp-bundler/{__version__}"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CHUNK_SIZE = 1 << 20
+
+Body = Union[None, bytes, Callable[[], Iterator[bytes]]]
+"""A request body: bytes, or a factory giving a fresh chunk iterator for every attempt."""
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """How to reach servers. `insecure_hosts`: plain HTTP or unverified TLS for these hosts only."""
+
+    ca_file: Optional[Path] = None
+    insecure_hosts: FrozenSet[str] = frozenset()
+    connect_timeout: float = 15.0
+    read_timeout: float = 120.0
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 10.0
+    pool_size: int = 16
+
+
+def redact(url: str) -> str:
+    """A URL without credentials or query string (upload session state and tokens live there)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def short_reason(exc: object) -> str:
+    """The part of a urllib3/socket error a person can act on."""
+    text = str(exc)
+    for marker in ("Caused by ", "(Caused by "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name resolution" in text:
+        return "unknown host name"
+    if "timed out" in text:
+        return "timed out"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "certificate verify failed"
+    return text[:200]
+
+
+class HttpPools:
+    """A verified-TLS pool manager and an unverified one, chosen per host."""
+
+    def __init__(self, options: TransportOptions) -> None:
+        self.options = options
+        timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
+        ctx = ssl.create_default_context()
+        if options.ca_file is not None:
+            ctx.load_verify_locations(cafile=str(options.ca_file))
+        kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
+        if str(getattr(urllib3, "__version__", "")).startswith("2"):
+            kw["blocksize"] = CHUNK_SIZE
+        self.secure = urllib3.PoolManager(ssl_context=ctx, **kw)
+        self.insecure = urllib3.PoolManager(cert_reqs="CERT_NONE", **kw)
+
+    def is_insecure(self, url_or_host: str) -> bool:
+        parts = urlsplit(url_or_host if "://" in url_or_host else f"//{url_or_host}")
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return netloc in self.options.insecure_hosts or host in self.options.insecure_hosts
+
+    def for_url(self, url: str) -> urllib3.PoolManager:
+        return self.insecure if self.is_insecure(url) else self.secure
+
+    def close(self) -> None:
+        self.secure.clear()
+        self.insecure.clear()
+
+
+def backoff(options: TransportOptions, attempt: int, retry_after: Optional[str], why: str) -> None:
+    """Sleep before attempt `attempt + 1`: jittered exponential, or what Retry-After asks (at most 60 s)."""
+    delay = min(options.backoff_max, options.backoff_base * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
+    if retry_after:
+        with contextlib.suppress(ValueError):
+            delay = min(60.0, max(float(retry_after), 0.0))
+    log.debug("retrying in %.1fs (%s)", delay, why)
+    time.sleep(delay)
+
+
+def send_with_retries(
+    pool: urllib3.PoolManager,
+    options: TransportOptions,
+    method: str,
+    url: str,
+    headers: Dict[str, str],
+    body: Body,
+    *,
+    what: str,
+    host: str,
+    preload: bool = True,
+    redirect: bool = True,
+) -> urllib3.BaseHTTPResponse:
+    """One logical request: retried on connection errors, 429 and 5xx, bounded, with backoff.
+
+    Whatever status comes back last is returned (callers decide what it means); a server that cannot be
+    reached after every attempt, or a TLS failure, raises `RegistryUnreachableError` naming `host`.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        payload: Any = body() if callable(body) else body
+        try:
+            resp = pool.urlopen(
+                method,
+                url,
+                body=payload,
+                headers=headers,
+                retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5 if redirect else 0, raise_on_redirect=False),
+                redirect=redirect,
+                preload_content=preload,
+                decode_content=False,
+            )
+        except (MaxRetryError, ProtocolError, ReadTimeoutError, NewConnectionError, SSLError, Urllib3Error) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, SSLError) or isinstance(exc, SSLError):
+                raise RegistryUnreachableError(
+                    f"TLS error talking to {host}: {short_reason(reason)}",
+                    url=redact(url),
+                    hint=f"pass its CA with --ca-file, or --insecure-registry {host} for a test server",
+                ) from None
+            if attempt >= options.max_attempts:
+                raise RegistryUnreachableError(
+                    f"cannot reach {host} for {what}: {short_reason(reason)}",
+                    url=redact(url),
+                    temporary=True,
+                    hint="check the host name, port and network (a proxy?), then rerun",
+                ) from None
+            backoff(options, attempt, None, f"{what}: {short_reason(reason)}")
+            continue
+        if resp.status in RETRY_STATUSES and attempt < options.max_attempts:
+            retry_after = resp.headers.get("Retry-After")
+            if not preload:
+                resp.drain_conn()
+            resp.release_conn()
+            backoff(options, attempt, retry_after, f"{what}: HTTP {resp.status}")
+            continue
+        return resp

@@ -1,0 +1,209 @@
+"""The copy engine: move an image graph from any `ImageSource` to any `ImageSink`, digest-exact.
+
+Walks the descriptor graph from the top manifest: lists → child manifests → config and layers. Pushes
+bottom-up (blobs, then child manifests, then the list), skips whatever the sink already has (a present
+manifest means everything below it is present, because nothing is ever stored top-down), and keeps the raw
+manifest bytes so digests never change. Blobs move in parallel on one shared pool; the same blob needed by
+several images at once is transferred once (in-flight de-duplication per sink scope). Images run in
+parallel on a second pool, so an image waiting for its blobs never starves the blob workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from bundler.oci.digest import Digest
+from bundler.base.errors import BundlerError, DigestMismatchError
+from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.base.progress import NullProgress, Progress
+from bundler.registry.client import FetchedManifest
+from bundler.transfer.transports import ImageSink, ImageSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    workers: int = 8
+    """Blob transfers at once."""
+    image_workers: int = 16
+    """Images in flight at once. Image threads mostly wait for their blobs, so more of them than blob workers
+    keeps the blob pool full (measured: 2x the blob workers halves a 30-image copy's wall time)."""
+    progress: Progress = field(default_factory=NullProgress)
+
+
+@dataclass
+class CopyStats:
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_copied: int = 0
+    manifests_pushed: int = 0
+
+    def add(self, other: "CopyStats") -> None:
+        self.blobs_copied += other.blobs_copied
+        self.blobs_mounted += other.blobs_mounted
+        self.blobs_present += other.blobs_present
+        self.bytes_copied += other.bytes_copied
+        self.manifests_pushed += other.manifests_pushed
+
+
+@dataclass
+class CopyResult:
+    source: str
+    destination: str
+    status: str  # "copied", "present" or "failed"
+    digest: Optional[Digest] = None
+    media_type: str = ""
+    stats: CopyStats = field(default_factory=CopyStats)
+    error: Optional[BundlerError] = None
+
+    def to_json(self) -> Dict[str, object]:
+        out: Dict[str, object] = {
+            "source": self.source,
+            "destination": self.destination,
+            "status": self.status,
+            "digest": str(self.digest) if self.digest else None,
+            "mediaType": self.media_type,
+            "blobsCopied": self.stats.blobs_copied,
+            "blobsMounted": self.stats.blobs_mounted,
+            "blobsPresent": self.stats.blobs_present,
+            "bytesCopied": self.stats.bytes_copied,
+        }
+        if self.error is not None:
+            out["error"] = str(self.error)
+        return out
+
+
+class Copier:
+    """Copies images; one instance per command so the blob pool and de-duplication are shared."""
+
+    def __init__(self, options: CopyOptions = CopyOptions()) -> None:
+        self.options = options
+        self._blob_pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="blob")
+        self._inflight: Dict[Tuple[str, str], "Future[str]"] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._blob_pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Copier":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one image -----------------------------------------------------------------------------------------
+
+    def copy(self, source: ImageSource, sink: ImageSink, *, expected: Optional[Digest] = None) -> CopyResult:
+        """Copy one image (a single manifest or a whole list). Raises BundlerError on failure."""
+        stats = CopyStats()
+        top = source.resolve()
+        if expected is not None and expected != top.digest:
+            raise DigestMismatchError(f"{source.description} is {top.digest}, expected {expected}")
+        if sink.has_manifest(top.digest):
+            status = "present"
+            if not sink.top_is_current(top):
+                sink.put_manifest(top, top=True)
+                stats.manifests_pushed += 1
+        else:
+            status = "copied"
+            self._copy_manifest(source, sink, top, top=True, stats=stats)
+        self.options.progress.item_done(source.description, status)
+        return CopyResult(source.description, sink.description, status, top.digest, top.media_type, stats)
+
+    def _copy_manifest(self, source: ImageSource, sink: ImageSink, manifest: FetchedManifest, *, top: bool, stats: CopyStats) -> None:
+        parsed = parse_manifest(manifest.raw, manifest.media_type)
+        if is_index(manifest.media_type):
+            for child in parsed.children:
+                if sink.has_manifest(child.digest):
+                    continue
+                child_manifest = source.fetch_manifest(child)
+                if child_manifest.digest != child.digest:
+                    raise DigestMismatchError(f"{source.description}: child {child.digest} arrived as {child_manifest.digest}")
+                self._copy_manifest(source, sink, child_manifest, top=False, stats=stats)
+        else:
+            futures = [self._ensure_blob(source, sink, d) for d in parsed.blobs]
+            first_error: Optional[BaseException] = None
+            for d, fut in zip(parsed.blobs, futures):
+                try:
+                    how = fut.result()
+                except BaseException as exc:  # collected, re-raised below after all blobs settle
+                    first_error = first_error or exc
+                    continue
+                if how == "present":
+                    stats.blobs_present += 1
+                elif how == "mounted":
+                    stats.blobs_mounted += 1
+                elif how == "copied":
+                    stats.blobs_copied += 1
+                    stats.bytes_copied += d.size
+            if first_error is not None:
+                raise first_error
+        sink.put_manifest(manifest, top=top)
+        stats.manifests_pushed += 1
+
+    def _ensure_blob(self, source: ImageSource, sink: ImageSink, d: Descriptor) -> "Future[str]":
+        key = (sink.blob_scope, str(d.digest))
+        with self._lock:
+            fut = self._inflight.get(key)
+            if fut is not None and not (fut.done() and fut.exception() is not None):
+                return _shared(fut)
+            fut = self._blob_pool.submit(self._move_blob, source, sink, d)
+            self._inflight[key] = fut
+            return fut
+
+    def _move_blob(self, source: ImageSource, sink: ImageSink, d: Descriptor) -> str:
+        progress = self.options.progress
+        if sink.has_blob(d):
+            progress.advance(0)
+            return "present"
+        progress.add_total(d.size)
+        how = sink.put_blob(d, lambda offset: source.open_blob(d, offset), progress.advance)
+        if how == "mounted":
+            progress.advance(d.size)
+        return how
+
+    # -- many images ---------------------------------------------------------------------------------------
+
+    def copy_many(
+        self,
+        jobs: Sequence[Tuple[ImageSource, ImageSink, Optional[Digest]]],
+        *,
+        on_result: Optional[Callable[[CopyResult], None]] = None,
+    ) -> List[CopyResult]:
+        """Copy every job; failures are returned as results with status "failed", never raised."""
+
+        def run(job: Tuple[ImageSource, ImageSink, Optional[Digest]]) -> CopyResult:
+            src, dst, expected = job
+            try:
+                result = self.copy(src, dst, expected=expected)
+            except BundlerError as exc:
+                log.debug("copy of %s failed", src.description, exc_info=True)
+                result = CopyResult(src.description, dst.description, "failed", error=exc)
+                self.options.progress.item_done(src.description, "failed")
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=max(1, self.options.image_workers), thread_name_prefix="image") as pool:
+            return list(pool.map(run, jobs))
+
+
+def _shared(fut: "Future[str]") -> "Future[str]":
+    """A second waiter on an in-flight blob sees "present" once the first transfer succeeds."""
+    out: "Future[str]" = Future()
+
+    def done(f: "Future[str]") -> None:
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result("present")
+
+    fut.add_done_callback(done)
+    return out

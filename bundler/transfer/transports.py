@@ -1,0 +1,225 @@
+"""Where images come from and go to: a registry repository or an OCI layout, behind one small interface.
+
+`ImageSource` and `ImageSink` are what the copy engine needs, nothing more (the containers/image idea:
+differences between backends are capability answers, never type switches in the engine). Obligations:
+blobs are put before the manifest that needs them, child manifests before their list; a sink makes a
+blob visible only when it is complete and verified.
+
+`parse_location` reads the command-line forms `docker://REF` and `oci:DIR[:REF]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator, Optional, Protocol, Union
+
+from bundler.oci.digest import Digest, Readable
+from bundler.base.errors import DigestMismatchError, UsageError
+from bundler.layout.store import Layout
+from bundler.oci.media import Descriptor, detect_media_type
+from bundler.oci.reference import Reference
+from bundler.registry.client import FetchedManifest, RegistryClient, Registries
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[int], ContextManager[Readable]]
+
+
+class ImageSource(Protocol):
+    description: str
+
+    def resolve(self) -> FetchedManifest:
+        """The top-level manifest this source names (tag or digest), raw."""
+
+    def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
+        """A child manifest, by digest; verified."""
+
+    def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
+        """The blob's bytes from `offset`."""
+
+
+class ImageSink(Protocol):
+    description: str
+    blob_scope: str
+    """Two sinks with the same scope share blobs (one layout, or one registry repository)."""
+
+    def has_blob(self, descriptor: Descriptor) -> bool: ...
+
+    def put_blob(self, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
+        """Store a blob; returns "copied" or "mounted"."""
+
+    def has_manifest(self, digest: Digest) -> bool:
+        """Whether the manifest (and so, by bottom-up order, everything below it) is present."""
+
+    def put_manifest(self, manifest: FetchedManifest, *, top: bool) -> None:
+        """Store a manifest's raw bytes; `top` ones get this sink's tag / ref name."""
+
+    def top_is_current(self, manifest: FetchedManifest) -> bool:
+        """Whether this sink's tag / ref name already points at `manifest`."""
+
+
+class RegistryRepository:
+    """A repository in a registry, as a source (pull) or a sink (push)."""
+
+    def __init__(self, client: RegistryClient, reference: Reference) -> None:
+        self.client = client
+        self.reference = reference
+        self.repo = reference.repository
+        self.description = str(reference)
+        self.blob_scope = f"{client.host}/{self.repo}"
+
+    # source
+    def resolve(self) -> FetchedManifest:
+        return self.client.get_manifest(self.repo, self.reference.identifier)
+
+    def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
+        return self.client.get_manifest(self.repo, str(descriptor.digest))
+
+    def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
+        return self.client.open_blob(self.repo, descriptor.digest, offset)
+
+    # sink
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        return self.client.has_blob(self.repo, descriptor.digest, scopes=(f"repository:{self.repo}:pull,push",))
+
+    def put_blob(self, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
+        elsewhere = self.client.known_blobs.get(str(descriptor.digest))
+        mount_from = elsewhere if elsewhere and elsewhere != self.repo else None
+        how = self.client.upload_blob(self.repo, descriptor, opener, mount_from=mount_from, on_bytes=on_bytes)
+        return "copied" if how == "uploaded" else how
+
+    def has_manifest(self, digest: Digest) -> bool:
+        head = self.client.head_manifest(self.repo, str(digest), scopes=(f"repository:{self.repo}:pull,push",))
+        return head is not None
+
+    def _tag(self) -> Optional[str]:
+        return self.reference.tag
+
+    def put_manifest(self, manifest: FetchedManifest, *, top: bool) -> None:
+        tag = self._tag()
+        ref = tag if top and tag else str(manifest.digest)
+        self.client.put_manifest(self.repo, ref, manifest.raw, manifest.media_type)
+
+    def top_is_current(self, manifest: FetchedManifest) -> bool:
+        tag = self._tag()
+        if not tag:
+            return True
+        head = self.client.head_manifest(self.repo, tag, scopes=(f"repository:{self.repo}:pull,push",))
+        return head is not None and head.digest == manifest.digest
+
+
+class LayoutImage:
+    """One named image in an OCI layout (`org.opencontainers.image.ref.name`), as a source or a sink."""
+
+    def __init__(self, layout: Layout, ref_name: Optional[str]) -> None:
+        self.layout = layout
+        self.ref_name = ref_name
+        self.description = f"oci:{layout.root}" + (f":{ref_name}" if ref_name else "")
+        self.blob_scope = f"oci:{layout.root.resolve()}"
+
+    # source
+    def resolve(self) -> FetchedManifest:
+        if self.ref_name is None:
+            entries = self.layout.entries()
+            if len(entries) != 1:
+                raise UsageError(f"{self.description} holds {len(entries)} images", hint="name one as oci:DIR:REF")
+            d = entries[0]
+        else:
+            d = self.layout.resolve(self.ref_name)
+        return self.fetch_manifest(d)
+
+    def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
+        raw = self.layout.read_blob(descriptor.digest)
+        return FetchedManifest(raw, detect_media_type(raw, descriptor.media_type or None), descriptor.digest)
+
+    @contextlib.contextmanager
+    def open_blob(self, descriptor: Descriptor, offset: int) -> Iterator[Readable]:
+        with self.layout.open_blob(descriptor.digest, offset) as f:
+            yield f
+
+    # sink
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        return self.layout.has_blob(descriptor.digest, descriptor.size)
+
+    def put_blob(self, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
+        self.layout.write_blob(descriptor, opener, on_bytes=on_bytes)
+        return "copied"
+
+    def has_manifest(self, digest: Digest) -> bool:
+        return self.layout.has_blob(digest)
+
+    def put_manifest(self, manifest: FetchedManifest, *, top: bool) -> None:
+        self.layout.put_bytes(manifest.raw, manifest.digest)
+        if top and self.ref_name:
+            self.layout.add_refs([(self.ref_name, _descriptor(manifest))])
+
+    def top_is_current(self, manifest: FetchedManifest) -> bool:
+        if not self.ref_name:
+            return True
+        try:
+            return self.layout.resolve(self.ref_name).digest == manifest.digest
+        except UsageError:
+            return False
+
+
+def _descriptor(manifest: FetchedManifest) -> Descriptor:
+    return Descriptor(media_type=manifest.media_type, digest=manifest.digest, size=len(manifest.raw))
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed command-line image location."""
+
+    kind: str  # "docker" or "oci"
+    reference: Optional[Reference] = None
+    directory: Optional[Path] = None
+    ref_name: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.kind == "docker":
+            return f"docker://{self.reference}"
+        return f"oci:{self.directory}" + (f":{self.ref_name}" if self.ref_name else "")
+
+
+def parse_location(text: str) -> Location:
+    if text.startswith("docker://"):
+        return Location("docker", reference=Reference.parse(text[len("docker://") :]))
+    if text.startswith("oci:"):
+        rest = text[len("oci:") :]
+        directory, sep, ref_name = rest.partition(":")
+        if not directory:
+            raise UsageError(f"invalid location {text!r}", hint="expected oci:DIR[:REF]")
+        return Location("oci", directory=Path(directory), ref_name=ref_name or None)
+    raise UsageError(f"invalid location {text!r}", hint="expected docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:REF]")
+
+
+def open_source(loc: Location, registries: Registries) -> Union[RegistryRepository, LayoutImage]:
+    if loc.kind == "docker":
+        assert loc.reference is not None
+        return RegistryRepository(registries.client(loc.reference.registry), loc.reference)
+    assert loc.directory is not None
+    return LayoutImage(Layout(loc.directory, create=False), loc.ref_name)
+
+
+def open_sink(loc: Location, registries: Registries, *, source: Location) -> Union[RegistryRepository, LayoutImage]:
+    """A sink for `loc`; names default from the source (its tag for registries, its reference for layouts)."""
+    if loc.kind == "docker":
+        assert loc.reference is not None
+        ref = loc.reference
+        if ref.tag is None and ref.digest is None:
+            src_tag = source.reference.tag if source.reference is not None else None
+            src_tag = src_tag or (source.ref_name.rsplit(":", 1)[-1] if source.ref_name and ":" in source.ref_name.split("/")[-1] else None)
+            ref = ref.with_tag(src_tag or "latest")
+        return RegistryRepository(registries.client(ref.registry), ref)
+    assert loc.directory is not None
+    name = loc.ref_name or (str(source.reference) if source.reference is not None else source.ref_name)
+    return LayoutImage(Layout(loc.directory, create=True), name)
+
+
+def check_pinned(loc: Location, manifest: FetchedManifest) -> None:
+    """A destination pinned by digest must receive exactly that digest."""
+    if loc.reference is not None and loc.reference.digest is not None and loc.reference.digest != manifest.digest:
+        raise DigestMismatchError(f"{loc} names digest {loc.reference.digest} but the source is {manifest.digest}")
