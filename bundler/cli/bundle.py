@@ -8,13 +8,14 @@ from typing import Any, Dict, List, Optional
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, common_options, emit_json, human_bytes, run_command, setup_logging
+from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, human_bytes
 
 
 @click.command(context_settings=CONTEXT)
 @click.option("--private", "private_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the private key (PEM, mode 0600). Keep it on the connected side.")
 @click.option("--public", "public_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the public key (PEM). Carry it across separately from the bundle.")
 @common_options
+@command
 def keygen(private_path: Path, public_path: Path, verbose: int, as_json: bool) -> None:
     """Create an Ed25519 key pair for signing bundles.
 
@@ -24,21 +25,16 @@ def keygen(private_path: Path, public_path: Path, verbose: int, as_json: bool) -
       ocp-bundler pack --config image-set.yaml --out /media/usb --sign-key bundle.key
       ocp-bundler verify /media/usb --key bundle.pub          (on the far side)
     """
-    setup_logging(verbose)
+    from bundler.bundle.signing import generate_keypair, key_id, load_public_key
 
-    def body() -> None:
-        from bundler.bundle.signing import generate_keypair, key_id, load_public_key
-
-        generate_keypair(private_path, public_path)
-        kid = key_id(load_public_key(public_path))
-        if as_json:
-            emit_json({"private": str(private_path), "public": str(public_path), "keyId": kid})
-        else:
-            click.echo(f"Wrote private key {private_path} (mode 0600: keep it secret) and public key {public_path}")
-            click.echo(f"Key id: {kid}")
-            click.echo("Carry the public key to the far side separately from the bundle (so a forged bundle cannot bring its own key).")
-
-    run_command(verbose, body)
+    generate_keypair(private_path, public_path)
+    kid = key_id(load_public_key(public_path))
+    if as_json:
+        emit_json({"private": str(private_path), "public": str(public_path), "keyId": kid})
+    else:
+        click.echo(f"Wrote private key {private_path} (mode 0600: keep it secret) and public key {public_path}")
+        click.echo(f"Key id: {kid}")
+        click.echo("Carry the public key to the far side separately from the bundle (so a forged bundle cannot bring its own key).")
 
 
 @click.command(context_settings=CONTEXT)
@@ -47,6 +43,7 @@ def keygen(private_path: Path, public_path: Path, verbose: int, as_json: bool) -
 @click.option("--require-signature", is_flag=True, help="Fail unless the bundle is signed and the signature matches --key.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Volumes checked in parallel.")
 @common_options
+@command
 def verify(directory: Path, key: Optional[Path], require_signature: bool, workers: int, verbose: int, as_json: bool) -> None:
     """Check a bundle completely: signature, every volume (size, sha256, tar members), every blob digest.
 
@@ -57,35 +54,30 @@ def verify(directory: Path, key: Optional[Path], require_signature: bool, worker
     Example:
       ocp-bundler verify /media/usb --key bundle.pub --require-signature
     """
-    setup_logging(verbose)
+    from bundler.bundle.verify import verify_bundle
 
-    def body() -> None:
-        from bundler.bundle.verify import verify_bundle
+    progress = CliProgress("verify", enabled=not as_json)
+    try:
+        from bundler.flows.unpack import bundle_fingerprint, record_verification
 
-        progress = CliProgress("verify", enabled=not as_json)
-        try:
-            from bundler.flows.unpack import bundle_fingerprint, record_verification
-
-            before = bundle_fingerprint(directory)
-            result = verify_bundle(directory, key=key, require_signature=require_signature, progress=progress, workers=workers)
-            record_verification(directory, result, fingerprint=before)  # unpack then need not hash the volumes again
-        finally:
-            progress.close()
-        if as_json:
-            emit_json(result.to_json())
-            return
-        # result.warnings were already logged loudly (WARNING: …) on stderr by verify_bundle itself.
-        click.echo(
-            f"OK: bundle {result.bundle_id} in {result.directory} is intact: {result.volumes_checked} volumes, "
-            f"{result.blobs_checked} blobs, {result.files_checked} files, {human_bytes(result.bytes)} in {result.seconds:.1f}s "
-            f"({result.mb_per_s:.0f} MB/s)"
-        )
-        if result.signed:
-            click.echo(f"Signature: valid (key {result.key_id})")
-        else:
-            click.echo("Signature: NOT checked (see the warning above)")
-
-    run_command(verbose, body)
+        before = bundle_fingerprint(directory)
+        result = verify_bundle(directory, key=key, require_signature=require_signature, progress=progress, workers=workers)
+        record_verification(directory, result, fingerprint=before)  # unpack then need not hash the volumes again
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(result.to_json())
+        return
+    # result.warnings were already logged loudly (WARNING: …) on stderr by verify_bundle itself.
+    click.echo(
+        f"OK: bundle {result.bundle_id} in {result.directory} is intact: {result.volumes_checked} volumes, "
+        f"{result.blobs_checked} blobs, {result.files_checked} files, {human_bytes(result.bytes)} in {result.seconds:.1f}s "
+        f"({result.mb_per_s:.0f} MB/s)"
+    )
+    if result.signed:
+        click.echo(f"Signature: valid (key {result.key_id})")
+    else:
+        click.echo("Signature: NOT checked (see the warning above)")
 
 
 def _inspect_json(bundle: Any) -> Dict[str, Any]:
@@ -138,51 +130,47 @@ def _table(rows: List[List[str]], headers: List[str]) -> List[str]:
 @click.command(context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(path_type=Path))
 @common_options
+@command
 def inspect(directory: Path, verbose: int, as_json: bool) -> None:
     """Show what a bundle holds (images with kinds, targets and sizes; volumes; base bundle; totals).
 
     Reads only the bundle manifest: run verify to check the content.
     """
-    setup_logging(verbose)
+    from bundler.bundle.volumes import Bundle
 
-    def body() -> None:
-        from bundler.bundle.volumes import Bundle
-
-        bundle = Bundle.open(directory)
-        doc = _inspect_json(bundle)
-        if as_json:
-            emit_json(doc)
-            return
-        m = bundle.manifest
-        t = doc["totals"]
-        click.echo(f"Bundle {m.id} in {bundle.directory}")
-        click.echo(f"Created {m.created} by ocp-bundler {m.tool_version}")
-        if m.base_id:
-            click.echo(f"Incremental: base bundle {m.base_id}; {t['blobsNeededFromBase']} blobs ({human_bytes(t['bytesNeededFromBase'])}) must already be in the target registry")
-        else:
-            click.echo("Complete bundle (no base)")
-        click.echo("Signature: " + ("present (check it with: ocp-bundler verify DIR --key PUB)" if bundle.is_signed else "NONE (unsigned)"))
+    bundle = Bundle.open(directory)
+    doc = _inspect_json(bundle)
+    if as_json:
+        emit_json(doc)
+        return
+    m = bundle.manifest
+    t = doc["totals"]
+    click.echo(f"Bundle {m.id} in {bundle.directory}")
+    click.echo(f"Created {m.created} by ocp-bundler {m.tool_version}")
+    if m.base_id:
+        click.echo(f"Incremental: base bundle {m.base_id}; {t['blobsNeededFromBase']} blobs ({human_bytes(t['bytesNeededFromBase'])}) must already be in the target registry")
+    else:
+        click.echo("Complete bundle (no base)")
+    click.echo("Signature: " + ("present (check it with: ocp-bundler verify DIR --key PUB)" if bundle.is_signed else "NONE (unsigned)"))
+    click.echo("")
+    click.echo(f"Images ({len(m.images)}):")
+    rows = [
+        [i.kind, i.target, i.digest[:19] + "…", human_bytes(i.total_size) if i.total_size is not None else "?", i.source]
+        for i in sorted(m.images, key=lambda i: (i.kind, i.target))
+    ]
+    for line in _table(rows, ["KIND", "TARGET", "DIGEST", "SIZE", "SOURCE"]):
+        click.echo("  " + line)
+    click.echo("")
+    click.echo(f"Volumes ({len(m.volumes)}):")
+    for line in _table([[v.name, human_bytes(v.size), v.sha256[:23] + "…"] for v in m.volumes], ["NAME", "SIZE", "SHA256"]):
+        click.echo("  " + line)
+    if m.files:
         click.echo("")
-        click.echo(f"Images ({len(m.images)}):")
-        rows = [
-            [i.kind, i.target, i.digest[:19] + "…", human_bytes(i.total_size) if i.total_size is not None else "?", i.source]
-            for i in sorted(m.images, key=lambda i: (i.kind, i.target))
-        ]
-        for line in _table(rows, ["KIND", "TARGET", "DIGEST", "SIZE", "SOURCE"]):
+        click.echo(f"Files ({len(m.files)}):")
+        for line in _table([[f.name, human_bytes(f.size)] for f in m.files], ["NAME", "SIZE"]):
             click.echo("  " + line)
-        click.echo("")
-        click.echo(f"Volumes ({len(m.volumes)}):")
-        for line in _table([[v.name, human_bytes(v.size), v.sha256[:23] + "…"] for v in m.volumes], ["NAME", "SIZE", "SHA256"]):
-            click.echo("  " + line)
-        if m.files:
-            click.echo("")
-            click.echo(f"Files ({len(m.files)}):")
-            for line in _table([[f.name, human_bytes(f.size)] for f in m.files], ["NAME", "SIZE"]):
-                click.echo("  " + line)
-        click.echo("")
-        click.echo(
-            f"Totals: {t['images']} images, {t['blobs']} blobs ({human_bytes(t['blobBytes'])}, stored as {human_bytes(t['storedBytes'])}; "
-            f"{t['zstdBlobs']} zstd-compressed), {t['volumes']} volumes ({human_bytes(t['volumeBytes'])})"
-        )
-
-    run_command(verbose, body)
+    click.echo("")
+    click.echo(
+        f"Totals: {t['images']} images, {t['blobs']} blobs ({human_bytes(t['blobBytes'])}, stored as {human_bytes(t['storedBytes'])}; "
+        f"{t['zstdBlobs']} zstd-compressed), {t['volumes']} volumes ({human_bytes(t['volumeBytes'])})"
+    )

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import click
 
 from bundler import __version__
-from bundler.cli.support import CONTEXT, CliProgress, common_options, emit_json, make_registries, registry_options, run_command, setup_logging
+from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, make_registries, registry_options
 from bundler.base.units import human_bytes
 
 #: Commands of each area live in their own module, imported only when that command runs (a no-op
@@ -68,6 +68,7 @@ def main() -> None:
 @click.argument("destination")
 @registry_options
 @common_options
+@command
 def copy(source: str, destination: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, verbose: int, as_json: bool) -> None:
     """Copy an image (a whole manifest list by default) digest-exactly.
 
@@ -78,35 +79,30 @@ def copy(source: str, destination: str, authfile: Optional[Path], ca_file: Optio
       ocp-bundler copy docker://quay.io/org/app:v1 oci:/data/layout
       ocp-bundler copy oci:/data/layout:quay.io/org/app:v1 docker://mirror.example:8443/org/app:v1
     """
-    setup_logging(verbose)
+    from bundler.transfer.copy import Copier, CopyOptions
+    from bundler.transfer.transports import check_pinned, open_sink, open_source, parse_location
 
-    def body() -> None:
-        from bundler.transfer.copy import Copier, CopyOptions
-        from bundler.transfer.transports import check_pinned, open_sink, open_source, parse_location
-
-        src_loc, dst_loc = parse_location(source), parse_location(destination)
-        registries = make_registries(authfile, ca_file, insecure, workers)
-        progress = CliProgress("copy", enabled=not as_json)
-        try:
-            src = open_source(src_loc, registries)
-            dst = open_sink(dst_loc, registries, source=src_loc)
-            with Copier(CopyOptions(workers=workers, progress=progress)) as copier:
-                top = src.resolve()
-                check_pinned(dst_loc, top)
-                result = copier.copy(src, dst, expected=src_loc.reference.digest if src_loc.reference else None)
-        finally:
-            progress.close()
-            registries.close()
-        if as_json:
-            emit_json(result.to_json())
-        else:
-            s = result.stats
-            click.echo(
-                f"{result.status}: {src_loc} -> {dst_loc} {result.digest} "
-                f"({s.blobs_copied} blobs copied, {human_bytes(s.bytes_copied)}; {s.blobs_present} present; {s.blobs_mounted} mounted)"
-            )
-
-    run_command(verbose, body)
+    src_loc, dst_loc = parse_location(source), parse_location(destination)
+    registries = make_registries(authfile, ca_file, insecure, workers)
+    progress = CliProgress("copy", enabled=not as_json)
+    try:
+        src = open_source(src_loc, registries)
+        dst = open_sink(dst_loc, registries, source=src_loc)
+        with Copier(CopyOptions(workers=workers, progress=progress)) as copier:
+            top = src.resolve()
+            check_pinned(dst_loc, top)
+            result = copier.copy(src, dst, expected=src_loc.reference.digest if src_loc.reference else None)
+    finally:
+        progress.close()
+        registries.close()
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        s = result.stats
+        click.echo(
+            f"{result.status}: {src_loc} -> {dst_loc} {result.digest} "
+            f"({s.blobs_copied} blobs copied, {human_bytes(s.bytes_copied)}; {s.blobs_present} present; {s.blobs_mounted} mounted)"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from bundler.base.errors import ImageNotFoundError
-from bundler.cli.support import CONTEXT, CliProgress, common_options, emit_json, human_bytes, make_registries, registry_options, run_command, setup_logging
+from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, human_bytes, make_registries, registry_options
 
 
 @click.command(context_settings=CONTEXT)
@@ -23,6 +23,7 @@ from bundler.cli.support import CONTEXT, CliProgress, common_options, emit_json,
 @click.option("--signature-store", help="Where release signatures are fetched from.")
 @registry_options
 @common_options
+@command
 def pack(
     config: Path, out_dir: Path, work_dir: Optional[Path], volume_size: Optional[str], sign_key: Optional[Path], base: Optional[Path],
     dry_run: bool, graph_url: Optional[str], signature_store: Optional[str],
@@ -42,68 +43,63 @@ def pack(
       ocp-bundler pack --config image-set.yaml --out /media/usb --sign-key bundle.key
       ocp-bundler pack --config image-set.yaml --out /media/usb2 --base /media/usb   # an incremental bundle
     """
-    setup_logging(verbose)
+    from bundler.openshift.image_set import load_image_set
+    from bundler.flows.pack import DEFAULT_VOLUME_SIZE, PackOptions
+    from bundler.flows.pack import pack as run_pack
+    from bundler.base.units import parse_size
 
-    def body() -> None:
-        from bundler.openshift.image_set import load_image_set
-        from bundler.flows.pack import DEFAULT_VOLUME_SIZE, PackOptions
-        from bundler.flows.pack import pack as run_pack
-        from bundler.base.units import parse_size
-
-        size = parse_size(volume_size, what="--volume-size") if volume_size else None
-        if size is None:
-            size = load_image_set(config).volume_size_hint or DEFAULT_VOLUME_SIZE
-        registries = make_registries(authfile, ca_file, insecure, workers)
-        progress = CliProgress("pack", enabled=not as_json)
-        try:
-            result = run_pack(
-                PackOptions(
-                    config=config, out_dir=out_dir, work_dir=work_dir, volume_size=size, sign_key=sign_key, base=base,
-                    dry_run=dry_run, workers=workers, graph_url=graph_url, signature_store=signature_store, progress=progress,
-                ),
-                registries=registries,
-            )
-        finally:
-            progress.close()
-            registries.close()
-        failed = [img for img in result.images if img.status == "failed"]
-        if as_json:
-            emit_json(result.to_json())
-            if dry_run and failed:
-                raise ImageNotFoundError(f"{len(failed)} of {len(result.images)} planned images cannot be resolved (see the JSON)")
-            return
-        for w in result.plan.warnings:
-            click.echo(f"warning: {w}", err=True)
-        by_kind: Dict[str, List[Any]] = {}
-        for img in result.images:
-            by_kind.setdefault(img.planned.kind, []).append(img)
-        if dry_run:
-            click.echo(f"Plan for {config} (dry run, nothing written):")
-            for img in result.images:
-                status = "" if img.status != "failed" else f"  FAILED: {img.error}"
-                click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
-        click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
-        for cat in result.plan.reports.get("catalogs", []):
-            size_text = f", {human_bytes(cat['bytes'])}" if cat.get("bytes") else ""
-            how = f"{cat.get('format')}, {cat.get('mode')}" + (", pruned image built" if cat.get("pruned") else ", copied as is")
-            click.echo(
-                f"Catalog {cat.get('catalog')} ({how}): {cat.get('packages')} packages, {cat.get('channels')} channels, "
-                f"{cat.get('bundles')} bundles, {cat.get('images')} images{size_text}; {len(cat.get('recovered') or [])} recovered from CSVs"
-            )
-            for rec in cat.get("recovered") or []:
-                click.echo(f"  recovered (value: instead of image: in the CSV): {rec}")
+    size = parse_size(volume_size, what="--volume-size") if volume_size else None
+    if size is None:
+        size = load_image_set(config).volume_size_hint or DEFAULT_VOLUME_SIZE
+    registries = make_registries(authfile, ca_file, insecure, workers)
+    progress = CliProgress("pack", enabled=not as_json)
+    try:
+        result = run_pack(
+            PackOptions(
+                config=config, out_dir=out_dir, work_dir=work_dir, volume_size=size, sign_key=sign_key, base=base,
+                dry_run=dry_run, workers=workers, graph_url=graph_url, signature_store=signature_store, progress=progress,
+            ),
+            registries=registries,
+        )
+    finally:
+        progress.close()
+        registries.close()
+    failed = [img for img in result.images if img.status == "failed"]
+    if as_json:
+        emit_json(result.to_json())
         if dry_run and failed:
-            raise ImageNotFoundError(
-                f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
-            )
-        click.echo(f"Total: {human_bytes(result.total_bytes)} (unique blobs)")
-        if not dry_run:
-            click.echo(f"Bundle written to {out_dir} in {result.seconds:.1f}s")
-            skipped = getattr(result.bundle, "blobs_skipped_by_base", 0)
-            if base is not None:
-                click.echo(f"Incremental against {base}: {getattr(result.bundle, 'blobs_written', '?')} blobs carried, {skipped} left to the base bundle")
-            if not sign_key:
-                click.echo("warning: the bundle is not signed; use --sign-key so the far side can prove it is yours", err=True)
-            click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if sign_key else ""))
-
-    run_command(verbose, body)
+            raise ImageNotFoundError(f"{len(failed)} of {len(result.images)} planned images cannot be resolved (see the JSON)")
+        return
+    for w in result.plan.warnings:
+        click.echo(f"warning: {w}", err=True)
+    by_kind: Dict[str, List[Any]] = {}
+    for img in result.images:
+        by_kind.setdefault(img.planned.kind, []).append(img)
+    if dry_run:
+        click.echo(f"Plan for {config} (dry run, nothing written):")
+        for img in result.images:
+            status = "" if img.status != "failed" else f"  FAILED: {img.error}"
+            click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
+    click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
+    for cat in result.plan.reports.get("catalogs", []):
+        size_text = f", {human_bytes(cat['bytes'])}" if cat.get("bytes") else ""
+        how = f"{cat.get('format')}, {cat.get('mode')}" + (", pruned image built" if cat.get("pruned") else ", copied as is")
+        click.echo(
+            f"Catalog {cat.get('catalog')} ({how}): {cat.get('packages')} packages, {cat.get('channels')} channels, "
+            f"{cat.get('bundles')} bundles, {cat.get('images')} images{size_text}; {len(cat.get('recovered') or [])} recovered from CSVs"
+        )
+        for rec in cat.get("recovered") or []:
+            click.echo(f"  recovered (value: instead of image: in the CSV): {rec}")
+    if dry_run and failed:
+        raise ImageNotFoundError(
+            f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
+        )
+    click.echo(f"Total: {human_bytes(result.total_bytes)} (unique blobs)")
+    if not dry_run:
+        click.echo(f"Bundle written to {out_dir} in {result.seconds:.1f}s")
+        skipped = getattr(result.bundle, "blobs_skipped_by_base", 0)
+        if base is not None:
+            click.echo(f"Incremental against {base}: {getattr(result.bundle, 'blobs_written', '?')} blobs carried, {skipped} left to the base bundle")
+        if not sign_key:
+            click.echo("warning: the bundle is not signed; use --sign-key so the far side can prove it is yours", err=True)
+        click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if sign_key else ""))

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, common_options, emit_json, run_command, setup_logging
+from bundler.cli.support import CONTEXT, command, common_options, emit_json
 from bundler.base.errors import UsageError
 
 DATA_DIR_HELP = "Where Quay keeps config, certificates, secrets, database and storage. Default: ~/.local/share/ocp-bundler/quay."
@@ -87,6 +87,7 @@ def quay() -> None:
 @click.option("--skip-database-setup", is_flag=True, hidden=True)
 @click.option("--api-url", hidden=True)
 @common_options
+@command
 def up(
     bundle_dir: Optional[Path],
     hostname: str,
@@ -135,104 +136,95 @@ def up(
     Example:
       ocp-bundler quay up --bundle /media/usb --hostname mirror.example.com --org ocp4 --org olm --systemd
     """
-    setup_logging(verbose)
+    from bundler.quay.bringup import QuayUpOptions, images_from_bundle, quay_up
+    from bundler.quay.config import S3StorageOptions
 
-    def body() -> None:
-        from bundler.quay.bringup import QuayUpOptions, images_from_bundle, quay_up
-        from bundler.quay.config import S3StorageOptions
-
-        root = _data_dir(data_dir)
-        storage = None
-        if s3_host or s3_bucket or s3_access_key:
-            storage = S3StorageOptions(
-                host=s3_host or "",
-                port=s3_port,
-                bucket=s3_bucket or "",
-                access_key=s3_access_key or "",
-                secret_key=s3_secret_key or "",
-                storage_path=s3_path,
-                is_secure=not s3_insecure,
-                kind=s3_kind,
-                region=s3_region,
-            )
-        options = QuayUpOptions(
-            hostname=hostname,
-            data_dir=root,
-            port=port,
-            bind_address=bind_address,
-            name=name,
-            extra_names=tuple(extra_names),
-            init_user=init_user,
-            init_email=init_email,
-            init_password=_read_secret_file(init_password_file, "password"),
-            organizations=tuple(organizations) or ("ocp4",),
-            robot=robot,
-            storage=storage,
-            ssl_cert=ssl_cert,
-            ssl_key=ssl_key,
-            ssl_ca=ssl_ca,
-            key_type=key_type,
-            systemd_dir=(systemd_dir or root / "systemd") if systemd else None,
-            health_timeout=timeout,
-            health_path=health_path,
-            database_setup=not skip_database_setup,
-            api_url=api_url,
-            api_token=_read_secret_file(api_token_file, "API token"),
+    root = _data_dir(data_dir)
+    storage = None
+    if s3_host or s3_bucket or s3_access_key:
+        storage = S3StorageOptions(
+            host=s3_host or "",
+            port=s3_port,
+            bucket=s3_bucket or "",
+            access_key=s3_access_key or "",
+            secret_key=s3_secret_key or "",
+            storage_path=s3_path,
+            is_secure=not s3_insecure,
+            kind=s3_kind,
+            region=s3_region,
         )
-        options.validate()
-        images = images_from_bundle(bundle_dir) if bundle_dir is not None else []
-        result = quay_up(options, images, on_step=_step if not as_json else lambda m: None)
-        if as_json:
-            emit_json(result.to_json())
-            return
-        for w in result.warnings:
-            click.echo(f"warning: {w}", err=True)
-        if result.changes:
-            click.echo(f"Quay is running at {result.url} (pod {result.pod}); changes:")
-            for change in result.changes:
-                click.echo(f"  - {change}")
-        else:
-            click.echo(f"Quay is running at {result.url} (pod {result.pod}); nothing changed")
-        for line in result.next_steps():
-            click.echo(line)
-
-    run_command(verbose, body)
+    options = QuayUpOptions(
+        hostname=hostname,
+        data_dir=root,
+        port=port,
+        bind_address=bind_address,
+        name=name,
+        extra_names=tuple(extra_names),
+        init_user=init_user,
+        init_email=init_email,
+        init_password=_read_secret_file(init_password_file, "password"),
+        organizations=tuple(organizations) or ("ocp4",),
+        robot=robot,
+        storage=storage,
+        ssl_cert=ssl_cert,
+        ssl_key=ssl_key,
+        ssl_ca=ssl_ca,
+        key_type=key_type,
+        systemd_dir=(systemd_dir or root / "systemd") if systemd else None,
+        health_timeout=timeout,
+        health_path=health_path,
+        database_setup=not skip_database_setup,
+        api_url=api_url,
+        api_token=_read_secret_file(api_token_file, "API token"),
+    )
+    options.validate()
+    images = images_from_bundle(bundle_dir) if bundle_dir is not None else []
+    result = quay_up(options, images, on_step=_step if not as_json else lambda m: None)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if result.changes:
+        click.echo(f"Quay is running at {result.url} (pod {result.pod}); changes:")
+        for change in result.changes:
+            click.echo(f"  - {change}")
+    else:
+        click.echo(f"Quay is running at {result.url} (pod {result.pod}); nothing changed")
+    for line in result.next_steps():
+        click.echo(line)
 
 
 @quay.command("status", context_settings=CONTEXT)
 @click.option("--name", default="ocpb-quay", show_default=True, help="Pod name given to `quay up`.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=DATA_DIR_HELP)
 @common_options
+@command
 def status(name: str, data_dir: Optional[Path], verbose: int, as_json: bool) -> None:
     """Show the pod, its containers' states and Quay's health. Exit 0 when all run and Quay is healthy, 5 otherwise."""
-    setup_logging(verbose)
+    from bundler.quay.bringup import quay_status
 
-    def body() -> None:
-        from bundler.quay.bringup import quay_status
-
-        result = quay_status(name=name, data_dir=_data_dir(data_dir))
-        ok = result.running and result.healthy is not False
-        if as_json:
-            emit_json(result.to_json())
+    result = quay_status(name=name, data_dir=_data_dir(data_dir))
+    ok = result.running and result.healthy is not False
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        if result.pod is None:
+            click.echo(f"pod {name}: not found")
         else:
-            if result.pod is None:
-                click.echo(f"pod {name}: not found")
+            pub = ", ".join(f"{ip or '*'}:{hp}->{cp}" for ip, hp, cp in result.pod.published)
+            click.echo(f"pod {result.pod.name}: {result.pod.state} ({pub or 'no published ports'})")
+        for role, c in result.containers.items():
+            if c is None:
+                click.echo(f"  {role}: no container")
             else:
-                pub = ", ".join(f"{ip or '*'}:{hp}->{cp}" for ip, hp, cp in result.pod.published)
-                click.echo(f"pod {result.pod.name}: {result.pod.state} ({pub or 'no published ports'})")
-            for role, c in result.containers.items():
-                if c is None:
-                    click.echo(f"  {role}: no container")
-                else:
-                    extra = f", exit status {c.exit_code}" if not c.running and c.state in ("exited", "stopped") else ""
-                    click.echo(f"  {role}: {c.name} {c.state}{extra} ({c.image_name})")
-            if result.url:
-                health = "healthy" if result.healthy else "not checked" if result.healthy is None else f"unhealthy ({result.health_detail})"
-                click.echo(f"Quay {result.url}: {health}")
-        if not ok:
-            sys.exit(5)
-
-    run_command(verbose, body)
+                extra = f", exit status {c.exit_code}" if not c.running and c.state in ("exited", "stopped") else ""
+                click.echo(f"  {role}: {c.name} {c.state}{extra} ({c.image_name})")
+        if result.url:
+            health = "healthy" if result.healthy else "not checked" if result.healthy is None else f"unhealthy ({result.health_detail})"
+            click.echo(f"Quay {result.url}: {health}")
+    if not ok:
+        sys.exit(5)
 
 
 @quay.command("down", context_settings=CONTEXT)
@@ -241,29 +233,25 @@ def status(name: str, data_dir: Optional[Path], verbose: int, as_json: bool) -> 
 @click.option("--purge", is_flag=True, help="Also delete the data directory: database, images pushed, secrets, certificates.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before --purge deletes data.")
 @common_options
+@command
 def down(name: str, data_dir: Optional[Path], purge: bool, yes: bool, verbose: int, as_json: bool) -> None:
     """Stop and remove the Quay pod and its containers (data is kept unless --purge)."""
-    setup_logging(verbose)
+    from bundler.quay.bringup import quay_down
 
-    def body() -> None:
-        from bundler.quay.bringup import quay_down
-
-        root = _data_dir(data_dir)
-        if purge and not yes:
-            if not sys.stdin.isatty():
-                raise UsageError(f"--purge deletes {root} and everything pushed to this registry", hint="add --yes to confirm")
-            click.confirm(f"Delete {root} (database, stored images, secrets, certificates)?", abort=True)
-        result = quay_down(name=name, data_dir=root, purge=purge)
-        if as_json:
-            emit_json(result.to_json())
-            return
-        if result.removed_pod or result.removed_containers:
-            click.echo(f"removed pod {name}" + (f" and {', '.join(result.removed_containers)}" if result.removed_containers else ""))
-        else:
-            click.echo(f"no pod or containers named {name}")
-        if result.purged:
-            click.echo(f"deleted {result.purged}")
-        elif root.exists():
-            click.echo(f"data kept in {root}; `ocp-bundler quay up` brings Quay back with it")
-
-    run_command(verbose, body)
+    root = _data_dir(data_dir)
+    if purge and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"--purge deletes {root} and everything pushed to this registry", hint="add --yes to confirm")
+        click.confirm(f"Delete {root} (database, stored images, secrets, certificates)?", abort=True)
+    result = quay_down(name=name, data_dir=root, purge=purge)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    if result.removed_pod or result.removed_containers:
+        click.echo(f"removed pod {name}" + (f" and {', '.join(result.removed_containers)}" if result.removed_containers else ""))
+    else:
+        click.echo(f"no pod or containers named {name}")
+    if result.purged:
+        click.echo(f"deleted {result.purged}")
+    elif root.exists():
+        click.echo(f"data kept in {root}; `ocp-bundler quay up` brings Quay back with it")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from bundler.cli.support import CONTEXT, common_options, emit_json, run_command, setup_logging
+from bundler.cli.support import CONTEXT, command, common_options, emit_json
 from bundler.openshift.extract import COMMANDS as EXTRACT_COMMANDS
 
 
@@ -28,6 +28,7 @@ from bundler.openshift.extract import COMMANDS as EXTRACT_COMMANDS
 @click.option("--prefix", metavar="PATH", help="Repository prefix used when unpacking into the mirror.")
 @click.option("--release", "release", metavar="VERSION[-ARCH]", help="Which release, when the bundle carries several.")
 @common_options
+@command
 def extract(
     bundle: Path,
     command_name: str,
@@ -50,33 +51,28 @@ def extract(
       ocp-bundler extract /media/usb --command openshift-install --to ./bin --registry mirror.example:8443
       ocp-bundler extract /media/usb --command oc --platform darwin/arm64 --to ./bin
     """
-    setup_logging(verbose)
+    from bundler.openshift.extract import extract_from_bundle
 
-    def body() -> None:
-        from bundler.openshift.extract import extract_from_bundle
-
-        result = extract_from_bundle(
-            bundle, command=command_name, to=to, platform=platform, registry=registry, prefix=prefix, release=release
+    result = extract_from_bundle(
+        bundle, command=command_name, to=to, platform=platform, registry=registry, prefix=prefix, release=release
+    )
+    for name in result.not_stamped:
+        click.echo(f"warning: {result.path}: the binary has no {name} marker; it was written unchanged there", err=True)
+    if as_json:
+        emit_json(
+            {
+                "path": str(result.path),
+                "command": result.command,
+                "platform": result.platform,
+                "component": result.component,
+                "sourcePath": result.source_path,
+                "size": result.size,
+                "sha256": result.sha256,
+                "releasePullSpec": result.release_pull_spec,
+                "stamped": list(result.stamped),
+                "notStamped": list(result.not_stamped),
+            }
         )
-        for name in result.not_stamped:
-            click.echo(f"warning: {result.path}: the binary has no {name} marker; it was written unchanged there", err=True)
-        if as_json:
-            emit_json(
-                {
-                    "path": str(result.path),
-                    "command": result.command,
-                    "platform": result.platform,
-                    "component": result.component,
-                    "sourcePath": result.source_path,
-                    "size": result.size,
-                    "sha256": result.sha256,
-                    "releasePullSpec": result.release_pull_spec,
-                    "stamped": list(result.stamped),
-                    "notStamped": list(result.not_stamped),
-                }
-            )
-        else:
-            stamped = f"; release image {result.release_pull_spec}" if result.release_pull_spec and "release image" in result.stamped else ""
-            click.echo(f"{result.path} ({result.platform}, {result.size} bytes, sha256 {result.sha256}){stamped}")
-
-    run_command(verbose, body)
+    else:
+        stamped = f"; release image {result.release_pull_spec}" if result.release_pull_spec and "release image" in result.stamped else ""
+        click.echo(f"{result.path} ({result.platform}, {result.size} bytes, sha256 {result.sha256}){stamped}")

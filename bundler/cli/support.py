@@ -6,6 +6,8 @@ Only the CLI imports this module (it uses click and tqdm; the library below neve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -14,7 +16,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple, TypeVar
+from typing import Any, Callable, Optional, Tuple, Type, TypeVar
 
 import click
 
@@ -89,6 +91,37 @@ def run_command(verbose: int, fn: Callable[[], T]) -> T:
             traceback.print_exc(file=sys.stderr)
         click.echo(f"internal error: {type(exc).__name__}: {exc} (details in {debug_log_path()})", err=True)
         sys.exit(int(ExitCode.INTERNAL))
+
+
+def command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Run a click command function the way every command runs: logging set up from its `verbose` flag,
+    then its body under `run_command` (errors → one line and an exit code). Put it right above the `def`."""
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> None:
+        verbose = int(kwargs.get("verbose") or 0)
+        setup_logging(verbose)
+        run_command(verbose, lambda: fn(**kwargs))
+
+    return wrapper
+
+
+def option_group(name: str, cls: Type[Any], *options: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add `options` (click option decorators, in help order) to a command and hand their values to it as one
+    dataclass `cls` in the keyword argument `name` (the dataclass's fields are the options' parameter names)."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(**kwargs: Any) -> Any:
+            kwargs[name] = cls(**{field: kwargs.pop(field) for field in fields})
+            return fn(**kwargs)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
 
 
 def emit_json(obj: Any) -> None:

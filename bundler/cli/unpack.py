@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, common_options, emit_json, registry_options, run_command, setup_logging
+from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, registry_options
 from bundler.base.errors import UsageError
 from bundler.base.units import human_bytes
 
@@ -59,6 +59,7 @@ from bundler.base.units import human_bytes
 @click.option("--require-signature", is_flag=True, help="Fail unless the bundle is signed and the signature checks out.")
 @registry_options
 @common_options
+@command
 def unpack(
     bundle: Path,
     registry: str,
@@ -95,46 +96,41 @@ def unpack(
       ocp-bundler unpack /media/usb --registry quay.example:8443 --registry-kind quay --quay-token "$TOKEN"
       ocp-bundler unpack /media/usb --registry mirror.example:8443 --prefix ocp --dry-run
     """
-    setup_logging(verbose)
+    from bundler.registry.client import TransportOptions
+    from bundler.flows.unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
 
-    def body() -> None:
-        from bundler.registry.client import TransportOptions
-        from bundler.flows.unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
-
-        if no_verify:
-            click.echo("WARNING: --no-verify: the bundle's volumes and signature will NOT be checked", err=True)
-        progress = CliProgress("unpack", enabled=not as_json)
-        options = UnpackOptions(
-            registry=registry,
-            prefix=prefix,
-            authfile=authfile,
-            transport=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=max(16, workers * 2)),
-            workers=workers,
-            dry_run=dry_run,
-            verify=not no_verify,
-            reverify=reverify,
-            key=key,
-            require_signature=require_signature,
-            registry_kind=registry_kind,
-            quay_token=quay_token,
-            quay_data_dir=quay_data_dir,
-            quay_up=quay_up,
-            resources_dir=resources_dir,
-            icsp=icsp,
-            progress=progress,
-        )
-        result: Optional[UnpackResult] = None
-        try:
-            result = unpack_bundle(bundle, options=options)
-        except (UnpackPartialFailureError, UnpackIntegrityError) as exc:
-            progress.close()
-            _render(exc.result, as_json)
-            raise
-        finally:
-            progress.close()
-        _render(result, as_json)
-
-    run_command(verbose, body)
+    if no_verify:
+        click.echo("WARNING: --no-verify: the bundle's volumes and signature will NOT be checked", err=True)
+    progress = CliProgress("unpack", enabled=not as_json)
+    options = UnpackOptions(
+        registry=registry,
+        prefix=prefix,
+        authfile=authfile,
+        transport=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=max(16, workers * 2)),
+        workers=workers,
+        dry_run=dry_run,
+        verify=not no_verify,
+        reverify=reverify,
+        key=key,
+        require_signature=require_signature,
+        registry_kind=registry_kind,
+        quay_token=quay_token,
+        quay_data_dir=quay_data_dir,
+        quay_up=quay_up,
+        resources_dir=resources_dir,
+        icsp=icsp,
+        progress=progress,
+    )
+    result: Optional[UnpackResult] = None
+    try:
+        result = unpack_bundle(bundle, options=options)
+    except (UnpackPartialFailureError, UnpackIntegrityError) as exc:
+        progress.close()
+        _render(exc.result, as_json)
+        raise
+    finally:
+        progress.close()
+    _render(result, as_json)
 
 
 def _render(result: Any, as_json: bool) -> None:
@@ -180,6 +176,7 @@ def _render(result: Any, as_json: bool) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password (or token) from stdin.")
 @click.option("--email", default=None, help="Optional e-mail recorded with the entry.")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr.")
+@command
 def pull_secret(path: Path, registry: str, username: str, password_stdin: bool, email: Optional[str], verbose: int) -> None:
     """Add the mirror's credentials to a pull secret (mode 0600, other entries untouched, atomic).
 
@@ -188,22 +185,17 @@ def pull_secret(path: Path, registry: str, username: str, password_stdin: bool, 
       printf '%s' "$TOKEN" | ocp-bundler pull-secret --file pull-secret.json \\
           --registry mirror.example:8443 --username 'ocp+mirror' --password-stdin
     """
-    setup_logging(verbose)
+    from bundler.openshift.pullsecret import add_registry_credentials
 
-    def body() -> None:
-        from bundler.openshift.pullsecret import add_registry_credentials
-
-        if password_stdin:
-            password = sys.stdin.read()
-            if password.endswith("\n"):
-                password = password[:-1]
-            if password.endswith("\r"):
-                password = password[:-1]
-        elif sys.stdin.isatty():
-            password = click.prompt("Password", hide_input=True, err=True)
-        else:
-            raise UsageError("no password given", hint="pipe it in with --password-stdin")
-        add_registry_credentials(path, registry=registry, username=username, password=password, email=email)
-        click.echo(f"added credentials for {registry} (user {username}) to {path}")
-
-    run_command(verbose, body)
+    if password_stdin:
+        password = sys.stdin.read()
+        if password.endswith("\n"):
+            password = password[:-1]
+        if password.endswith("\r"):
+            password = password[:-1]
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, err=True)
+    else:
+        raise UsageError("no password given", hint="pipe it in with --password-stdin")
+    add_registry_credentials(path, registry=registry, username=username, password=password, email=email)
+    click.echo(f"added credentials for {registry} (user {username}) to {path}")
