@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import click
 
 from bundler.base.errors import ImageNotFoundError
 from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, human_bytes, make_registries, registry_options
+
+if TYPE_CHECKING:
+    from bundler.flows.pack import PackedImage
 
 
 @click.command(context_settings=CONTEXT)
@@ -44,7 +47,8 @@ def pack(
       ocp-bundler pack --config image-set.yaml --out /media/usb2 --base /media/usb   # an incremental bundle
     """
     from bundler.openshift.image_set import load_image_set
-    from bundler.flows.pack import DEFAULT_VOLUME_SIZE, PackOptions
+    from bundler.bundle.volumes import DEFAULT_VOLUME_SIZE
+    from bundler.flows.pack import PackOptions
     from bundler.flows.pack import pack as run_pack
     from bundler.base.units import parse_size
 
@@ -72,7 +76,7 @@ def pack(
         return
     for w in result.plan.warnings:
         click.echo(f"warning: {w}", err=True)
-    by_kind: Dict[str, List[Any]] = {}
+    by_kind: Dict[str, List[PackedImage]] = {}
     for img in result.images:
         by_kind.setdefault(img.planned.kind, []).append(img)
     if dry_run:
@@ -81,15 +85,15 @@ def pack(
             status = "" if img.status != "failed" else f"  FAILED: {img.error}"
             click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
     click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
-    for cat in result.plan.reports.get("catalogs", []):
-        size_text = f", {human_bytes(cat['bytes'])}" if cat.get("bytes") else ""
-        how = f"{cat.get('format')}, {cat.get('mode')}" + (", pruned image built" if cat.get("pruned") else ", copied as is")
+    for cat in result.plan.reports.catalogs or []:
+        size_text = f", {human_bytes(cat.bytes)}" if cat.bytes else ""
+        how = f"{cat.format}, {cat.mode}" + (", pruned image built" if cat.pruned else ", copied as is")
         click.echo(
-            f"Catalog {cat.get('catalog')} ({how}): {cat.get('packages')} packages, {cat.get('channels')} channels, "
-            f"{cat.get('bundles')} bundles, {cat.get('images')} images{size_text}; {len(cat.get('recovered') or [])} recovered from CSVs"
+            f"Catalog {cat.catalog} ({how}): {cat.packages} packages, {cat.channels} channels, "
+            f"{cat.bundles} bundles, {cat.images} images{size_text}; {len(cat.recovered)} recovered from CSVs"
         )
-        for rec in cat.get("recovered") or []:
-            click.echo(f"  recovered (value: instead of image: in the CSV): {rec}")
+        for rec in cat.recovered:
+            click.echo(f"  recovered (value: instead of image: in the CSV): {rec.to_json()}")
     if dry_run and failed:
         raise ImageNotFoundError(
             f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
@@ -97,9 +101,9 @@ def pack(
     click.echo(f"Total: {human_bytes(result.total_bytes)} (unique blobs)")
     if not dry_run:
         click.echo(f"Bundle written to {out_dir} in {result.seconds:.1f}s")
-        skipped = getattr(result.bundle, "blobs_skipped_by_base", 0)
+        assert result.bundle is not None
         if base is not None:
-            click.echo(f"Incremental against {base}: {getattr(result.bundle, 'blobs_written', '?')} blobs carried, {skipped} left to the base bundle")
+            click.echo(f"Incremental against {base}: {result.bundle.blobs_written} blobs carried, {result.bundle.blobs_skipped_by_base} left to the base bundle")
         if not sign_key:
             click.echo("warning: the bundle is not signed; use --sign-key so the far side can prove it is yours", err=True)
         click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if sign_key else ""))

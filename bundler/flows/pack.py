@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from bundler import __version__
 from bundler.transfer.copy import Copier, CopyOptions, CopyResult
@@ -26,13 +26,15 @@ from bundler.oci.media import Descriptor, is_index, parse_manifest
 from bundler.flows.plan import Plan, build_plan
 from bundler.oci.planned import PlannedImage
 from bundler.base.progress import NullProgress, Progress
+from bundler.bundle.volumes import DEFAULT_VOLUME_SIZE
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
 from bundler.transfer.transports import LayoutImage, RegistryRepository
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from bundler.bundle.volumes import BundleWriteResult
 
-DEFAULT_VOLUME_SIZE = 4 * 1024**3 - 1  # FAT32's file size limit
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class PackResult:
     images: List[PackedImage]
     plan: Plan
     total_bytes: int = 0
-    bundle: Any = None
+    bundle: Optional[BundleWriteResult] = None
     seconds: float = 0.0
     work_dir: Optional[Path] = None
 
@@ -97,13 +99,13 @@ class PackResult:
             "images": [i.to_json() for i in self.images],
             "imagesByKind": by_kind,
             "totalBytes": self.total_bytes,
-            "reports": self.plan.reports,
+            "reports": self.plan.reports.to_json(),
             "warnings": self.plan.warnings,
             "seconds": round(self.seconds, 2),
             "workDir": str(self.work_dir) if self.work_dir else None,
         }
         if self.bundle is not None:
-            out["bundle"] = self.bundle.to_json() if hasattr(self.bundle, "to_json") else str(self.bundle)
+            out["bundle"] = self.bundle.to_json()
         return out
 
 
@@ -174,7 +176,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
             "toolVersion": __version__,
             "config": Path(image_set.source_name).name,
             "images": [{k: v for k, v in i.to_json().items() if k not in ("status", "bytes")} for i in images],
-            "reports": plan.reports,
+            "reports": plan.reports.to_json(),
             "warnings": plan.warnings,
         },
         indent=1,
@@ -194,7 +196,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         ),
     )
     result.bundle = bundle
-    result.total_bytes = getattr(bundle, "total_bytes", 0) or _unique_bytes(images)
+    result.total_bytes = bundle.total_bytes or _unique_bytes(images)
     result.seconds = time.monotonic() - started
     atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
     return result
@@ -301,13 +303,13 @@ def _blob_sizes(layout: Layout, digest: str, media_type: str) -> Dict[str, int]:
 
 def _fill_catalog_bytes(plan: Plan, images: List[PackedImage], layout: Layout) -> None:
     """Each catalog report's `bytes`: the unique blobs of the catalog image and every image it brought."""
-    for report in plan.reports.get("catalogs", []):
-        name = report.get("catalog")
+    for report in plan.reports.catalogs or []:
+        name = report.catalog
         blobs: Dict[str, int] = {}
         for img in images:
             if img.digest and (img.planned.annotations.get("catalog") == name or (img.planned.kind == "catalog" and img.planned.source == name)):
                 blobs.update(_blob_sizes(layout, img.digest, img.media_type))
-        report["bytes"] = sum(blobs.values())
+        report.bytes = sum(blobs.values())
 
 
 def _check_space(directory: Path, needed: int, *, what: str) -> None:

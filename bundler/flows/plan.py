@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.transfer.copy import Copier
 from bundler.base.errors import ConfigError
@@ -20,7 +20,53 @@ from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
 from bundler.transfer.transports import ImageSource, LayoutImage, RegistryRepository
 
+if TYPE_CHECKING:
+    from bundler.openshift.catalog.plan import CatalogReport
+    from bundler.openshift.release import ReleaseInfo
+    from bundler.openshift.samples import SamplesReport
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplesSummary:
+    """The samples part of the pack report."""
+
+    images: int
+    organisations: List[str]
+    report: SamplesReport
+
+    def to_json(self) -> Dict[str, Any]:
+        r = self.report
+        details = {
+            "sources": list(r.sources),
+            "imagestreams": list(r.imagestreams),
+            "excluded": list(r.excluded),
+            "conflicts": list(r.conflicts),
+            "skipped": list(r.skipped),
+            "warnings": list(r.warnings),
+        }
+        return {"images": self.images, "organisations": list(self.organisations), "details": details}
+
+
+@dataclass
+class PlanReports:
+    """What each planner read and decided (None: that part of the config is empty), for the pack summary,
+    `--json` and the bundle's `reports/plan.json`. Pack fills in each catalog's `bytes` once it has pulled."""
+
+    releases: Optional[List[ReleaseInfo]] = None
+    samples: Optional[SamplesSummary] = None
+    catalogs: Optional[List[CatalogReport]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        if self.releases is not None:
+            out["releases"] = [r.to_json() for r in self.releases]
+        if self.samples is not None:
+            out["samples"] = self.samples.to_json()
+        if self.catalogs is not None:
+            out["catalogs"] = [c.to_json() for c in self.catalogs]
+        return out
 
 
 @dataclass
@@ -28,7 +74,7 @@ class Plan:
     images: List[PlannedImage] = field(default_factory=list)
     files: Dict[str, bytes] = field(default_factory=dict)
     """Extra files to carry in the bundle (release signatures …)."""
-    reports: Dict[str, Any] = field(default_factory=dict)
+    reports: PlanReports = field(default_factory=PlanReports)
     warnings: List[str] = field(default_factory=list)
 
     def add(self, images: Sequence[PlannedImage]) -> None:
@@ -97,10 +143,10 @@ def build_plan(
             kwargs["signature_store"] = signature_store
         release_plan = release.plan_releases(rel, **kwargs)
         plan.add(release_plan.images)
-        for digest, sigs in (getattr(release_plan, "signatures", None) or {}).items():
+        for digest, sigs in release_plan.signatures.items():
             for i, data in enumerate(sigs, start=1):
                 plan.files[f"signatures/{digest.replace(':', '-')}-{i}"] = data
-        plan.reports["releases"] = [_as_json(r) for r in release_plan.releases]
+        plan.reports.releases = list(release_plan.releases)
         plan.warnings.extend(release_plan.warnings)
     sam = image_set.samples
     if sam.from_release or sam.directory or sam.images:
@@ -111,37 +157,21 @@ def build_plan(
             sam, registries=registries, release_plan=release_plan, operator_sources={ref: stage(ref) for ref in operators}
         )
         plan.add(samples_plan.images)
-        plan.reports["samples"] = {
-            "images": len(samples_plan.images),
-            "organisations": sorted(samples_plan.organisations),
-            "details": _as_json(samples_plan.report),
-        }
-        plan.warnings.extend(getattr(samples_plan.report, "warnings", ()))
+        plan.reports.samples = SamplesSummary(
+            images=len(samples_plan.images), organisations=sorted(samples_plan.organisations), report=samples_plan.report
+        )
+        plan.warnings.extend(samples_plan.report.warnings)
     if image_set.operators:
         from bundler.openshift.catalog import plan as catalog
 
-        reports = []
+        plan.reports.catalogs = []
         for spec in image_set.operators:
             cplan = catalog.plan_catalog(spec, registries=registries, layout=layout, copier=copier)
             plan.add([cplan.catalog_image, *cplan.images])
-            reports.append(cplan.report.to_json())
-        plan.reports["catalogs"] = reports
+            plan.reports.catalogs.append(cplan.report)
     for ref in image_set.additional_images:
         plan.add([plan_plain_image(ref, kind="additional")])
     for ref in image_set.registry_images.images():
         plan.add([plan_plain_image(ref, kind="registry")])
     return plan
 
-
-def _as_json(obj: Any) -> Any:
-    if hasattr(obj, "to_json"):
-        return obj.to_json()
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: _as_json(getattr(obj, k)) for k in obj.__dataclass_fields__}
-    if isinstance(obj, (list, tuple)):
-        return [_as_json(x) for x in obj]
-    if isinstance(obj, dict):
-        return {str(k): _as_json(v) for k, v in obj.items()}
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
