@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 
 from bundler.registry.auth import CredentialStore, Credentials
-from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest
+from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleImage, BundleManifest
 from bundler.base.compat import frozen_keyword_only
 from bundler.transfer.copy import Copier, CopyOptions, CopyResult, CopyStats
 from bundler.oci.digest import Digest
@@ -64,6 +64,7 @@ from bundler.registry.client import FetchedManifest, Registries, RegistryClient,
 from bundler.transfer.transports import ImageSource, Opener, RegistryRepository
 
 if TYPE_CHECKING:
+    from bundler.bundle.verify import VerifyResult
     from bundler.quay.api import QuayAPI
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,13 @@ _SIGNATURE_FILE = re.compile(r"^signatures/(sha256|sha512)-([0-9a-f]{64}|[0-9a-f
 
 
 class OpenBundle(Protocol):
-    """The reading side of a bundle. `manifest` has `id`, `base_id`, `images` (`BundleImage`s) and `files`
-    (entries with a `name`); `image_source` reads manifests and blobs in place from the volumes."""
+    """The reading side of a bundle: its manifest, and `image_source` reading manifests and blobs in place
+    from the volumes."""
 
     @property
-    def manifest(self) -> Any: ...
+    def manifest(self) -> BundleManifest: ...
 
-    def image_source(self, image: Any) -> ImageSource: ...
+    def image_source(self, image: BundleImage) -> ImageSource: ...
 
     def read_file(self, name: str) -> bytes: ...
 
@@ -323,7 +324,7 @@ def verify_once(directory: Path, options: UnpackOptions) -> Tuple[str, List[str]
     return "full", list(result.warnings)
 
 
-def record_verification(directory: Path, result: Any, *, fingerprint: Optional[Dict[str, Any]], state_dir: Optional[Path] = None) -> None:
+def record_verification(directory: Path, result: VerifyResult, *, fingerprint: Optional[Dict[str, Any]], state_dir: Optional[Path] = None) -> None:
     """Remember a successful full verification of these very files (`fingerprint` taken before it started),
     so that `unpack` need not hash the volumes again. Nothing is recorded if the files changed meanwhile."""
     stamp_path = _stamp_path(state_dir, directory, fingerprint)
@@ -518,12 +519,7 @@ def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
     from bundler.bundle.volumes import Bundle
 
     bundle = Bundle.open(directory)
-    try:
-        return _Unpacker(bundle, options, verified=verified, verification=verification, warnings=warnings).run()
-    finally:
-        close = getattr(bundle, "close", None)
-        if callable(close):
-            close()
+    return _Unpacker(bundle, options, verified=verified, verification=verification, warnings=warnings).run()
 
 
 def unpack_open_bundle(bundle: OpenBundle, *, options: UnpackOptions, verified: bool = False) -> UnpackResult:
@@ -549,7 +545,7 @@ def check_options(options: UnpackOptions) -> None:
 
 @dataclass(frozen=True)
 class _Target:
-    image: Any  # a BundleImage
+    image: BundleImage
     reference: Reference
     digest: Digest
 
@@ -650,7 +646,7 @@ class _Unpacker:
             result = self._write_resources(result, every)
         return result
 
-    def _targets(self, images: Iterable[Any]) -> List[_Target]:
+    def _targets(self, images: Iterable[BundleImage]) -> List[_Target]:
         targets: List[_Target] = []
         seen: Dict[str, _Target] = {}
         for image in images:
@@ -1037,8 +1033,8 @@ class _Unpacker:
         from bundler.openshift.resources import ReleaseSignature
 
         out: List[Any] = []
-        for entry in getattr(self.bundle.manifest, "files", None) or ():
-            name = entry if isinstance(entry, str) else str(getattr(entry, "name", ""))
+        for entry in self.bundle.manifest.files:
+            name = entry.name
             match = _SIGNATURE_FILE.match(name)
             if match is None:
                 continue
@@ -1074,8 +1070,7 @@ def _resource_inputs(targets: Sequence[_Target]) -> Tuple[List[Any], List[Any]]:
 
 
 def _known_size(t: _Target) -> Optional[int]:
-    size = getattr(t.image, "total_size", None)
-    return size if isinstance(size, int) else None
+    return t.image.total_size
 
 
 def _size(t: _Target, graphs: Mapping[str, _Graph]) -> Optional[int]:

@@ -378,14 +378,13 @@ def images_from_bundle(bundle_dir: Path) -> List[RegistryImage]:
     bundle = Bundle.open(bundle_dir)
     found: Dict[str, RegistryImage] = {}
     for img in bundle.manifest.images:
-        if getattr(img, "kind", None) != "registry":
+        if img.kind != "registry":
             continue
-        annotations = dict(getattr(img, "annotations", None) or {})
-        name = str(getattr(img, "target_repository", "") or getattr(img, "source", ""))
-        role = registry_role(name, annotations) or registry_role(str(getattr(img, "source", "")), annotations)
+        name = img.target_repository or img.source
+        role = registry_role(name, img.annotations) or registry_role(img.source, img.annotations)
         if role is None or role in found:
             continue
-        tag = str(getattr(img, "target_tag", "") or "latest")
+        tag = img.target_tag or "latest"
         found[role] = RegistryImage(role, bundle.image_source(img), f"{LOCAL_REPOSITORY}/{role}:{tag}")
     missing = [r for r in ROLES if r not in found]
     if missing:

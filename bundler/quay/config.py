@@ -67,9 +67,9 @@ class S3StorageOptions:
     def __post_init__(self) -> None:
         if self.kind not in STORAGE_KINDS:
             raise UsageError(f"unknown S3 storage kind {self.kind!r}", hint=f"use one of {', '.join(STORAGE_KINDS)}")
-        for name in ("host", "bucket", "access_key", "secret_key"):
-            if not getattr(self, name):
-                raise UsageError(f"S3 storage needs --s3-{name.replace('_', '-')}")
+        for flag, value in (("host", self.host), ("bucket", self.bucket), ("access-key", self.access_key), ("secret-key", self.secret_key)):
+            if not value:
+                raise UsageError(f"S3 storage needs --s3-{flag}")
 
     def to_json(self) -> Dict[str, Any]:
         return {
