@@ -10,6 +10,7 @@ and a writer killed with SIGKILL half-way then rerun.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
@@ -34,6 +35,7 @@ from bundler.oci.digest import Digest
 from bundler.base.errors import DiskSpaceError, ExitCode, ImageNotFoundError, IntegrityError, UsageError
 from bundler.layout.store import Layout
 from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.planned import ImageFacts
 from bundler.base.progress import CountingProgress
 from bundler.bundle.signing import generate_keypair
 from bundler.transfer.transports import LayoutImage
@@ -185,6 +187,24 @@ def test_compression_only_where_it_pays(signed_bundle: Tuple[Path, BundleWriteRe
     assert by[gz.digest].encoding == "raw" and by[gz.digest].stored_size == gz.size
     report = next(f for f in result.manifest.files if f.name == "reports/pack-report.json")
     assert report.encoding == "zstd"
+
+
+def test_image_facts_are_annotations_in_the_file(signed_bundle: Tuple[Path, BundleWriteResult]) -> None:
+    """The facts pack and unpack act on are typed fields; the file keeps them in the plain annotation map."""
+    _, result = signed_bundle
+    m = result.manifest
+    facts = ImageFacts(catalog="quay.io/t/cat:v1", layout_ref="pruned/t/cat:v1", pruned=True, catalog_name="cat", display_name="Cat")
+    img = dataclasses.replace(m.images[0], annotations={"mode": "full"}, facts=facts)
+    raw = dataclasses.replace(m, images=(img, *m.images[1:])).to_bytes()
+    recorded = json.loads(raw)["images"][0]["annotations"]
+    assert recorded == {"catalog": "quay.io/t/cat:v1", "layout-ref": "pruned/t/cat:v1", "pruned": "true", "catalog-name": "cat", "display-name": "Cat", "mode": "full"}
+    back = BundleManifest.from_bytes(raw, where="test")
+    assert back.images[0] == img and back.images[0].facts.pruned is True and back.to_bytes() == raw
+    # a value that is not a fact stays a free-form annotation, and the file reads back the same
+    odd = dataclasses.replace(m.images[0], annotations={"pruned": "maybe"}, facts=ImageFacts())
+    raw = dataclasses.replace(m, images=(odd, *m.images[1:])).to_bytes()
+    back = BundleManifest.from_bytes(raw, where="test")
+    assert back.images[0].facts.pruned is None and back.images[0].annotations == {"pruned": "maybe"} and back.to_bytes() == raw
 
 
 def test_manifest_lists_everything_and_matches_schema(signed_bundle: Tuple[Path, BundleWriteResult], layout_objs: Tuple[Layout, Dict[str, Any]]) -> None:

@@ -104,11 +104,11 @@ def test_fbc_filtered_builds_pruned_oci_image(env: Tuple[Registries, Layout, Cop
     assert cat.in_layout and cat.kind == "catalog"
     assert (cat.target_repository, cat.target_tag) == ("cat-oci/catalog/index", "v1")
     assert cat.digest != original_digest
-    assert cat.annotations["original-digest"] == original_digest and cat.annotations["pruned"] == "true"
-    assert str(layout.resolve(cat.annotations['layout-ref']).digest) == cat.digest
+    assert cat.annotations["original-digest"] == original_digest and cat.facts.pruned is True
+    assert str(layout.resolve(cat.facts.layout_ref).digest) == cat.digest
     assert layout.has_blob(Digest.parse(original_digest))  # the original was copied digest-exact first
 
-    files, img = read_layout_catalog(layout, cat.annotations['layout-ref'])
+    files, img = read_layout_catalog(layout, cat.facts.layout_ref)
     assert sorted(files) == ["configs/bar/catalog.json", "configs/foo/catalog.json"]  # old index.yaml hidden
     pruned = load_fbc({k[len("configs/"):]: v for k, v in files.items()})
     assert {p.name: {c.name: sorted(c.entries) for c in p.channels.values()} for p in pruned.packages.values()} == bundle_shape(plan)
@@ -121,8 +121,8 @@ def test_fbc_filtered_builds_pruned_oci_image(env: Tuple[Registries, Layout, Cop
     assert read_files(img, lambda p: p.startswith("tmp/cache/"))
 
     # skopeo (the oracle) reads the pruned image from the layout
-    assert skopeo.digest(f"oci:{layout.root}:{cat.annotations['layout-ref']}") == cat.digest
-    info = json.loads(skopeo.run("inspect", f"oci:{layout.root}:{cat.annotations['layout-ref']}").stdout)
+    assert skopeo.digest(f"oci:{layout.root}:{cat.facts.layout_ref}") == cat.digest
+    info = json.loads(skopeo.run("inspect", f"oci:{layout.root}:{cat.facts.layout_ref}").stdout)
     assert info["Labels"][LABEL_FBC] == "/configs" and len(info["Layers"]) == 3
 
     report = plan.report.to_json()
@@ -173,7 +173,7 @@ def test_fbc_docker_list_pruned_per_platform(env: Tuple[Registries, Layout, Copi
     plan = plan_catalog(spec, registries=regs, layout=layout, copier=copier)
 
     cat = plan.catalog_image
-    top = layout.resolve(cat.annotations['layout-ref'])
+    top = layout.resolve(cat.facts.layout_ref)
     assert top.media_type == DOCKER_LIST and str(top.digest) == cat.digest != original_digest
     parsed = parse_manifest(layout.read_blob(top.digest), top.media_type)
     assert [str(c.platform) for c in parsed.children] == ["linux/amd64", "linux/arm64"]
@@ -183,7 +183,7 @@ def test_fbc_docker_list_pruned_per_platform(env: Tuple[Registries, Layout, Copi
         assert len(m.layers) == 3 and m.layers[-1].media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip"
         assert [str(x.digest) for x in m.layers[:2]] == [x.digest for x in orig.layers]
     for platform in ("linux/amd64", "linux/arm64"):
-        got, img = read_layout_catalog(layout, cat.annotations['layout-ref'], platform)
+        got, img = read_layout_catalog(layout, cat.facts.layout_ref, platform)
         assert img.config["architecture"] == platform.split("/")[1]
         assert list(got) == ["configs/baz/catalog.json"]
         assert sorted(load_fbc({"c.json": got["configs/baz/catalog.json"]}).packages["baz"].channels["stable"].entries) == ["baz.v1.0.1", "baz.v1.1.0"]
@@ -191,7 +191,7 @@ def test_fbc_docker_list_pruned_per_platform(env: Tuple[Registries, Layout, Copi
     # skopeo 1.9.3 cannot read a Docker-typed list from an oci: layout (PROTOCOL-NOTES §1), so push the
     # pruned list with our copy engine and let skopeo read it from the registry
     dest = Reference(registry_plain.host, "pushed/cat-list", tag="pruned")
-    copier.copy(LayoutImage(layout, cat.annotations['layout-ref']), RegistryRepository(regs.client(dest.registry), dest))
+    copier.copy(LayoutImage(layout, cat.facts.layout_ref), RegistryRepository(regs.client(dest.registry), dest))
     assert skopeo.digest(f"{dest}") == cat.digest
     info = json.loads(skopeo.run("inspect", "--tls-verify=false", "--override-arch", "arm64", f"docker://{dest}").stdout)
     assert info["Architecture"] == "arm64" and len(info["Layers"]) == 3
@@ -209,13 +209,13 @@ def test_fbc_oci_index_drops_attestations(env: Tuple[Registries, Layout, Copier]
 
     plan = plan_catalog(spec, registries=regs, layout=layout, copier=copier)
 
-    top = layout.resolve(plan.catalog_image.annotations['layout-ref'])
+    top = layout.resolve(plan.catalog_image.facts.layout_ref)
     assert top.media_type == OCI_INDEX
     assert [str(c.platform) for c in parse_manifest(layout.read_blob(top.digest), OCI_INDEX).children] == ["linux/amd64"]
     assert any("attestation" in n for n in plan.report.notes)
     assert (plan.catalog_image.target_repository, plan.catalog_image.target_tag) == ("olm/pruned", "v4-small")
-    assert skopeo.digest(f"oci:{layout.root}:{plan.catalog_image.annotations['layout-ref']}") == plan.catalog_image.digest
-    info = json.loads(skopeo.run("inspect", f"oci:{layout.root}:{plan.catalog_image.annotations['layout-ref']}").stdout)
+    assert skopeo.digest(f"oci:{layout.root}:{plan.catalog_image.facts.layout_ref}") == plan.catalog_image.digest
+    info = json.loads(skopeo.run("inspect", f"oci:{layout.root}:{plan.catalog_image.facts.layout_ref}").stdout)
     assert len(info["Layers"]) == 3
 
 
@@ -296,7 +296,7 @@ def test_sqlite_filtered_builds_pruned_database(env: Tuple[Registries, Layout, C
 
     cat = plan.catalog_image
     assert cat.in_layout and cat.digest != original_digest
-    img = open_image(LayoutImage(layout, cat.annotations['layout-ref']))
+    img = open_image(LayoutImage(layout, cat.facts.layout_ref))
     out = tmp_path / "pruned-from-image.db"
     with open(out, "wb") as f:
         assert extract_file(img, "database/index.db", f) is not None
@@ -306,7 +306,7 @@ def test_sqlite_filtered_builds_pruned_database(env: Tuple[Registries, Layout, C
         assert c.execute("SELECT max(version) FROM schema_migrations").fetchone() == (7,)
         assert [r[0] for r in c.execute("SELECT name FROM operatorbundle")] == ["etcdoperator.v0.9.2"]
     assert img.config["config"]["Cmd"] == ["registry", "serve", "--database", "/database/index.db"]  # type: ignore[index]
-    assert skopeo.digest(f"oci:{layout.root}:{cat.annotations['layout-ref']}") == cat.digest
+    assert skopeo.digest(f"oci:{layout.root}:{cat.facts.layout_ref}") == cat.digest
 
 
 def test_catalog_by_digest_gets_a_digest_tag(env: Tuple[Registries, Layout, Copier], registry_plain: RegistryServer) -> None:

@@ -33,7 +33,7 @@ from bundler.bundle.volumes import Bundle, BundleWriteOptions, write_bundle
 from bundler.bundle.manifest import BundleImage
 from bundler.base.errors import ExitCode, IntegrityError, UsageError
 from bundler.layout.store import Layout
-from bundler.oci.planned import digest_tag
+from bundler.oci.planned import ImageFacts, digest_tag
 from bundler.base.progress import NullProgress
 from bundler.registry.client import TransportOptions
 from bundler.bundle.signing import generate_keypair
@@ -60,6 +60,7 @@ class Entry:
     repository: str
     tag: str
     annotations: Dict[str, str] = field(default_factory=dict)
+    facts: ImageFacts = ImageFacts()
 
     @property
     def digest(self) -> str:
@@ -94,7 +95,7 @@ def content(seed: str, *, scale: int = 1) -> List[Entry]:
         Entry(etcd, f"quay.io/openshift-release-dev/ocp-v4.0-art-dev@{etcd.digest}", "release-component", "ocp4/openshift4", "4.8.0-x86_64-etcd"),
         Entry(ruby, "registry.redhat.io/rhscl/ruby-25-rhel7:latest", "sample", "rhscl/ruby-25-rhel7", "latest"),
         Entry(operator, f"registry.redhat.io/ocs4/ocs-operator@{operator.digest}", "operator", "ocs4/ocs-operator", digest_tag(operator.digest)),
-        Entry(catalog, "registry.redhat.io/redhat/redhat-operator-index:v4.8", "catalog", "redhat/redhat-operator-index", "v4.8", {"catalog-name": "redhat-operators"}),
+        Entry(catalog, "registry.redhat.io/redhat/redhat-operator-index:v4.8", "catalog", "redhat/redhat-operator-index", "v4.8", facts=ImageFacts(catalog_name="redhat-operators")),
         Entry(app, "quay.io/myorg/app:1.0", "additional", "myorg/app", "1.0"),
     ]
 
@@ -127,6 +128,7 @@ def bundle_images(entries: Sequence[Entry]) -> List[BundleImage]:
             target_repository=e.repository,
             target_tag=e.tag,
             annotations=dict(e.annotations),
+            facts=e.facts,
         )
         for e in entries
     ]

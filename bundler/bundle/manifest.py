@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, IntegrityError, UnsupportedError
-from bundler.oci.planned import KINDS
+from bundler.oci.planned import KINDS, ImageFacts
 
 SCHEMA_VERSION = 1
 KIND = "ocp-bundler/bundle"
@@ -102,9 +102,15 @@ class BundleImage:
     """Path on the mirror without host, e.g. `ocp4/openshift4`."""
     target_tag: str
     annotations: Mapping[str, str] = field(default_factory=dict)
-    """version, arch, component, catalog, recovered, original-digest…"""
+    """Free-form: version, arch, component, recovered, original-digest…"""
     total_size: Optional[int] = None
     """Bytes of every distinct blob and manifest the image needs (filled in by the bundle writer)."""
+    facts: ImageFacts = ImageFacts()
+    """What unpack acts on (catalog, CatalogSource names …); stored among the annotations in the file."""
+
+    def recorded_annotations(self) -> Dict[str, str]:
+        """The `annotations` map of the file: the facts, then the free-form annotations."""
+        return self.facts.recorded_with(self.annotations)
 
     @property
     def target(self) -> str:
@@ -233,7 +239,7 @@ def _image_json(i: BundleImage) -> Dict[str, Any]:
         "kind": i.kind,
         "targetRepository": i.target_repository,
         "targetTag": i.target_tag,
-        "annotations": dict(i.annotations),
+        "annotations": i.recorded_annotations(),
     }
     if i.total_size is not None:
         out["totalSize"] = i.total_size
@@ -410,6 +416,7 @@ class _Reader:
         total = d.get("totalSize")
         if total is not None:
             total = self.n(d, "totalSize", path)
+        facts, free = ImageFacts.split(ann)
         return BundleImage(
             source=self.s(d, "source", path),
             digest=self.digest(d, "digest", path),
@@ -418,6 +425,7 @@ class _Reader:
             kind=kind,
             target_repository=self.s(d, "targetRepository", path),
             target_tag=self.s(d, "targetTag", path),
-            annotations=dict(ann),
+            annotations=free,
             total_size=total,
+            facts=facts,
         )

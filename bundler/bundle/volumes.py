@@ -584,7 +584,7 @@ def _fingerprint(images: Sequence[BundleImage], items: Sequence[_Item], skipped:
         "format": 1,
         "volumeSize": volume_size,
         "baseId": base_id,
-        "images": [[i.source, i.digest, i.media_type, i.size, i.kind, i.target_repository, i.target_tag, sorted(i.annotations.items())] for i in images],
+        "images": [[i.source, i.digest, i.media_type, i.size, i.kind, i.target_repository, i.target_tag, sorted(i.recorded_annotations().items())] for i in images],
         "items": [[i.kind, i.key, str(i.digest), i.size, i.media_type, i.encoding, i.stored_size] for i in items],
         "skipped": [b.digest for b in skipped],
     }

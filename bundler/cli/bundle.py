@@ -99,7 +99,7 @@ def _inspect_json(bundle: Any) -> Dict[str, Any]:
                 "digest": i.digest,
                 "mediaType": i.media_type,
                 "totalSize": i.total_size,
-                "annotations": dict(i.annotations),
+                "annotations": i.recorded_annotations(),
             }
             for i in m.images
         ],

@@ -73,8 +73,9 @@ class PackedImage:
             "status": self.status,
             "bytes": self.bytes_needed,
         }
-        if p.annotations:
-            out["annotations"] = dict(p.annotations)
+        recorded = p.recorded_annotations()
+        if recorded:
+            out["annotations"] = recorded
         if self.error:
             out["error"] = self.error
         return out
@@ -164,6 +165,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
             target_repository=i.planned.target_repository,
             target_tag=i.planned.target_tag,
             annotations=dict(i.planned.annotations),
+            facts=i.planned.facts,
         )
         for i in images
     ]
@@ -211,7 +213,7 @@ def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> An
 
 def layout_ref(img: PlannedImage) -> str:
     """The ref name an image built into the work layout is stored under."""
-    return img.annotations.get("layout-ref", img.source)
+    return img.facts.layout_ref or img.source
 
 
 class _LayoutSkippingBase(LayoutImage):
@@ -307,7 +309,7 @@ def _fill_catalog_bytes(plan: Plan, images: List[PackedImage], layout: Layout) -
         name = report.catalog
         blobs: Dict[str, int] = {}
         for img in images:
-            if img.digest and (img.planned.annotations.get("catalog") == name or (img.planned.kind == "catalog" and img.planned.source == name)):
+            if img.digest and (img.planned.facts.catalog == name or (img.planned.kind == "catalog" and img.planned.source == name)):
                 blobs.update(_blob_sizes(layout, img.digest, img.media_type))
         report.bytes = sum(blobs.values())
 

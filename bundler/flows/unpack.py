@@ -1052,19 +1052,18 @@ def _resource_inputs(targets: Sequence[_Target]) -> Tuple[List[Any], List[Any]]:
     names: Dict[str, int] = {}
     for target in targets:
         image = target.image
-        annotations: Mapping[str, str] = image.annotations or {}
         images.append(MirroredImage(source=image.source, target=target.text, kind=image.kind, digest=str(target.digest), tag=Reference.parse(image.source).tag))  # the source's own tag (an imagestream tag name is not it)
         if image.kind != "catalog":
             continue
         last = target.repo.rsplit("/", 1)[-1]
-        name = dns1123_label(annotations.get("catalog-name") or annotations.get("name") or last)
+        name = dns1123_label(image.facts.catalog_name or last)
         if name in names:
             name = dns1123_label(f"{name[:50]}-{target.tag}")
         while name in names:
             names[name] += 1
             name = dns1123_label(f"{name[:58]}-{names[name]}")
         names[name] = 1
-        display = annotations.get("display-name") or f"{last}:{target.tag}"
+        display = image.facts.display_name or f"{last}:{target.tag}"
         catalogs.append(CatalogInfo(name=name, source=image.source, target=target.text, display_name=display))
     return images, catalogs
 

@@ -54,7 +54,7 @@ from bundler.transfer.image_files import ImageRef, extract_file, normalise, open
 from bundler.openshift.image_set import CatalogSpec
 from bundler.layout.store import Layout
 from bundler.oci.media import Descriptor, is_index, parse_manifest
-from bundler.oci.planned import PlannedImage, digest_tag
+from bundler.oci.planned import ImageFacts, PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import FetchedManifest, Registries
 from bundler.transfer.transports import LayoutImage, RegistryRepository
@@ -365,7 +365,7 @@ def _planned(uses: List[ImageUse], digests: Mapping[str, Digest], catalog: str) 
     for key, us in grouped.items():
         ref, digest = pinned[key]
         first = us[0]
-        ann = {"catalog": catalog, "package": first.package, "bundle": first.bundle, "role": first.role, "uses": str(len(us))}
+        ann = {"package": first.package, "bundle": first.bundle, "role": first.role, "uses": str(len(us))}
         if ref.tag and ref.digest is None:
             ann["resolved-from"] = str(ref)
         rec = next((x.recovered for x in us if x.recovered), "")
@@ -379,6 +379,7 @@ def _planned(uses: List[ImageUse], digests: Mapping[str, Digest], catalog: str) 
                 target_tag=key[1],
                 digest=str(digest),
                 annotations=ann,
+                facts=ImageFacts(catalog=catalog),
             )
         )
     return out
@@ -500,7 +501,8 @@ def plan_catalog(
                 target_repository=target_repo,
                 target_tag=tag,
                 digest=str(top.digest),
-                annotations={"catalog": spec.catalog, "format": content.format, "pruned": "false", "mode": mode},
+                annotations={"format": content.format, "mode": mode},
+                facts=ImageFacts(catalog=spec.catalog, pruned=False),
             )
             if mode == "heads-only":
                 notes.append(
@@ -535,20 +537,14 @@ def plan_catalog(
             report.pruned_digest = new_digest
             report.catalog_bytes = _layout_bytes(layout, built.descriptor)
             catalog_image = PlannedImage(
-                source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `layout-ref`
+                source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `facts.layout_ref`
                 kind="catalog",
                 target_repository=target_repo,
                 target_tag=tag,
                 digest=new_digest,
                 in_layout=True,
-                annotations={
-                    "catalog": spec.catalog,
-                    "layout-ref": ref_name,
-                    "format": content.format,
-                    "original-digest": str(top.digest),
-                    "pruned": "true",
-                    "mode": mode,
-                },
+                annotations={"format": content.format, "original-digest": str(top.digest), "mode": mode},
+                facts=ImageFacts(catalog=spec.catalog, layout_ref=ref_name, pruned=True),
             )
         report.target = f"{target_repo}:{tag}"
     log.info(
