@@ -3,12 +3,17 @@ and `bundler.bundle.volumes` (each command parses flags, calls one library funct
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import click
 
 from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, human_bytes
+
+if TYPE_CHECKING:
+    from bundler.bundle.manifest import BundleManifest
+    from bundler.bundle.volumes import Bundle
 
 
 @click.command(context_settings=CONTEXT)
@@ -80,10 +85,50 @@ def verify(directory: Path, key: Optional[Path], require_signature: bool, worker
         click.echo("Signature: NOT checked (see the warning above)")
 
 
-def _inspect_json(bundle: Any) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class _Totals:
+    """What `inspect` sums up over a bundle manifest."""
+
+    images: int
+    blobs: int
+    blob_bytes: int
+    stored_bytes: int
+    zstd_blobs: int
+    volumes: int
+    volume_bytes: int
+    blobs_needed_from_base: int
+    bytes_needed_from_base: int
+
+    @classmethod
+    def of(cls, m: BundleManifest) -> "_Totals":
+        return cls(
+            images=len(m.images),
+            blobs=len(m.blobs),
+            blob_bytes=sum(b.size for b in m.blobs),
+            stored_bytes=sum(b.stored_size for b in m.blobs),
+            zstd_blobs=sum(1 for b in m.blobs if b.encoding == "zstd"),
+            volumes=len(m.volumes),
+            volume_bytes=m.stored_bytes,
+            blobs_needed_from_base=len(m.base_blobs),
+            bytes_needed_from_base=sum(b.size for b in m.base_blobs),
+        )
+
+    def to_json(self) -> Dict[str, int]:
+        return {
+            "images": self.images,
+            "blobs": self.blobs,
+            "blobBytes": self.blob_bytes,
+            "storedBytes": self.stored_bytes,
+            "zstdBlobs": self.zstd_blobs,
+            "volumes": self.volumes,
+            "volumeBytes": self.volume_bytes,
+            "blobsNeededFromBase": self.blobs_needed_from_base,
+            "bytesNeededFromBase": self.bytes_needed_from_base,
+        }
+
+
+def _inspect_json(bundle: Bundle) -> Dict[str, Any]:
     m = bundle.manifest
-    raw_bytes = sum(b.size for b in m.blobs)
-    stored = sum(b.stored_size for b in m.blobs)
     return {
         "directory": str(bundle.directory),
         "id": m.id,
@@ -105,17 +150,7 @@ def _inspect_json(bundle: Any) -> Dict[str, Any]:
         ],
         "volumes": [{"name": v.name, "size": v.size, "sha256": v.sha256} for v in m.volumes],
         "files": [{"name": f.name, "size": f.size} for f in m.files],
-        "totals": {
-            "images": len(m.images),
-            "blobs": len(m.blobs),
-            "blobBytes": raw_bytes,
-            "storedBytes": stored,
-            "zstdBlobs": sum(1 for b in m.blobs if b.encoding == "zstd"),
-            "volumes": len(m.volumes),
-            "volumeBytes": m.stored_bytes,
-            "blobsNeededFromBase": len(m.base_blobs),
-            "bytesNeededFromBase": sum(b.size for b in m.base_blobs),
-        },
+        "totals": _Totals.of(m).to_json(),
     }
 
 
@@ -139,16 +174,15 @@ def inspect(directory: Path, verbose: int, as_json: bool) -> None:
     from bundler.bundle.volumes import Bundle
 
     bundle = Bundle.open(directory)
-    doc = _inspect_json(bundle)
     if as_json:
-        emit_json(doc)
+        emit_json(_inspect_json(bundle))
         return
     m = bundle.manifest
-    t = doc["totals"]
+    t = _Totals.of(m)
     click.echo(f"Bundle {m.id} in {bundle.directory}")
     click.echo(f"Created {m.created} by ocp-bundler {m.tool_version}")
     if m.base_id:
-        click.echo(f"Incremental: base bundle {m.base_id}; {t['blobsNeededFromBase']} blobs ({human_bytes(t['bytesNeededFromBase'])}) must already be in the target registry")
+        click.echo(f"Incremental: base bundle {m.base_id}; {t.blobs_needed_from_base} blobs ({human_bytes(t.bytes_needed_from_base)}) must already be in the target registry")
     else:
         click.echo("Complete bundle (no base)")
     click.echo("Signature: " + ("present (check it with: ocp-bundler verify DIR --key PUB)" if bundle.is_signed else "NONE (unsigned)"))
@@ -171,6 +205,6 @@ def inspect(directory: Path, verbose: int, as_json: bool) -> None:
             click.echo("  " + line)
     click.echo("")
     click.echo(
-        f"Totals: {t['images']} images, {t['blobs']} blobs ({human_bytes(t['blobBytes'])}, stored as {human_bytes(t['storedBytes'])}; "
-        f"{t['zstdBlobs']} zstd-compressed), {t['volumes']} volumes ({human_bytes(t['volumeBytes'])})"
+        f"Totals: {t.images} images, {t.blobs} blobs ({human_bytes(t.blob_bytes)}, stored as {human_bytes(t.stored_bytes)}; "
+        f"{t.zstd_blobs} zstd-compressed), {t.volumes} volumes ({human_bytes(t.volume_bytes)})"
     )

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
 from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, registry_options
 from bundler.base.errors import UsageError
 from bundler.base.units import human_bytes
+
+if TYPE_CHECKING:
+    from bundler.flows.unpack import UnpackResult
 
 
 @click.command(context_settings=CONTEXT)
@@ -97,7 +100,7 @@ def unpack(
       ocp-bundler unpack /media/usb --registry mirror.example:8443 --prefix ocp --dry-run
     """
     from bundler.registry.client import TransportOptions
-    from bundler.flows.unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
+    from bundler.flows.unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, unpack_bundle
 
     if no_verify:
         click.echo("WARNING: --no-verify: the bundle's volumes and signature will NOT be checked", err=True)
@@ -121,7 +124,6 @@ def unpack(
         icsp=icsp,
         progress=progress,
     )
-    result: Optional[UnpackResult] = None
     try:
         result = unpack_bundle(bundle, options=options)
     except (UnpackPartialFailureError, UnpackIntegrityError) as exc:
@@ -133,7 +135,7 @@ def unpack(
     _render(result, as_json)
 
 
-def _render(result: Any, as_json: bool) -> None:
+def _render(result: UnpackResult, as_json: bool) -> None:
     if as_json:
         emit_json(result.to_json())
         return

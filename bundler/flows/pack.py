@@ -29,7 +29,7 @@ from bundler.base.progress import NullProgress, Progress
 from bundler.bundle.volumes import DEFAULT_VOLUME_SIZE
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
-from bundler.transfer.transports import LayoutImage, RegistryRepository
+from bundler.transfer.transports import ImageSource, LayoutImage, RegistryRepository
 
 if TYPE_CHECKING:
     from bundler.bundle.volumes import BundleWriteResult
@@ -204,7 +204,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     return result
 
 
-def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Any:
+def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> ImageSource:
     if img.in_layout:
         return LayoutImage(layout, layout_ref(img))
     ref = Reference.parse(img.source)
