@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Tuple
 
 import pytest
 
+from bundler.base.singleflight import SingleFlight
 from bundler.registry.auth import CredentialStore
 from bundler.transfer.copy import Copier, CopyOptions
 from bundler.oci.digest import Digest
@@ -298,3 +299,33 @@ def test_chunked_upload_recovers_the_offset_after_a_broken_chunk(fresh_registry_
         assert proxy.counts["reset"] == 1 and proxy.counts["500"] == 1
         assert len(patches) >= 7  # six 256 KiB chunks, plus the ones that failed
     assert skopeo.digest(f"{fresh_registry_plain.host}/chunked/x:v1") == img.digest
+
+
+def test_single_flight_one_owner_per_key_and_a_failed_key_is_free_again() -> None:
+    """The one de-duplication the copy engine and unpack share: many threads ask, one owns the work."""
+    import threading
+
+    flight: SingleFlight[str, str] = SingleFlight()
+    owners: List[bool] = []
+    barrier = threading.Barrier(8)
+
+    def ask() -> None:
+        barrier.wait()
+        owned, _ = flight.claim("sha256:a")
+        owners.append(owned)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert owners.count(True) == 1
+    owned, fut = flight.claim("sha256:a")
+    assert not owned and not fut.done()  # still under way: the caller waits for the owner
+    fut.set_exception(OSError("connection reset"))
+    owned, retry = flight.claim("sha256:a")
+    assert owned and retry is not fut  # the failure freed the key: this caller retries as the new owner
+    retry.set_result("copied")
+    owned, again = flight.claim("sha256:a")
+    assert not owned and again.result() == "copied"
+    assert flight.claim("sha256:b")[0]  # other keys are independent

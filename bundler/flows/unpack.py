@@ -57,6 +57,7 @@ from bundler.base.errors import (
     UsageError,
 )
 from bundler.base.fsutil import atomic_write
+from bundler.base.singleflight import SingleFlight
 from bundler.oci.media import Descriptor, is_index, parse_manifest
 from bundler.base.progress import NullProgress, Progress
 from bundler.oci.reference import Reference
@@ -1112,7 +1113,7 @@ class _BlobUploads:
         self.patience = patience
         self._slots = threading.BoundedSemaphore(max(1, max_uploads))
         self._lock = threading.Lock()
-        self._inflight: Dict[str, "Future[str]"] = {}
+        self._inflight: SingleFlight[str, str] = SingleFlight()
         self._last_progress: Dict[str, float] = {}
         self._stored: Dict[str, List[str]] = {}  # digest -> repositories that have it (from this run)
 
@@ -1120,10 +1121,8 @@ class _BlobUploads:
         key = str(descriptor.digest)
         while True:
             with self._lock:
-                fut = self._inflight.get(key)
-                owner = fut is None
-                if fut is None:
-                    fut = self._inflight[key] = Future()
+                owner, fut = self._inflight.claim(key)
+                if owner:
                     self._last_progress[key] = time.monotonic()
             if owner:
                 break
@@ -1142,9 +1141,7 @@ class _BlobUploads:
         try:
             how = self._store(repo, descriptor, opener, counting)
         except BaseException as exc:
-            with self._lock:
-                self._inflight.pop(key, None)
-            fut.set_exception(exc)
+            fut.set_exception(exc)  # the key is free again: a waiter retries as the new owner
             raise
         fut.set_result(how)
         return how

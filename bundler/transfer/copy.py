@@ -11,11 +11,11 @@ parallel on a second pool, so an image waiting for its blobs never starves the b
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from bundler.base.singleflight import SingleFlight
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, DigestMismatchError
 from bundler.oci.media import Descriptor, is_index, parse_manifest
@@ -85,8 +85,7 @@ class Copier:
     def __init__(self, options: CopyOptions = CopyOptions()) -> None:
         self.options = options
         self._blob_pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="blob")
-        self._inflight: Dict[Tuple[str, str], "Future[str]"] = {}
-        self._lock = threading.Lock()
+        self._inflight: SingleFlight[Tuple[str, str], str] = SingleFlight()
 
     def close(self) -> None:
         self._blob_pool.shutdown(wait=True)
@@ -148,14 +147,21 @@ class Copier:
         stats.manifests_pushed += 1
 
     def _ensure_blob(self, source: ImageSource, sink: ImageSink, d: Descriptor) -> "Future[str]":
-        key = (sink.blob_scope, str(d.digest))
-        with self._lock:
-            fut = self._inflight.get(key)
-            if fut is not None and not (fut.done() and fut.exception() is not None):
-                return _shared(fut)
-            fut = self._blob_pool.submit(self._move_blob, source, sink, d)
-            self._inflight[key] = fut
-            return fut
+        owner, fut = self._inflight.claim((sink.blob_scope, str(d.digest)))
+        if not owner:
+            return _shared(fut)
+        try:
+            self._blob_pool.submit(self._settle, fut, source, sink, d)
+        except RuntimeError as exc:  # the pool is shut down: free the key again
+            fut.set_exception(exc)
+            raise
+        return fut
+
+    def _settle(self, fut: "Future[str]", source: ImageSource, sink: ImageSink, d: Descriptor) -> None:
+        try:
+            fut.set_result(self._move_blob(source, sink, d))
+        except BaseException as exc:  # handed to every waiter through the future
+            fut.set_exception(exc)
 
     def _move_blob(self, source: ImageSource, sink: ImageSink, d: Descriptor) -> str:
         progress = self.options.progress
