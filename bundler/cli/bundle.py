@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, human_bytes
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, human_bytes
 
 if TYPE_CHECKING:
     from bundler.bundle.manifest import BundleManifest
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 @click.option("--private", "private_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the private key (PEM, mode 0600). Keep it on the connected side.")
 @click.option("--public", "public_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Where to write the public key (PEM). Carry it across separately from the bundle.")
 @common_options
-@command
+@command_body
 def keygen(private_path: Path, public_path: Path, verbose: int, as_json: bool) -> None:
     """Create an Ed25519 key pair for signing bundles.
 
@@ -48,7 +48,7 @@ def keygen(private_path: Path, public_path: Path, verbose: int, as_json: bool) -
 @click.option("--require-signature", is_flag=True, help="Fail unless the bundle is signed and the signature matches --key.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Volumes checked in parallel.")
 @common_options
-@command
+@command_body
 def verify(directory: Path, key: Optional[Path], require_signature: bool, workers: int, verbose: int, as_json: bool) -> None:
     """Check a bundle completely: signature, every volume (size, sha256, tar members), every blob digest.
 
@@ -165,7 +165,7 @@ def _table(rows: List[List[str]], headers: List[str]) -> List[str]:
 @click.command(context_settings=CONTEXT)
 @click.argument("directory", type=click.Path(path_type=Path))
 @common_options
-@command
+@command_body
 def inspect(directory: Path, verbose: int, as_json: bool) -> None:
     """Show what a bundle holds (images with kinds, targets and sizes; volumes; base bundle; totals).
 

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import click
 
 from bundler import __version__
-from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, make_registries, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, make_registries, registry_options
 from bundler.base.units import human_bytes
 
 #: Commands of each area live in their own module, imported only when that command runs (a no-op
@@ -68,7 +68,7 @@ def main() -> None:
 @click.argument("destination")
 @registry_options
 @common_options
-@command
+@command_body
 def copy(source: str, destination: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, verbose: int, as_json: bool) -> None:
     """Copy an image (a whole manifest list by default) digest-exactly.
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import click
 
 from bundler.base.errors import ImageNotFoundError
-from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, human_bytes, make_registries, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, human_bytes, make_registries, registry_options
 
 if TYPE_CHECKING:
     from bundler.flows.pack import PackedImage
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 @click.option("--signature-store", help="Where release signatures are fetched from.")
 @registry_options
 @common_options
-@command
+@command_body
 def pack(
     config: Path, out_dir: Path, work_dir: Optional[Path], volume_size: Optional[str], sign_key: Optional[Path], base: Optional[Path],
     dry_run: bool, graph_url: Optional[str], signature_store: Optional[str],

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, command, common_options, emit_json, option_group
+from bundler.cli.support import CONTEXT, command_body, common_options, emit_json, option_group
 from bundler.base.errors import UsageError
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def _up_options(placement: _Placement, accounts: _Accounts, tls: _Tls, s3: _S3, 
 @_service_options
 @_stand_in_options
 @common_options
-@command
+@command_body
 def up(placement: _Placement, accounts: _Accounts, tls: _Tls, s3: _S3, service: _Service, stand_in: _StandIn, verbose: int, as_json: bool) -> None:
     """Load Quay's images into podman and run Quay, PostgreSQL and Redis in a pod; idempotent.
 
@@ -273,7 +273,7 @@ def up(placement: _Placement, accounts: _Accounts, tls: _Tls, s3: _S3, service: 
 @click.option("--name", default="ocpb-quay", show_default=True, help="Pod name given to `quay up`.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=DATA_DIR_HELP)
 @common_options
-@command
+@command_body
 def status(name: str, data_dir: Optional[Path], verbose: int, as_json: bool) -> None:
     """Show the pod, its containers' states and Quay's health. Exit 0 when all run and Quay is healthy, 5 otherwise."""
     from bundler.quay.bringup import quay_status
@@ -307,7 +307,7 @@ def status(name: str, data_dir: Optional[Path], verbose: int, as_json: bool) -> 
 @click.option("--purge", is_flag=True, help="Also delete the data directory: database, images pushed, secrets, certificates.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before --purge deletes data.")
 @common_options
-@command
+@command_body
 def down(name: str, data_dir: Optional[Path], purge: bool, yes: bool, verbose: int, as_json: bool) -> None:
     """Stop and remove the Quay pod and its containers (data is kept unless --purge)."""
     from bundler.quay.bringup import quay_down

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from bundler.cli.support import CONTEXT, command, common_options, emit_json
+from bundler.cli.support import CONTEXT, command_body, common_options, emit_json
 from bundler.openshift.extract import COMMANDS as EXTRACT_COMMANDS
 
 
@@ -28,7 +28,7 @@ from bundler.openshift.extract import COMMANDS as EXTRACT_COMMANDS
 @click.option("--prefix", metavar="PATH", help="Repository prefix used when unpacking into the mirror.")
 @click.option("--release", "release", metavar="VERSION[-ARCH]", help="Which release, when the bundle carries several.")
 @common_options
-@command
+@command_body
 def extract(
     bundle: Path,
     command_name: str,

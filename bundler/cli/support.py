@@ -93,7 +93,7 @@ def run_command(verbose: int, fn: Callable[[], T]) -> T:
         sys.exit(int(ExitCode.INTERNAL))
 
 
-def command(fn: Callable[..., None]) -> Callable[..., None]:
+def command_body(fn: Callable[..., None]) -> Callable[..., None]:
     """Run a click command function the way every command runs: logging set up from its `verbose` flag,
     then its body under `run_command` (errors → one line and an exit code). Put it right above the `def`."""
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, command, common_options, emit_json, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, registry_options
 from bundler.base.errors import UsageError
 from bundler.base.units import human_bytes
 
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 @click.option("--require-signature", is_flag=True, help="Fail unless the bundle is signed and the signature checks out.")
 @registry_options
 @common_options
-@command
+@command_body
 def unpack(
     bundle: Path,
     registry: str,
@@ -178,7 +178,7 @@ def _render(result: UnpackResult, as_json: bool) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password (or token) from stdin.")
 @click.option("--email", default=None, help="Optional e-mail recorded with the entry.")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr.")
-@command
+@command_body
 def pull_secret(path: Path, registry: str, username: str, password_stdin: bool, email: Optional[str], verbose: int) -> None:
     """Add the mirror's credentials to a pull secret (mode 0600, other entries untouched, atomic).
 
