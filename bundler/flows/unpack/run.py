@@ -1,0 +1,272 @@
+"""The unpack run: verify (once per unchanged bundle), prepare Quay, plan, push, read back, then write the
+cluster resources; and how failures become errors (`UnpackPartialFailureError`, `UnpackIntegrityError`,
+`ReadBackMismatchError`, or `AuthenticationError` when nothing could be pushed for lack of rights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from bundler.base.errors import AuthenticationError, BundlerError, IntegrityError, UsageError
+from bundler.flows.unpack import plan, quay_prep
+from bundler.flows.unpack.model import (
+    DEFAULT_RESOURCES_DIR,
+    REGISTRY_KINDS,
+    Graph,
+    OpenBundle,
+    Outcome,
+    ReadBackMismatchError,
+    Target,
+    UnpackedImage,
+    UnpackIntegrityError,
+    UnpackOptions,
+    UnpackPartialFailureError,
+    UnpackResult,
+    image_entry,
+    known_size,
+    size_of,
+    split_registry,
+)
+from bundler.flows.unpack.push import push
+from bundler.flows.unpack.readback import read_back
+from bundler.flows.unpack.resources import write_resources
+from bundler.flows.unpack.verification import verify_once
+from bundler.registry.auth import CredentialStore
+from bundler.registry.client import Registries, RegistryClient
+from bundler.transfer.copy import CopyStats
+
+log = logging.getLogger(__name__)
+
+
+def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
+    """Verify the bundle in `directory`, push every image into `options.registry`, read back, write YAML.
+
+    Raises `IntegrityError` (bundle or read-back, exit 3), `UsageError` (options; an incremental bundle
+    whose base is not in the registry, exit 2), `RegistryError` (cannot reach or log in, exit 5),
+    `UnpackPartialFailureError` (some images failed, exit 4; a rerun pushes only what is missing).
+    """
+    directory = Path(directory)
+    check_options(options)
+    warnings: List[str] = []
+    verified = False
+    if not options.verify:
+        verification = "skipped (--no-verify)"
+        message = (
+            "bundle verification skipped (--no-verify): volumes and signature were NOT checked; the registry "
+            "still checks every blob's digest and the read-back every manifest's"
+        )
+        log.warning("WARNING: %s", message)
+        warnings.append(message)
+    elif options.dry_run:
+        verification = "not done (dry run)"
+        warnings.append("dry run: the bundle was not verified")
+    else:
+        verification, verify_warnings = verify_once(directory, options)
+        warnings.extend(verify_warnings)
+        verified = True
+    if options.quay_up and not options.dry_run:
+        options, quay_warnings = quay_prep.bring_up_quay(directory, options)
+        warnings.extend(quay_warnings)
+    from bundler.bundle.volumes import Bundle
+
+    bundle = Bundle.open(directory)
+    return Unpacker(bundle, options, verified=verified, verification=verification, warnings=warnings).run()
+
+
+def unpack_open_bundle(bundle: OpenBundle, *, options: UnpackOptions, verified: bool = False) -> UnpackResult:
+    """`unpack_bundle` for a bundle the caller has opened (and verified, when it says `verified`)."""
+    check_options(options)
+    return Unpacker(bundle, options, verified=verified, verification="by the caller" if verified else "not done", warnings=[]).run()
+
+
+def check_options(options: UnpackOptions) -> None:
+    if options.registry_kind not in REGISTRY_KINDS:
+        raise UsageError(f"registry kind {options.registry_kind!r} is not one of {', '.join(REGISTRY_KINDS)}")
+    if options.workers < 1 or options.image_workers < 0:
+        raise UsageError("workers must be at least 1")
+    if options.require_signature and not options.verify:
+        raise UsageError("--require-signature cannot be combined with --no-verify")
+    if options.registry_kind == "plain" and (options.quay_token or options.quay_up):
+        raise UsageError("Quay options were given but --registry-kind is plain", hint="use --registry-kind quay or auto")
+    split_registry(options.registry, options.prefix)
+
+
+class Unpacker:
+    """One unpack run over an open bundle."""
+
+    def __init__(self, bundle: OpenBundle, options: UnpackOptions, *, verified: bool, verification: str, warnings: List[str]) -> None:
+        self.bundle = bundle
+        self.options = options
+        self.verified = verified
+        self.verification = verification
+        self.warnings = warnings
+        self.host, self.prefix = split_registry(options.registry, options.prefix)
+        self.registry_path = self.host + (f"/{self.prefix}" if self.prefix else "")
+        self.workers = max(1, options.workers)
+        self.blob_threads = 4 * self.workers
+        self.image_threads = 2 * self.workers
+        self.started = time.monotonic()
+        self.quay: Optional[quay_prep.QuaySide] = None
+        self.errors: List[BundlerError] = []
+
+    @property
+    def kind(self) -> str:
+        return "quay" if self.quay is not None else "plain"
+
+    def explain(self, exc: BundlerError, target: Target) -> BundlerError:
+        return quay_prep.explain(exc, target, host=self.host, quay=self.quay)
+
+    def head_threads(self, count: int) -> int:
+        return plan.head_threads(count, workers=self.workers, most=self.blob_threads)
+
+    # -- orchestration ----------------------------------------------------------------------------------
+
+    def run(self) -> UnpackResult:
+        every = plan.make_targets(self.bundle.manifest.images, host=self.host, prefix=self.prefix)  # one per bundle image
+        targets = list({t.text: t for t in reversed(every)}.values())[::-1]  # one per target, first kept
+        orgs = tuple(sorted({t.org for t in targets}))
+        credentials = quay_prep.OrgCredentials(CredentialStore(self.options.authfile), self.host)
+        transport = self.options.transport
+        threads = self.blob_threads + (self.options.image_workers or self.image_threads)
+        if transport.pool_size < threads:  # one kept-alive connection per thread that may talk at once
+            transport = dataclasses.replace(transport, pool_size=threads)
+        self.quay = quay_prep.detect_quay(self.options, self.host, credentials, self.warnings)
+        if self.quay is not None and transport.ca_file is None and self.quay.data.ca_file is not None:
+            transport = dataclasses.replace(transport, ca_file=self.quay.data.ca_file)
+        registries = Registries(credentials=credentials, options=transport)
+        mismatches: List[str] = []
+        try:
+            if self.quay is not None:
+                self.quay.prepare(orgs, credentials, dry_run=self.options.dry_run)
+            client = registries.client(self.host)
+            current = plan.check_tags(
+                client, targets, threads=self.head_threads(len(targets)), explain=self.explain,
+                dry_run=self.options.dry_run, progress=self.options.progress, where=self.registry_path,
+            )
+            pending = [t for t in targets if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
+            needed = set(self.bundle.blobs_needed_from_base()) if pending else set()
+            # an incremental bundle's base blobs may sit in repositories of images already in place: walk those too
+            to_walk = list(targets) if needed else [t for t in pending if self.options.dry_run and known_size(t) is None]
+            graphs = plan.walk(self.bundle, to_walk, workers=self.workers) if to_walk else {}
+            if self.options.dry_run:
+                images = [image_entry(t, "present" if current[t.text] == t.digest else "would-push", size=size_of(t, graphs)) for t in every]
+                return self._result(images, orgs)
+            plan.check_base_blobs(client, self.bundle, pending, graphs, needed, workers=self.workers, where=self.registry_path, elsewhere=targets)
+            outcomes = self._push(client, pending, graphs)
+            pushed = [t for t in pending if outcomes[t.text].status == "pushed"]
+            mismatches = read_back(client, pushed, outcomes, threads=self.head_threads(len(pushed)))
+            images = self._images(every, current, outcomes, graphs)
+        finally:
+            registries.close()
+            if self.quay is not None:
+                self.quay.close()
+        result = self._result(images, orgs)
+        self._raise_for_failures(result, mismatches)
+        if self.options.write_resources:
+            result = self._write_resources(result, every)
+        return result
+
+    def _push(self, client: RegistryClient, targets: Sequence[Target], graphs: Mapping[str, Graph]) -> Dict[str, Outcome]:
+        return push(
+            client, self.bundle, targets, graphs,
+            workers=self.workers, blob_threads=self.blob_threads, image_workers=self.options.image_workers or self.image_threads,
+            same_org_first=self.kind == "quay", progress=self.options.progress, explain=self.explain,
+        )
+
+    # -- errors -------------------------------------------------------------------------------------------------
+
+    def _raise_for_failures(self, result: UnpackResult, mismatches: Sequence[str]) -> None:
+        if mismatches:
+            raise ReadBackMismatchError(
+                f"{len(mismatches)} image(s) read back with another digest than the signed bundle manifest's: " + "; ".join(mismatches),
+                result=result,
+                hint="something else writes these tags or the registry alters manifests; investigate, then rerun to push them again",
+            )
+        failed = [i for i in result.images if i.status == "failed"]
+        if not failed:
+            return
+        lines = [f"{i.target}: {i.error}" for i in failed]
+        errors = self.errors
+        broken = [str(e) for e in errors if isinstance(e, IntegrityError)]
+        if broken:
+            others = len(failed) - len(broken)
+            raise UnpackIntegrityError(
+                f"{len(broken)} image(s) could not be pushed because their content is not what the bundle says: " + "; ".join(broken)
+                + (f" ({others} more failed for other reasons)" if others else ""),
+                result=result,
+                hint="run ocp-bundler verify on the bundle; copy the damaged volumes again, then rerun",
+            )
+        if len(failed) == len(result.images) and errors and all(isinstance(e, AuthenticationError) for e in errors):
+            # nothing could be pushed, all for lack of rights: that is a registry/auth failure (exit 5)
+            distinct = list(dict.fromkeys(str(e) for e in errors))
+            first = errors[0]
+            assert isinstance(first, AuthenticationError)
+            raise AuthenticationError(
+                "no image could be pushed: " + "; ".join(distinct[:5]) + (f"; … and {len(distinct) - 5} more" if len(distinct) > 5 else ""),
+                status=first.status,
+                codes=first.codes,
+                url=first.url,
+            )
+        raise UnpackPartialFailureError(
+            f"{len(failed)} of {len(result.images)} images failed: " + "; ".join(lines),
+            result=result,
+            failures=lines,
+            hint="everything else is in the registry; fix the cause and rerun the same command: it pushes only what is missing",
+        )
+
+    # -- results ------------------------------------------------------------------------------------------------
+
+    def _images(self, targets: Sequence[Target], current: Mapping[str, Any], outcomes: Mapping[str, Outcome], graphs: Mapping[str, Graph]) -> List[UnpackedImage]:
+        """One entry per bundle image; an image sharing its target with an earlier one shares its status
+        (its transfer counts are the earlier one's, reported once)."""
+        images: List[UnpackedImage] = []
+        seen: Set[str] = set()
+        for t in targets:
+            first = t.text not in seen
+            seen.add(t.text)
+            found = current[t.text]
+            if isinstance(found, BundlerError):
+                if first:
+                    self.errors.append(found)
+                images.append(image_entry(t, "failed", size=size_of(t, graphs), error=str(found)))
+            elif found == t.digest:
+                images.append(image_entry(t, "present", size=size_of(t, graphs)))
+            else:
+                outcome = outcomes[t.text]
+                if outcome.exception is not None and first:
+                    self.errors.append(outcome.exception)
+                stats = outcome.stats if first else CopyStats()
+                images.append(image_entry(t, outcome.status, size=size_of(t, graphs), stats=stats, error=outcome.error))
+        return images
+
+    def _result(self, images: Sequence[UnpackedImage], orgs: Tuple[str, ...]) -> UnpackResult:
+        return UnpackResult(
+            bundle_id=str(self.bundle.manifest.id),
+            base_id=self.bundle.manifest.base_id,
+            registry=self.registry_path,
+            registry_kind=self.kind,
+            dry_run=self.options.dry_run,
+            verified=self.verified,
+            verification=self.verification,
+            images=tuple(images),
+            organizations=orgs,
+            organizations_created=tuple(self.quay.organizations_created if self.quay else ()),
+            organizations_to_create=tuple(self.quay.organizations_to_create if self.quay else ()),
+            warnings=tuple(self.warnings),
+            seconds=time.monotonic() - self.started,
+        )
+
+    def _write_resources(self, result: UnpackResult, targets: Sequence[Target]) -> UnpackResult:
+        out_dir = Path(self.options.resources_dir or DEFAULT_RESOURCES_DIR)
+        written = write_resources(self.bundle, targets, registry_path=self.registry_path, out_dir=out_dir, icsp=self.options.icsp)
+        return dataclasses.replace(
+            result,
+            resources_dir=out_dir,
+            resource_files=written.files,
+            warnings=result.warnings + written.warnings,
+            seconds=time.monotonic() - self.started,
+        )
