@@ -63,11 +63,17 @@ def check_tags(
     progress: Progress,
     where: str,
 ) -> Dict[str, Any]:
-    """One manifest HEAD per target tag: its digest, None when absent, or the (explained) error."""
+    """One manifest HEAD per target tag: its digest, None when absent, or the (explained) error.
+
+    The HEAD asks a token for what comes next (PROTOCOL-NOTES §4): `pull,push` when pushing, so that Quay
+    (which grants a `pull`-only token nothing on a repository that does not exist yet, and then answers 401)
+    says 404; a dry run asks `pull` only (a `pull,push` token makes Quay create the repository) and takes a
+    refusal as "absent"."""
 
     def head(target: Target) -> Tuple[str, Any]:
+        scopes = None if dry_run else (f"repository:{target.repo}:pull,push",)
         try:
-            found = client.head_manifest(target.repo, target.tag)
+            found = client.head_manifest(target.repo, target.tag, scopes=scopes)
         except RegistryUnreachableError:
             raise
         except RegistryError as exc:

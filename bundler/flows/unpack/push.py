@@ -33,8 +33,8 @@ class BlobUploads:
     At most `max_uploads` uploads move bytes at once. A waiter only ever waits for an upload that is already
     registered by a running transfer (the owner registers from inside its own thread), so the shared blob pool
     cannot deadlock, and waiters hold no upload slot; they wait only while that upload makes progress:
-    after `patience` seconds without a byte moving, the waiter transfers the blob itself. Mount sources in
-    the same organisation are preferred on Quay, where a robot may only read its own organisation.
+    after `patience` seconds without a byte moving, the waiter transfers the blob itself. On Quay, where a robot
+    may only read its own organisation, mounts come only from repositories of the same organisation.
     """
 
     def __init__(self, client: RegistryClient, *, same_org_first: bool, max_uploads: int, patience: float = 30.0) -> None:
@@ -104,9 +104,9 @@ class BlobUploads:
         known = self.client.known_blobs.get(digest)
         if known and known != repo and known not in candidates:
             candidates.append(known)
-        if self.same_org_first:
+        if self.same_org_first:  # Quay: each organisation has its own robot, which reads only its own organisation
             org = repo.split("/", 1)[0]
-            candidates.sort(key=lambda r: r.split("/", 1)[0] != org)
+            candidates = [r for r in candidates if r.split("/", 1)[0] == org]
         return candidates[0] if candidates else None
 
     def stored_elsewhere(self, digest: str, repo: str) -> bool:
@@ -115,10 +115,16 @@ class BlobUploads:
 
 
 class PushTarget:
-    """A registry repository as the copy engine's sink, with registry-wide upload de-duplication."""
+    """A registry repository as the copy engine's sink, with registry-wide upload de-duplication.
 
-    def __init__(self, inner: RegistryRepository, uploads: BlobUploads) -> None:
+    The top manifest is not looked for (the tag check did that). Blobs up to `upload_unchecked` bytes are
+    sent without a HEAD first, where the registry takes a whole upload in one request (Quay): one request
+    either way, and the request count, not bytes, bounds a push into Quay."""
+
+    def __init__(self, inner: RegistryRepository, uploads: BlobUploads, top: Digest, *, upload_unchecked: int = 0) -> None:
         self.inner = inner
+        self.top = top
+        self.upload_unchecked = upload_unchecked
         self.uploads = uploads
         self.description = inner.description
         self.blob_scope = inner.blob_scope
@@ -126,12 +132,16 @@ class PushTarget:
     def has_blob(self, descriptor: Descriptor) -> bool:
         if self.uploads.stored_elsewhere(str(descriptor.digest), self.inner.repo):
             return False  # stored in another repository during this run: mount it, no HEAD needed
+        if descriptor.size <= self.upload_unchecked:
+            return False  # sending it costs one request, as the HEAD would: send it (a blob it has is stored again)
         return self.inner.has_blob(descriptor)
 
     def put_blob(self, descriptor: Descriptor, opener: Opener, on_bytes: Optional[Callable[[int], None]]) -> str:
         return self.uploads.put(self.inner.repo, descriptor, opener, on_bytes)
 
     def has_manifest(self, digest: Digest) -> bool:
+        if digest == self.top:
+            return False  # the tag check found the tag elsewhere or absent: push the manifest under its tag
         return self.inner.has_manifest(digest)
 
     def put_manifest(self, manifest: FetchedManifest, *, top: bool) -> None:
@@ -152,6 +162,7 @@ def push(
     blob_threads: int,
     image_workers: int,
     same_org_first: bool,
+    upload_unchecked: int = 0,
     progress: Progress,
     explain: Callable[[BundlerError, Target], BundlerError],
 ) -> Dict[str, Outcome]:
@@ -164,7 +175,7 @@ def push(
     uploads = BlobUploads(client, same_org_first=same_org_first, max_uploads=workers)
     # Biggest images first: they bound the wall time, and their blobs become mount sources early.
     ordered = sorted(targets, key=lambda t: -(size_of(t, graphs) or 0))
-    jobs = [(bundle.image_source(t.image), PushTarget(RegistryRepository(client, t.reference), uploads), t.digest) for t in ordered]
+    jobs = [(bundle.image_source(t.image), PushTarget(RegistryRepository(client, t.reference), uploads, t.digest, upload_unchecked=upload_unchecked), t.digest) for t in ordered]
     log.info("pushing %d images to %s (%d uploads at a time)", len(jobs), client.host, workers)
     with Copier(CopyOptions(workers=blob_threads, image_workers=image_workers, progress=progress)) as copier:
         results = copier.copy_many(jobs)

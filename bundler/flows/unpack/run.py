@@ -41,6 +41,9 @@ from bundler.transfer.copy import CopyStats
 
 log = logging.getLogger(__name__)
 
+#: Where a registry takes an upload in one request (Quay), blobs up to this size are sent without asking first.
+UPLOAD_UNCHECKED = 1 << 20
+
 
 def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
     """Verify the bundle in `directory`, push every image into `options.registry`, read back, write YAML.
@@ -143,6 +146,10 @@ class Unpacker:
             if self.quay is not None:
                 self.quay.prepare(orgs, credentials, dry_run=self.options.dry_run)
             client = registries.client(self.host)
+            if self.quay is not None:
+                client.use_scheme(self.quay.api.scheme)
+            if not self.options.dry_run:
+                self._share_tokens(client, credentials, targets)
             current = plan.check_tags(
                 client, targets, threads=self.head_threads(len(targets)), explain=self.explain,
                 dry_run=self.options.dry_run, progress=self.options.progress, where=self.registry_path,
@@ -170,11 +177,24 @@ class Unpacker:
             result = self._write_resources(result, every)
         return result
 
+    def _share_tokens(self, client: RegistryClient, credentials: CredentialStore, targets: Sequence[Target]) -> None:
+        """One token per organisation and set of credentials (Quay robots are per organisation), learnt with
+        one API check instead of a 401 on each first request; Quay also takes a whole upload in one POST."""
+        groups: Dict[Tuple[str, str], List[str]] = {}
+        for t in targets:
+            creds = credentials.lookup(self.host, t.repo)
+            groups.setdefault((t.org, creds.username if creds else ""), []).append(t.repo)
+        client.share_tokens(groups.values())
+        client.learn_challenge()
+        if self.quay is not None:
+            client.monolithic_post = True
+
     def _push(self, client: RegistryClient, targets: Sequence[Target], graphs: Mapping[str, Graph]) -> Dict[str, Outcome]:
         return push(
             client, self.bundle, targets, graphs,
             workers=self.workers, blob_threads=self.blob_threads, image_workers=self.options.image_workers or self.image_threads,
-            same_org_first=self.kind == "quay", progress=self.options.progress, explain=self.explain,
+            same_org_first=self.kind == "quay", upload_unchecked=UPLOAD_UNCHECKED if client.monolithic_post else 0,
+            progress=self.options.progress, explain=self.explain,
         )
 
     # -- errors -------------------------------------------------------------------------------------------------
