@@ -15,7 +15,7 @@ from bundler.bundle.manifest import BundleImage, BundleManifest
 from bundler.oci.digest import Digest
 from bundler.oci.media import Descriptor
 from bundler.oci.reference import Reference
-from bundler.registry.client import TransportOptions
+from bundler.registry.client import FetchedManifest, TransportOptions
 from bundler.transfer.copy import CopyStats
 from bundler.transfer.transports import ImageSource
 
@@ -23,6 +23,9 @@ REGISTRY_KINDS = ("auto", "quay", "plain")
 #: Default directory for the cluster resources, relative to the working directory. Not next to the bundle:
 #: bundles usually sit on read-only or removable media that leaves with the courier.
 DEFAULT_RESOURCES_DIR = Path("ocp-bundler-resources")
+#: Image statuses that are failures: not pushed ("failed"; "refused": the registry cannot store it
+#: digest-exact, known before pushing), or pushed but reading back another digest ("mismatch").
+FAILED_STATUSES = ("failed", "refused", "mismatch")
 
 # --- what unpack needs from an open bundle (`bundler.bundle.volumes.Bundle` provides it) ---------------------------
 
@@ -86,7 +89,8 @@ class UnpackedImage:
     """One bundle image and what happened to it.
 
     `status`: "pushed" (copied now), "present" (the tag already pointed at the digest), "failed",
-    "mismatch" (the tag read back as another digest), and in dry runs "would-push".
+    "refused" (the registry cannot store it digest-exact: not pushed; `error` says why), "mismatch" (the
+    tag read back as another digest), and in dry runs "would-push".
     `size`: bytes of the image's manifests and distinct blobs, when known.
     """
 
@@ -153,7 +157,7 @@ class UnpackResult:
 
     @property
     def failed(self) -> Tuple[UnpackedImage, ...]:
-        return tuple(i for i in self.images if i.status in ("failed", "mismatch"))
+        return tuple(i for i in self.images if i.status in FAILED_STATUSES)
 
     def to_json(self) -> Dict[str, Any]:
         s = self.stats
@@ -174,6 +178,7 @@ class UnpackResult:
                 "present": self.count("present"),
                 "failed": self.count("failed"),
                 "mismatch": self.count("mismatch"),
+                "refused": self.count("refused"),
                 "wouldPush": self.count("would-push"),
                 "blobsCopied": s.blobs_copied,
                 "blobsMounted": s.blobs_mounted,
@@ -246,6 +251,7 @@ class Graph:
 
     blobs: Dict[str, Descriptor] = field(default_factory=dict)
     manifest_bytes: int = 0
+    manifests: List[FetchedManifest] = field(default_factory=list)
 
     @property
     def size(self) -> int:

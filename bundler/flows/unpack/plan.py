@@ -102,6 +102,7 @@ def walk(bundle: OpenBundle, targets: Sequence[Target], *, workers: int) -> Dict
         while stack:
             manifest = stack.pop()
             graph.manifest_bytes += len(manifest.raw)
+            graph.manifests.append(manifest)
             parsed = parse_manifest(manifest.raw, manifest.media_type)
             if is_index(manifest.media_type):
                 stack.extend(source.fetch_manifest(child) for child in parsed.children)
@@ -164,3 +165,13 @@ def check_base_blobs(
             f"{where} does not have: " + "; ".join(lines),
             hint=f"unpack the base bundle {base} first (same registry and prefix), then rerun",
         )
+
+
+def refusals(targets: Sequence[Target], graphs: Mapping[str, Graph], check: Callable[[bytes, str], List[str]]) -> Dict[str, str]:
+    """Targets whose manifests the registry is known to refuse (`check` gives the reasons): target text → why."""
+    out: Dict[str, str] = {}
+    for target in targets:
+        reasons = [f"manifest {m.digest} ({m.media_type}): {r}" for m in graphs[target.text].manifests for r in check(m.raw, m.media_type)]
+        if reasons:
+            out[target.text] = "cannot be stored digest-exact: " + "; ".join(reasons)
+    return out

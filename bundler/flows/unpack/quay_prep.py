@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -206,18 +207,23 @@ def explain(exc: BundlerError, target: Target, *, host: str, quay: Optional[Quay
         exists = quay.org_exists(org)
         if exists:
             return AuthenticationError(
-                f"{host}: the credentials in use may not push into organisation '{org}' ({exc.message})",
+                f"{host}: the credentials in use{_who(exc)} may not push into organisation '{org}'",
                 status=401,
                 codes=exc.codes,
                 url=exc.url,
                 hint=f"give them the creator role in '{org}' (a team or a robot), or rerun with --registry-kind quay and a token",
             )
+        if exists is False:
+            return AuthenticationError(f"organisation '{org}' does not exist on {host}: {fix}", status=401, codes=exc.codes, url=exc.url)
         return AuthenticationError(
-            f"organisation '{org}' does not exist on {host}: {fix}",
+            f"cannot push into organisation '{org}' on {host}: it does not exist, or the credentials in use{_who(exc)} may not create repositories in it",
             status=401,
             codes=exc.codes,
             url=exc.url,
-            hint=None if exists is False else "Quay answers 401 to pushes into a missing organisation; if it does exist, the credentials in use may not create repositories in it",
+            hint=(
+                "with --quay-token unpack creates missing organisations and a robot that may push; without one, ask a Quay "
+                f"administrator to create '{org}' and give your robot the creator role there (a team with role creator)"
+            ),
         )
     return AuthenticationError(
         exc.message,
@@ -226,3 +232,9 @@ def explain(exc: BundlerError, target: Target, *, host: str, quay: Optional[Quay
         url=exc.url,
         hint=f"check the credentials; if {host} is Quay, organisation '{org}' may not exist: {fix}",
     )
+
+
+def _who(exc: AuthenticationError) -> str:
+    """" (user 'x')" as the registry client named the credentials in its message, else ""."""
+    match = re.search(r" as (user '[^']*'|anonymous access)", exc.message)
+    return f" ({match.group(1)})" if match else ""

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from bundler.base.errors import AuthenticationError, BundlerError, IntegrityError, UsageError
+from bundler.base.errors import AuthenticationError, BundlerError, IntegrityError, RegistryError, UsageError
 from bundler.flows.unpack import plan, quay_prep
 from bundler.flows.unpack.model import (
     DEFAULT_RESOURCES_DIR,
@@ -148,24 +148,28 @@ class Unpacker:
             client = registries.client(self.host)
             if self.quay is not None:
                 client.use_scheme(self.quay.api.scheme)
+            graphs, refused = self._refusals(targets)
+            checked = [t for t in targets if t.text not in refused]
             if not self.options.dry_run:
-                self._share_tokens(client, credentials, targets)
+                self._share_tokens(client, credentials, checked)
             current = plan.check_tags(
-                client, targets, threads=self.head_threads(len(targets)), explain=self.explain,
+                client, checked, threads=self.head_threads(len(checked)), explain=self.explain,
                 dry_run=self.options.dry_run, progress=self.options.progress, where=self.registry_path,
             )
-            pending = [t for t in targets if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
+            pending = [t for t in checked if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
             needed = set(self.bundle.blobs_needed_from_base()) if pending else set()
             # an incremental bundle's base blobs may sit in repositories of images already in place: walk those too
-            to_walk = list(targets) if needed else [t for t in pending if self.options.dry_run and known_size(t) is None]
-            graphs = plan.walk(self.bundle, to_walk, workers=self.workers) if to_walk else {}
+            to_walk = list(checked) if needed else [t for t in pending if self.options.dry_run and known_size(t) is None]
+            graphs.update(plan.walk(self.bundle, [t for t in to_walk if t.text not in graphs], workers=self.workers))
             if self.options.dry_run:
-                images = [image_entry(t, "present" if current[t.text] == t.digest else "would-push", size=size_of(t, graphs)) for t in every]
-                return self._result(images, orgs)
-            plan.check_base_blobs(client, self.bundle, pending, graphs, needed, workers=self.workers, where=self.registry_path, elsewhere=targets)
+                return self._result(self._dry_images(every, current, refused, graphs), orgs)
+            plan.check_base_blobs(client, self.bundle, pending, graphs, needed, workers=self.workers, where=self.registry_path, elsewhere=checked)
             outcomes = self._push(client, pending, graphs)
             pushed = [t for t in pending if outcomes[t.text].status == "pushed"]
             mismatches = read_back(client, pushed, outcomes, threads=self.head_threads(len(pushed)))
+            for text, why in refused.items():
+                current[text] = None
+                outcomes[text] = Outcome("refused", CopyStats(), why, RegistryError(why, codes=["MANIFEST_INVALID"]))
             images = self._images(every, current, outcomes, graphs)
         finally:
             registries.close()
@@ -176,6 +180,28 @@ class Unpacker:
         if self.options.write_resources:
             result = self._write_resources(result, every)
         return result
+
+    def _refusals(self, targets: Sequence[Target]) -> Tuple[Dict[str, Graph], Dict[str, str]]:
+        """On Quay, every target's manifests (read from the bundle) checked against what Quay refuses to store
+        (`bundler.quay.compat`): the graphs walked, and the refused targets with the reason. Said loudly."""
+        if self.quay is None:
+            return {}, {}
+        from bundler.quay.compat import quay_refusals
+
+        graphs = plan.walk(self.bundle, targets, workers=self.workers)
+        refused = plan.refusals(targets, graphs, quay_refusals)
+        for text, why in refused.items():
+            log.warning("%s: not pushed: Quay %s", text, why)
+        return graphs, refused
+
+    def _dry_images(self, every: Sequence[Target], current: Mapping[str, Any], refused: Mapping[str, str], graphs: Mapping[str, Graph]) -> List[UnpackedImage]:
+        out: List[UnpackedImage] = []
+        for t in every:
+            if t.text in refused:
+                out.append(image_entry(t, "refused", size=size_of(t, graphs), error=refused[t.text]))
+            else:
+                out.append(image_entry(t, "present" if current[t.text] == t.digest else "would-push", size=size_of(t, graphs)))
+        return out
 
     def _share_tokens(self, client: RegistryClient, credentials: CredentialStore, targets: Sequence[Target]) -> None:
         """One token per organisation and set of credentials (Quay robots are per organisation), learnt with
@@ -206,10 +232,10 @@ class Unpacker:
                 result=result,
                 hint="something else writes these tags or the registry alters manifests; investigate, then rerun to push them again",
             )
-        failed = [i for i in result.images if i.status == "failed"]
+        failed = [i for i in result.images if i.status in ("failed", "refused")]
         if not failed:
             return
-        lines = [f"{i.target}: {i.error}" for i in failed]
+        lines = _grouped(failed)
         errors = self.errors
         broken = [str(e) for e in errors if isinstance(e, IntegrityError)]
         if broken:
@@ -231,12 +257,13 @@ class Unpacker:
                 codes=first.codes,
                 url=first.url,
             )
-        raise UnpackPartialFailureError(
-            f"{len(failed)} of {len(result.images)} images failed: " + "; ".join(lines),
-            result=result,
-            failures=lines,
-            hint="everything else is in the registry; fix the cause and rerun the same command: it pushes only what is missing",
-        )
+        hint = "everything else is in the registry; fix the cause and rerun the same command: it pushes only what is missing"
+        if any(i.status == "refused" for i in failed):
+            hint = (
+                "everything else is in the registry; what Quay refuses cannot be mirrored into it unchanged: "
+                "mirror those images into another registry, or have them rebuilt with gzip layers or as OCI images"
+            )
+        raise UnpackPartialFailureError(f"{len(failed)} of {len(result.images)} images failed: " + "; ".join(lines), result=result, failures=lines, hint=hint)
 
     # -- results ------------------------------------------------------------------------------------------------
 
@@ -290,3 +317,17 @@ class Unpacker:
             warnings=result.warnings + written.warnings,
             seconds=time.monotonic() - self.started,
         )
+
+
+def _grouped(failed: Sequence[UnpackedImage]) -> List[str]:
+    """One line per distinct reason (an organisation's refusal is said once, with the images it concerns)."""
+    by_reason: Dict[str, List[str]] = {}
+    for image in failed:
+        by_reason.setdefault(str(image.error), []).append(image.target)
+    lines = []
+    for reason, targets in by_reason.items():
+        if len(targets) == 1:
+            lines.append(f"{targets[0]}: {reason}")
+        else:
+            lines.append(f"{reason} ({len(targets)} images: {', '.join(targets[:3])}{', …' if len(targets) > 3 else ''})")
+    return lines
