@@ -6,7 +6,7 @@ Owns the catalog planner (`plan_catalog`, PROTOCOL-NOTES §5 "Catalogs" and "The
    plan reads the catalog from there, so nothing is downloaded twice);
 2. recognise the catalog by its labels — `operators.operatorframework.io.index.configs.v1` (file-based
    catalog directory) or `…index.database.v1` (sqlite) — and read it into one model
-   (`catalog_fbc.load_fbc`, `catalog_sqlite.load_sqlite`);
+   (`fbc.load_fbc`, `sqlite.load_sqlite`);
 3. `select` what the config asks for (heads only, `full`, packages / channels / version ranges,
    `defaultChannel`, dependencies) — unknown names are `ConfigError`s with close matches;
 4. collect every image the selected bundles need: the bundle image, `relatedImages`, and what the CSV names
@@ -16,7 +16,7 @@ Owns the catalog planner (`plan_catalog`, PROTOCOL-NOTES §5 "Catalogs" and "The
    in the report, and anything still unreadable is listed as unresolved — nothing is dropped silently;
 5. pin every image by digest (tags resolved with a manifest HEAD, GET when HEAD gives no digest);
 6. the catalog image: copied digest-exact when unfiltered (`full`, or no packages), else a pruned image
-   built in the layout (`catalog_build`) whose `/configs` (or `index.db`) holds exactly the selection.
+   built in the layout (`build`) whose `/configs` (or `index.db`) holds exactly the selection.
 
 Kinds: `operator` for bundles and related images (target repository = source path without host,
 tag = the source tag, or `digest_tag(digest)` for digest-only references), `catalog` for the index image.
@@ -32,20 +32,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from bundler.openshift.catalog.build import build_pruned_image
-from bundler.openshift.catalog.fbc import (
+from bundler.openshift.catalog.fbc import csv_images, load_fbc, parse_csv_document
+from bundler.openshift.catalog.model import (
     FORMAT_SQLITE,
-    Bundle,
     DeclarativeConfig,
     InvalidCatalogError,
+    OperatorBundle,
     RelatedImage,
-    Selection,
-    csv_images,
-    load_fbc,
-    parse_csv_document,
-    render_fbc,
-    render_fbc_files,
-    select,
 )
+from bundler.openshift.catalog.render import render_fbc, render_fbc_files
+from bundler.openshift.catalog.select import Selection, select
 from bundler.openshift.catalog.sqlite import load_sqlite, prune_sqlite
 from bundler.transfer.copy import Copier
 from bundler.oci.digest import Digest
@@ -88,7 +84,7 @@ MAX_CATALOG_BYTES = 4 << 30
 MAX_BUNDLE_MANIFEST_BYTES = 64 << 20
 RESOLVE_WORKERS = 8
 
-CsvLoader = Callable[[Bundle], Optional[Mapping[str, Any]]]
+CsvLoader = Callable[[OperatorBundle], Optional[Mapping[str, Any]]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,7 +221,7 @@ def collect_images(selection: Selection, *, bundle_csv: Optional[CsvLoader] = No
     return out
 
 
-def _collect_bundle(b: Bundle, out: CollectedImages, bundle_csv: Optional[CsvLoader]) -> None:
+def _collect_bundle(b: OperatorBundle, out: CollectedImages, bundle_csv: Optional[CsvLoader]) -> None:
     known: Set[str] = set()
 
     def add(ref: Reference, role: str, name: str, recovered: str = "") -> bool:
@@ -288,7 +284,7 @@ def _collect_bundle(b: Bundle, out: CollectedImages, bundle_csv: Optional[CsvLoa
 
 
 def _bundle_image_csv(registries: Registries, platform: str) -> CsvLoader:
-    def load(bundle: Bundle) -> Optional[Mapping[str, Any]]:
+    def load(bundle: OperatorBundle) -> Optional[Mapping[str, Any]]:
         ref = Reference.parse(bundle.image)
         src = RegistryRepository(registries.client(ref.registry), ref)
         image = open_image(src, platform=platform)

@@ -25,19 +25,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
-from bundler.openshift.catalog.fbc import (
+from bundler.openshift.catalog.model import (
     FORMAT_SQLITE,
     GVK,
-    Bundle,
     Channel,
     ChannelEntry,
     DeclarativeConfig,
     InvalidCatalogError,
+    OperatorBundle,
     Package,
     RelatedImage,
-    Selection,
-    selected_head,
 )
+from bundler.openshift.catalog.select import Selection, selected_head
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ def _load(conn: sqlite3.Connection) -> DeclarativeConfig:
         if not version_text and csv:
             with contextlib.suppress(ValueError, AttributeError):
                 version_text = str(json.loads(csv).get("spec", {}).get("version") or "")
-        model.bundles[(pkg, bname)] = Bundle(
+        model.bundles[(pkg, bname)] = OperatorBundle(
             package=pkg,
             name=bname,
             image=(bundlepath or "").strip(),
