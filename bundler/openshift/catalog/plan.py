@@ -449,15 +449,7 @@ def plan_catalog(
     platform: str = "linux/amd64",
 ) -> CatalogPlan:
     """Plan one catalog entry of an image-set config (see the module docstring)."""
-    ref = Reference.parse(spec.catalog)
-    client = registries.client(ref.registry)
-    top: FetchedManifest = RegistryRepository(client, ref).resolve()
-    pinned = Reference(ref.registry, ref.repository, digest=top.digest)
-    log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
-    copier.copy(RegistryRepository(client, pinned), LayoutImage(layout, None), expected=top.digest)
-    local = LayoutImage(layout, None)
-    image = open_image(local, top, platform=platform)
-
+    ref, top, image = _copy_catalog_image(spec, registries=registries, layout=layout, copier=copier, platform=platform)
     with tempfile.TemporaryDirectory(prefix="ocpb-catalog-") as tmp:
         workdir = Path(tmp)
         content = _read_catalog(image, workdir, spec.catalog)
@@ -466,85 +458,134 @@ def plan_catalog(
         tags = {str(u.reference): u.reference for u in collected.uses if u.reference.digest is None}
         digests = resolve_digests(list(tags.values()), registries) if tags else {}
         images = _planned(collected.uses, digests, spec.catalog)
-
-        target_repo = spec.target_catalog or ref.repository
-        mode = "filtered" if spec.packages else ("full" if spec.full else "heads-only")
-        notes = list(selection.notes)
-        report = CatalogReport(
-            catalog=spec.catalog,
-            digest=str(top.digest),
-            format=content.format,
-            platform=platform,
-            mode=mode,
-            target="",
-            pruned=selection.pruned,
-            packages=len(selection.channels),
-            channels=selection.channel_count(),
-            bundles=len(selection.bundle_keys()),
-            images=len(images),
-            catalog_bundles=len(content.model.bundles),
-            selection=selection.to_json(),
-            dependencies=list(selection.dependencies),
-            recovered=list(collected.recovered),
-            unresolved=list(collected.unresolved),
-            notes=notes,
-        )
+        report = _catalog_report(spec, top, content, selection, collected, images, platform)
         if not selection.pruned:
-            tag = spec.target_tag or ref.tag or digest_tag(str(top.digest))
-            catalog_image = PlannedImage(
-                source=f"{ref.name}@{top.digest}",
-                kind="catalog",
-                target_repository=target_repo,
-                target_tag=tag,
-                digest=str(top.digest),
-                annotations={"format": content.format, "mode": mode},
-                facts=ImageFacts(catalog=spec.catalog, pruned=False),
-            )
-            if mode == "heads-only":
-                notes.append(
-                    f"the catalog is carried unchanged (digest-exact): it lists {len(content.model.bundles)} bundles, "
-                    f"of which the {report.bundles} channel heads (and their dependencies) are carried"
-                )
+            catalog_image = _carried_unchanged(spec, ref, top, content, report)
         else:
-            explicit_tag = spec.target_tag or ref.tag
-            ref_name = f"{PRUNED_REF_PREFIX}{target_repo}:{explicit_tag or digest_tag(str(top.digest), prefix='from')}"
-            if content.format == FORMAT_SQLITE:
-                assert content.db_file is not None
-                pruned_db = workdir / "pruned.db"
-                prune_sqlite(content.db_file, pruned_db, selection)
-                files: Dict[str, Any] = {content.root: pruned_db}
-                opaque: List[str] = []
-            else:
-                prefix = content.root + "/" if content.root else ""
-                files = {prefix + name: data for name, data in render_fbc_files(selection).items()}
-                opaque = [content.root] if content.root else []
-            original = Descriptor(media_type=top.media_type, digest=top.digest, size=len(top.raw))
-            built = build_pruned_image(
-                layout,
-                original,
-                files=files,
-                opaque_dirs=opaque,
-                ref_name=ref_name,
-                drop_cache=content.format != FORMAT_SQLITE,
-                notes=notes,
-            )
-            new_digest = str(built.descriptor.digest)
-            tag = explicit_tag or digest_tag(new_digest)
-            report.pruned_digest = new_digest
-            report.catalog_bytes = _layout_bytes(layout, built.descriptor)
-            catalog_image = PlannedImage(
-                source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `facts.layout_ref`
-                kind="catalog",
-                target_repository=target_repo,
-                target_tag=tag,
-                digest=new_digest,
-                in_layout=True,
-                annotations={"format": content.format, "original-digest": str(top.digest), "mode": mode},
-                facts=ImageFacts(catalog=spec.catalog, layout_ref=ref_name, pruned=True),
-            )
-        report.target = f"{target_repo}:{tag}"
+            catalog_image = _pruned_catalog(spec, ref, top, content, selection, report, layout=layout, workdir=workdir)
+        report.target = f"{catalog_image.target_repository}:{catalog_image.target_tag}"
     log.info(
         "catalog %s: %d packages, %d channels, %d bundles, %d images%s",
         spec.catalog, report.packages, report.channels, report.bundles, report.images, f", {len(report.recovered)} recovered" if report.recovered else "",
     )
     return CatalogPlan(catalog_image=catalog_image, images=tuple(images), report=report)
+
+
+def _copy_catalog_image(
+    spec: CatalogSpec, *, registries: Registries, layout: Layout, copier: Copier, platform: str
+) -> Tuple[Reference, FetchedManifest, ImageRef]:
+    """Resolve the index image and copy it digest-exact into the work layout, where the plan reads it."""
+    ref = Reference.parse(spec.catalog)
+    client = registries.client(ref.registry)
+    top: FetchedManifest = RegistryRepository(client, ref).resolve()
+    pinned = Reference(ref.registry, ref.repository, digest=top.digest)
+    log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
+    copier.copy(RegistryRepository(client, pinned), LayoutImage(layout, None), expected=top.digest)
+    return ref, top, open_image(LayoutImage(layout, None), top, platform=platform)
+
+
+def _mode(spec: CatalogSpec) -> str:
+    return "filtered" if spec.packages else ("full" if spec.full else "heads-only")
+
+
+def _catalog_report(
+    spec: CatalogSpec,
+    top: FetchedManifest,
+    content: _Content,
+    selection: Selection,
+    collected: CollectedImages,
+    images: List[PlannedImage],
+    platform: str,
+) -> CatalogReport:
+    """The report of one catalog, without its target (known once the catalog image is planned)."""
+    return CatalogReport(
+        catalog=spec.catalog,
+        digest=str(top.digest),
+        format=content.format,
+        platform=platform,
+        mode=_mode(spec),
+        target="",
+        pruned=selection.pruned,
+        packages=len(selection.channels),
+        channels=selection.channel_count(),
+        bundles=len(selection.bundle_keys()),
+        images=len(images),
+        catalog_bundles=len(content.model.bundles),
+        selection=selection.to_json(),
+        dependencies=list(selection.dependencies),
+        recovered=list(collected.recovered),
+        unresolved=list(collected.unresolved),
+        notes=list(selection.notes),
+    )
+
+
+def _carried_unchanged(
+    spec: CatalogSpec, ref: Reference, top: FetchedManifest, content: _Content, report: CatalogReport
+) -> PlannedImage:
+    """An unfiltered catalog (`full`, or no packages): the index image as it is, digest-exact."""
+    mode = _mode(spec)
+    if mode == "heads-only":
+        report.notes.append(
+            f"the catalog is carried unchanged (digest-exact): it lists {len(content.model.bundles)} bundles, "
+            f"of which the {report.bundles} channel heads (and their dependencies) are carried"
+        )
+    return PlannedImage(
+        source=f"{ref.name}@{top.digest}",
+        kind="catalog",
+        target_repository=spec.target_catalog or ref.repository,
+        target_tag=spec.target_tag or ref.tag or digest_tag(str(top.digest)),
+        digest=str(top.digest),
+        annotations={"format": content.format, "mode": mode},
+        facts=ImageFacts(catalog=spec.catalog, pruned=False),
+    )
+
+
+def _pruned_catalog(
+    spec: CatalogSpec,
+    ref: Reference,
+    top: FetchedManifest,
+    content: _Content,
+    selection: Selection,
+    report: CatalogReport,
+    *,
+    layout: Layout,
+    workdir: Path,
+) -> PlannedImage:
+    """A filtered catalog: a new image built in the layout whose catalog holds exactly the selection."""
+    target_repo = spec.target_catalog or ref.repository
+    explicit_tag = spec.target_tag or ref.tag
+    ref_name = f"{PRUNED_REF_PREFIX}{target_repo}:{explicit_tag or digest_tag(str(top.digest), prefix='from')}"
+    files: Dict[str, Any]
+    if content.format == FORMAT_SQLITE:
+        assert content.db_file is not None
+        pruned_db = workdir / "pruned.db"
+        prune_sqlite(content.db_file, pruned_db, selection)
+        files = {content.root: pruned_db}
+        opaque: List[str] = []
+    else:
+        prefix = content.root + "/" if content.root else ""
+        files = {prefix + name: data for name, data in render_fbc_files(selection).items()}
+        opaque = [content.root] if content.root else []
+    original = Descriptor(media_type=top.media_type, digest=top.digest, size=len(top.raw))
+    built = build_pruned_image(
+        layout,
+        original,
+        files=files,
+        opaque_dirs=opaque,
+        ref_name=ref_name,
+        drop_cache=content.format != FORMAT_SQLITE,
+        notes=report.notes,
+    )
+    new_digest = str(built.descriptor.digest)
+    report.pruned_digest = new_digest
+    report.catalog_bytes = _layout_bytes(layout, built.descriptor)
+    return PlannedImage(
+        source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `facts.layout_ref`
+        kind="catalog",
+        target_repository=target_repo,
+        target_tag=explicit_tag or digest_tag(new_digest),
+        digest=new_digest,
+        in_layout=True,
+        annotations={"format": content.format, "original-digest": str(top.digest), "mode": _mode(spec)},
+        facts=ImageFacts(catalog=spec.catalog, layout_ref=ref_name, pruned=True),
+    )
