@@ -37,7 +37,8 @@ from bundler.openshift.image_set import SamplesSpec
 from bundler.oci.planned import PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
-from bundler.openshift.release import ReleaseInfo, ReleasePlan, go_arch
+from bundler.oci.platform import linux_platform
+from bundler.openshift.release import ReleaseInfo, ReleasePlan
 from bundler.transfer.transports import ImageSource, RegistryRepository
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def read_operator_imagestreams(image_source: ImageSource, *, arch: str, descript
     `arch` is the release's (x86_64, aarch64, ..., multi); a multi payload is read on linux/amd64 and every
     ``<arch>`` / ``ocp-<arch>`` directory counts.
     """
-    platform = "linux/amd64" if arch == "multi" else f"linux/{go_arch(arch)}"
+    platform = linux_platform(arch)
     image = open_image(image_source, platform=platform)
     wanted_dirs = None if arch == "multi" else set(operator_directories(arch))
 

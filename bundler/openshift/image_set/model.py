@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple
 
 from bundler.base.compat import frozen_keyword_only
+from bundler.oci.platform import GO_ARCHITECTURES, MULTI, release_arch
 
 API_VERSION = "ocp-bundler.io/v1alpha1"
 KIND = "ImageSet"
@@ -26,11 +27,11 @@ DEFAULT_POSTGRES_IMAGE = "registry.redhat.io/rhel9/postgresql-15:latest"
 DEFAULT_REDIS_IMAGE = "registry.redhat.io/rhel9/redis-7:latest"
 
 #: Go architecture names, as oc-mirror and the release payloads use them.
-ARCHITECTURES: Tuple[str, ...] = ("amd64", "arm64", "ppc64le", "s390x", "multi")
+ARCHITECTURES: Tuple[str, ...] = (*GO_ARCHITECTURES, MULTI)
+#: Accepted spellings (Go's and the release/kernel spelling) -> the Go name.
 ARCHITECTURE_ALIASES: Mapping[str, str] = {
     **{arch: arch for arch in ARCHITECTURES},
-    "x86_64": "amd64",
-    "aarch64": "arm64",
+    **{release_arch(arch): arch for arch in GO_ARCHITECTURES},
 }
 PLATFORM_TYPES: Mapping[str, str] = {"ocp": "ocp", "okd": "okd"}
 GIB = 1024**3
