@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -35,7 +34,7 @@ from bundler.base.errors import ConfigError, IntegrityError, UsageError
 from bundler.transfer.image_files import open_image, read_files
 from bundler.openshift.image_set import SamplesSpec
 from bundler.oci.planned import PlannedImage, digest_tag
-from bundler.oci.reference import Reference
+from bundler.oci.reference import Reference, is_registry_host
 from bundler.registry.client import Registries
 from bundler.oci.platform import linux_platform
 from bundler.openshift.release import ReleaseInfo, ReleasePlan
@@ -45,7 +44,6 @@ log = logging.getLogger(__name__)
 
 OPERATOR_ROOT = "opt/openshift/operator"
 IMAGESTREAM_SUFFIXES = (".json", ".yaml", ".yml")
-_HOST_RE = re.compile(r"^(?:[^/]*[.:][^/]*|localhost)$")
 
 
 @dataclass(frozen=True)
@@ -198,7 +196,7 @@ def sample_target(text: str) -> Tuple[str, str, str]:
     ref = Reference.parse(text)
     name = text.split("@", 1)[0]
     first, sep, rest = name.partition("/")
-    path = rest if sep and _HOST_RE.match(first) else name
+    path = rest if sep and is_registry_host(first) else name
     if ref.tag is not None:
         path = path[: -(len(ref.tag) + 1)]
     if ref.digest is not None:

@@ -10,6 +10,8 @@ Two inputs are accepted (field reference: `manifests/image-set.schema.md`):
 * oc-mirror's ``ImageSetConfiguration`` (``mirror.openshift.io/v1alpha2`` and ``v2alpha1``), unchanged.
   What we do not support yet (Helm, blocked images, ...) is an error naming the field, never dropped.
 
+Image references are checked against the one grammar of `bundler.oci.reference`.
+
 Every problem is a `ConfigError` whose message names the file, the path in the document
 (``mirror.operators[0].packages[2].channels[0].minVersion``), what was expected and, for unknown
 fields, the closest known one.

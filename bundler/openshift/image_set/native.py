@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Mapping, Optional
 
+from bundler.oci.reference import REPOSITORY_RE, TAG
 from bundler.openshift.image_set.model import (
     API_VERSION,
     GIB,
@@ -19,8 +20,6 @@ from bundler.openshift.image_set.model import (
     TargetSpec,
 )
 from bundler.openshift.image_set.schema import (
-    REPOSITORY_RE,
-    TAG,
     Ctx,
     Field,
     Loc,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Mapping, Optional
 
+from bundler.oci.reference import PATH_COMPONENT
 from bundler.openshift.image_set.model import GIB, ImageSet, ReleaseSpec
 from bundler.openshift.image_set.schema import (
-    PATH_COMPONENT,
     Converter,
     Ctx,
     Field,

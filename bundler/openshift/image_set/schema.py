@@ -7,7 +7,8 @@ plus tables of fields known but not supported, and of fields accepted and ignore
 Every problem is a `ConfigError` naming the file, the path, what was expected and, for unknown fields,
 the closest known one. It knows no format: `sections`, `native` and `oc_mirror` are written with it.
 
-Image references get a light syntactic check only (``host/path`` with a tag or a digest).
+Image references get a syntactic check only (``host/path`` with a tag or a digest), in the one grammar
+of `bundler.oci.reference`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from bundler.base.errors import ConfigError
+from bundler.oci.reference import HOST_RE, QUALIFIED_REFERENCE_RE, is_registry_host
 from bundler.openshift.image_set.model import API_VERSION, KIND, OC_MIRROR_KIND, Version
 
 log = logging.getLogger(__name__)
@@ -226,25 +228,7 @@ def choice(choices: Mapping[str, str], what: str) -> Converter:
     return convert
 
 
-PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY = rf"{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"
-_HOST = (
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
-)
-TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-_DIGEST = r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}"
-REPOSITORY_RE = re.compile(_REPOSITORY)
-HOST_RE = re.compile(_HOST)
-TAG_RE = re.compile(TAG)
-_REFERENCE_RE = re.compile(
-    rf"(?P<host>{_HOST})/(?P<repository>{_REPOSITORY})(?::(?P<tag>{TAG}))?(?:@(?P<digest>{_DIGEST}))?"
-)
 _REFERENCE_EXAMPLE = "registry.example.com/org/repo:tag or registry.example.com/org/repo@sha256:<64 hex>"
-
-
-def _is_registry_host(host: str) -> bool:
-    return "." in host or ":" in host or host == "localhost" or host.startswith("[")
 
 
 def image_reference(what: str) -> Converter:
@@ -259,10 +243,10 @@ def image_reference(what: str) -> Converter:
                 loc, f"{text!r}: images on disk are not supported yet: give a registry reference ({_REFERENCE_EXAMPLE})"
             )
         first, slash, _ = text.partition("/")
-        if not slash or not _is_registry_host(first):
+        if not slash or not is_registry_host(first):
             full = f"docker.io/{text}" if slash else f"docker.io/library/{text}"
             ctx.fail(loc, f"{text!r} names no registry host: write it in full, e.g. {full}")
-        match = _REFERENCE_RE.fullmatch(text)
+        match = QUALIFIED_REFERENCE_RE.fullmatch(text)
         if match is None:
             repository = repository_of(text)
             detail = ""

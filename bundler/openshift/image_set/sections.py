@@ -10,6 +10,7 @@ import dataclasses
 import re
 from typing import Any, Mapping, Optional, Tuple
 
+from bundler.oci.reference import REPOSITORY_RE, TAG_RE
 from bundler.openshift.image_set.model import (
     ARCHITECTURE_ALIASES,
     PLATFORM_TYPES,
@@ -20,8 +21,6 @@ from bundler.openshift.image_set.model import (
     PackageSpec,
 )
 from bundler.openshift.image_set.schema import (
-    REPOSITORY_RE,
-    TAG_RE,
     Converter,
     Ctx,
     Field,
