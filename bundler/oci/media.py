@@ -90,6 +90,15 @@ class Descriptor:
 
 
 @dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest exactly as fetched or stored: its raw bytes (the truth), its media type and its digest."""
+
+    raw: bytes
+    media_type: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
 class ParsedManifest:
     """What a manifest points at. `children` for indexes; `config` + `layers` for images."""
 

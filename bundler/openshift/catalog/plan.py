@@ -49,7 +49,8 @@ from bundler.base.errors import BundlerError, ImageNotFoundError, InvalidReferen
 from bundler.transfer.image_files import ImageRef, extract_file, normalise, open_image, read_files
 from bundler.openshift.image_set import CatalogSpec
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.graph import walk_manifests
+from bundler.oci.media import Descriptor
 from bundler.oci.planned import ImageFacts, PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import FetchedManifest, Registries
@@ -420,19 +421,14 @@ def _read_catalog(image: ImageRef, workdir: Path, where: str) -> _Content:
 
 
 def _layout_bytes(layout: Layout, top: Descriptor) -> int:
-    seen: Dict[str, int] = {str(top.digest): top.size}
-    stack = [top]
-    while stack:
-        d = stack.pop()
-        parsed = parse_manifest(layout.read_blob(d.digest), d.media_type)
-        children = list(parsed.children) if is_index(d.media_type) else []
-        for c in children:
-            if str(c.digest) not in seen:
-                seen[str(c.digest)] = c.size
-                stack.append(c)
-        for b in parsed.blobs:
-            seen.setdefault(str(b.digest), b.size)
-    return sum(seen.values())
+    """Bytes of every manifest and blob of an image in the layout, each counted once."""
+    source = LayoutImage(layout, None)
+    sizes: Dict[str, int] = {}
+    for node in walk_manifests(source.fetch_manifest(top), source.fetch_manifest, description=f"image {top.digest} in the work layout"):
+        sizes[str(node.manifest.digest)] = len(node.manifest.raw)
+        for b in node.blobs:
+            sizes.setdefault(str(b.digest), b.size)
+    return sum(sizes.values())
 
 
 # --------------------------------------------------------------------------------------------------
