@@ -242,3 +242,32 @@ def test_openpgp_release_signatures(upstream: Upstream, gpg_key: Tuple[str, byte
     finally:
         server.close()
     assert Digest.parse(upstream.release.digest)
+
+
+# --- OCI 1.1 referrers through the API (real Quay 3.18 serves it) -------------------------------------------
+
+
+def test_referrers_from_the_api_of_a_real_quay(real_quay: Any, fresh_registry_plain: RegistryServer, tmp_path: Path, skopeo: Any) -> None:
+    from bundler.registry.auth import CredentialStore
+
+    real_quay.create_org("sigref")
+    auth = ("$oauthtoken", real_quay.token)
+    app = make_image(seed="sigref-app", random_layers=[3000])
+    push(real_quay.url, "sigref/app", app, "v1", auth=auth)
+    sbom = make_referrer(app, artifact_type="application/spdx+json", payload=b'{"spdxVersion":"SPDX-2.3"}', payload_type="application/spdx+json")
+    push(real_quay.url, "sigref/app", sbom, auth=auth)  # by digest only, as OCI 1.1 clients attach them
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {real_quay.host: real_quay.auth_entry()}}))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"apiVersion: ocp-bundler.io/v1alpha1\nkind: ImageSet\nadditionalImages:\n  - {real_quay.host}/sigref/app:v1\n")
+    result = pack(
+        PackOptions(config=config, out_dir=tmp_path / "b", work_dir=tmp_path / "w"),
+        registries=Registries(credentials=CredentialStore(authfile), options=TransportOptions(insecure_hosts=frozenset({real_quay.host}))),
+    )
+    report = result.plan.reports.signatures
+    assert report is not None and (report.referrers, report.cosign, report.referrers_tags) == (1, 0, 0)
+    mirror = fresh_registry_plain
+    unpack_bundle(tmp_path / "b", options=UnpackOptions(registry=mirror.host, transport=TransportOptions(insecure_hosts=frozenset({mirror.host})), write_resources=False))
+    tag = "ocpb-ref-" + sbom.digest.replace(":", "-")[:47]
+    assert skopeo.digest(f"{mirror.host}/sigref/app:{tag}") == sbom.digest
+    assert skopeo.digest(f"{mirror.host}/sigref/app:v1") == app.digest
