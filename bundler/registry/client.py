@@ -40,6 +40,7 @@ from bundler.registry.http import RETRY_STATUSES, USER_AGENT, Body, HttpPools, b
 from bundler.registry.http import TransportOptions as TransportOptions  # re-exported: part of this module's API
 from bundler.registry.http import redact as redact
 from bundler.oci.media import ACCEPT, Descriptor, detect_media_type
+from bundler.oci.media import FetchedManifest as FetchedManifest  # re-exported: part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ MAX_TOKEN_REPOSITORIES = 25
 #: Blobs up to this size go in the upload's first request (`?digest=` and the body: Quay answers 201).
 MONOLITHIC_POST_LIMIT = 32 << 20
 
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    raw: bytes
-    media_type: str
-    digest: Digest
 
 
 @dataclass(frozen=True)
@@ -388,6 +382,24 @@ class RegistryClient:
             size=int(length) if length and length.isdigit() else None,
         )
 
+    def get_referrers(self, repo: str, digest: Digest) -> Optional[List[Descriptor]]:
+        """The manifests whose `subject` is `digest` (distribution-spec v1.1 referrers API), or None when the
+        registry does not serve the API (it answers 404: a registry that has it never does, even for an
+        unknown digest). An answer that is not an index is treated as no API too."""
+        path = f"/v2/{repo}/referrers/{digest}"
+        resp = self.request("GET", path, scopes=_pull(repo), headers={"Accept": "application/vnd.oci.image.index.v1+json"}, what=f"referrers of {repo}@{digest.short}")
+        if resp.status in (404, 405):
+            return None
+        if resp.status != 200:
+            raise self._fail(resp, f"referrers of {repo}@{digest.short}", path, repo=repo)
+        try:
+            obj = json.loads(bytes(resp.data))
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
+            return None
+        return [Descriptor.from_json(m, where=f"referrers of {repo}@{digest.short}") for m in obj["manifests"] if isinstance(m, dict)]
+
     def has_blob(self, repo: str, digest: Digest, *, scopes: Optional[Tuple[str, ...]] = None) -> bool:
         path = f"/v2/{repo}/blobs/{digest}"
         resp = self.request("HEAD", path, scopes=scopes or _pull(repo), what=f"blob check {digest.short}")
@@ -397,6 +409,43 @@ class RegistryClient:
         if resp.status == 404:
             return False
         raise self._fail(resp, f"blob check {repo}@{digest.short}", path, repo=repo)
+
+    def list_tags(self, repo: str) -> List[str]:
+        """Every tag of `repo` (following `Link` pages); [] when the repository does not exist."""
+        tags: List[str] = []
+        path: Optional[str] = f"/v2/{repo}/tags/list?n=1000"
+        while path:
+            resp = self.request("GET", path, scopes=_pull(repo), what=f"tag list of {repo}")
+            if resp.status == 404:
+                return tags
+            if resp.status != 200:
+                raise self._fail(resp, f"tag list of {repo}", path, repo=repo)
+            try:
+                listed = json.loads(bytes(resp.data or b"{}")).get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{self.host}: the tag list of {repo} is not JSON") from None
+            tags.extend(str(t) for t in listed)
+            link = resp.headers.get("Link", "")
+            path = link.split(";", 1)[0].strip().strip("<>") if 'rel="next"' in link else None
+        return tags
+
+    def delete_manifest(self, repo: str, ref: str) -> str:
+        """DELETE a manifest by tag or digest: "deleted", "gone" (404), or "unsupported" (the registry
+        does not delete by this kind of reference, e.g. docker-registry and tags)."""
+        path = f"/v2/{repo}/manifests/{ref}"
+        # Quay wants push rights (and refuses a "delete" action in a scope); docker-registry's token auth
+        # wants "delete": ask for push first, and for delete as well only when that is not enough.
+        resp = self.request("DELETE", path, scopes=_push(repo), what=f"delete {repo}:{ref}")
+        if resp.status == 401:
+            resp = self.request("DELETE", path, scopes=_push(repo) + (f"repository:{repo}:delete",), what=f"delete {repo}:{ref}")
+        if resp.status in (200, 202, 204):
+            return "deleted"
+        if resp.status == 404:
+            codes, _ = _error_codes(bytes(resp.data or b""))
+            return "gone" if not codes or "MANIFEST_UNKNOWN" in codes or "NAME_UNKNOWN" in codes else "unsupported"
+        if resp.status in (400, 405):
+            return "unsupported"
+        raise self._fail(resp, f"delete of {repo}:{ref}", path, repo=repo)
 
     def remember_blob(self, digest: Digest, repo: str) -> None:
         with self._known_lock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from bundler.base.compat import frozen_keyword_only
 from bundler.base.errors import BundlerError, DigestMismatchError, PartialFailureError, UsageError
@@ -18,6 +18,9 @@ from bundler.oci.reference import Reference
 from bundler.registry.client import FetchedManifest, TransportOptions
 from bundler.transfer.copy import CopyStats
 from bundler.transfer.transports import ImageSource
+
+if TYPE_CHECKING:
+    from bundler.openshift.resources import ResourcesChanges
 
 REGISTRY_KINDS = ("auto", "quay", "plain")
 #: Default directory for the cluster resources, relative to the working directory. Not next to the bundle:
@@ -80,7 +83,11 @@ class UnpackOptions:
     """First bring Quay up on this host (`ocp-bundler quay up`) as `registry`, from the bundle's images."""
     resources_dir: Optional[Path] = None
     icsp: bool = False
+    resources_fresh: bool = False
+    """Write the cluster resources from this bundle alone instead of adding to the set in `resources_dir`."""
     write_resources: bool = True
+    ledger: Optional[Path] = None
+    """The mirror ledger to record pushed tags in, for `prune` (default: the registry's in the state dir)."""
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -142,6 +149,7 @@ class UnpackResult:
     """Dry runs on Quay with a token: organisations that do not exist yet."""
     resources_dir: Optional[Path] = None
     resource_files: Tuple[Path, ...] = ()
+    resource_changes: Optional["ResourcesChanges"] = None
     warnings: Tuple[str, ...] = ()
     seconds: float = 0.0
 
@@ -189,6 +197,15 @@ class UnpackResult:
             "resources": {
                 "directory": str(self.resources_dir) if self.resources_dir else None,
                 "files": [str(p) for p in self.resource_files],
+                "changes": None if self.resource_changes is None else {
+                    "mirrorsAdded": self.resource_changes.mirrors_added,
+                    "mirrorsUnchanged": self.resource_changes.mirrors_unchanged,
+                    "mirrorsRemoved": self.resource_changes.mirrors_removed,
+                    "catalogsAdded": list(self.resource_changes.catalogs_added),
+                    "catalogsUpdated": list(self.resource_changes.catalogs_updated),
+                    "catalogsUnchanged": list(self.resource_changes.catalogs_unchanged),
+                    "catalogsRemoved": list(self.resource_changes.catalogs_removed),
+                },
             },
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),

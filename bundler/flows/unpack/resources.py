@@ -19,13 +19,13 @@ if TYPE_CHECKING:
 _SIGNATURE_FILE = re.compile(r"^signatures/(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})-([1-9][0-9]*)$")
 
 
-def write_resources(bundle: OpenBundle, targets: Sequence[Target], *, registry_path: str, out_dir: Path, icsp: bool) -> "ResourcesResult":
+def write_resources(bundle: OpenBundle, targets: Sequence[Target], *, registry_path: str, out_dir: Path, icsp: bool, fresh: bool = False) -> "ResourcesResult":
     """Write the cluster resources into `out_dir` for images mirrored at `registry_path`."""
     from bundler.openshift.resources import ResourcesOptions, write_cluster_resources
 
     images, catalogs = resource_inputs(targets)
     try:
-        return write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp))
+        return write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh))
     except UsageError as exc:
         raise type(exc)(f"every image is in {registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
 

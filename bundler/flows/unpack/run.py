@@ -176,6 +176,7 @@ class Unpacker:
             if self.quay is not None:
                 self.quay.close()
         result = self._result(images, orgs)
+        self._record(targets, result)
         self._raise_for_failures(result, mismatches)
         if self.options.write_resources:
             result = self._write_resources(result, every)
@@ -307,13 +308,26 @@ class Unpacker:
             seconds=time.monotonic() - self.started,
         )
 
+    def _record(self, targets: Sequence[Target], result: UnpackResult) -> None:
+        """Write the tags now in place into the mirror ledger, so `prune` knows what unpack put there."""
+        from bundler.flows.ledger import LedgerEntry, optional_path, record
+
+        done = {image.target for image in result.images if image.status in ("pushed", "present")}
+        entries = [
+            LedgerEntry(repository=t.repo, tag=t.tag, digest=str(t.digest), bundle=result.bundle_id)
+            for t in targets
+            if t.text in done
+        ]
+        record(optional_path(self.options.ledger, self.registry_path), entries)
+
     def _write_resources(self, result: UnpackResult, targets: Sequence[Target]) -> UnpackResult:
         out_dir = Path(self.options.resources_dir or DEFAULT_RESOURCES_DIR)
-        written = write_resources(self.bundle, targets, registry_path=self.registry_path, out_dir=out_dir, icsp=self.options.icsp)
+        written = write_resources(self.bundle, targets, registry_path=self.registry_path, out_dir=out_dir, icsp=self.options.icsp, fresh=self.options.resources_fresh)
         return dataclasses.replace(
             result,
             resources_dir=out_dir,
             resource_files=written.files,
+            resource_changes=written.changes,
             warnings=result.warnings + written.warnings,
             seconds=time.monotonic() - self.started,
         )
