@@ -31,6 +31,9 @@ USER_AGENT = f"ocp-bundler/{__version__}"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CHUNK_SIZE = 1 << 20
 
+Pool = Union[urllib3.PoolManager, urllib3.HTTPConnectionPool]
+"""Where a request goes: a pool manager (any host, full URLs), or one host's connection pool (paths)."""
+
 Body = Union[None, bytes, Callable[[], Iterator[bytes]]]
 """A request body: bytes, or a factory giving a fresh chunk iterator for every attempt."""
 
@@ -115,7 +118,7 @@ def backoff(options: TransportOptions, attempt: int, retry_after: Optional[str],
 
 
 def send_with_retries(
-    pool: urllib3.PoolManager,
+    pool: Pool,
     options: TransportOptions,
     method: str,
     url: str,
