@@ -278,10 +278,11 @@ class QuayAPI:
             return None
         raise self._fail(f"reading robot {org}+{name}", resp, path)
 
-    def ensure_robot(self, org: str, name: str, *, description: str = "ocp-bundler mirror pushes") -> RobotAccount:
-        """The robot `org+name`, created when missing; its token either way."""
+    def ensure_robot(self, org: str, name: str, *, description: str = "ocp-bundler mirror pushes", new_org: bool = False) -> RobotAccount:
+        """The robot `org+name`, created when missing; its token either way. `new_org`: the organisation was
+        just created, so the robot is made without looking for it first (one request fewer)."""
         name = _short_robot(org, name)
-        existing = self.get_robot(org, name)
+        existing = None if new_org else self.get_robot(org, name)
         if existing is not None:
             return existing
         path = f"/api/v1/organization/{quote(org, safe='')}/robots/{quote(name, safe='')}"
@@ -295,9 +296,10 @@ class QuayAPI:
                 return again
         raise self._fail(f"creating robot {org}+{name}", resp, path)
 
-    def grant_creator(self, org: str, robot_name: str, *, team: str = CREATOR_TEAM) -> None:
+    def grant_creator(self, org: str, robot_name: str, *, team: str = CREATOR_TEAM, new_org: bool = False) -> None:
         """Let the robot create repositories in `org` (a team with role `creator` holding the robot) and
-        write to repositories others create there (a default-permission prototype with role `write`)."""
+        write to repositories others create there (a default-permission prototype with role `write`).
+        `new_org`: the organisation was just created and has no prototypes to look through."""
         self._need_token(f"granting rights in {org}")
         full = f"{org}+{_short_robot(org, robot_name)}"
         org_q = quote(org, safe="")
@@ -309,11 +311,11 @@ class QuayAPI:
         resp = self.request("PUT", path, body={})
         if resp.status not in (200, 201) and not (resp.status == 400 and "already" in _message(resp.body).lower()):
             raise self._fail(f"adding {full} to team {team}", resp, path)
-        self._ensure_write_prototype(org, full)
+        self._ensure_write_prototype(org, full, new_org=new_org)
 
-    def _ensure_write_prototype(self, org: str, robot_full_name: str) -> None:
+    def _ensure_write_prototype(self, org: str, robot_full_name: str, *, new_org: bool = False) -> None:
         path = f"/api/v1/organization/{quote(org, safe='')}/prototypes"
-        resp = self.request("GET", path)
+        resp = ApiResponse(200, {}, {}) if new_org else self.request("GET", path)
         if resp.status != 200:
             raise self._fail(f"reading default permissions of {org}", resp, path)
         prototypes = resp.body.get("prototypes", []) if isinstance(resp.body, dict) else []
