@@ -50,6 +50,7 @@ def test_parents_first_or_children_first_each_manifest_once() -> None:
     post = list(walk_manifests(top, Store(a, b, inner).fetch, children_first=True))
     assert [n.manifest.digest for n in post] == [a.digest, b.digest, inner.digest, top.digest]
     assert [n.top for n in post] == [False, False, False, True]
+    assert [n.depth for n in post] == [2, 3, 2, 1]
     assert [len(n.blobs) for n in post] == [2, 2, 0, 0] and len(post[-1].children) == 3
 
 

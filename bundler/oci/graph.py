@@ -27,8 +27,12 @@ class ManifestNode:
 
     manifest: FetchedManifest
     parsed: ParsedManifest
-    top: bool
-    """True for the top-level manifest the walk started from."""
+    depth: int
+    """1 for the top-level manifest the walk started from, 2 for its children, and so on."""
+
+    @property
+    def top(self) -> bool:
+        return self.depth == 1
 
     @property
     def children(self) -> Tuple[Descriptor, ...]:
@@ -53,8 +57,8 @@ def walk_manifests(
     """
     seen: Set[str] = {str(top.digest)}
 
-    def node(manifest: FetchedManifest, is_top: bool) -> ManifestNode:
-        return ManifestNode(manifest, parse_manifest(manifest.raw, manifest.media_type), is_top)
+    def node(manifest: FetchedManifest, depth: int) -> ManifestNode:
+        return ManifestNode(manifest, parse_manifest(manifest.raw, manifest.media_type), depth)
 
     def fetch_children(parent: ManifestNode) -> List[FetchedManifest]:
         out: List[FetchedManifest] = []
@@ -71,19 +75,19 @@ def walk_manifests(
         return out
 
     if not children_first:
-        stack: List[ManifestNode] = [node(top, True)]
+        stack: List[ManifestNode] = [node(top, 1)]
         while stack:
             current = stack.pop()
             yield current
-            stack.extend(node(m, False) for m in reversed(fetch_children(current)))
+            stack.extend(node(m, current.depth + 1) for m in reversed(fetch_children(current)))
         return
 
     # Post-order: a node is yielded once all of its children have been.
-    pending: List[Tuple[ManifestNode, bool]] = [(node(top, True), False)]
+    pending: List[Tuple[ManifestNode, bool]] = [(node(top, 1), False)]
     while pending:
         current, expanded = pending.pop()
         if expanded:
             yield current
             continue
         pending.append((current, True))
-        pending.extend((node(m, False), False) for m in reversed(fetch_children(current)))
+        pending.extend((node(m, current.depth + 1), False) for m in reversed(fetch_children(current)))
