@@ -10,12 +10,12 @@ decides what to do with them (copy, count, check). The fetch callable may return
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from bundler.base.errors import DigestMismatchError
 from bundler.oci.media import Descriptor, FetchedManifest, ParsedManifest, is_index, parse_manifest
 
-__all__ = ["Fetch", "ManifestNode", "walk_manifests"]
+__all__ = ["Fetch", "ManifestNode", "graph_sizes", "walk_manifests"]
 
 #: Fetch a child manifest by its descriptor; None leaves it (and what is below it) out of the walk.
 Fetch = Callable[[Descriptor], Optional[FetchedManifest]]
@@ -91,3 +91,15 @@ def walk_manifests(
             continue
         pending.append((current, True))
         pending.extend((node(m, current.depth + 1), False) for m in reversed(fetch_children(current)))
+
+
+def graph_sizes(top: FetchedManifest, fetch: Fetch, *, manifests: bool = True, description: str = "image") -> Dict[str, int]:
+    """Digest -> size of every blob the graph below `top` is made of, each once: configs and layers, and
+    (with `manifests`) the manifests themselves. What an image weighs in a layout, a bundle or a registry."""
+    sizes: Dict[str, int] = {}
+    for node in walk_manifests(top, fetch, description=description):
+        if manifests:
+            sizes[str(node.manifest.digest)] = len(node.manifest.raw)
+        for blob in node.blobs:
+            sizes.setdefault(str(blob.digest), blob.size)
+    return sizes
