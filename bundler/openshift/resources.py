@@ -58,11 +58,11 @@ __all__ = [
     "write_cluster_resources",
 ]
 
-IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry"})
+IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature"})
 RELEASE_KINDS = frozenset({"release", "release-component"})
 # Kinds that are always pulled by digest in a cluster (or, for catalogs, through a CatalogSource that
 # names the mirror directly): they never get tag mirrors, whatever their source reference looks like.
-_DIGEST_ONLY_KINDS = RELEASE_KINDS | {"catalog"}
+_DIGEST_ONLY_KINDS = RELEASE_KINDS | {"catalog", "signature"}
 
 MIRROR_SOURCE_POLICIES = frozenset({"NeverContactSource", "AllowContactingSource"})
 DEFAULT_MAX_BYTES = 250_000

@@ -328,6 +328,24 @@ class RegistryClient:
             size=int(length) if length and length.isdigit() else None,
         )
 
+    def get_referrers(self, repo: str, digest: Digest) -> Optional[List[Descriptor]]:
+        """The manifests whose `subject` is `digest` (distribution-spec v1.1 referrers API), or None when the
+        registry does not serve the API (it answers 404: a registry that has it never does, even for an
+        unknown digest). An answer that is not an index is treated as no API too."""
+        path = f"/v2/{repo}/referrers/{digest}"
+        resp = self.request("GET", path, scopes=_pull(repo), headers={"Accept": "application/vnd.oci.image.index.v1+json"}, what=f"referrers of {repo}@{digest.short}")
+        if resp.status in (404, 405):
+            return None
+        if resp.status != 200:
+            raise self._fail(resp, f"referrers of {repo}@{digest.short}", path, repo=repo)
+        try:
+            obj = json.loads(bytes(resp.data))
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
+            return None
+        return [Descriptor.from_json(m, where=f"referrers of {repo}@{digest.short}") for m in obj["manifests"] if isinstance(m, dict)]
+
     def has_blob(self, repo: str, digest: Digest, *, scopes: Optional[Tuple[str, ...]] = None) -> bool:
         path = f"/v2/{repo}/blobs/{digest}"
         resp = self.request("HEAD", path, scopes=scopes or _pull(repo), what=f"blob check {digest.short}")
