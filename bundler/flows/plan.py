@@ -1,6 +1,7 @@
 """Image-set config → the list of images to carry (`PlannedImage`s), all pinned by digest where known.
 
-Owns the orchestration of the planners: release payload and signatures (`release`), sample imagestreams
+Owns the orchestration of the planners: release payload and signatures (`release`), the update-graph
+data image (`graph_image`, for `graph: true`), sample imagestreams
 (`samples`), operator catalogs (`catalog`), additional images and the images that run Quay on the far side
 (here). It de-duplicates by target and keeps each planner's report for the pack summary.
 """
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
     from bundler.openshift.release import ReleaseInfo
     from bundler.openshift.samples import SamplesReport
+    from bundler.openshift.graph_image import GraphImageReport
     from bundler.openshift.sigstore import SignatureReport
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class PlanReports:
     samples: Optional[SamplesSummary] = None
     catalogs: Optional[List[CatalogReport]] = None
     signatures: Optional[SignatureReport] = None
+    graph: Optional[GraphImageReport] = None
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -70,6 +73,8 @@ class PlanReports:
             out["catalogs"] = [c.to_json() for c in self.catalogs]
         if self.signatures is not None:
             out["signatures"] = self.signatures.to_json()
+        if self.graph is not None:
+            out["graph"] = self.graph.to_json()
         return out
 
 
@@ -127,6 +132,8 @@ def build_plan(
     copier: Copier,
     graph_url: Optional[str] = None,
     signature_store: Optional[str] = None,
+    graph_data_url: Optional[str] = None,
+    graph_base_image: Optional[str] = None,
 ) -> Plan:
     """Resolve everything the config names. Network access: manifests and small files only, no layers."""
     plan = Plan(warnings=list(image_set.warnings))
@@ -152,6 +159,15 @@ def build_plan(
                 plan.files[f"signatures/{digest.replace(':', '-')}-{i}"] = data
         plan.reports.releases = list(release_plan.releases)
         plan.warnings.extend(release_plan.warnings)
+        if rel.graph_data:
+            from bundler.openshift import graph_image
+
+            graph, plan.reports.graph = graph_image.plan_graph_image(
+                layout=layout, stage=stage, options=registries.options, data_url=graph_data_url, base_image=graph_base_image
+            )
+            plan.add([graph])
+    elif rel.graph_data:
+        plan.warnings.append("graph: true needs a release (platform.release or channels): no update-graph image is built")
     sam = image_set.samples
     if sam.from_release or sam.directory or sam.images:
         from bundler.openshift import samples
