@@ -45,6 +45,7 @@ import yaml
 from bundler.base.compat import frozen_keyword_only
 from bundler.base.errors import DiskSpaceError, InvalidReferenceError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.oci.reference import DIGEST, HOST, REPOSITORY, TAG
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,12 @@ _MIRROR_SET_PATTERNS = _OWNED_PATTERNS[:3]
 # Earlier resources larger than this are not ours: refuse rather than read them.
 _PREVIOUS_FILE_LIMIT = 64 * 1024 * 1024
 
-# Grammar of distribution/reference (the same one the IDMS/ITMS CRD patterns use).
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"^{_DOMAIN}(?:/{_PATH_COMPONENT})+$")
-_REGISTRY_RE = re.compile(rf"^{_DOMAIN}(?:/{_PATH_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+# Built from the one reference grammar (the same one the IDMS/ITMS CRD patterns use): a repository with its
+# host, and a registry optionally followed by a path prefix.
+_REPOSITORY_RE = re.compile(rf"^{HOST}/{REPOSITORY}\Z")
+_REGISTRY_RE = re.compile(rf"^{HOST}(?:/{REPOSITORY})?\Z")
+_TAG_RE = re.compile(rf"^{TAG}\Z")
+_DIGEST_RE = re.compile(rf"^{DIGEST}\Z")
 _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 
 @frozen_keyword_only

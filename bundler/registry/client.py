@@ -39,6 +39,7 @@ from bundler.registry.http import RETRY_STATUSES, USER_AGENT, Body, HttpPools, b
 from bundler.registry.http import TransportOptions as TransportOptions  # re-exported: part of this module's API
 from bundler.registry.http import redact as redact
 from bundler.oci.media import ACCEPT, Descriptor, detect_media_type
+from bundler.oci.media import FetchedManifest as FetchedManifest  # re-exported: part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,6 @@ log = logging.getLogger(__name__)
 CHUNKED_UPLOAD_THRESHOLD = 256 << 20
 UPLOAD_CHUNK_SIZE = 64 << 20
 
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    raw: bytes
-    media_type: str
-    digest: Digest
 
 
 @dataclass(frozen=True)
