@@ -152,10 +152,13 @@ class Unpacker:
             checked = [t for t in targets if t.text not in refused]
             if not self.options.dry_run:
                 self._share_tokens(client, credentials, checked)
-            current = plan.check_tags(
-                client, checked, threads=self.head_threads(len(checked)), explain=self.explain,
+            # an organisation this run created holds no tags yet: nothing to ask about its targets
+            created = set(self.quay.organizations_created) if self.quay is not None else set()
+            current: Dict[str, Any] = {t.text: None for t in checked if t.org in created}
+            current.update(plan.check_tags(
+                client, [t for t in checked if t.org not in created], threads=self.head_threads(len(checked)), explain=self.explain,
                 dry_run=self.options.dry_run, progress=self.options.progress, where=self.registry_path,
-            )
+            ))
             pending = [t for t in checked if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
             needed = set(self.bundle.blobs_needed_from_base()) if pending else set()
             # an incremental bundle's base blobs may sit in repositories of images already in place: walk those too
