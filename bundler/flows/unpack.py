@@ -616,8 +616,8 @@ class _Unpacker:
         if transport.pool_size < threads:  # one kept-alive connection per thread that may talk at once
             transport = dataclasses.replace(transport, pool_size=threads)
         self.quay = self._detect_quay(credentials)
-        if self.quay is not None and transport.ca_file is None and self.quay.data.ca_file is not None:
-            transport = dataclasses.replace(transport, ca_file=self.quay.data.ca_file)
+        if self.quay is not None and transport.tls.ca_file is None and self.quay.data.ca_file is not None:
+            transport = dataclasses.replace(transport, tls=transport.tls.with_ca_file(self.quay.data.ca_file))
         registries = Registries(credentials=credentials, options=transport)
         mismatches: List[str] = []
         try:
@@ -683,8 +683,8 @@ class _Unpacker:
 
         data = load_quay_data(self.options.quay_data_dir)
         token = self.options.quay_token or data.token
-        ca_file = self.options.transport.ca_file or data.ca_file
-        insecure = self.host in self.options.transport.insecure_hosts
+        ca_file = self.options.transport.tls.ca_file or data.ca_file
+        insecure = self.options.transport.tls.is_insecure(self.host)
         api: Optional[QuayAPI] = None
         # an --insecure-registry host may speak plain HTTP: ask that way first (a TLS port just says 400)
         for scheme in ("http", "https") if insecure else ("https",):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -35,7 +34,24 @@ from bundler.base.errors import (
     ImageNotFoundError,
     RegistryError,
 )
-from bundler.registry.http import RETRY_STATUSES, USER_AGENT, Body, HttpPools, backoff, send_with_retries, short_reason
+from bundler.base.jsonlimits import loads_bounded
+from bundler.registry.http import (
+    MAX_MANIFEST_BYTES,
+    RETRY_STATUSES,
+    SMALL_BODY_LIMIT,
+    USER_AGENT,
+    Body,
+    BodyTooLargeError,
+    HttpPools,
+    Progress,
+    StalledError,
+    backoff,
+    discard,
+    read_bounded,
+    read_some,
+    send_with_retries,
+    short_reason,
+)
 from bundler.registry.http import TransportOptions as TransportOptions  # re-exported: part of this module's API
 from bundler.registry.http import redact as redact
 from bundler.oci.media import ACCEPT, Descriptor, detect_media_type
@@ -64,7 +80,7 @@ class ManifestHead:
 
 def _error_codes(data: bytes) -> Tuple[List[str], str]:
     try:
-        obj = json.loads(data)
+        obj = loads_bounded(data)
         errs = obj.get("errors") or []
         codes = [str(e.get("code", "")) for e in errs if isinstance(e, dict)]
         messages = [str(e.get("message", "")) for e in errs if isinstance(e, dict)]
@@ -124,7 +140,7 @@ class RegistryClient:
         self._opts = shared.options
         self._state = shared._state(host)
         self._once = dataclasses.replace(self._opts, max_attempts=1)
-        self.insecure = host in self._opts.insecure_hosts
+        self.insecure = shared.pools.is_insecure(host)
         #: where each blob is known to exist on this registry (for cross-repository mounts)
         self.known_blobs: Dict[str, str] = {}
         self._known_lock = threading.Lock()
@@ -132,7 +148,7 @@ class RegistryClient:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _pool(self) -> urllib3.PoolManager:
-        return self._shared.pools.insecure if self.insecure else self._shared.pools.secure
+        return self._shared.pools.manager
 
     def _base(self) -> str:
         st = self._state
@@ -146,7 +162,10 @@ class RegistryClient:
         if not self.insecure:
             return "https"
         try:
-            self._pool().request("GET", f"https://{self.host}/v2/", retries=False, timeout=urllib3.Timeout(connect=5, read=10))
+            resp = self._pool().request(
+                "GET", f"https://{self.host}/v2/", retries=False, redirect=False, preload_content=False, timeout=urllib3.Timeout(connect=5, read=10)
+            )
+            discard(resp)
             return "https"
         except (SSLError, ProtocolError, MaxRetryError) as exc:
             log.debug("%s: TLS probe failed (%s); using plain HTTP", self.host, exc)
@@ -191,8 +210,11 @@ class RegistryClient:
         realm_parts = urlsplit(realm)
         if creds is not None and (realm_parts.scheme == "https" or realm_parts.hostname == self.host.split(":")[0]):
             headers["Authorization"] = creds.basic_header()
-        pool = self._shared.pools.insecure if (self._shared.pools.is_insecure(realm) or self.insecure) else self._shared.pools.secure
-        resp = self._send_with_retries(pool, "GET", url, headers, None, what=f"token from {redact(realm)}")
+        # The token server gets the TLS the policy gives ITS host: a registry named insecure does not make
+        # the token server it points at insecure.
+        resp = send_with_retries(
+            self._pool(), self._opts, "GET", url, headers, None, what=f"token from {redact(realm)}", host=realm_parts.netloc or self.host
+        )
         data = resp.data
         if resp.status in (401, 403):
             raise AuthenticationError(
@@ -204,7 +226,7 @@ class RegistryClient:
         if resp.status != 200:
             raise RegistryError(f"{self.host}: token service answered HTTP {resp.status}", status=resp.status, url=redact(realm))
         try:
-            obj = json.loads(data)
+            obj = loads_bounded(data)
             token = obj.get("token") or obj.get("access_token")
             expires_in = float(obj.get("expires_in") or 60)
         except (ValueError, AttributeError, TypeError):
@@ -213,20 +235,6 @@ class RegistryClient:
             raise RegistryError(f"{self.host}: token service returned no token", url=redact(realm))
         self._shared.tokens.put(key, str(token), expires_in)
         return str(token)
-
-    def _send_with_retries(
-        self,
-        pool: urllib3.PoolManager,
-        method: str,
-        url: str,
-        headers: Dict[str, str],
-        body: Body,
-        *,
-        what: str,
-        preload: bool = True,
-        redirect: bool = True,
-    ) -> urllib3.BaseHTTPResponse:
-        return send_with_retries(pool, self._opts, method, url, headers, body, what=what, host=self.host, preload=preload, redirect=redirect)
 
     def _sleep(self, attempt: int, retry_after: Optional[str], why: str) -> None:
         backoff(self._opts, attempt, retry_after, why)
@@ -242,11 +250,13 @@ class RegistryClient:
         preload: bool = True,
         what: str = "",
         retry: bool = True,
+        max_body: int = SMALL_BODY_LIMIT,
     ) -> urllib3.BaseHTTPResponse:
         """Send an authenticated request; answers 401 by authenticating once, then gives the answer back.
 
         `retry=False` sends it once: for requests that must not be repeated blindly (an upload chunk that
-        broke off may have been half appended; the caller asks the registry where the upload stands)."""
+        broke off may have been half appended; the caller asks the registry where the upload stands).
+        With `preload` the answer is read whole, at most `max_body` bytes (see `http.read_bounded`)."""
         url = path_or_url if "://" in path_or_url else self._base() + path_or_url
         what = what or f"{method} {redact(url)}"
         answered_challenge = False
@@ -257,12 +267,21 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             resp = send_with_retries(
-                self._pool(), self._opts if retry else self._once, method, url, hdrs, body, what=what, host=self.host, preload=preload
+                self._pool(),
+                self._opts if retry else self._once,
+                method,
+                url,
+                hdrs,
+                body,
+                what=what,
+                host=self.host,
+                preload=preload,
+                max_body=max_body,
             )
             if resp.status != 401:
                 return resp
             if not preload:
-                resp.drain_conn()
+                discard(resp)
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             known = self._state.challenge
             if challenge is not None and not answered_challenge and (auth is None or known is None or known.scheme != challenge.scheme):
@@ -273,6 +292,15 @@ class RegistryClient:
                 refreshed = True  # the token may have expired early or lack a scope: fetch a new one once
                 continue
             return resp
+
+    def _small(self, resp: urllib3.BaseHTTPResponse) -> urllib3.BaseHTTPResponse:
+        """A streamed answer we only want the (error) body of: at most `SMALL_BODY_LIMIT` of it is read."""
+        try:
+            data = read_bounded(resp, SMALL_BODY_LIMIT, Progress(self._opts.timeout, deadline=self._opts.timeout))
+        except (BodyTooLargeError, StalledError, Urllib3Error, OSError):
+            data = b""
+        discard(resp)
+        return urllib3.HTTPResponse(body=data, headers=resp.headers, status=resp.status, reason=resp.reason, preload_content=True)
 
     def _fail(self, resp: urllib3.BaseHTTPResponse, what: str, url: str, *, repo: str = "") -> RegistryError:
         data = resp.data if resp.data is not None else b""
@@ -302,7 +330,9 @@ class RegistryClient:
 
     def get_manifest(self, repo: str, ref: str) -> FetchedManifest:
         path = f"/v2/{repo}/manifests/{ref}"
-        resp = self.request("GET", path, scopes=_pull(repo), headers={"Accept": ACCEPT}, what=f"manifest {repo}:{ref}")
+        resp = self.request(
+            "GET", path, scopes=_pull(repo), headers={"Accept": ACCEPT}, what=f"manifest {repo}:{ref}", max_body=MAX_MANIFEST_BYTES
+        )
         if resp.status == 404:
             raise ImageNotFoundError(
                 f"image {self.host}/{repo}{'@' if ':' in ref else ':'}{ref} not found",
@@ -358,9 +388,8 @@ class RegistryClient:
             if resp.status == 404:
                 raise ImageNotFoundError(f"blob {digest} not found in {self.host}/{repo}", hint="the image upstream is incomplete")
             if resp.status not in (200, 206):
-                resp.read()
-                raise self._fail(resp, f"blob {repo}@{digest.short}", path, repo=repo)
-            stream = _SafeStream(resp, self.host, digest)
+                raise self._fail(self._small(resp), f"blob {repo}@{digest.short}", path, repo=repo)
+            stream = _SafeStream(resp, self.host, digest, self._opts.timeout)
             if offset and resp.status == 200:
                 _discard(stream, offset)  # the server ignored Range: skip what we have
             yield stream
@@ -524,16 +553,19 @@ class RegistryClient:
 
 
 class _SafeStream:
-    """A response body whose read errors are temporary `RegistryError`s (so callers resume)."""
+    """A response body whose read errors and stalls are temporary `RegistryError`s (so callers resume)."""
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse, host: str, digest: Digest) -> None:
+    def __init__(self, resp: urllib3.BaseHTTPResponse, host: str, digest: Digest, timeout: float) -> None:
         self._resp = resp
         self._host = host
         self._digest = digest
+        self._progress = Progress(timeout)
 
     def read(self, n: int = CHUNK_SIZE) -> bytes:
         try:
-            return self._resp.read(n)
+            return read_some(self._resp, n, self._progress)
+        except StalledError as exc:
+            raise RegistryError(f"{self._host}: download of {self._digest.short} stalled: {exc}", temporary=True) from None
         except (ProtocolError, ReadTimeoutError, Urllib3Error, OSError) as exc:
             raise RegistryError(f"{self._host}: download of {self._digest.short} interrupted: {short_reason(exc)}", temporary=True) from None
 

