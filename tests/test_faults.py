@@ -79,7 +79,7 @@ SUBPROCESS_TIMEOUT = 120
 
 def transport(host: str) -> TransportOptions:
     return TransportOptions(
-        insecure_hosts=frozenset({host}), connect_timeout=5.0, timeout=READ_TIMEOUT, backoff_base=0.05, backoff_max=1.0, max_attempts=5
+        insecure_hosts=frozenset({host}), connect_timeout=5.0, read_timeout=READ_TIMEOUT, backoff_base=0.05, backoff_max=1.0, max_attempts=5
     )
 
 

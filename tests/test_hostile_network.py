@@ -186,3 +186,47 @@ def test_a_ca_file_that_is_not_pem_is_named(home: Path, hostile: HostileRegistry
     run = run_cli(copy_args(hostile, "ok/x:latest", home / "oci", "--ca-file", str(bogus)), limit=60, home=home)
     assert run.code == EXIT_USAGE
     assert str(bogus) in run.one_clear_line()
+
+
+# -- bounded reads ---------------------------------------------------------------------------------------
+
+
+def test_an_endless_manifest_is_cut_off(home: Path, hostile: HostileRegistry) -> None:
+    run = run_cli(copy_args(hostile, "endless/x:latest", home / "oci"), limit=60, home=home)
+    assert run.code == EXIT_REGISTRY, run.stderr
+    line = run.one_clear_line()
+    assert "larger than 4 MiB" in line and "endless/x" in line, line
+
+
+def test_a_manifest_declaring_100_mb_is_refused_before_reading(home: Path, hostile: HostileRegistry) -> None:
+    run = run_cli(copy_args(hostile, "bigheader/x:latest", home / "oci"), limit=30, home=home)
+    assert run.code == EXIT_REGISTRY, run.stderr
+    assert "larger than 4 MiB" in run.one_clear_line()
+    assert run.seconds < 10
+
+
+def test_lying_headers_are_not_believed(home: Path, hostile: HostileRegistry) -> None:
+    """Content-Length 10 bytes short and a Docker-Content-Digest of other content: the digest the
+    client computes decides, and the truncated manifest is reported as such."""
+    run = run_cli(copy_args(hostile, "liar/x:latest", home / "oci"), limit=60, home=home)
+    assert run.code == EXIT_INTEGRITY, run.stderr
+    assert "liar/x:latest" in run.one_clear_line() and "not valid JSON" in run.stderr
+    assert not (home / "oci" / "index.json").exists() or hostile.other_digest not in (home / "oci" / "index.json").read_text()
+
+
+# -- depth -----------------------------------------------------------------------------------------------
+
+
+def test_deeply_nested_manifest_lists_are_refused(home: Path, hostile: HostileRegistry) -> None:
+    run = run_cli(copy_args(hostile, "deep/x:latest", home / "oci"), limit=60, home=home)
+    assert run.code == EXIT_USAGE, run.stderr
+    assert "nested deeper than 16 levels" in run.one_clear_line()
+    manifests = [p for m, p in hostile.requests if "/manifests/" in p]
+    assert len(manifests) < 40, len(manifests)  # stopped at the bound, did not walk 1,500 levels
+
+
+def test_deeply_nested_json_in_a_manifest_is_refused(home: Path, hostile: HostileRegistry) -> None:
+    run = run_cli(copy_args(hostile, "deepjson/x:latest", home / "oci"), limit=60, home=home)
+    assert run.code == EXIT_INTEGRITY, run.stderr
+    line = run.one_clear_line()
+    assert "nested deeper than" in line and "deepjson/x" in line, line

@@ -251,7 +251,7 @@ def make_transport(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: 
 
     return TransportOptions(
         tls=TlsPolicy.from_options(insecure=insecure, ca_file=ca_file),
-        timeout=timeout,
+        read_timeout=timeout,
         max_attempts=retry_times + 1,
         pool_size=max(16, workers * 2),
     )

@@ -22,7 +22,7 @@ from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError
 from bundler.base.fsutil import atomic_write, free_space
 from bundler.openshift.image_set import load_image_set
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.media import Descriptor, check_nesting, is_index, parse_manifest
 from bundler.flows.plan import Plan, build_plan
 from bundler.oci.planned import PlannedImage
 from bundler.base.progress import NullProgress, Progress
@@ -263,12 +263,13 @@ def _measure(planned: List[PlannedImage], *, registries: Registries, layout: Lay
             src = _source_for(img, registries, layout)
             top = src.resolve()
             blobs: Dict[str, int] = {}
-            stack = [top]
+            stack = [(top, 1)]
             while stack:
-                m = stack.pop()
+                m, level = stack.pop()
                 parsed = parse_manifest(m.raw, m.media_type)
                 if is_index(m.media_type):
-                    stack.extend(src.fetch_manifest(c) for c in parsed.children)
+                    check_nesting(level, src.description)
+                    stack.extend((src.fetch_manifest(c), level + 1) for c in parsed.children)
                 for b in parsed.blobs:
                     blobs[str(b.digest)] = b.size
             return PackedImage(img, "planned", str(top.digest), top.media_type, len(top.raw), sum(blobs.values()), blob_sizes=blobs)

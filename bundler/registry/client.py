@@ -32,9 +32,10 @@ from bundler.base.errors import (
     AuthenticationError,
     DigestMismatchError,
     ImageNotFoundError,
+    IntegrityError,
     RegistryError,
 )
-from bundler.base.jsonlimits import loads_bounded
+from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
 from bundler.registry.http import (
     MAX_MANIFEST_BYTES,
     RETRY_STATUSES,
@@ -296,7 +297,7 @@ class RegistryClient:
     def _small(self, resp: urllib3.BaseHTTPResponse) -> urllib3.BaseHTTPResponse:
         """A streamed answer we only want the (error) body of: at most `SMALL_BODY_LIMIT` of it is read."""
         try:
-            data = read_bounded(resp, SMALL_BODY_LIMIT, Progress(self._opts.timeout, deadline=self._opts.timeout))
+            data = read_bounded(resp, SMALL_BODY_LIMIT, Progress(self._opts.read_timeout, deadline=self._opts.read_timeout))
         except (BodyTooLargeError, StalledError, Urllib3Error, OSError):
             data = b""
         discard(resp)
@@ -341,6 +342,13 @@ class RegistryClient:
         if resp.status != 200:
             raise self._fail(resp, f"manifest {repo}:{ref}", path, repo=repo)
         raw = bytes(resp.data)
+        where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
+        try:
+            loads_bounded(raw)
+        except JsonTooDeepError as exc:
+            raise IntegrityError(f"{where}: the registry served a manifest with {exc}", hint="this is not an image manifest; check the source") from None
+        except ValueError:
+            raise IntegrityError(f"{where}: the registry served a manifest that is not valid JSON", hint="the source is broken or truncated the answer; rerun, or check the source") from None
         media_type = detect_media_type(raw, resp.headers.get("Content-Type"))
         digest = Digest.of(raw)
         if ref.startswith("sha") and ":" in ref:
@@ -389,7 +397,7 @@ class RegistryClient:
                 raise ImageNotFoundError(f"blob {digest} not found in {self.host}/{repo}", hint="the image upstream is incomplete")
             if resp.status not in (200, 206):
                 raise self._fail(self._small(resp), f"blob {repo}@{digest.short}", path, repo=repo)
-            stream = _SafeStream(resp, self.host, digest, self._opts.timeout)
+            stream = _SafeStream(resp, self.host, digest, self._opts.read_timeout)
             if offset and resp.status == 200:
                 _discard(stream, offset)  # the server ignored Range: skip what we have
             yield stream

@@ -39,6 +39,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 
 from bundler import __version__
 from bundler.base.errors import RegistryError, RegistryUnreachableError
+from bundler.base.units import human_bytes
 from bundler.registry.tls import HostTls, TlsPolicy, build_ssl_context, split_host
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ Body = Union[None, bytes, Callable[[], Iterator[bytes]]]
 class TransportOptions:
     """How to reach servers.
 
-    `tls`: which hosts are verified and with what (see `TlsPolicy`). `timeout`: seconds without progress
+    `tls`: which hosts are verified and with what (see `TlsPolicy`). `read_timeout`: seconds without progress
     before a read counts as stalled, and the deadline for an answer read into memory (``--timeout``).
     `max_attempts`: tries per request, the first included (``--retry-times`` + 1).
 
@@ -78,7 +79,7 @@ class TransportOptions:
 
     tls: TlsPolicy = field(default_factory=TlsPolicy)
     connect_timeout: float = 15.0
-    timeout: float = DEFAULT_TIMEOUT
+    read_timeout: float = DEFAULT_TIMEOUT
     max_attempts: int = DEFAULT_RETRY_TIMES + 1
     backoff_base: float = 0.5
     backoff_max: float = 10.0
@@ -196,7 +197,7 @@ class HttpPools:
     def __init__(self, options: TransportOptions) -> None:
         self.options = options
         self.policy = options.tls
-        timeout = urllib3.Timeout(connect=min(options.connect_timeout, options.timeout), read=options.timeout)
+        timeout = urllib3.Timeout(connect=min(options.connect_timeout, options.read_timeout), read=options.read_timeout)
         kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
         if str(getattr(urllib3, "__version__", "")).startswith("2"):
             kw["blocksize"] = CHUNK_SIZE
@@ -259,7 +260,8 @@ class BodyTooLargeError(Exception):
     def __init__(self, limit: int, declared: Optional[int] = None) -> None:
         self.limit = limit
         self.declared = declared
-        super().__init__(f"larger than {limit} bytes" + (f" (Content-Length {declared})" if declared is not None else ""))
+        size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+        super().__init__(f"larger than {size}" + (f" (it declares {human_bytes(declared)})" if declared is not None else ""))
 
 
 def declared_length(resp: urllib3.BaseHTTPResponse) -> Optional[int]:
@@ -328,7 +330,7 @@ def send_with_retries(
     """One logical request: retried on connection errors, stalls, 429 and 5xx, bounded, with backoff.
 
     Whatever status comes back last is returned (callers decide what it means). With `preload` the body is
-    read here, at most `max_body` bytes within `options.timeout` seconds, and the answer is detached from
+    read here, at most `max_body` bytes within `options.read_timeout` seconds, and the answer is detached from
     the connection; without it the caller streams the body (see `read_some`). A server that cannot be
     reached after every attempt, or a TLS failure, raises `RegistryUnreachableError` naming the host; a
     body over `max_body` raises `RegistryError`.
@@ -374,7 +376,7 @@ def send_with_retries(
             if not preload:
                 return resp
             try:
-                data = read_bounded(resp, max_body, Progress(options.timeout, deadline=options.timeout, started=started))
+                data = read_bounded(resp, max_body, Progress(options.read_timeout, deadline=options.read_timeout, started=started))
             except BodyTooLargeError as exc:
                 discard(resp)
                 raise RegistryError(

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from bundler.base.singleflight import SingleFlight
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, DigestMismatchError
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.media import Descriptor, check_nesting, is_index, parse_manifest
 from bundler.base.progress import NullProgress, Progress
 from bundler.registry.client import FetchedManifest
 from bundler.transfer.transports import ImageSink, ImageSource
@@ -115,16 +115,19 @@ class Copier:
         self.options.progress.item_done(source.description, status)
         return CopyResult(source.description, sink.description, status, top.digest, top.media_type, stats)
 
-    def _copy_manifest(self, source: ImageSource, sink: ImageSink, manifest: FetchedManifest, *, top: bool, stats: CopyStats) -> None:
+    def _copy_manifest(
+        self, source: ImageSource, sink: ImageSink, manifest: FetchedManifest, *, top: bool, stats: CopyStats, level: int = 1
+    ) -> None:
         parsed = parse_manifest(manifest.raw, manifest.media_type)
         if is_index(manifest.media_type):
+            check_nesting(level, source.description)
             for child in parsed.children:
                 if sink.has_manifest(child.digest):
                     continue
                 child_manifest = source.fetch_manifest(child)
                 if child_manifest.digest != child.digest:
                     raise DigestMismatchError(f"{source.description}: child {child.digest} arrived as {child_manifest.digest}")
-                self._copy_manifest(source, sink, child_manifest, top=False, stats=stats)
+                self._copy_manifest(source, sink, child_manifest, top=False, stats=stats, level=level + 1)
         else:
             futures = [self._ensure_blob(source, sink, d) for d in parsed.blobs]
             first_error: Optional[BaseException] = None
