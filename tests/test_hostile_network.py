@@ -230,3 +230,24 @@ def test_deeply_nested_json_in_a_manifest_is_refused(home: Path, hostile: Hostil
     assert run.code == EXIT_INTEGRITY, run.stderr
     line = run.one_clear_line()
     assert "nested deeper than" in line and "deepjson/x" in line, line
+
+
+# -- reference parsing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["copy", "docker://127.0.0.1:99999/a/b:v1", "oci:OUT"],
+        ["copy", "docker://127.0.0.1:5000/a/b:v1", "oci:OUT", "--insecure-registry", "127.0.0.1:70000"],
+        ["unpack", "EMPTY", "--registry", "mirror.example:123456"],
+    ],
+    ids=["reference", "insecure-registry", "registry"],
+)
+def test_a_port_above_65535_is_a_usage_error(home: Path, args: List[str]) -> None:
+    (home / "empty").mkdir()
+    args = [a.replace("OUT", str(home / "oci")).replace("EMPTY", str(home / "empty")) for a in args]
+    run = run_cli(args, limit=30, home=home)
+    assert run.code == EXIT_USAGE, run.stderr
+    line = run.one_clear_line()
+    assert "out of range" in line and "1 to 65535" in line, line

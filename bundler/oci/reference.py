@@ -61,8 +61,10 @@ class Reference:
             registry, path = DOCKER_HUB, text
         if registry in ("index.docker.io", "registry-1.docker.io"):
             registry = DOCKER_HUB
-        if not _HOST_RE.match(registry):
-            raise InvalidReferenceError(f"invalid image reference {original!r}: bad registry host {registry!r}")
+        try:
+            registry = parse_host(registry)
+        except InvalidReferenceError as exc:
+            raise InvalidReferenceError(f"invalid image reference {original!r}: {exc.message}", hint=exc.hint) from None
         if registry == DOCKER_HUB and "/" not in path:
             path = f"library/{path}"
         if not path or not _PATH_RE.match(path):
@@ -99,6 +101,18 @@ class Reference:
         if self.digest is not None:
             out += f"@{self.digest}"
         return out
+
+
+def parse_host(text: str) -> str:
+    """A registry `HOST[:PORT]` (IPv6 in brackets) checked: a valid name and a port from 1 to 65535.
+
+    The one check of host names and ports; `Reference.parse`, `--registry` and `--insecure-registry` use it."""
+    if not _HOST_RE.match(text):
+        raise InvalidReferenceError(f"bad registry host {text!r}", hint="expected HOST or HOST:PORT, e.g. mirror.example.com:8443")
+    port_text = text.rpartition(":")[2] if not text.endswith("]") and ":" in text else ""
+    if port_text and not 1 <= int(port_text) <= 65535:
+        raise InvalidReferenceError(f"port {port_text} of registry {text!r} is out of range", hint="a port is a number from 1 to 65535")
+    return text
 
 
 def is_valid_tag(tag: str) -> bool:

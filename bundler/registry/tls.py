@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import FrozenSet, Iterable, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from bundler.base.errors import UsageError
+from bundler.base.errors import InvalidReferenceError, UsageError
+from bundler.oci.reference import parse_host
 
 
 def split_host(host_or_url: str, default_port: Optional[int] = None) -> Tuple[str, Optional[int]]:
@@ -84,9 +85,11 @@ class TlsPolicy:
         """The policy of the command-line flags ``--insecure-registry`` (each checked) and ``--ca-file``."""
         entries = set()
         for entry in insecure:
+            try:
+                parse_host(entry.strip())
+            except InvalidReferenceError as exc:
+                raise UsageError(f"--insecure-registry {entry!r}: {exc.message}", hint=exc.hint) from None
             host, port = split_host(entry.strip())
-            if not host:
-                raise UsageError(f"--insecure-registry {entry!r} names no host", hint="give HOST or HOST:PORT")
             entries.add(f"{host}:{port}" if port is not None else host)
         return cls(insecure_hosts=frozenset(entries), ca_file=ca_file)
 
