@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -251,3 +251,28 @@ def test_a_port_above_65535_is_a_usage_error(home: Path, args: List[str]) -> Non
     assert run.code == EXIT_USAGE, run.stderr
     line = run.one_clear_line()
     assert "out of range" in line and "1 to 65535" in line, line
+
+
+# -- redaction -------------------------------------------------------------------------------------------
+
+
+def test_query_strings_never_reach_the_terminal_or_the_debug_log(
+    home: Path, foreign: ForeignServer, untrusted: TLSFiles, registry_plain: Any
+) -> None:
+    """A pre-signed redirect (`X-Amz-Signature=`) on the pull, upload session state (`_state=`) on the push."""
+    with HostileRegistry(foreign=foreign) as reg:
+        foreign.blobs.update(reg.content.blobs)
+        pull = run_cli(copy_args(reg, "redirect/x:latest", home / "oci", "--ca-file", str(untrusted.ca_file), "-vvv"), limit=60, home=home)
+    assert pull.code == 0, pull.stderr
+    assert len(foreign.requests) == 2 and "/blob/" in pull.stderr  # the redirects were followed and logged
+    push = run_cli(
+        ["copy", f"oci:{home / 'oci'}", f"docker://{registry_plain.host}/hostile/redacted:v1", "--insecure-registry", registry_plain.host, "-vvv"],
+        limit=60,
+        home=home,
+    )
+    assert push.code == 0, push.stderr
+    assert "/blobs/uploads/" in push.stderr
+    debug_log = (home / "debug.log").read_text()
+    for text in (pull.stderr, push.stderr, debug_log):
+        assert "SECRETSIGNATURE" not in text and "X-Amz-" not in text
+        assert "_state=" not in text and "digest=sha256" not in text
