@@ -276,3 +276,25 @@ def test_query_strings_never_reach_the_terminal_or_the_debug_log(
     for text in (pull.stderr, push.stderr, debug_log):
         assert "SECRETSIGNATURE" not in text and "X-Amz-" not in text
         assert "_state=" not in text and "digest=sha256" not in text
+
+
+# -- stalls ----------------------------------------------------------------------------------------------
+
+
+def test_a_trickling_manifest_times_out(home: Path, hostile: HostileRegistry) -> None:
+    """One byte a second never trips a socket read timeout; the per-request deadline (--timeout 2) does,
+    on each of the 2 attempts (--retry-times 1)."""
+    run = run_cli(copy_args(hostile, "trickle/x:latest", home / "oci"), limit=30, home=home)
+    assert run.code == EXIT_REGISTRY, run.stderr
+    line = run.one_clear_line()
+    assert "stalled" in line and "trickle/x" in line and "2 attempts" in line, line
+    assert run.seconds < 15
+
+
+@pytest.mark.parametrize("repo", ["stall/x:latest", "tricklblob/x:latest"], ids=["stopped", "trickle"])
+def test_a_stalled_blob_download_gives_up_within_the_retry_budget(home: Path, hostile: HostileRegistry, repo: str) -> None:
+    run = run_cli(copy_args(hostile, repo, home / "oci"), limit=60, home=home)
+    assert run.code in (EXIT_REGISTRY, 4), run.stderr
+    line = run.one_clear_line()
+    assert "stalled" in line, line
+    assert run.seconds < 40

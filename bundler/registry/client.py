@@ -300,7 +300,7 @@ class RegistryClient:
             data = read_bounded(resp, SMALL_BODY_LIMIT, Progress(self._opts.read_timeout, deadline=self._opts.read_timeout))
         except (BodyTooLargeError, StalledError, Urllib3Error, OSError):
             data = b""
-        discard(resp)
+        discard(resp, drain=False)
         return urllib3.HTTPResponse(body=data, headers=resp.headers, status=resp.status, reason=resp.reason, preload_content=True)
 
     def _fail(self, resp: urllib3.BaseHTTPResponse, what: str, url: str, *, repo: str = "") -> RegistryError:
@@ -402,7 +402,9 @@ class RegistryClient:
                 _discard(stream, offset)  # the server ignored Range: skip what we have
             yield stream
         finally:
-            resp.release_conn()
+            # a body read to its end frees the connection for the next request; one left half way (a stall,
+            # an error, a reader that stopped at the size it expected) may still be sending: close it
+            discard(resp, drain=getattr(resp, "length_remaining", None) == 0)
 
     def upload_blob(
         self,
@@ -574,6 +576,10 @@ class _SafeStream:
             return read_some(self._resp, n, self._progress)
         except StalledError as exc:
             raise RegistryError(f"{self._host}: download of {self._digest.short} stalled: {exc}", temporary=True) from None
+        except ReadTimeoutError:
+            raise RegistryError(
+                f"{self._host}: download of {self._digest.short} stalled: no bytes for {self._progress.timeout:g}s", temporary=True
+            ) from None
         except (ProtocolError, ReadTimeoutError, Urllib3Error, OSError) as exc:
             raise RegistryError(f"{self._host}: download of {self._digest.short} interrupted: {short_reason(exc)}", temporary=True) from None
 

@@ -280,12 +280,13 @@ def read_bounded(resp: urllib3.BaseHTTPResponse, limit: int, progress: Progress)
     return data
 
 
-def discard(resp: urllib3.BaseHTTPResponse, timeout: float = 5.0) -> None:
-    """Let go of a response whose body nobody wants: a small one is read to keep the connection, anything
-    larger (or slow) closes the connection. Never reads more than `DISCARD_LIMIT` bytes."""
+def discard(resp: urllib3.BaseHTTPResponse, *, drain: bool = True, timeout: float = 1.0) -> None:
+    """Let go of a response whose body nobody wants: with `drain`, a small body that arrives within
+    `timeout` seconds is read to keep the connection; anything else closes the connection. Never reads
+    more than `DISCARD_LIMIT` bytes."""
     try:
         declared = declared_length(resp)
-        if declared is None or declared <= DISCARD_LIMIT:
+        if drain and (declared is None or declared <= DISCARD_LIMIT):
             read_some(resp, DISCARD_LIMIT + 1, Progress(timeout, deadline=timeout))
             if resp.read1(1) == b"":
                 resp.release_conn()
@@ -378,12 +379,12 @@ def send_with_retries(
             try:
                 data = read_bounded(resp, max_body, Progress(options.read_timeout, deadline=options.read_timeout, started=started))
             except BodyTooLargeError as exc:
-                discard(resp)
+                discard(resp, drain=False)
                 raise RegistryError(
                     f"{hop_host}: the answer to {what} is {exc}; refusing it", url=redact(target), status=resp.status
                 ) from None
             except BaseException:
-                discard(resp)
+                discard(resp, drain=False)
                 raise
             resp.release_conn()
             return buffered(resp, data)
