@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Blobs larger than this are uploaded in chunks so a failure resumes instead of restarting.
 CHUNKED_UPLOAD_THRESHOLD = 256 << 20
+#: Pages of a tag list followed at most (1,000 tags a page).
+MAX_TAG_PAGES = 1000
 UPLOAD_CHUNK_SIZE = 64 << 20
 
 
@@ -386,19 +388,26 @@ class RegistryClient:
         """Every tag of `repo` (following `Link` pages); [] when the repository does not exist."""
         tags: List[str] = []
         path: Optional[str] = f"/v2/{repo}/tags/list?n=1000"
+        pages = 0
         while path:
+            pages += 1
+            if pages > MAX_TAG_PAGES:
+                raise RegistryError(f"{self.host}: the tag list of {repo} goes on for more than {MAX_TAG_PAGES} pages")
             resp = self.request("GET", path, scopes=_pull(repo), what=f"tag list of {repo}")
             if resp.status == 404:
                 return tags
             if resp.status != 200:
                 raise self._fail(resp, f"tag list of {repo}", path, repo=repo)
             try:
-                listed = json.loads(bytes(resp.data or b"{}")).get("tags") or []
+                listed = loads_bounded(bytes(resp.data or b"{}")).get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError(f"{self.host}: the tag list of {repo} is not JSON") from None
             tags.extend(str(t) for t in listed)
             link = resp.headers.get("Link", "")
             path = link.split(";", 1)[0].strip().strip("<>") if 'rel="next"' in link else None
+            if path and urlsplit(urljoin(self._base() + "/", path)).netloc != self.host:
+                # the next page on another host would get this registry's credentials: refuse
+                raise RegistryError(f"{self.host}: the tag list of {repo} points to another host for its next page", url=redact(path))
         return tags
 
     def delete_manifest(self, repo: str, ref: str) -> str:
