@@ -298,3 +298,21 @@ def test_a_stalled_blob_download_gives_up_within_the_retry_budget(home: Path, ho
     line = run.one_clear_line()
     assert "stalled" in line, line
     assert run.seconds < 40
+
+
+# -- tag and digest --------------------------------------------------------------------------------------
+
+
+def test_a_tag_and_digest_that_disagree_are_refused(home: Path, hostile: HostileRegistry) -> None:
+    run = run_cli(copy_args(hostile, f"tagged/x:v1@{hostile.other_digest}", home / "a"), limit=30, home=home)
+    assert run.code == EXIT_USAGE, run.stderr
+    line = run.one_clear_line()
+    assert "tag v1 is " + hostile.ok_digest in line and hostile.other_digest in line, line
+    index = home / "a" / "index.json"
+    assert not index.exists() or hostile.other_digest not in index.read_text()
+
+    agree = run_cli(copy_args(hostile, f"tagged/x:v1@{hostile.ok_digest}", home / "b"), limit=30, home=home)
+    assert agree.code == 0, agree.stderr
+    gone = run_cli(copy_args(hostile, f"tagged/x:gone@{hostile.ok_digest}", home / "c"), limit=30, home=home)
+    assert gone.code == 0, gone.stderr
+    assert "warning:" in gone.stderr and "no tag gone" in gone.stderr

@@ -73,7 +73,25 @@ class RegistryRepository:
 
     # source
     def resolve(self) -> FetchedManifest:
-        return self.client.get_manifest(self.repo, self.reference.identifier)
+        ref = self.reference
+        if ref.tag and ref.digest is not None:
+            self._check_tag_agrees(ref.tag, ref.digest)
+        return self.client.get_manifest(self.repo, ref.identifier)
+
+    def _check_tag_agrees(self, tag: str, digest: Digest) -> None:
+        """`repo:tag@digest`: the digest is what is copied and the tag what it is called in the mirror, so a
+        tag that names other content at the source would make the mirror's tag lie. Refused; a tag the
+        source no longer has is only warned about (the digest still says exactly what to copy)."""
+        head = self.client.head_manifest(self.repo, tag)
+        if head is None:
+            log.warning("warning: %s: the source has no tag %s any more; copying the pinned digest", self.description, tag)
+            return
+        current = head.digest or self.client.get_manifest(self.repo, tag).digest
+        if current != digest:
+            raise UsageError(
+                f"{self.description}: tag {tag} is {current} at the source, not the pinned {digest}",
+                hint=f"drop the tag to copy by digest, or pin {tag}'s current digest",
+            )
 
     def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
         return self.client.get_manifest(self.repo, str(descriptor.digest))
