@@ -291,6 +291,15 @@ def test_a_trickling_manifest_times_out(home: Path, hostile: HostileRegistry) ->
     assert run.seconds < 15
 
 
+def test_trickling_headers_time_out(home: Path, hostile: HostileRegistry) -> None:
+    """A socket timeout only limits the gap between two bytes: the headers have a deadline of their own."""
+    run = run_cli(copy_args(hostile, "slowheaders/x:latest", home / "oci"), limit=30, home=home)
+    assert run.code == EXIT_REGISTRY, run.stderr
+    line = run.one_clear_line()
+    assert "slowheaders/x" in line and "timed out" in line and "2 attempts" in line, line
+    assert run.seconds < 15
+
+
 @pytest.mark.parametrize("repo", ["stall/x:latest", "tricklblob/x:latest"], ids=["stopped", "trickle"])
 def test_a_stalled_blob_download_gives_up_within_the_retry_budget(home: Path, hostile: HostileRegistry, repo: str) -> None:
     run = run_cli(copy_args(hostile, repo, home / "oci"), limit=60, home=home)

@@ -26,7 +26,9 @@ import contextlib
 import logging
 import random
 import re
+import socket
 import ssl
+import threading
 import time
 from dataclasses import InitVar, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, Optional, Union
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError, SSLError
 
@@ -159,13 +162,55 @@ def tls_failure(host: str, exc: object, policy: TlsPolicy, url: str) -> Registry
     return RegistryUnreachableError(f"TLS error talking to {host}: {msg}", url=redact(url), hint=hint)
 
 
-class _PolicyPoolManager(urllib3.PoolManager):
-    """A pool manager that gives each host the SSL context its `TlsPolicy` entry asks for."""
+class _HeaderDeadline:
+    """Connection mixin: the status line and headers must arrive within `header_deadline` seconds of
+    asking, however slowly they trickle (a socket timeout only limits the gap between two bytes)."""
 
-    def __init__(self, policy: TlsPolicy, **kw: Any) -> None:
+    header_deadline: float = DEFAULT_TIMEOUT
+    sock: Any
+
+    def getresponse(self) -> Any:
+        sock = self.sock
+        fired = threading.Event()
+
+        def abort() -> None:
+            fired.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(self.header_deadline, abort)
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        except Exception:
+            if fired.is_set():
+                raise socket.timeout(f"no complete answer within {self.header_deadline:g}s") from None
+            raise
+        finally:
+            timer.cancel()
+
+
+def _pool_classes(deadline: float) -> Dict[str, Any]:
+    """HTTP and HTTPS connection pools whose connections enforce `deadline` on the answer's headers."""
+    attrs = {"header_deadline": deadline}
+    http_conn = type("_HTTPConnection", (_HeaderDeadline, urllib3.connection.HTTPConnection), attrs)
+    https_conn = type("_HTTPSConnection", (_HeaderDeadline, urllib3.connection.HTTPSConnection), attrs)
+    return {
+        "http": type("_HTTPPool", (urllib3.HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+        "https": type("_HTTPSPool", (urllib3.HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+    }
+
+
+class _PolicyPoolManager(urllib3.PoolManager):
+    """A pool manager that gives each host the SSL context its `TlsPolicy` entry asks for, and whose
+    connections give up on an answer whose headers do not arrive within `header_deadline` seconds."""
+
+    def __init__(self, policy: TlsPolicy, *, header_deadline: float = DEFAULT_TIMEOUT, **kw: Any) -> None:
         super().__init__(**kw)
         self.policy = policy
         self._contexts: Dict[HostTls, ssl.SSLContext] = {}
+        self.pool_classes_by_scheme = _pool_classes(header_deadline)
 
     def context_for(self, tls: HostTls) -> ssl.SSLContext:
         ctx = self._contexts.get(tls)
@@ -201,7 +246,7 @@ class HttpPools:
         kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
         if str(getattr(urllib3, "__version__", "")).startswith("2"):
             kw["blocksize"] = CHUNK_SIZE
-        self.manager = _PolicyPoolManager(self.policy, **kw)
+        self.manager = _PolicyPoolManager(self.policy, header_deadline=options.read_timeout, **kw)
         # Fail now, with the file named, when a CA or client certificate file cannot be used.
         for tls in {self.policy.for_host(h) for h in ["_default_"] + [e for e, _ in self.policy.host_ca_files] + [e for e, _, _ in self.policy.client_certs]}:
             self.manager.context_for(tls)

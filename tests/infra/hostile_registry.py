@@ -12,6 +12,7 @@ Owns two loopback servers:
   ``liar``          headers lie: ``Content-Length`` says 10 bytes fewer than the manifest, digest header is
                     for other content
   ``trickle``       the manifest body arrives one byte every ``trickle_seconds``
+  ``slowheaders``   the status line and headers arrive one byte every ``trickle_seconds``
   ``stall``         the blob sends half its bytes, then nothing (the connection stays open)
   ``tricklblob``    the blob body arrives one byte every ``trickle_seconds``
   ``deep``          ``deep/x:latest`` is a chain of ``deep_levels`` manifest lists, each the only child of
@@ -265,6 +266,18 @@ class _RegistryHandler(BaseHTTPRequestHandler):
         c = self.owner.content
         if behaviour == "endless":
             self._endless(OCI_MANIFEST)
+            return
+        if behaviour == "slowheaders":
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {OCI_MANIFEST}\r\nX-Padding: {'x' * 4000}\r\n\r\n".encode()
+            try:
+                for i in range(len(head)):
+                    if not self._sleep(self.owner.trickle_seconds):
+                        break
+                    self.wfile.write(head[i : i + 1])
+                    self.wfile.flush()
+            except OSError:
+                pass
+            self.close_connection = True
             return
         if behaviour == "bigheader":
             size = 100 << 20
