@@ -325,3 +325,23 @@ def test_a_tag_and_digest_that_disagree_are_refused(home: Path, hostile: Hostile
     gone = run_cli(copy_args(hostile, f"tagged/x:gone@{hostile.ok_digest}", home / "c"), limit=30, home=home)
     assert gone.code == 0, gone.stderr
     assert "warning:" in gone.stderr and "no tag gone" in gone.stderr
+
+
+def test_http_library_warnings_stay_out_of_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """urllib3 logs "Connection pool is full, discarding connection" as a warning when more threads
+    talk to one host than its pool keeps; that is not the user's business below -vvv."""
+    import logging
+
+    from bundler.cli.support import setup_logging
+
+    os.environ.setdefault("OCPB_DEBUG_LOG", os.devnull)
+    try:
+        setup_logging(0)
+        logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding connection: %s", "127.0.0.1")
+        assert "Connection pool" not in capsys.readouterr().err
+        setup_logging(3)
+        logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding connection: %s", "127.0.0.1")
+        assert "Connection pool is full" in capsys.readouterr().err
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
