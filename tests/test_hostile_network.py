@@ -327,14 +327,14 @@ def test_a_tag_and_digest_that_disagree_are_refused(home: Path, hostile: Hostile
     assert "warning:" in gone.stderr and "no tag gone" in gone.stderr
 
 
-def test_http_library_warnings_stay_out_of_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+def test_http_library_warnings_stay_out_of_the_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """urllib3 logs "Connection pool is full, discarding connection" as a warning when more threads
     talk to one host than its pool keeps; that is not the user's business below -vvv."""
     import logging
 
     from bundler.cli.support import setup_logging
 
-    os.environ.setdefault("OCPB_DEBUG_LOG", os.devnull)
+    monkeypatch.setenv("OCPB_DEBUG_LOG", os.devnull)
     try:
         setup_logging(0)
         logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding connection: %s", "127.0.0.1")
