@@ -292,8 +292,11 @@ class Progress:
 def read_some(resp: urllib3.BaseHTTPResponse, n: int, progress: Progress) -> bytes:
     """Up to `n` bytes of `resp` (fewer only at the end), checking `progress` after every network read."""
     out = bytearray()
+    # read1 returns after one read from the network (urllib3 >= 2.3); older urllib3 reads whole requests,
+    # so ask it for small pieces to keep checking progress
+    read1 = getattr(resp, "read1", None)
     while len(out) < n:
-        chunk = resp.read1(min(n - len(out), CHUNK_SIZE))
+        chunk = read1(min(n - len(out), CHUNK_SIZE)) if read1 is not None else resp.read(min(n - len(out), 8192))
         progress.feed(len(chunk))
         if not chunk:
             break
@@ -333,7 +336,7 @@ def discard(resp: urllib3.BaseHTTPResponse, *, drain: bool = True, timeout: floa
         declared = declared_length(resp)
         if drain and (declared is None or declared <= DISCARD_LIMIT):
             read_some(resp, DISCARD_LIMIT + 1, Progress(timeout, deadline=timeout))
-            if resp.read1(1) == b"":
+            if read_some(resp, 1, Progress(timeout, deadline=timeout)) == b"":
                 resp.release_conn()
                 return
     except (StalledError, Urllib3Error, OSError):
