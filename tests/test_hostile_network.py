@@ -56,13 +56,13 @@ class Run:
         return errors[0]
 
 
-def run_cli(args: List[str], *, limit: float, home: Path) -> Run:
-    """`ocp-bundler ARGS` with a wall-clock `limit` (killed after it: the test fails) and its peak RSS."""
+def run_cli(args: List[str], *, limit: float, home: Path, argv: Optional[List[str]] = None) -> Run:
+    """`ocp-bundler ARGS` (or `argv`) with a wall-clock `limit` (killed after it: the test fails) and its peak RSS."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), OCPB_DEBUG_LOG=str(home / "debug.log"))
     env.pop("REGISTRY_AUTH_FILE", None)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "bundler.cli", *args], stdout=out, stderr=err, env=env, cwd=str(home))
+        proc = subprocess.Popen(argv or [sys.executable, "-m", "bundler.cli", *args], stdout=out, stderr=err, env=env, cwd=str(home))
         status, rusage = 0, None
         while True:
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -345,3 +345,25 @@ def test_http_library_warnings_stay_out_of_the_terminal(capsys: pytest.CaptureFi
     finally:
         for handler in list(logging.getLogger().handlers):
             logging.getLogger().removeHandler(handler)
+
+
+def test_an_endless_image_config_is_not_read_into_memory(home: Path, hostile: HostileRegistry) -> None:
+    """Reading files out of an image (release extraction) reads its config into memory: at most its size."""
+    script = (
+        "import sys\n"
+        "from bundler.base.errors import BundlerError\n"
+        "from bundler.oci.reference import Reference\n"
+        "from bundler.registry.client import Registries, TransportOptions\n"
+        "from bundler.transfer.image_files import open_image\n"
+        "from bundler.transfer.transports import RegistryRepository\n"
+        f"regs = Registries(options=TransportOptions(insecure_hosts=frozenset({{'{hostile.host}'}}), read_timeout=2, max_attempts=2))\n"
+        f"ref = Reference.parse('{hostile.host}/endlessblob/x:latest')\n"
+        "try:\n"
+        "    open_image(RegistryRepository(regs.client(ref.registry), ref), platform='linux/amd64')\n"
+        "except BundlerError as exc:\n"
+        "    print('error:', exc, file=sys.stderr)\n"
+        "    sys.exit(int(exc.exit_code))\n"
+    )
+    run = run_cli([], limit=60, home=home, argv=[sys.executable, "-c", script])
+    assert run.code == EXIT_INTEGRITY, run.stderr
+    assert "image config is not sha256:" in run.one_clear_line()

@@ -15,6 +15,7 @@ Owns two loopback servers:
   ``slowheaders``   the status line and headers arrive one byte every ``trickle_seconds``
   ``stall``         the blob sends half its bytes, then nothing (the connection stays open)
   ``tricklblob``    the blob body arrives one byte every ``trickle_seconds``
+  ``endlessblob``   every blob body never ends (chunked, random bytes)
   ``deep``          ``deep/x:latest`` is a chain of ``deep_levels`` manifest lists, each the only child of
                     the one above, ending in the ``ok`` image
   ``deepjson``      an image manifest whose annotation nests ``deepjson_levels`` arrays
@@ -332,6 +333,9 @@ class _RegistryHandler(BaseHTTPRequestHandler):
         if behaviour == "redirect" and self.owner.foreign is not None:
             location = f"{self.owner.foreign.url}/blob/{digest}?X-Amz-Signature=SECRETSIGNATURE&X-Amz-Expires=300"
             self._send(307, b"", {"Location": location})
+            return
+        if behaviour == "endlessblob" and self.command == "GET":
+            self._endless("application/octet-stream")
             return
         if behaviour == "tricklblob" and self.command == "GET":
             self._trickle("application/octet-stream", data, head=1)
