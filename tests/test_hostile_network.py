@@ -367,3 +367,21 @@ def test_an_endless_image_config_is_not_read_into_memory(home: Path, hostile: Ho
     run = run_cli([], limit=60, home=home, argv=[sys.executable, "-c", script])
     assert run.code == EXIT_INTEGRITY, run.stderr
     assert "image config is not sha256:" in run.one_clear_line()
+
+
+def test_an_endless_answer_to_the_quay_question_is_cut_off(home: Path, hostile: HostileRegistry) -> None:
+    """unpack asks the target whether it is Quay (`/api/v1/discovery`): that answer is bounded too."""
+    script = (
+        "import sys\n"
+        "from bundler.base.errors import BundlerError\n"
+        "from bundler.quay.api import QuayAPI\n"
+        f"api = QuayAPI('http://{hostile.host}', timeout=5)\n"
+        "try:\n"
+        "    api.is_quay()\n"
+        "except BundlerError as exc:\n"
+        "    print('error:', exc, file=sys.stderr)\n"
+        "    sys.exit(int(exc.exit_code))\n"
+    )
+    run = run_cli([], limit=60, home=home, argv=[sys.executable, "-c", script])
+    assert run.code == EXIT_REGISTRY, run.stderr
+    assert "larger than 8 MiB" in run.one_clear_line()

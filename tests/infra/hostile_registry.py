@@ -22,6 +22,9 @@ Owns two loopback servers:
   ``redirect``      blob GETs answer 307 to the :class:`ForeignServer`'s ``/blob/<digest>?X-Amz-Signature=…``
   ``tagged``        ``tagged/x:v1`` and ``tagged/x:other`` are two different images
 
+  Outside ``/v2/`` (``/api/v1/discovery``, ``/health/instance``: where a client asks whether this is
+  Quay) every answer is an endless body.
+
   With ``realm`` set every ``/v2/…`` request without a ``Bearer`` header gets
   ``401 WWW-Authenticate: Bearer realm=<realm>,service="hostile"``.
 
@@ -245,6 +248,9 @@ class _RegistryHandler(BaseHTTPRequestHandler):
         owner = self.owner
         owner.requests.append((self.command, self.path))
         path = self.path.split("?", 1)[0]
+        if not path.startswith("/v2"):
+            self._endless("application/json")
+            return
         if owner.realm and not (self.headers.get("Authorization") or "").startswith("Bearer "):
             challenge = f'Bearer realm="{owner.realm}",service="hostile"'
             self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {"WWW-Authenticate": challenge, "Content-Type": "application/json"})
