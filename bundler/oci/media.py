@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bundler.oci.digest import Digest
+from bundler.oci.platform import Platform
 from bundler.base.errors import IntegrityError, UnsupportedError
 from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
 
@@ -52,17 +53,6 @@ def is_compressed(media_type: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: Optional[str] = None
-
-    def __str__(self) -> str:
-        out = f"{self.os}/{self.architecture}"
-        return f"{out}/{self.variant}" if self.variant else out
-
-
-@dataclass(frozen=True)
 class Descriptor:
     media_type: str
     digest: Digest
@@ -100,6 +90,15 @@ class Descriptor:
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         return out
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest exactly as fetched or stored: its raw bytes (the truth), its media type and its digest."""
+
+    raw: bytes
+    media_type: str
+    digest: Digest
 
 
 @dataclass(frozen=True)
