@@ -251,7 +251,7 @@ def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Im
     if img.in_layout:
         return LayoutImage(layout, layout_ref(img))
     ref = Reference.parse(img.source)
-    return RegistryRepository(registries.client(ref.registry), ref)
+    return RegistryRepository(registries.client(ref.registry), ref, tag_must_agree=img.kind in ("additional", "registry"))
 
 
 def layout_ref(img: PlannedImage) -> str:
