@@ -12,11 +12,13 @@ Owns:
 - the bounded reader (`read_bounded`): every answer read into memory has a size cap (`SMALL_BODY_LIMIT`
   unless the caller names another, e.g. 4 MiB for manifests); a `Content-Length` over the cap is refused
   before reading, a body that grows past it is cut off;
-- stall detection and deadlines (`Progress`): a read that gets no bytes for `timeout` seconds, or a
-  stream that moves fewer than `STALL_MIN_BYTES` in any `timeout`-second window (a trickle), is a stall;
-  an answer read into memory must arrive whole within `timeout` seconds. Stalls are retried like
-  connection errors. Worst case for one request: ``attempts × (connect + timeout)`` plus the backoff
-  between attempts (at most `backoff_max` each);
+- stall detection and deadlines (`Progress`, `_HeaderDeadline`): a read that gets no bytes for
+  `read_timeout` seconds, or a stream that moves fewer than `STALL_MIN_BYTES` in any such window (a
+  trickle), is a stall; an answer's status line and headers must arrive within `read_timeout` seconds of
+  the request being sent, and an answer read into memory must then arrive whole within `read_timeout`
+  seconds more. Stalls are retried like connection errors. Worst case for one request:
+  ``attempts × (connect + 2 × read_timeout)`` plus the backoff between attempts (at most `backoff_max`
+  each);
 - `redact`: the form in which URLs are logged or shown (no credentials, no query string).
 """
 
@@ -269,12 +271,12 @@ class Progress:
     """Stall detection for one body: `feed` after every read; raises `StalledError`.
 
     Stalled: fewer than `STALL_MIN_BYTES` in a `timeout`-second window; or, with `deadline`, the whole
-    body not there `deadline` seconds after the request started."""
+    body not there `deadline` seconds after this object was made."""
 
-    def __init__(self, timeout: float, *, deadline: Optional[float] = None, started: Optional[float] = None) -> None:
+    def __init__(self, timeout: float, *, deadline: Optional[float] = None) -> None:
         self.timeout = timeout
         now = time.monotonic()
-        self.deadline_at = (started or now) + deadline if deadline is not None else None
+        self.deadline_at = now + deadline if deadline is not None else None
         self._window_start = now
         self._window_bytes = 0
 
@@ -387,7 +389,6 @@ def send_with_retries(
     attempt = 0
     while True:
         attempt += 1
-        started = time.monotonic()
         target, hdrs, verb, hop_host = url, dict(headers), method, host
         try:
             for _hop in range(MAX_REDIRECTS + 1):
@@ -425,7 +426,8 @@ def send_with_retries(
             if not preload:
                 return resp
             try:
-                data = read_bounded(resp, max_body, Progress(options.read_timeout, deadline=options.read_timeout, started=started))
+                # the body's deadline starts with the headers: sending a large request body takes what it takes
+                data = read_bounded(resp, max_body, Progress(options.read_timeout, deadline=options.read_timeout))
             except BodyTooLargeError as exc:
                 discard(resp, drain=False)
                 raise RegistryError(
