@@ -125,11 +125,15 @@ def parse_host(text: str) -> str:
     """A registry `HOST[:PORT]` (IPv6 in brackets) checked: a valid name and a port from 1 to 65535.
 
     The one check of host names and ports; `Reference.parse`, `--registry` and `--insecure-registry` use it."""
+    if text.startswith("["):  # [v6]:port
+        after = text.partition("]")[2]
+        port = after[1:] if after.startswith(":") else ""
+    else:
+        port = text.rpartition(":")[2] if ":" in text else ""
+    if port.isdigit() and not 1 <= int(port) <= 65535:
+        raise InvalidReferenceError(f"port {port} of registry {text!r} is out of range", hint="a port is a number from 1 to 65535")
     if not HOST_RE.match(text):
         raise InvalidReferenceError(f"bad registry host {text!r}", hint="expected HOST or HOST:PORT, e.g. mirror.example.com:8443")
-    port_text = text.rpartition(":")[2] if not text.endswith("]") and ":" in text else ""
-    if port_text and not 1 <= int(port_text) <= 65535:
-        raise InvalidReferenceError(f"port {port_text} of registry {text!r} is out of range", hint="a port is a number from 1 to 65535")
     return text
 
 
