@@ -31,7 +31,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import zstandard
 
@@ -435,13 +435,54 @@ def verify_bundle(
         directory = directory.parent
     if require_signature and key is None:
         raise UsageError("--require-signature needs the public key", hint="pass --key bundle.pub")
-    from bundler.bundle.signing import key_id, load_public_key, verify_signature
+    from bundler.bundle.signing import key_id, load_public_key
 
     public = load_public_key(key) if key is not None else None
+    head = _check_signature(directory, key, require_signature)
+    manifest, problems, warnings = head.manifest, head.problems, head.warnings
+    warnings.extend(_stray_files(directory, manifest))
+    workers = max(1, workers)
+    checks, outcomes = _read_volumes(directory, manifest, progress, workers)
+    bad_volumes = _judge_volumes(directory, manifest, outcomes, problems)
+    suppressed, verified = _judge_items(directory, checks, bad_volumes, workers, problems)
+    if not problems:
+        problems.extend(_graph_problems(directory, manifest, head.raw, verified))
+    if problems:
+        _raise(directory, problems, suppressed=suppressed)
+
+    for w in warnings:
+        log.warning("WARNING: %s", w)
+    return VerifyResult(
+        directory=directory,
+        bundle_id=manifest.id,
+        signed=head.signed,
+        key_id=key_id(public) if public is not None and head.signed else None,
+        warnings=tuple(warnings),
+        volumes_checked=len(manifest.volumes),
+        blobs_checked=len(manifest.blobs),
+        files_checked=len(manifest.files),
+        bytes=sum(out.size for out in outcomes),
+        seconds=time.monotonic() - started,
+    )
+
+
+@dataclass
+class _Head:
+    """The manifest as parsed, its bytes, and what the signature check found."""
+
+    manifest: BundleManifest
+    raw: bytes
+    signed: bool
+    problems: List[Problem]
+    warnings: List[str]
+
+
+def _check_signature(directory: Path, key: Optional[Path], require_signature: bool) -> _Head:
+    """Step 1: the signature over the manifest's bytes as stored, then the parsed manifest (or exit 3)."""
+    from bundler.bundle.signing import verify_signature
+
     warnings: List[str] = []
     problems: List[Problem] = []
-
-    # 1. signature, over the bytes as stored
     try:
         manifest, raw = read_manifest(directory)
         parse_error: Optional[BundlerError] = None
@@ -470,16 +511,23 @@ def verify_bundle(
         problems.append(Problem("manifest", f"{parse_error}"))
         _raise(directory, problems)
     assert manifest is not None
+    return _Head(manifest, raw, signed, problems, warnings)
 
-    # 2. what is on disk besides the listed volumes
+
+def _stray_files(directory: Path, manifest: BundleManifest) -> List[str]:
+    """Step 2: warnings about what is on disk besides the listed volumes."""
+    warnings: List[str] = []
     listed = {v.name for v in manifest.volumes}
     extra = sorted(p.name for p in directory.glob("bundle-*.tar") if is_volume_name(p.name) and p.name not in listed)
     if extra:
         warnings.append(f"volume files not listed in the manifest (ignored): {', '.join(extra)}")
     if (directory / STATE_NAME).exists():
         warnings.append(f"{STATE_NAME} is present: a later pack into this directory did not finish")
+    return warnings
 
-    # 3. every volume in one pass, volumes in parallel
+
+def _read_volumes(directory: Path, manifest: BundleManifest, progress: Progress, workers: int) -> Tuple[List[_ItemCheck], List[_VolumeOutcome]]:
+    """Step 3: every volume in one pass, volumes in parallel; blobs and files are hashed as they go by."""
     checks: List[_ItemCheck] = [_ItemCheck(b, _label(b)) for b in manifest.blobs] + [_ItemCheck(f, _label(f)) for f in manifest.files]
     segments: Dict[str, List[_Segment]] = {v.name: [] for v in manifest.volumes}
     for check in checks:
@@ -488,7 +536,6 @@ def verify_bundle(
     for segs in segments.values():
         segs.sort(key=lambda s: (s.start, s.length))
     progress.add_total(sum(v.size for v in manifest.volumes))
-    workers = max(1, workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool, ThreadPoolExecutor(
         max_workers=workers, thread_name_prefix="vhash"
     ) as helper:
@@ -497,15 +544,19 @@ def verify_bundle(
         for v, fut in zip(manifest.volumes, futures):
             outcomes.append(fut.result())
             progress.item_done(v.name, "checked")
+    return checks, outcomes
 
+
+def _judge_volumes(directory: Path, manifest: BundleManifest, outcomes: Sequence[_VolumeOutcome], problems: List[Problem]) -> Set[str]:
+    """Each volume against its record: missing, swapped, truncated, grown, altered, or its members wrong.
+
+    Adds to `problems`; returns the volumes whose blobs cannot be judged."""
     bad_volumes: Set[str] = set()
     by_sha: Dict[str, str] = {}
     for v in manifest.volumes:
         by_sha.setdefault(v.sha256, v.name)
-    bytes_read = 0
     for out in outcomes:
         v = out.volume
-        bytes_read += out.size
         if not out.present:
             problems.append(Problem("volume", f"{v.name} is missing: copy it from the source media into {directory}", v.name))
             bad_volumes.add(v.name)
@@ -513,25 +564,33 @@ def verify_bundle(
         if out.scanner is not None:
             problems.extend(p for p in out.scanner.problems if p.category == "unsafe")
         if out.sha256 != v.sha256:
-            other = by_sha.get(out.sha256 or "")
-            if other is not None and other != v.name:
-                problems.append(Problem("volume", f"{v.name} holds the content of {other} (volumes swapped or renamed): give each file its right name, or re-copy {v.name}", v.name))
+            problem, unusable = _volume_mismatch(out, by_sha)
+            problems.append(problem)
+            if unusable:
                 bad_volumes.add(v.name)
-            elif out.size < v.size:
-                problems.append(Problem("volume", f"{v.name} is truncated: {out.size} of {v.size} bytes: re-copy {v.name}", v.name))
-                bad_volumes.add(v.name)
-            elif out.size > v.size:
-                problems.append(Problem("volume", f"{v.name} is {out.size} bytes, {out.size - v.size} more than recorded ({v.size}): re-copy {v.name}", v.name))
-                bad_volumes.add(v.name)
-            else:
-                problems.append(Problem("volume", f"{v.name} is altered (sha256 {out.sha256[7:23] if out.sha256 else '?'}…, expected {v.sha256[7:23]}…): re-copy {v.name}", v.name))
-                if out.scanner is not None:
-                    problems.extend(p for p in out.scanner.problems if p.category == "member")
+            elif out.scanner is not None:
+                problems.extend(p for p in out.scanner.problems if p.category == "member")
             continue
         # intact volume: its members must be exactly what the manifest says
         problems.extend(_structure_problems(manifest, v, out))
+    return bad_volumes
 
-    # 4. blobs: finish split ones, then judge each
+
+def _volume_mismatch(out: _VolumeOutcome, by_sha: Mapping[str, str]) -> Tuple[Problem, bool]:
+    """What is wrong with a volume whose sha256 differs, and whether its blobs are beyond judging."""
+    v = out.volume
+    other = by_sha.get(out.sha256 or "")
+    if other is not None and other != v.name:
+        return Problem("volume", f"{v.name} holds the content of {other} (volumes swapped or renamed): give each file its right name, or re-copy {v.name}", v.name), True
+    if out.size < v.size:
+        return Problem("volume", f"{v.name} is truncated: {out.size} of {v.size} bytes: re-copy {v.name}", v.name), True
+    if out.size > v.size:
+        return Problem("volume", f"{v.name} is {out.size} bytes, {out.size - v.size} more than recorded ({v.size}): re-copy {v.name}", v.name), True
+    return Problem("volume", f"{v.name} is altered (sha256 {out.sha256[7:23] if out.sha256 else '?'}…, expected {v.sha256[7:23]}…): re-copy {v.name}", v.name), False
+
+
+def _judge_items(directory: Path, checks: Sequence[_ItemCheck], bad_volumes: Set[str], workers: int, problems: List[Problem]) -> Tuple[int, Set[str]]:
+    """Step 4: finish split blobs, then judge each blob and file. Returns (how many could not be judged, digests verified)."""
     suppressed = 0
     live = []
     for check in checks:
@@ -553,25 +612,7 @@ def verify_bundle(
             continue
         volumes = sorted({p.volume for p in check.item.parts})
         problems.append(Problem("blob", f"{check.label}: {why}", volumes[0] if len(volumes) == 1 else None))
-    if not problems:
-        problems.extend(_graph_problems(directory, manifest, raw, verified))
-    if problems:
-        _raise(directory, problems, suppressed=suppressed)
-
-    for w in warnings:
-        log.warning("WARNING: %s", w)
-    return VerifyResult(
-        directory=directory,
-        bundle_id=manifest.id,
-        signed=signed,
-        key_id=key_id(public) if public is not None and signed else None,
-        warnings=tuple(warnings),
-        volumes_checked=len(manifest.volumes),
-        blobs_checked=len(manifest.blobs),
-        files_checked=len(manifest.files),
-        bytes=bytes_read,
-        seconds=time.monotonic() - started,
-    )
+    return suppressed, verified
 
 
 def _structure_problems(manifest: BundleManifest, volume: BundleVolume, out: _VolumeOutcome) -> List[Problem]:
