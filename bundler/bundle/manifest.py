@@ -20,14 +20,17 @@ On-disk format in short (spec: "bundle" section of the issue):
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, IntegrityError, UnsupportedError
+from bundler.base.safefile import UnsafeFileError, open_regular, read_regular
 from bundler.oci.planned import KINDS, ImageFacts
 
 SCHEMA_VERSION = 1
@@ -41,6 +44,39 @@ _VOLUME_NAME = re.compile(r"^bundle-[0-9]{4,6}\.tar$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._+=@:,-]+(/[A-Za-z0-9._+=@:,-]+)*$")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_FILE_NAME = 200
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""Largest bundle-manifest.json read (about 200,000 blobs); a bigger one is refused before reading it."""
+MAX_SIGNATURE_BYTES = 64 * 1024
+
+
+def read_bundle_file(path: Path, *, max_size: int) -> bytes:
+    """The bytes of a small file of a bundle directory (the manifest, its signature).
+
+    A bundle holds regular files only: a link, FIFO or device in its place, or a file over `max_size`,
+    is an `IntegrityError` (exit 3) naming it, raised before anything is read. `OSError` (missing,
+    unreadable) passes through for the caller to word."""
+    try:
+        return read_regular(path, max_size=max_size, what=path.name)
+    except UnsafeFileError as exc:
+        raise _unsafe(path, exc) from None
+
+
+def open_volume(path: Path) -> io.FileIO:
+    """Open a volume of a bundle for reading (unbuffered): a regular file, never a link, FIFO or device.
+
+    Raises `IntegrityError` (exit 3) naming what is there instead; `OSError` as it comes."""
+    try:
+        return open_regular(path, what=path.name)
+    except UnsafeFileError as exc:
+        raise _unsafe(path, exc) from None
+
+
+def _unsafe(path: Path, exc: UnsafeFileError) -> IntegrityError:
+    what = exc.reason if exc.reason.startswith("larger") else f"{exc.reason}, not a regular file"
+    return IntegrityError(
+        f"{path.name} in {path.parent} is {what}",
+        hint=f"a bundle holds regular files only: copy {path.name} from the source media",
+    )
 
 
 def volume_name(index: int) -> str:

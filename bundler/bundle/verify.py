@@ -36,7 +36,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 import zstandard
 
 from bundler.bundle.volumes import CHUNK, STATE_NAME, Bundle, blob_role, read_manifest
-from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BundleBlob, BundleFile, BundleManifest, BundleVolume, is_volume_name, unsafe_member_reason
+from bundler.bundle.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    TAR_BLOCK,
+    BundleBlob,
+    BundleFile,
+    BundleManifest,
+    BundleVolume,
+    is_volume_name,
+    open_volume,
+    read_bundle_file,
+    unsafe_member_reason,
+)
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, IntegrityError, SignatureError, UnsafeArchiveError, UsageError
 from bundler.oci.media import detect_media_type, is_index, parse_manifest
@@ -264,7 +278,7 @@ class TarScanner:
 def scan_volume(path: Path) -> TarScanner:
     """Scan one volume file's tar headers (the same checks verify makes, on their own)."""
     scanner = TarScanner(path.name)
-    with open(path, "rb", buffering=0) as f:
+    with open_volume(path) as f:
         pos = 0
         buf = bytearray(CHUNK)
         view = memoryview(buf)
@@ -286,6 +300,8 @@ def scan_volume(path: Path) -> TarScanner:
 class _VolumeOutcome:
     volume: BundleVolume
     present: bool = False
+    unreadable: Optional[str] = None
+    """Why a volume that is there cannot be read (not a regular file, permissions)."""
     size: int = 0
     sha256: Optional[str] = None
     scanner: Optional[TarScanner] = None
@@ -293,16 +309,20 @@ class _VolumeOutcome:
 
 
 def _check_volume(
-    directory: Path, volume: BundleVolume, segments: List[_Segment], helper: ThreadPoolExecutor, progress: Progress
+    directory: Path, volume: BundleVolume, segments: List[_Segment], helper: ThreadPoolExecutor, progress: Progress, limit: int
 ) -> _VolumeOutcome:
+    """Read one volume once (`limit`: a file larger than every recorded volume is not read at all)."""
     out = _VolumeOutcome(volume)
     path = directory / volume.name
     try:
-        f = open(path, "rb", buffering=0)
+        f = open_volume(path)
     except FileNotFoundError:
         return out
+    except IntegrityError as exc:
+        out.unreadable = f"{exc.message}: {exc.hint}"
+        return out
     except OSError as exc:
-        log.debug("cannot open %s: %s", path, exc)
+        out.unreadable = f"{volume.name} cannot be read ({exc.strerror or exc}): fix its permissions, or copy it again from the source media"
         return out
     out.present = True
     hasher = hashlib.sha256()
@@ -310,6 +330,8 @@ def _check_volume(
     out.scanner = scanner
     with f:
         out.size = os.fstat(f.fileno()).st_size
+        if out.size > limit:
+            return out  # it can be no recorded volume: judged by its size alone
         feed_blobs = out.size == volume.size
         buffers = [bytearray(CHUNK), bytearray(CHUNK)]
         pending: Optional[Future[None]] = None
@@ -374,7 +396,7 @@ def _finish_deferred(directory: Path, check: _ItemCheck) -> None:
     view = memoryview(buf)
     while check.next_part < len(parts) and check.error is None:
         part = parts[check.next_part]
-        with open(directory / part.volume, "rb", buffering=0) as f:
+        with open_volume(directory / part.volume) as f:
             f.seek(part.offset)
             left = part.length
             while left > 0:
@@ -489,15 +511,15 @@ def _check_signature(directory: Path, key: Optional[Path], require_signature: bo
     except IntegrityError as exc:
         manifest, parse_error = None, exc
         try:
-            raw = (directory / MANIFEST_NAME).read_bytes()
-        except OSError:
+            raw = read_bundle_file(directory / MANIFEST_NAME, max_size=MAX_MANIFEST_BYTES)
+        except (OSError, IntegrityError):
             raise exc from None
     sig_path = directory / SIGNATURE_NAME
     signed = False
-    if sig_path.exists():
+    if os.path.lexists(sig_path):
         if key is not None:
             try:
-                verify_signature(raw, sig_path.read_bytes(), key)
+                verify_signature(raw, _read_signature(sig_path), key)
                 signed = True
             except SignatureError as exc:
                 problems.append(Problem("signature", f"{MANIFEST_NAME} does not match its signature {SIGNATURE_NAME}: the manifest was tampered with, or {key} is not the key it was signed with ({exc})"))
@@ -512,6 +534,15 @@ def _check_signature(directory: Path, key: Optional[Path], require_signature: bo
         _raise(directory, problems)
     assert manifest is not None
     return _Head(manifest, raw, signed, problems, warnings)
+
+
+def _read_signature(path: Path) -> bytes:
+    try:
+        return read_bundle_file(path, max_size=MAX_SIGNATURE_BYTES)
+    except IntegrityError as exc:
+        raise SignatureError(str(exc)) from None
+    except OSError as exc:
+        raise SignatureError(f"{path.name} cannot be read ({exc.strerror or exc})") from None
 
 
 def _stray_files(directory: Path, manifest: BundleManifest) -> List[str]:
@@ -539,7 +570,8 @@ def _read_volumes(directory: Path, manifest: BundleManifest, progress: Progress,
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool, ThreadPoolExecutor(
         max_workers=workers, thread_name_prefix="vhash"
     ) as helper:
-        futures = [pool.submit(_check_volume, directory, v, segments[v.name], helper, progress) for v in manifest.volumes]
+        limit = max((v.size for v in manifest.volumes), default=0)
+        futures = [pool.submit(_check_volume, directory, v, segments[v.name], helper, progress, limit) for v in manifest.volumes]
         outcomes: List[_VolumeOutcome] = []
         for v, fut in zip(manifest.volumes, futures):
             outcomes.append(fut.result())
@@ -557,6 +589,10 @@ def _judge_volumes(directory: Path, manifest: BundleManifest, outcomes: Sequence
         by_sha.setdefault(v.sha256, v.name)
     for out in outcomes:
         v = out.volume
+        if out.unreadable is not None:
+            problems.append(Problem("volume", out.unreadable, v.name))
+            bad_volumes.add(v.name)
+            continue
         if not out.present:
             problems.append(Problem("volume", f"{v.name} is missing: copy it from the source media into {directory}", v.name))
             bad_volumes.add(v.name)

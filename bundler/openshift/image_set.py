@@ -37,6 +37,7 @@ import yaml
 from bundler.base.compat import frozen_keyword_only
 
 from bundler.base.errors import ConfigError
+from bundler.base.safefile import UnsafeFileError, read_regular
 
 __all__ = [
     "API_VERSION",
@@ -75,6 +76,8 @@ DEFAULT_RELEASE_REPOSITORY = "ocp4/openshift4"
 DEFAULT_QUAY_IMAGE = "registry.redhat.io/quay/quay-rhel8:v3.12.1"
 DEFAULT_POSTGRES_IMAGE = "registry.redhat.io/rhel9/postgresql-15:latest"
 DEFAULT_REDIS_IMAGE = "registry.redhat.io/rhel9/redis-7:latest"
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+"""Largest image-set config read (a config listing 100,000 images is about 6 MiB)."""
 
 #: Go architecture names, as oc-mirror and the release payloads use them.
 ARCHITECTURES: Tuple[str, ...] = ("amd64", "arm64", "ppc64le", "s390x", "multi")
@@ -1159,11 +1162,13 @@ def load_image_set(path: Path) -> ImageSet:
     """Read, parse and validate the image-set config at `path`. Raises `ConfigError`."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, max_size=MAX_CONFIG_BYTES, what="image-set config", follow_links=True)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file", hint="check the path of the image-set config") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected an image-set config file") from None
+    except UnsafeFileError as exc:
+        if exc.reason == "a directory":
+            raise ConfigError(f"{path}: is a directory, expected an image-set config file") from None
+        raise ConfigError(exc.message, hint=exc.hint) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:

@@ -1,0 +1,99 @@
+"""Hostile media and concurrent runs on the local side: every case ends in time with one clear line.
+
+Each case runs the real command line in a child process with a time limit and an address-space limit, as
+an operator (or an attacker preparing the media) would meet it: bundles whose files are links to
+`/dev/zero`, FIFOs or unreadable; manifests nested thousands deep or with impossible fields; two runs
+writing the same thing at once.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import pytest
+
+from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from bundler.base.errors import ExitCode
+from tests.test_bundle import bundle_copy, keys, layout_objs, signed_bundle  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMORY_LIMIT = 1536 * 1024 * 1024
+
+
+def _limits() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_cli(args: Sequence[str], *, timeout: float = 60, env: "dict[str, str] | None" = None) -> Tuple[int, str, str]:
+    """Run `ocp-bundler ARGS` in a child (time and memory bounded); (exit code, stdout, stderr)."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bundler.cli", *args], capture_output=True, timeout=timeout, env=full_env, preexec_fn=_limits, cwd=str(ROOT)
+    )
+    return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+    assert "Traceback" not in stderr, stderr
+    assert lines, stderr
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# device-backed and link-backed bundles
+# --------------------------------------------------------------------------------------------------------
+
+
+def _replace(path: Path, how: str) -> None:
+    path.unlink()
+    if how == "zero-link":
+        path.symlink_to("/dev/zero")
+    elif how == "fifo":
+        os.mkfifo(path)
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["zero-link", "fifo"])
+@pytest.mark.parametrize("which", ["volume", "manifest", "signature"])
+def test_verify_refuses_links_fifos_and_devices_in_a_bundle(which: str, how: str, bundle_copy: Path, keys: Tuple[Path, Path]) -> None:
+    name = {"volume": "bundle-0002.tar", "manifest": MANIFEST_NAME, "signature": SIGNATURE_NAME}[which]
+    _replace(bundle_copy / name, how)
+    started = time.monotonic()
+    code, _, err = run_cli(["verify", str(bundle_copy), "--key", str(keys[1])], timeout=60)
+    assert time.monotonic() - started < 60
+    assert code == ExitCode.INTEGRITY, err
+    kind = "symbolic link" if how == "zero-link" else "FIFO"
+    assert f"{name}" in err and kind in err and "not a regular file" in err, err
+    one_line_error(err)
+
+
+@pytest.mark.parametrize("option", ["--key", "--config"])
+def test_file_options_pointing_at_a_device_are_refused(option: str, bundle_copy: Path, tmp_path: Path) -> None:
+    if option == "--key":
+        args = ["verify", str(bundle_copy), "--key", "/dev/zero"]
+    else:
+        args = ["pack", "--config", "/dev/zero", "--out", str(tmp_path / "out")]
+    code, _, err = run_cli(args, timeout=60)
+    assert code == ExitCode.USAGE, err
+    assert "/dev/zero is a character device, not a regular file" in one_line_error(err)
+
+
+def test_unreadable_volume_is_reported_unreadable_not_missing(bundle_copy: Path, keys: Tuple[Path, Path]) -> None:
+    os.chmod(bundle_copy / "bundle-0002.tar", 0o000)
+    # root reads anything: drop the capabilities that let it (setpriv, util-linux) for the child
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "bundler.cli", "verify", str(bundle_copy), "--key", str(keys[1])],
+        capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=_limits,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == ExitCode.INTEGRITY, err
+    assert "bundle-0002.tar cannot be read (Permission denied)" in err and "bundle-0002.tar is missing" not in err, err
