@@ -97,3 +97,38 @@ def test_unreadable_volume_is_reported_unreadable_not_missing(bundle_copy: Path,
     err = proc.stderr.decode()
     assert proc.returncode == ExitCode.INTEGRITY, err
     assert "bundle-0002.tar cannot be read (Permission denied)" in err and "bundle-0002.tar is missing" not in err, err
+
+
+# --------------------------------------------------------------------------------------------------------
+# the bundle manifest: parsed before the signature is checked, so it must be safe to parse
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_deeply_nested_bundle_manifest_is_one_clear_line(bundle_copy: Path, keys: Tuple[Path, Path]) -> None:
+    depth = 200_000
+    (bundle_copy / MANIFEST_NAME).write_text('{"kind": "ocp-bundler/bundle", "x": ' + "[" * depth + "]" * depth + "}")
+    for command in (["verify", str(bundle_copy), "--key", str(keys[1])], ["inspect", str(bundle_copy)]):
+        code, _, err = run_cli(command)
+        assert code == ExitCode.INTEGRITY, err
+        assert "nested deeper than" in one_line_error(err), err
+
+
+def test_deeply_nested_pull_secret_is_a_usage_error(tmp_path: Path) -> None:
+    from bundler.base.errors import UsageError
+    from bundler.openshift.pullsecret import add_registry_credentials
+
+    path = tmp_path / "pull-secret.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UsageError, match="nested deeper than"):
+        add_registry_credentials(path, registry="mirror.example:8443", username="u", password="p")
+
+
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_deeply_nested_config_is_a_config_error(style: str, tmp_path: Path) -> None:
+    config = tmp_path / "deep.yaml"
+    depth = 5000 if style == "flow" else 1500  # block style grows with the square of the depth
+    body = "[" * depth + "]" * depth if style == "flow" else "".join(" " * i + "- \n" for i in range(depth))
+    config.write_text("apiVersion: ocp-bundler.io/v1alpha1\nkind: ImageSet\nadditionalImages: " + ("" if style == "flow" else "\n") + body + "\n")
+    code, _, err = run_cli(["pack", "--config", str(config), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert code == ExitCode.USAGE, err
+    assert "nested deeper than 64 levels" in one_line_error(err), err

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, IntegrityError, UnsupportedError
+from bundler.base.jsonlimits import loads_bounded
 from bundler.base.safefile import UnsafeFileError, open_regular, read_regular
 from bundler.oci.planned import KINDS, ImageFacts
 
@@ -260,7 +261,7 @@ class BundleManifest:
     @classmethod
     def from_bytes(cls, raw: bytes, *, where: str) -> "BundleManifest":
         try:
-            doc = json.loads(raw)
+            doc = loads_bounded(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"{where} is not valid JSON ({exc})", hint="the bundle manifest was damaged or tampered with; copy it again") from None
         return _Reader(where).manifest(doc)

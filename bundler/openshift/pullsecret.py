@@ -19,6 +19,7 @@ from typing import Any
 
 from bundler.base.errors import DiskSpaceError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ def _read(path: Path) -> str | None:
 
 def _parse(raw_text: str, path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(raw_text)
+        document = loads_bounded(raw_text)
+    except JsonTooDeepError as error:
+        raise UsageError(f"{path} is not a pull secret ({error})", hint='expected {"auths": {"<registry>": {"auth": "..."}}}') from None
     except json.JSONDecodeError as error:
         # Only position and reason: the exception's own text could quote the secret it failed on.
         raise UsageError(
