@@ -8,18 +8,20 @@ writing the same thing at once.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import pytest
 
 from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
-from bundler.base.errors import ExitCode
+from bundler.base.errors import ExitCode, IntegrityError
+from bundler.bundle.verify import verify_bundle
 from tests.test_bundle import bundle_copy, keys, layout_objs, signed_bundle  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,3 +134,53 @@ def test_deeply_nested_config_is_a_config_error(style: str, tmp_path: Path) -> N
     code, _, err = run_cli(["pack", "--config", str(config), "--out", str(tmp_path / "out"), "--dry-run"])
     assert code == ExitCode.USAGE, err
     assert "nested deeper than 64 levels" in one_line_error(err), err
+
+
+def _tamper(bundle: Path, change: "Callable[[Dict[str, Any]], None]") -> None:
+    path = bundle / MANIFEST_NAME
+    doc = json.loads(path.read_bytes())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    (bundle / SIGNATURE_NAME).unlink()  # an attacker re-signs, or strips the signature of an unsigned-policy site
+
+
+def _set_first(key: str, field: str, value: Any) -> "Callable[[Dict[str, Any]], None]":
+    def change(doc: Dict[str, Any]) -> None:
+        doc[key][0][field] = value
+
+    return change
+
+
+def _set(field: str, value: Any) -> "Callable[[Dict[str, Any]], None]":
+    def change(doc: Dict[str, Any]) -> None:
+        doc[field] = value
+
+    return change
+
+
+SCHEMA_LIES = {
+    "volume-size-2^60": (_set_first("volumes", "size", 2**60), "volumes[0].size must be a whole number from 0 to"),
+    "schemaVersion-true": (_set("schemaVersion", True), "schemaVersion must be the number 1"),
+    "schemaVersion-1.0": (_set("schemaVersion", 1.0), "schemaVersion must be the number 1"),
+    "target-traversal": (_set_first("images", "targetRepository", "../../../v2/evil"), "images[0].targetRepository is not a repository path"),
+    "target-uppercase-host": (_set_first("images", "targetRepository", "Evil.example.com/x"), "images[0].targetRepository is not a repository path"),
+    "target-tag": (_set_first("images", "targetTag", "v1/../x"), "images[0].targetTag is not a valid tag"),
+    "unknown-field": (_set("exec", "rm -rf /"), "document has unknown fields exec"),
+    "media-type": (_set_first("images", "mediaType", "x" * 5000), "images[0].mediaType is longer than 255"),
+}
+
+
+@pytest.mark.parametrize("lie", list(SCHEMA_LIES))
+def test_manifest_schema_is_validated_before_use(lie: str, bundle_copy: Path) -> None:
+    change, message = SCHEMA_LIES[lie]
+    _tamper(bundle_copy, change)
+    with pytest.raises(IntegrityError) as e:
+        verify_bundle(bundle_copy)
+    assert message in str(e.value)
+
+
+def test_volume_size_lie_with_the_right_hash_is_caught(bundle_copy: Path) -> None:
+    _tamper(bundle_copy, lambda doc: doc["volumes"][-1].update(size=doc["volumes"][-1]["size"] + 10 * 1024**3))
+    with pytest.raises(IntegrityError) as e:
+        verify_bundle(bundle_copy)
+    assert "bundle-manifest.json records bundle-" in str(e.value) and "with the recorded sha256: the manifest was altered" in str(e.value), str(e.value)

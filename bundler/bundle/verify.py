@@ -607,6 +607,10 @@ def _judge_volumes(directory: Path, manifest: BundleManifest, outcomes: Sequence
             elif out.scanner is not None:
                 problems.extend(p for p in out.scanner.problems if p.category == "member")
             continue
+        if out.size != v.size:  # the content hashes right, so the record of its size is what lies
+            problems.append(Problem("manifest", f"{MANIFEST_NAME} records {v.name} as {v.size} bytes, but it is {out.size} bytes with the recorded sha256: the manifest was altered"))
+            bad_volumes.add(v.name)
+            continue
         # intact volume: its members must be exactly what the manifest says
         problems.extend(_structure_problems(manifest, v, out))
     return bad_volumes
