@@ -20,8 +20,13 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import pytest
 
 from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
-from bundler.base.errors import ExitCode, IntegrityError
+from bundler.base.errors import ExitCode, IntegrityError, UsageError
 from bundler.bundle.verify import verify_bundle
+from bundler.flows.pack import PackOptions, pack
+from bundler.registry.client import Registries, TransportOptions
+from tests.infra.faultproxy import STALL, FaultProxy
+from tests.infra.images import make_image, push
+from tests.infra.registry import RegistryServer
 from tests.test_bundle import bundle_copy, keys, layout_objs, signed_bundle  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,3 +189,28 @@ def test_volume_size_lie_with_the_right_hash_is_caught(bundle_copy: Path) -> Non
     with pytest.raises(IntegrityError) as e:
         verify_bundle(bundle_copy)
     assert "bundle-manifest.json records bundle-" in str(e.value) and "with the recorded sha256: the manifest was altered" in str(e.value), str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# pack: --out over its own --base, and two runs into one --out
+# --------------------------------------------------------------------------------------------------------
+
+
+def _pack_config(path: Path, refs: Sequence[str]) -> Path:
+    path.write_text("apiVersion: ocp-bundler.io/v1alpha1\nkind: ImageSet\nadditionalImages:\n" + "".join(f"  - {r}\n" for r in refs))
+    return path
+
+
+def test_pack_refuses_to_write_over_its_own_base(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    push(registry_plain.url, "hostile/base", make_image(random_layers=[20_000], seed="hostile-base"), "v1")
+    config = _pack_config(tmp_path / "c.yaml", [f"{registry_plain.host}/hostile/base:v1"])
+    regs = lambda: Registries(options=TransportOptions(insecure_hosts=frozenset({registry_plain.host})))  # noqa: E731
+    base = tmp_path / "base"
+    pack(PackOptions(config=config, out_dir=base, work_dir=tmp_path / "w"), registries=regs())
+    before = (base / MANIFEST_NAME).read_bytes()
+    (tmp_path / "link").symlink_to(base)
+    for out, given_base in ((base, base), (tmp_path / "link", base), (base, base / MANIFEST_NAME), (tmp_path / "link" / ".", tmp_path / "base")):
+        with pytest.raises(UsageError, match="is the --base bundle's own directory"):
+            pack(PackOptions(config=config, out_dir=out, work_dir=tmp_path / "w", base=given_base), registries=regs())
+    assert (base / MANIFEST_NAME).read_bytes() == before
+    verify_bundle(base)

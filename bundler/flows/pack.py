@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 from bundler import __version__
 from bundler.transfer.copy import Copier, CopyOptions, CopyResult
 from bundler.oci.digest import Digest
-from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError
+from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError, UsageError
 from bundler.base.fsutil import atomic_write, free_space
 from bundler.openshift.image_set import load_image_set
 from bundler.layout.store import Layout
@@ -115,6 +116,30 @@ def default_work_dir(out_dir: Path) -> Path:
 
 
 def pack(options: PackOptions, *, registries: Registries) -> PackResult:
+    _check_not_base(options)
+    return _pack(options, registries=registries)
+
+
+def _check_not_base(options: PackOptions) -> None:
+    """An incremental bundle written over its own base would destroy what it depends on."""
+    if options.base is None:
+        return
+    base_dir = options.base if options.base.is_dir() or not options.base.exists() else options.base.parent
+    if _same_directory(base_dir, options.out_dir):
+        raise UsageError(
+            f"--out {options.out_dir} is the --base bundle's own directory: writing there would overwrite the base the new bundle depends on",
+            hint="write the incremental bundle to another directory",
+        )
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
     started = time.monotonic()
     image_set = load_image_set(options.config)
     if options.sign_key is not None and not options.dry_run:
