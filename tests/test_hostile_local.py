@@ -214,3 +214,46 @@ def test_pack_refuses_to_write_over_its_own_base(registry_plain: RegistryServer,
             pack(PackOptions(config=config, out_dir=out, work_dir=tmp_path / "w", base=given_base), registries=regs())
     assert (base / MANIFEST_NAME).read_bytes() == before
     verify_bundle(base)
+
+
+def test_two_packs_into_one_out_one_stops_with_the_lock_named(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    push(registry_plain.url, "hostile/two", make_image(random_layers=[50_000, 50_000], seed="hostile-two"), "v1")
+    with FaultProxy(registry_plain.url, rate=1.0, kinds=[STALL], stall_seconds=2.0, match=lambda m, t: "/blobs/" in t) as proxy:
+        config = _pack_config(tmp_path / "c.yaml", [f"{proxy.host}/hostile/two:v1"])
+        out = tmp_path / "out"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        args = [sys.executable, "-m", "bundler.cli", "pack", "--config", str(config), "--out", str(out), "--insecure-registry", proxy.host]
+        procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=_limits) for _ in range(2)]
+        outcomes = [(p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "") for p in procs]
+        for p in procs:
+            for stream in (p.stdout, p.stderr):
+                if stream:
+                    stream.close()
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, ExitCode.USAGE], outcomes
+    loser = next(err for code, err in outcomes if code == ExitCode.USAGE)
+    assert f"the bundle directory {out} is in use by another ocp-bundler run (pid" in loser and ".ocp-bundler.lock" in one_line_error(loser), loser
+    verify_bundle(out)
+    assert not (out / ".ocp-bundler.lock").exists()
+
+
+def test_twenty_parallel_pull_secret_runs_lose_no_entry(tmp_path: Path) -> None:
+    secret = tmp_path / "pull-secret.json"
+    secret.write_text('{"auths": {"quay.io": {"auth": "dTpw"}}}\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = []
+    for i in range(20):
+        args = [sys.executable, "-m", "bundler.cli", "pull-secret", "--file", str(secret), "--registry", f"mirror{i}.example:8443", "--username", f"u{i}", "--password-stdin"]
+        procs.append(subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env))
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"secret\n")
+        p.stdin.close()
+    results = [(p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "") for p in procs]
+    for p in procs:
+        if p.stderr:
+            p.stderr.close()
+    assert all(code == 0 for code, _ in results), results
+    auths = json.loads(secret.read_text())["auths"]
+    assert set(auths) == {"quay.io"} | {f"mirror{i}.example:8443" for i in range(20)}
+    assert not list(tmp_path.glob(".*.lock")) and oct(secret.stat().st_mode & 0o777) == "0o600"

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from bundler.transfer.copy import Copier, CopyOptions, CopyResult
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError, UsageError
 from bundler.base.fsutil import atomic_write, free_space
+from bundler.base.lock import exclusive_lock
 from bundler.openshift.image_set import load_image_set
 from bundler.layout.store import Layout
 from bundler.oci.media import Descriptor, is_index, parse_manifest
@@ -115,9 +117,24 @@ def default_work_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.ocp-bundler-work"
 
 
+LOCK_NAME = ".ocp-bundler.lock"
+
+
 def pack(options: PackOptions, *, registries: Registries) -> PackResult:
+    """Plan, pull and write the bundle. Two runs never write one `--out` (or work directory) at once: the
+    second stops with exit 2 naming the lock and the run holding it."""
     _check_not_base(options)
-    return _pack(options, registries=registries)
+    if options.dry_run:
+        return _pack(options, registries=registries)
+    work_dir = options.work_dir or default_work_dir(options.out_dir)
+    with ExitStack() as stack:
+        for directory, what in ((options.out_dir, "the bundle directory"), (work_dir, "the work directory")):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create {what} {directory}: {exc.strerror or exc}") from None
+            stack.enter_context(exclusive_lock(directory / LOCK_NAME, what=f"{what} {directory}", hint="wait for the other pack to finish, or choose another --out"))
+        return _pack(options, registries=registries)
 
 
 def _check_not_base(options: PackOptions) -> None:

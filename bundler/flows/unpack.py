@@ -27,6 +27,7 @@ every image is in the registry. Nothing here imports click or tqdm; secrets neve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, 
 
 from bundler.registry.auth import CredentialStore, Credentials
 from bundler.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, BundleImage, BundleManifest, read_bundle_file
+from bundler.base.lock import exclusive_lock, lock_path_for
 from bundler.base.compat import frozen_keyword_only
 from bundler.transfer.copy import Copier, CopyOptions, CopyResult, CopyStats
 from bundler.oci.digest import Digest
@@ -1018,7 +1020,10 @@ class _Unpacker:
         images, catalogs = _resource_inputs(targets)
         signatures = self._signatures()
         try:
-            written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp))
+            with contextlib.suppress(OSError):
+                out_dir.parent.mkdir(parents=True, exist_ok=True)
+            with exclusive_lock(lock_path_for(out_dir), what=f"the resources directory {out_dir}", wait=120.0):  # two unpacks at once
+                written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp))
         except UsageError as exc:
             raise type(exc)(f"every image is in {self.registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
         return dataclasses.replace(

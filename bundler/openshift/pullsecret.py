@@ -20,6 +20,7 @@ from typing import Any
 from bundler.base.errors import DiskSpaceError, UsageError
 from bundler.base.fsutil import atomic_write
 from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
+from bundler.base.lock import exclusive_lock, lock_path_for
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,20 @@ def add_registry_credentials(
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_error(error, path) from None
+    # Read, change and replace under one lock: parallel runs each add their entry, none is lost.
+    with exclusive_lock(lock_path_for(path), what=f"the pull secret {path}", wait=LOCK_WAIT_SECONDS):
+        _add_entry(path, registry=registry, username=username, password=password, email=email)
 
+
+LOCK_WAIT_SECONDS = 60.0
+"""How long a run waits for another run editing the same file (each edit takes milliseconds)."""
+
+
+def _add_entry(path: Path, *, registry: str, username: str, password: str, email: str | None) -> None:
     raw_text = _read(path)
     if raw_text is None or not raw_text.strip():
         document: dict[str, Any] = {}
