@@ -257,3 +257,33 @@ def test_twenty_parallel_pull_secret_runs_lose_no_entry(tmp_path: Path) -> None:
     auths = json.loads(secret.read_text())["auths"]
     assert set(auths) == {"quay.io"} | {f"mirror{i}.example:8443" for i in range(20)}
     assert not list(tmp_path.glob(".*.lock")) and oct(secret.stat().st_mode & 0o777) == "0o600"
+
+
+# --------------------------------------------------------------------------------------------------------
+# image-set configs: linear parsing and a size cap
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_repeated_references_are_removed_in_linear_time() -> None:
+    from bundler.openshift.image_set import _Ctx, _dedupe, _Loc
+
+    refs = [f"quay.io/org/app{i}@sha256:{i:064x}" for i in range(40_000)] + ["quay.io/org/app7@sha256:" + f"{7:064x}"]
+    ctx = _Ctx("config.yaml", None)
+    started = time.process_time()
+    out = _dedupe(ctx, refs, _Loc("additionalImages", 3), "image")
+    assert time.process_time() - started < 1.0  # quadratic took about 8 s here
+    assert len(out) == 40_000 and out[7] == refs[7] and len(ctx.warnings) == 1
+
+
+def test_config_over_the_size_cap_is_refused_before_parsing(tmp_path: Path) -> None:
+    from bundler.base.errors import ConfigError
+    from bundler.openshift.image_set import MAX_CONFIG_BYTES, load_image_set
+
+    config = tmp_path / "huge.yaml"
+    with open(config, "wb") as f:
+        f.write(b"apiVersion: ocp-bundler.io/v1alpha1\nkind: ImageSet\nadditionalImages:\n")
+        f.truncate(MAX_CONFIG_BYTES + 1)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=f"more than the {MAX_CONFIG_BYTES} bytes allowed"):
+        load_image_set(config)
+    assert time.monotonic() - started < 1.0

@@ -736,12 +736,13 @@ def _unique(ctx: _Ctx, record: _Record, key: str, attribute: Callable[[Any], str
 
 
 def _dedupe(ctx: _Ctx, items: Iterable[str], loc: _Loc, what: str) -> Tuple[str, ...]:
-    result: List[str] = []
+    """The items in order, each once (linear: a set remembers what was seen); a warning per repeat."""
+    result: Dict[str, None] = {}
     for item in items:
         if item in result:
             ctx.warn(loc, f"{what} {item!r} is listed more than once; carrying it once")
         else:
-            result.append(item)
+            result[item] = None
     return tuple(result)
 
 
