@@ -287,3 +287,49 @@ def test_config_over_the_size_cap_is_refused_before_parsing(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=f"more than the {MAX_CONFIG_BYTES} bytes allowed"):
         load_image_set(config)
     assert time.monotonic() - started < 1.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# quay down --purge deletes only a bring-up's data directory
+# --------------------------------------------------------------------------------------------------------
+
+
+def _fake_data_dir(root: Path, *, state: str, extra: Sequence[str] = (), dirs: Sequence[str] = ("config", "ca", "env")) -> Path:
+    root.mkdir()
+    for d in dirs:
+        (root / d).mkdir()
+    (root / "state.json").write_text(state)
+    for name in extra:
+        (root / name).write_text("precious\n")
+    return root
+
+
+GOOD_STATE = json.dumps({"version": 1, "name": "ocpb-quay", "hostname": "mirror.example", "server": "mirror.example:8443", "images": {}})
+
+
+@pytest.mark.parametrize(
+    "case, state, extra, dirs, why",
+    [
+        ("empty-state-only", "{}", (), (), "it lacks ca, config, env"),
+        ("empty-state-in-a-home", "{}", ("thesis.tex", ".bashrc"), ("config", "ca", "env"), "it holds thesis.tex, which quay up never writes"),
+        ("empty-state-shaped-dir", "{}", (), ("config", "ca", "env"), "neither its state.json nor its secrets.json"),
+        ("wrong-version", GOOD_STATE.replace('"version": 1', '"version": true'), (), ("config", "ca", "env"), "neither its state.json"),
+        ("good-state-foreign-files", GOOD_STATE, ("notes.txt",), ("config", "ca", "env"), "it holds notes.txt"),
+    ],
+)
+def test_quay_down_purge_deletes_only_a_bring_up_data_directory(case: str, state: str, extra: Sequence[str], dirs: Sequence[str], why: str, tmp_path: Path) -> None:
+    from bundler.quay.bringup import quay_down
+
+    data = _fake_data_dir(tmp_path / case, state=state, extra=extra, dirs=dirs)
+    before = sorted(p.name for p in data.iterdir())
+    with pytest.raises(UsageError) as e:
+        quay_down(name="ocpb-hostile-absent", data_dir=data, purge=True)
+    assert f"{data} is not a Quay data directory made by ocp-bundler: {why}" in str(e.value) and "nothing was removed" in str(e.value)
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_a_bring_up_data_directory_is_recognised(tmp_path: Path) -> None:
+    from bundler.quay.bringup import QuayPaths
+
+    data = _fake_data_dir(tmp_path / "quay", state=GOOD_STATE, dirs=("config", "ca", "env", "storage", "postgres"))
+    assert QuayPaths(data).not_ours_because() is None
