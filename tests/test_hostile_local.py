@@ -8,6 +8,7 @@ writing the same thing at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
 
 import pytest
 
@@ -25,7 +26,7 @@ from bundler.bundle.verify import verify_bundle
 from bundler.flows.pack import PackOptions, pack
 from bundler.registry.client import Registries, TransportOptions
 from tests.infra.faultproxy import STALL, FaultProxy
-from tests.infra.images import make_image, push
+from tests.infra.images import RegistryClient, make_image, push
 from tests.infra.registry import RegistryServer
 from tests.test_bundle import bundle_copy, keys, layout_objs, signed_bundle  # noqa: F401  (fixtures)
 
@@ -333,3 +334,65 @@ def test_a_bring_up_data_directory_is_recognised(tmp_path: Path) -> None:
 
     data = _fake_data_dir(tmp_path / "quay", state=GOOD_STATE, dirs=("config", "ca", "env", "storage", "postgres"))
     assert QuayPaths(data).not_ours_because() is None
+
+
+# --------------------------------------------------------------------------------------------------------
+# pack: disk space against the plan before pulling, and a disk that fills up while pulling
+# --------------------------------------------------------------------------------------------------------
+
+
+def _lying_image(registry: RegistryServer, repo: str, claimed: int) -> None:
+    """An image whose manifest claims its one layer is `claimed` bytes (the blob itself is small)."""
+    real = make_image(random_layers=[10_000], seed=f"lying-{repo}")
+    doc = json.loads(real.raw)
+    doc["layers"][0]["size"] = claimed
+    raw = json.dumps(doc).encode()
+    with RegistryClient(registry.url) as client:
+        for blob in real.blobs:
+            client.push_blob(repo, blob)
+        client.push_manifest(repo, "v1", raw, real.media_type)
+
+
+def test_pack_checks_space_against_the_plan_before_pulling(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    _lying_image(registry_plain, "hostile/exabyte", 10**18)
+    with FaultProxy(registry_plain.url) as proxy:
+        config = _pack_config(tmp_path / "c.yaml", [f"{proxy.host}/hostile/exabyte:v1"])
+        code, _, err = run_cli(["pack", "--config", str(config), "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w"), "--insecure-registry", proxy.host])
+        blob_gets = [t for (m, t, _, _) in proxy.log if m == "GET" and "/blobs/" in t]
+    assert code == ExitCode.USAGE, err
+    line = one_line_error(err)
+    assert "(1000000000000000351 bytes)" in line and ") free" in line and "nothing was pulled" in line, line
+    assert f"{tmp_path / 'w'} has" in line
+    assert blob_gets == [], "no layer is pulled when the plan cannot fit"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> "Iterator[Path]":
+    """A 4 MiB tmpfs (root only, as on the machines the suite runs on)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_filling_up_while_pulling_is_exit_2_naming_the_path(registry_plain: RegistryServer, tmp_path: Path, small_disk: Path) -> None:
+    push(registry_plain.url, "hostile/fill", make_image(random_layers=[600_000, 600_000], seed="hostile-fill"), "v1")
+    with FaultProxy(registry_plain.url, rate=1.0, kinds=[STALL], stall_seconds=3.0, match=lambda m, t: m == "GET" and "/blobs/" in t) as proxy:
+        config = _pack_config(tmp_path / "c.yaml", [f"{proxy.host}/hostile/fill:v1"])
+        args = [sys.executable, "-m", "bundler.cli", "pack", "--config", str(config), "--out", str(tmp_path / "out"), "--work-dir", str(small_disk / "w"), "--insecure-registry", proxy.host]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=_limits)
+        deadline = time.monotonic() + 30
+        while sum("/manifests/" in t for (m, t, _, _) in proxy.log if m == "GET") < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # measured for the space check, then fetched to copy: the blobs come next (stalled 3 s)
+        with open(small_disk / "someone-else", "wb") as f:  # another program fills the disk meanwhile
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+        _, err_bytes = proc.communicate(timeout=120)
+    err = err_bytes.decode()
+    assert proc.returncode == ExitCode.USAGE, err
+    line = one_line_error(err)
+    assert "no space left" in line and str(small_disk / "w") in line and "free space" in line, line
