@@ -25,7 +25,7 @@ from bundler.base.errors import ExitCode, IntegrityError, UsageError
 from bundler.bundle.verify import verify_bundle
 from bundler.flows.pack import PackOptions, pack
 from bundler.registry.client import Registries, TransportOptions
-from tests.infra.faultproxy import STALL, FaultProxy
+from tests.infra.faultproxy import BLOB_RACE, STALL, FaultProxy
 from tests.infra.images import RegistryClient, make_image, push
 from tests.infra.registry import RegistryServer
 from tests.test_bundle import bundle_copy, keys, layout_objs, signed_bundle  # noqa: F401  (fixtures)
@@ -396,3 +396,54 @@ def test_disk_filling_up_while_pulling_is_exit_2_naming_the_path(registry_plain:
     assert proc.returncode == ExitCode.USAGE, err
     line = one_line_error(err)
     assert "no space left" in line and str(small_disk / "w") in line and "free space" in line, line
+
+
+# --------------------------------------------------------------------------------------------------------
+# unpack: two runs into one registry at once
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_concurrent_unpacks_into_one_registry_all_succeed(registry_factory: "Callable[..., RegistryServer]", tmp_path: Path) -> None:
+    from tests.test_unpack import PUBLIC_KEY, content, make_bundle
+
+    entries = content("race", scale=8)
+    bundle = make_bundle(tmp_path / "bundle", entries)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for round_ in range(int(os.environ.get("RACE_ROUNDS", "4"))):
+        mirror = registry_factory("plain")
+        procs = []
+        for i in range(int(os.environ.get("RACE_RUNS", "3"))):
+            args = [
+                sys.executable, "-m", "bundler.cli", "unpack", str(bundle), "--registry", mirror.host, "--insecure-registry", mirror.host,
+                "--key", str(PUBLIC_KEY), "--registry-kind", "plain", "--resources-dir", str(tmp_path / f"res-{round_}-{i}"),
+            ]
+            procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env, XDG_CACHE_HOME=str(tmp_path / f"cache-{i}")), preexec_fn=_limits))
+        outcomes = [(p.wait(timeout=180), p.stderr.read().decode() if p.stderr else "") for p in procs]
+        for p in procs:
+            for stream in (p.stdout, p.stderr):
+                if stream:
+                    stream.close()
+        for code, err in outcomes:
+            assert "damaged" not in err, err
+            assert code == 0, (round_, outcomes)
+
+
+@pytest.mark.parametrize("times", [1, 100])
+def test_registry_side_conflict_is_retried_then_reported_as_such(times: int, registry_factory: "Callable[..., RegistryServer]", tmp_path: Path) -> None:
+    from bundler.flows.unpack import UnpackIntegrityError, UnpackPartialFailureError, unpack_bundle
+    from tests.test_unpack import content, make_bundle, options
+
+    bundle = make_bundle(tmp_path / "bundle", content("conflict"))
+    mirror = registry_factory("plain")
+    with FaultProxy(mirror.url) as proxy:
+        proxy.script(BLOB_RACE, match=lambda m, t: m == "PUT" and "/manifests/" in t and "openshift4" in t, times=times)
+        opts = options(proxy.host, tmp_path, prefix="race", write_resources=False)
+        if times == 1:
+            unpack_bundle(bundle, options=opts)  # pushed again, and in place
+            return
+        with pytest.raises(UnpackPartialFailureError) as e:
+            unpack_bundle(bundle, options=opts)
+    assert not isinstance(e.value, UnpackIntegrityError) and e.value.exit_code == ExitCode.PARTIAL
+    text = str(e.value)
+    assert "the registry lost track of blobs it had accepted while another run wrote the same repositories" in text and "damaged" not in text, text
+    assert "the bundle is intact" in text

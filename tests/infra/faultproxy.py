@@ -15,6 +15,8 @@ rewritten to the proxy) unless a fault is chosen for it:
                 scripted truncate stays pending for the next matching request.
 ``"stall"``     sleep ``stall_seconds`` before forwarding (a client read timeout shorter
                 than that fires)
+``"blob_race"`` answer 400 ``DIGEST_INVALID`` + ``MANIFEST_BLOB_UNKNOWN`` (not forwarded): what
+                docker-registry answers a manifest PUT while another client rewrites a blob link
 ==============  =========================================================================
 
 Faults are chosen by scripts first (``proxy.script(kind, match=..., times=N)``, in the
@@ -53,7 +55,8 @@ HTTP_500 = "500"
 HTTP_429 = "429"
 TRUNCATE = "truncate"
 STALL = "stall"
-FAULT_KINDS: Tuple[str, ...] = (RESET, HTTP_500, HTTP_429, TRUNCATE, STALL)
+BLOB_RACE = "blob_race"
+FAULT_KINDS: Tuple[str, ...] = (RESET, HTTP_500, HTTP_429, TRUNCATE, STALL, BLOB_RACE)
 EXPIRED_TOKEN = "expired_token"
 
 Matcher = Callable[[str, str], bool]  # (method, request target incl. query) -> bool
@@ -333,9 +336,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             pass
 
     # -- responses made here ----------------------------------------------------------
-    def _reply_error(self, status: int, code: str, extra: Dict[str, str]) -> None:
+    def _reply_error(self, status: int, code: str, extra: Dict[str, str], *more_codes: str) -> None:
         self._discard_body()
-        data = json.dumps({"errors": [{"code": code, "message": "injected fault", "detail": None}]}).encode()
+        data = json.dumps({"errors": [{"code": c, "message": "injected fault", "detail": None} for c in (code, *more_codes)]}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -372,6 +375,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if kind == HTTP_429:
             fp._record(method, target, HTTP_429, 429)
             self._reply_error(429, "TOOMANYREQUESTS", {"Retry-After": str(fp.retry_after)})
+            return
+        if kind == BLOB_RACE:
+            fp._record(method, target, BLOB_RACE, 400)
+            self._reply_error(400, "DIGEST_INVALID", {}, "MANIFEST_BLOB_UNKNOWN")
             return
         if kind == STALL and decision is not None:
             fp.stopping.wait(decision.stall_seconds)
