@@ -447,3 +447,26 @@ def test_registry_side_conflict_is_retried_then_reported_as_such(times: int, reg
     text = str(e.value)
     assert "the registry lost track of blobs it had accepted while another run wrote the same repositories" in text and "damaged" not in text, text
     assert "the bundle is intact" in text
+
+
+# --------------------------------------------------------------------------------------------------------
+# small ones: file options that are devices
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_authfile_that_is_a_device_is_named_as_such(tmp_path: Path) -> None:
+    config = _pack_config(tmp_path / "c.yaml", ["127.0.0.1:9/x/y:v1"])
+    code, _, err = run_cli(["pack", "--config", str(config), "--out", str(tmp_path / "out"), "--authfile", "/dev/zero", "--dry-run"])
+    assert code == ExitCode.USAGE, err
+    line = one_line_error(err)
+    assert "auth file /dev/zero is a character device, not a regular file" in line and "does not exist" not in line, line
+
+
+def test_pull_secret_file_that_is_a_device_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bundler.cli", "pull-secret", "--file", "/dev/zero", "--registry", "m.example:8443", "--username", "u", "--password-stdin"],
+        input=b"p\n", capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=_limits,
+    )
+    err = proc.stderr.decode()
+    assert proc.returncode == ExitCode.USAGE, err
+    assert "pull secret /dev/zero is a character device, not a regular file" in one_line_error(err), err

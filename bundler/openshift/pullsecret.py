@@ -21,6 +21,7 @@ from bundler.base.errors import DiskSpaceError, UsageError
 from bundler.base.fsutil import atomic_write
 from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
 from bundler.base.lock import exclusive_lock, lock_path_for
+from bundler.base.safefile import UnsafeFileError, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ def add_registry_credentials(
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():  # refused before a lock file is made beside it
+        _read(path)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
@@ -57,6 +60,7 @@ def add_registry_credentials(
         _add_entry(path, registry=registry, username=username, password=password, email=email)
 
 
+MAX_PULL_SECRET_BYTES = 16 * 1024 * 1024
 LOCK_WAIT_SECONDS = 60.0
 """How long a run waits for another run editing the same file (each edit takes milliseconds)."""
 
@@ -115,11 +119,13 @@ def _check_arguments(*, registry: str, username: str, password: str, email: str 
 
 def _read(path: Path) -> str | None:
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, max_size=MAX_PULL_SECRET_BYTES, what="pull secret", follow_links=True)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a pull secret file") from None
+    except UnsafeFileError as exc:
+        if exc.reason == "a directory":
+            raise UsageError(f"{path} is a directory, not a pull secret file") from None
+        raise UsageError(exc.message, hint="give the pull secret or auth file itself") from None
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror or type(error).__name__}") from None
     try:
