@@ -56,7 +56,9 @@ HTTP_429 = "429"
 TRUNCATE = "truncate"
 STALL = "stall"
 BLOB_RACE = "blob_race"
-FAULT_KINDS: Tuple[str, ...] = (RESET, HTTP_500, HTTP_429, TRUNCATE, STALL, BLOB_RACE)
+FAULT_KINDS: Tuple[str, ...] = (RESET, HTTP_500, HTTP_429, TRUNCATE, STALL)
+"""The kinds drawn at random by default; `BLOB_RACE` is only injected when asked for."""
+ALL_KINDS: Tuple[str, ...] = FAULT_KINDS + (BLOB_RACE,)
 EXPIRED_TOKEN = "expired_token"
 
 Matcher = Callable[[str, str], bool]  # (method, request target incl. query) -> bool
@@ -101,7 +103,7 @@ class FaultProxy:
         upstream_timeout: float = 120.0,
     ) -> None:
         for kind in kinds:
-            if kind not in FAULT_KINDS:
+            if kind not in ALL_KINDS:
                 raise ValueError("unknown fault kind %r" % kind)
         parts = urlsplit(upstream if "://" in upstream else "http://" + upstream)
         self.upstream = "%s://%s" % (parts.scheme, parts.netloc)
@@ -122,7 +124,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._scripts: List[_Script] = []
-        self.counts: Dict[str, int] = {k: 0 for k in (*FAULT_KINDS, EXPIRED_TOKEN)}
+        self.counts: Dict[str, int] = {k: 0 for k in (*ALL_KINDS, EXPIRED_TOKEN)}
         self.log: List[Tuple[str, str, Optional[str], Optional[int]]] = []
         self._httpd: Optional[LoopbackHTTPServer] = None
         self._stop_event = threading.Event()
@@ -173,7 +175,7 @@ class FaultProxy:
     ) -> None:
         """Inject ``kind`` into the next ``times`` requests for which
         ``match(method, target)`` is true (``target`` = path + query)."""
-        if kind not in FAULT_KINDS:
+        if kind not in ALL_KINDS:
             raise ValueError("unknown fault kind %r" % kind)
         with self._lock:
             self._scripts.append(_Script(kind, match, times, stall_seconds))
@@ -197,7 +199,7 @@ class FaultProxy:
 
     @property
     def total_faults(self) -> int:
-        return sum(v for k, v in self.counts.items() if k in FAULT_KINDS)
+        return sum(v for k, v in self.counts.items() if k in ALL_KINDS)
 
     # -- internals used by the handler ----------------------------------------------
     def _decide(self, method: str, target: str) -> Optional[_Decision]:
