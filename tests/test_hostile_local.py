@@ -470,3 +470,30 @@ def test_pull_secret_file_that_is_a_device_is_refused(tmp_path: Path) -> None:
     err = proc.stderr.decode()
     assert proc.returncode == ExitCode.USAGE, err
     assert "pull secret /dev/zero is a character device, not a regular file" in one_line_error(err), err
+
+
+def test_prune_keeps_ledger_entries_an_unpack_records_while_it_runs(fresh_registry_plain: RegistryServer, tmp_path: Path) -> None:
+    from bundler.flows.ledger import LedgerEntry, read_ledger, record
+    from tests.test_prune import _bundles
+    from tests.test_unpack import PRIVATE_KEY, PUBLIC_KEY, cli, unpack_args
+
+    registry = fresh_registry_plain
+    one, _, two, _ = _bundles(tmp_path, PRIVATE_KEY)
+    ledger = tmp_path / "ledger.jsonl"
+    for bundle in (one, two):
+        done = cli(*unpack_args(bundle, registry.host, "p", tmp_path, PUBLIC_KEY, "--ledger", str(ledger)))
+        assert done.returncode == 0, done.stderr.decode()
+    late = LedgerEntry(repository="p/late/image", tag="v9", digest="sha256:" + "ab" * 32, bundle="ocpb-late")
+    with FaultProxy(registry.url, rate=1.0, kinds=[STALL], stall_seconds=2.0, match=lambda m, t: m == "DELETE") as proxy:
+        prune = subprocess.Popen(
+            [sys.executable, "-m", "bundler.cli", "prune", "--registry", proxy.host, "--prefix", "p", "--insecure-registry", proxy.host,
+             "--ledger", str(ledger), "--keep", str(two), "--yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        deadline = time.monotonic() + 60
+        while not any(m == "HEAD" or m == "GET" for (m, _, _, _) in proxy.log) and time.monotonic() < deadline:
+            time.sleep(0.02)  # prune has read the ledger and is at work (its deletions stall)
+        record(ledger, [late])  # an unpack into the same registry finishes meanwhile
+        _, err = prune.communicate(timeout=120)
+    assert prune.returncode == 0, err.decode()
+    assert ("p/late/image", "v9") in {(e.repository, e.tag) for e in read_ledger(ledger)}, "an entry recorded while prune ran was lost"
