@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Sequence, Tuple
@@ -32,6 +33,17 @@ from tests.test_bundle import bundle_copy, keys, layout_objs, signed_bundle  # n
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY_LIMIT = 1536 * 1024 * 1024
+"""Address-space ceiling of each child: a runaway read fails fast instead of filling the machine."""
+PEAK_RSS_LIMIT_KIB = 300 * 1024
+"""What a case may really use (peak resident set size), as the hostile suite demands."""
+
+# Runs the command line as `python -m bundler.cli` does, and records the peak RSS on the way out.
+_WRAPPER = (
+    "import atexit, os, resource, runpy, sys\n"
+    "atexit.register(lambda: open(os.environ['OCPB_TEST_RSS_FILE'], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "sys.argv[0] = 'ocp-bundler'\n"
+    "runpy.run_module('bundler.cli', run_name='__main__')\n"
+)
 
 
 def _limits() -> None:
@@ -39,11 +51,15 @@ def _limits() -> None:
 
 
 def run_cli(args: Sequence[str], *, timeout: float = 60, env: "dict[str, str] | None" = None) -> Tuple[int, str, str]:
-    """Run `ocp-bundler ARGS` in a child (time and memory bounded); (exit code, stdout, stderr)."""
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bundler.cli", *args], capture_output=True, timeout=timeout, env=full_env, preexec_fn=_limits, cwd=str(ROOT)
-    )
+    """Run `ocp-bundler ARGS` in a child, bounded in time and memory (peak RSS under 300 MiB is asserted);
+    (exit code, stdout, stderr)."""
+    with tempfile.NamedTemporaryFile(prefix="ocpb-rss-") as rss:
+        full_env = dict(os.environ, PYTHONPATH=str(ROOT), OCPB_TEST_RSS_FILE=rss.name, **(env or {}))
+        proc = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, *args], capture_output=True, timeout=timeout, env=full_env, preexec_fn=_limits, cwd=str(ROOT)
+        )
+        peak = int(Path(rss.name).read_text() or "0")
+    assert peak < PEAK_RSS_LIMIT_KIB, f"ocp-bundler {' '.join(args[:1])} peaked at {peak // 1024} MiB"
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 
