@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from bundler import __version__
 from bundler.transfer.copy import Copier, CopyOptions, CopyResult
@@ -53,6 +53,14 @@ class PackOptions:
     workers: int = 8
     graph_url: Optional[str] = None
     signature_store: Optional[str] = None
+    graph_data_url: Optional[str] = None
+    """Where the update-graph data tarball is fetched from for `graph: true`."""
+    graph_base_image: Optional[str] = None
+    """The image the update-graph data image is built on (it needs bash and cp)."""
+    remove_signatures: bool = False
+    """Leave sigstore signatures (cosign `.sig` tags, OCI 1.1 referrers) out."""
+    release_keys: Tuple[Path, ...] = ()
+    """Public keys (cosign PEM or OpenPGP) every release's signatures are checked against."""
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -175,15 +183,20 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
         in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
     progress = options.progress
     with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=progress)) as copier:
-        plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
+        plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store,
+                          graph_data_url=options.graph_data_url, graph_base_image=options.graph_base_image)
         planned = plan.deduplicated()
         if options.dry_run:
             images = _measure(planned, registries=registries, layout=layout, workers=options.workers)
+            images += _signatures(options, plan, images, registries=registries, open_image=lambda i: _source_for(i, registries, layout),
+                                  carry=lambda found: _measure(found, registries=registries, layout=layout, workers=options.workers))
             total = _unique_bytes(images)
             _check_space(options.out_dir, total, what="the bundle")
             return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
         _check_space_for_plan(planned, registries=registries, layout=layout, in_base=in_base, work_dir=work_dir, out_dir=options.out_dir, workers=options.workers)
         images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
+        images += _signatures(options, plan, images, registries=registries, open_image=lambda i: LayoutImage(layout, layout_ref(i)),
+                              carry=lambda found: _pull(found, registries=registries, layout=layout, copier=copier, in_base=in_base))
     failed = [i for i in images if i.status == "failed"]
     full = next((i.error_object for i in failed if isinstance(i.error_object, DiskSpaceError)), None)
     if full is not None:  # a full disk is not "rerun to resume": nothing changes until space is made
@@ -253,6 +266,41 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
     except OSError as exc:  # the bundle is complete; only the run's own report is lost
         log.warning("WARNING: the bundle is complete, but %s could not be written: %s", work_dir / "pack-report.json", exc.strerror or exc)
     return result
+
+
+def _signatures(
+    options: PackOptions,
+    plan: Plan,
+    images: List[PackedImage],
+    *,
+    registries: Registries,
+    open_image: Callable[[PlannedImage], ImageSource],
+    carry: Callable[[List[PlannedImage]], List[PackedImage]],
+) -> List[PackedImage]:
+    """Look up the signatures of every image carried, carry them, check the releases' (`flows.signatures`)."""
+    from bundler.flows import signatures
+    from bundler.openshift.sigstore import SignatureReport, find_signatures
+
+    if options.remove_signatures:
+        plan.reports.signatures = SignatureReport(removed=True)
+        carried: List[PackedImage] = []
+        found_images: List[PlannedImage] = []
+    else:
+        done = [(i.planned, i.digest) for i in images if i.digest and i.status != "failed"]
+        found = find_signatures(signatures.subjects(done, open_image=open_image), registries=registries, workers=options.workers)
+        plan.reports.signatures = found.report
+        found_images = list(found.images)
+        carried = carry(found_images)
+    report = plan.reports.signatures
+    if options.release_keys:
+        releases = [(f"{r.version}-{r.arch}", r.digest) for r in plan.reports.releases or []]
+        ok = {str(p.planned.digest) for p in carried if p.status != "failed"}
+        report.verification = signatures.verify_releases(
+            releases, keys=options.release_keys, signature_images=[i for i in found_images if i.digest in ok],
+            open_image=open_image, release_signatures=signatures.release_signatures_in(plan.files),
+        )
+        report.verified = bool(releases)
+    return carried
 
 
 def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> ImageSource:
