@@ -138,3 +138,8 @@ def parse_host(text: str) -> str:
 
 def is_valid_tag(tag: str) -> bool:
     return bool(_TAG_RE.match(tag))
+
+
+def is_valid_repository_path(path: str) -> bool:
+    """A repository path without host (`ocp4/openshift4`): lowercase components, at most 255 characters."""
+    return len(path) <= 255 and bool(_PATH_RE.match(path))
