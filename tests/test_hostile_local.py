@@ -518,3 +518,16 @@ def test_prune_keeps_ledger_entries_an_unpack_records_while_it_runs(fresh_regist
         _, err = prune.communicate(timeout=120)
     assert prune.returncode == 0, err.decode()
     assert ("p/late/image", "v9") in {(e.repository, e.tag) for e in read_ledger(ledger)}, "an entry recorded while prune ran was lost"
+
+
+def test_quay_file_options_that_are_devices_are_refused(tmp_path: Path) -> None:
+    code, _, err = run_cli(["quay", "up", "--hostname", "mirror.example", "--init-password-file", "/dev/zero", "--data-dir", str(tmp_path / "q")])
+    assert code == ExitCode.USAGE, err
+    assert "password file /dev/zero is a character device, not a regular file" in one_line_error(err), err
+    probe = "from pathlib import Path\nfrom bundler.quay.certs import load_certificates, load_private_key\n"
+    for call, what in (("load_certificates", "certificate file"), ("load_private_key", "key file")):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe + f"{call}(Path('/dev/zero'))"], capture_output=True, timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=_limits,
+        )
+        assert f"{what} /dev/zero is a character device, not a regular file" in proc.stderr.decode(), proc.stderr.decode()[-500:]
