@@ -385,3 +385,26 @@ def test_an_endless_answer_to_the_quay_question_is_cut_off(home: Path, hostile: 
     run = run_cli([], limit=60, home=home, argv=[sys.executable, "-c", script])
     assert run.code == EXIT_REGISTRY, run.stderr
     assert "larger than 8 MiB" in run.one_clear_line()
+
+
+def test_tag_list_pages_stay_on_the_registry_and_end(foreign: ForeignServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `Link: rel="next"` to another host would carry this registry's credentials there; one that
+    names itself would page forever (the page limit is lowered here to keep the test short)."""
+    from bundler.base.errors import RegistryError
+    from bundler.registry import client
+    from bundler.registry.client import Registries, TransportOptions
+
+    monkeypatch.setattr(client, "MAX_TAG_PAGES", 20)
+
+    with HostileRegistry(foreign=foreign) as reg:
+        regs = Registries(options=TransportOptions(insecure_hosts=frozenset({reg.host}), read_timeout=5, max_attempts=1))
+        try:
+            with pytest.raises(RegistryError, match="points to another host"):
+                regs.client(reg.host).list_tags("pager/x")
+            assert foreign.requests == []
+            start = time.monotonic()
+            with pytest.raises(RegistryError, match="more than 20 pages"):
+                regs.client(reg.host).list_tags("loop/x")
+            assert time.monotonic() - start < 60
+        finally:
+            regs.close()

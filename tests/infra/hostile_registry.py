@@ -21,6 +21,8 @@ Owns two loopback servers:
   ``deepjson``      an image manifest whose annotation nests ``deepjson_levels`` arrays
   ``redirect``      blob GETs answer 307 to the :class:`ForeignServer`'s ``/blob/<digest>?X-Amz-Signature=…``
   ``tagged``        ``tagged/x:v1`` and ``tagged/x:other`` are two different images
+  ``pager``         ``/v2/pager/x/tags/list`` names its next page on the :class:`ForeignServer`;
+                    ``/v2/loop/x/tags/list`` names itself as its next page, forever
 
   Outside ``/v2/`` (``/api/v1/discovery``, ``/health/instance``: where a client asks whether this is
   Quay) every answer is an endless body.
@@ -257,6 +259,11 @@ class _RegistryHandler(BaseHTTPRequestHandler):
             return
         if path in ("/v2/", "/v2"):
             self._send(200, b"{}", {"Content-Type": "application/json", "Docker-Distribution-API-Version": "registry/2.0"})
+            return
+        if path.endswith("/tags/list"):
+            repo = path[len("/v2/") : -len("/tags/list")]
+            nxt = f"{self.owner.foreign.url}/v2/{repo}/tags/list?n=1" if repo.startswith("pager/") and self.owner.foreign else self.path
+            self._send(200, b'{"name":"%s","tags":["a"]}' % repo.encode(), {"Content-Type": "application/json", "Link": f'<{nxt}>; rel="next"'})
             return
         parts = path[len("/v2/") :].split("/") if path.startswith("/v2/") else []
         if len(parts) < 3 or parts[-2] not in ("manifests", "blobs"):
