@@ -27,11 +27,14 @@ from urllib.parse import quote, urlencode, urlsplit
 import urllib3
 
 from bundler.base.errors import AuthenticationError, RegistryError, UsageError
+from bundler.base.jsonlimits import loads_bounded
 from bundler.registry.auth import parse_challenge
 from bundler.registry.http import USER_AGENT, HttpPools, Pool, TransportOptions, send_with_retries
 
 log = logging.getLogger(__name__)
 
+#: An API answer is read into memory: at most this.
+MAX_API_ANSWER_BYTES = 8 << 20
 CREATOR_TEAM = "mirror-creators"
 HEALTH_PATH = "/health/instance"
 
@@ -104,6 +107,7 @@ class QuayAPI:
         self.ca_file = ca_file
         self.insecure = insecure
         self.connect_to = connect_to
+        self.timeout = timeout
         if insecure and parts.scheme == "https":
             log.warning("not verifying the TLS certificate of %s", self.netloc)
         # the shared HTTP layer (pools, retries of connection errors, 429 and 5xx, error wording); an API call
@@ -156,11 +160,14 @@ class QuayAPI:
         with warnings.catch_warnings():
             if self.insecure:  # asked for explicitly; said once in the log instead of on every request
                 warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            resp = send_with_retries(self._pool, self.transport, method, path, hdrs, data, what=f"Quay API {method} {path.split('?', 1)[0]}", host=self.netloc, redirect=False)
+            resp = send_with_retries(
+                self._pool, self.transport, method, path, hdrs, data, what=f"Quay API {method} {path.split('?', 1)[0]}", host=self.netloc,
+                redirect=False, max_body=MAX_API_ANSWER_BYTES,
+            )
         raw = resp.data or b""
         parsed: Any
         try:
-            parsed = json.loads(raw) if raw else None
+            parsed = loads_bounded(raw) if raw else None
         except ValueError:
             parsed = raw.decode(errors="replace")
         log.debug("%s %s -> %d", method, path, resp.status)
