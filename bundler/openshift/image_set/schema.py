@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bundler.base.errors import ConfigError
-from bundler.oci.reference import HOST, QUALIFIED_REFERENCE_RE, is_registry_host
+from bundler.base.errors import ConfigError, InvalidReferenceError
+from bundler.oci.reference import HOST, QUALIFIED_REFERENCE_RE, is_registry_host, parse_host
 from bundler.openshift.image_set.model import API_VERSION, KIND, OC_MIRROR_KIND, Version
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,7 @@ def image_reference(what: str) -> Converter:
             ctx.fail(
                 loc, f"{text!r} has neither a tag nor a digest: add one, e.g. {text}:latest or {text}@sha256:<64 hex>"
             )
+        _check_port(ctx, match.group("host"), loc)
         return text
 
     return convert
@@ -301,7 +302,16 @@ def registry_host(ctx: Ctx, value: Any, loc: Loc) -> str:
         ctx.fail(loc, f"expected {what} without a path, got {text!r}: put repository paths in target.prefix")
     if not re.fullmatch(HOST, text):
         ctx.fail(loc, f"expected {what}, got {text!r}")
+    _check_port(ctx, text, loc)
     return text
+
+
+def _check_port(ctx: Ctx, host: str, loc: Loc) -> None:
+    """The host's port in range, by the reference parser's own check."""
+    try:
+        parse_host(host)
+    except InvalidReferenceError as exc:
+        ctx.fail(loc, f"{exc.message}: {exc.hint}" if exc.hint else exc.message)
 
 
 def http_url(ctx: Ctx, value: Any, loc: Loc) -> str:
