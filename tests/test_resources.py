@@ -20,6 +20,7 @@ import yaml
 
 from bundler.base.errors import InvalidReferenceError, UsageError
 from bundler.oci.reference import Reference
+from bundler.oci.planned import LOCAL_LAYOUT_HOST
 from bundler.openshift.resources import (
     CatalogInfo,
     MirroredImage,
@@ -845,6 +846,20 @@ def test_a_later_bundle_keeps_the_cluster_catalog_of_a_catalog_it_does_not_carry
     (tmp_path / "clusterCatalog-x.yaml").write_text("kind: ClusterCatalog\nspec: 1\n")
     with pytest.raises(UsageError, match="not a cluster resource file"):
         write_cluster_resources([], [], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path))
+
+
+def test_a_catalog_from_a_local_layout_gets_no_mirror_entries(tmp_path: Path) -> None:
+    digest = fake_digest("local catalog")
+    local = MirroredImage(
+        source=f"{LOCAL_LAYOUT_HOST}/my-catalog@{digest}", target=f"{REGISTRY}/my-catalog:v1", kind="catalog", digest=digest
+    )
+    catalog = CatalogInfo(name="my-catalog", source=local.source, target=local.target, display_name="mine", digest=digest)
+    write_cluster_resources(all_images() + [local], [catalog], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path))
+    sources = as_map(mirror_entries(tmp_path, "imageDigestMirrorSet"))
+    assert sources and not any(source.startswith(LOCAL_LAYOUT_HOST) for source in sources)  # nothing ever pulls from there
+    assert f"{local.source}={local.target}" in (tmp_path / "mapping.txt").read_text()
+    (document,) = load(tmp_path / "clusterCatalog-my-catalog.yaml")
+    assert document["spec"]["source"]["image"]["ref"] == f"{REGISTRY}/my-catalog@{digest}"
 
 
 def test_a_fresh_set_drops_earlier_content_and_says_so(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ import yaml
 from bundler.base.compat import frozen_keyword_only
 from bundler.base.errors import DiskSpaceError, InvalidReferenceError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.oci.planned import LOCAL_LAYOUT_HOST
 from bundler.oci.reference import DIGEST, HOST, REPOSITORY, TAG
 
 log = logging.getLogger(__name__)
@@ -437,6 +438,9 @@ def _plan(images: Sequence[MirroredImage], *, registry: str, options: ResourcesO
 
         if image.kind == GRAPH_KIND:
             plan.graph_images.append(f"{target.repository}@{image.digest}")
+            continue
+        if source.repository.split("/", 1)[0] == LOCAL_LAYOUT_HOST:
+            plan.mapping.add(f"{image.source}={image.target}")  # read from a local OCI layout: nothing pulls the source
             continue
         if image.kind == "release":
             plan.release_targets.add(target.repository)
