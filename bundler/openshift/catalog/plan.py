@@ -77,6 +77,7 @@ __all__ = [
     "load_fbc",
     "load_sqlite",
     "plan_catalog",
+    "read_catalog_model",
     "render_fbc",
     "select",
 ]
@@ -502,6 +503,16 @@ def local_repository(directory: Path) -> str:
     text = re.sub(r"[^a-z0-9]+", "-", directory.resolve().name.lower()).strip("-")
     name = text if re.fullmatch(PATH_COMPONENT, text) else ""
     return name or "catalog"
+
+
+def read_catalog_model(
+    spec: CatalogSpec, *, registries: Registries, layout: Layout, copier: Copier, platform: str = "linux/amd64"
+) -> Tuple[str, str, DeclarativeConfig]:
+    """(digest, format, model) of the catalog `spec` names, read as the planner reads it (copied into `layout`)."""
+    _, top, image, _ = _copy_catalog_image(spec, registries=registries, layout=layout, copier=copier, platform=platform)
+    with tempfile.TemporaryDirectory(prefix="ocpb-catalog-") as tmp:
+        content = _read_catalog(image, Path(tmp), spec.catalog)
+    return str(top.digest), content.format, content.model
 
 
 def _mode(spec: CatalogSpec) -> str:
