@@ -366,3 +366,6 @@ def test_catalog_from_a_local_oci_layout(env: Tuple[Registries, Layout, Copier],
 
     with pytest.raises(UsageError, match="not an OCI layout"):
         plan_catalog(CatalogSpec(catalog=f"oci://{tmp_path}", layout=tmp_path), registries=regs, layout=layout, copier=copier)
+    two = write_oci_layout(tmp_path / "two", [("a", original), ("b", make_image(seed="other"))])
+    with pytest.raises(UsageError, match="holds 2 images, not one"):
+        plan_catalog(CatalogSpec(catalog=f"oci://{two}", layout=two), registries=regs, layout=layout, copier=copier)

@@ -87,9 +87,9 @@ log = logging.getLogger(__name__)
 LABEL_FBC = "operators.operatorframework.io.index.configs.v1"
 LABEL_SQLITE = "operators.operatorframework.io.index.database.v1"
 PRUNED_REF_PREFIX = "ocpb-pruned/"
-LOCAL_REF_PREFIX = "ocpb-oci/"
-"""Layout ref names of catalogs copied in from a local OCI layout."""
 """Layout ref names of pruned catalogs (never a pullable reference, so never confused with a copied image)."""
+LOCAL_REF_PREFIX = "ocpb-oci/"
+"""Layout ref names of catalogs copied in from a local OCI layout (likewise never a pullable reference)."""
 
 MAX_CATALOG_BYTES = 4 << 30
 MAX_BUNDLE_MANIFEST_BYTES = 64 << 20
@@ -480,7 +480,14 @@ def _copy_catalog_image(
     Returns the reference it is planned as, its manifest, the image, and for a catalog from a local OCI
     layout the ref name it now has in the work layout (None for a registry catalog)."""
     if spec.layout is not None:
-        source = LayoutImage(Layout(spec.layout, create=False), None)
+        local_layout = Layout(spec.layout, create=False)
+        count = len(local_layout.entries())
+        if count != 1:
+            raise UsageError(
+                f"catalog {spec.catalog}: the OCI layout holds {count} images, not one",
+                hint="give the catalog image a layout of its own (opm, skopeo or ocp-bundler copy into an empty directory)",
+            )
+        source = LayoutImage(local_layout, None)
         local = source.resolve()
         name = local_repository(spec.layout)
         ref_name = f"{LOCAL_REF_PREFIX}{name}:{digest_tag(str(local.digest))}"
