@@ -323,6 +323,31 @@ def http_url(ctx: Ctx, value: Any, loc: Loc) -> str:
     return text
 
 
+OCI_SCHEME = "oci://"
+
+
+def catalog_reference(what: str) -> Converter:
+    """A catalog: an image reference, or oc-mirror's `oci://DIR` (a local OCI layout; `oci:DIR` too).
+
+    The layout form is returned as `oci://<absolute DIR>` (relative to the config file's directory)."""
+    registry = image_reference(what)
+
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> str:
+        text = expect_str(ctx, value, loc, f"{what} ({_REFERENCE_EXAMPLE}) or oci:///path/to/layout")
+        if not text.startswith("oci:"):
+            reference: str = registry(ctx, value, loc)
+            return reference
+        rest = text[len(OCI_SCHEME):] if text.startswith(OCI_SCHEME) else text[len("oci:"):]
+        if not rest or any(c.isspace() for c in rest):
+            ctx.fail(loc, f"{text!r}: expected oci:///path/to/layout (a local OCI layout directory)")
+        path = Path(rest).expanduser()
+        if not path.is_absolute() and ctx.base_dir is not None:
+            path = ctx.base_dir / path
+        return OCI_SCHEME + str(path)
+
+    return convert
+
+
 def directory_path(ctx: Ctx, value: Any, loc: Loc) -> Path:
     path = Path(expect_str(ctx, value, loc, "a directory path")).expanduser()
     if not path.is_absolute() and ctx.base_dir is not None:
