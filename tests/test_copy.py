@@ -329,3 +329,19 @@ def test_single_flight_one_owner_per_key_and_a_failed_key_is_free_again() -> Non
     owned, again = flight.claim("sha256:a")
     assert not owned and again.result() == "copied"
     assert flight.claim("sha256:b")[0]  # other keys are independent
+
+
+def test_blob_and_manifest_checks_of_large_content_read_no_body(registry_plain: RegistryServer) -> None:
+    """A HEAD's Content-Length is the size of the blob, not of an answer to read: a 3 MiB layer (over the
+    in-memory answer limit) is found present, not refused as an oversized answer."""
+    image = make_image(random_layers=[3 * 1024 * 1024], seed="head-large")
+    push(registry_plain.url, "headcheck/large", image, "1")
+    registries = Registries(options=TransportOptions(insecure_hosts=frozenset({registry_plain.host})))
+    try:
+        client = registries.client(registry_plain.host)
+        assert client.has_blob("headcheck/large", Digest.parse(image.layers[0].digest))
+        assert not client.has_blob("headcheck/large", Digest.parse("sha256:" + "0" * 64))
+        head = client.head_manifest("headcheck/large", "1")
+        assert head is not None and str(head.digest) == image.digest
+    finally:
+        registries.close()

@@ -27,6 +27,7 @@ from bundler.bundle.verify import verify_bundle
 from bundler.flows.pack import PackOptions, pack
 from bundler.registry.client import Registries, TransportOptions
 from tests.infra.faultproxy import BLOB_RACE, STALL, FaultProxy
+from tests.infra import peak_rss
 from tests.infra.images import RegistryClient, make_image, push
 from tests.infra.registry import RegistryServer
 from tests.test_bundle import bundle_copy, keys, layout_objs, signed_bundle  # noqa: F401  (fixtures)
@@ -37,15 +38,6 @@ MEMORY_LIMIT = 1536 * 1024 * 1024
 PEAK_RSS_LIMIT_KIB = 300 * 1024
 """What a case may really use (peak resident set size), as the hostile suite demands."""
 
-# Runs the command line as `python -m bundler.cli` does, and records the peak RSS on the way out.
-_WRAPPER = (
-    "import atexit, os, resource, runpy, sys\n"
-    "atexit.register(lambda: open(os.environ['OCPB_TEST_RSS_FILE'], 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
-    "sys.argv[0] = 'ocp-bundler'\n"
-    "runpy.run_module('bundler.cli', run_name='__main__')\n"
-)
-
-
 def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
@@ -54,11 +46,10 @@ def run_cli(args: Sequence[str], *, timeout: float = 60, env: "dict[str, str] | 
     """Run `ocp-bundler ARGS` in a child, bounded in time and memory (peak RSS under 300 MiB is asserted);
     (exit code, stdout, stderr)."""
     with tempfile.NamedTemporaryFile(prefix="ocpb-rss-") as rss:
-        full_env = dict(os.environ, PYTHONPATH=str(ROOT), OCPB_TEST_RSS_FILE=rss.name, **(env or {}))
-        proc = subprocess.run(
-            [sys.executable, "-c", _WRAPPER, *args], capture_output=True, timeout=timeout, env=full_env, preexec_fn=_limits, cwd=str(ROOT)
-        )
-        peak = int(Path(rss.name).read_text() or "0")
+        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        command = peak_rss.wrap([sys.executable, "-m", "bundler.cli", *args], Path(rss.name))
+        proc = subprocess.run(command, capture_output=True, timeout=timeout, env=full_env, preexec_fn=_limits, cwd=str(ROOT))
+        peak = peak_rss.read_kib(Path(rss.name))
     assert peak < PEAK_RSS_LIMIT_KIB, f"ocp-bundler {' '.join(args[:1])} peaked at {peak // 1024} MiB"
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 

@@ -19,6 +19,7 @@ one clear `error:` line (no traceback).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from typing import Any, Iterator, List, Optional
 
 import pytest
 
+from tests.infra import peak_rss
 from tests.infra.certs import TLSFiles, make_tls_files
 from tests.infra.hostile_registry import ForeignServer, HostileRegistry
 
@@ -62,7 +64,9 @@ def run_cli(args: List[str], *, limit: float, home: Path, argv: Optional[List[st
     env.pop("REGISTRY_AUTH_FILE", None)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
-        proc = subprocess.Popen(argv or [sys.executable, "-m", "bundler.cli", *args], stdout=out, stderr=err, env=env, cwd=str(home))
+        rss_file = Path(tempfile.mkdtemp(prefix="ocpb-rss-")) / "peak"
+        command = peak_rss.wrap(argv or [sys.executable, "-m", "bundler.cli", *args], rss_file)
+        proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=str(home))
         status, rusage = 0, None
         while True:
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -79,7 +83,8 @@ def run_cli(args: List[str], *, limit: float, home: Path, argv: Optional[List[st
         seconds = time.monotonic() - start
         out.seek(0)
         err.seek(0)
-        run = Run(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), seconds, rusage.ru_maxrss / 1024)
+        run = Run(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), seconds, peak_rss.read_kib(rss_file) / 1024)
+        shutil.rmtree(rss_file.parent, ignore_errors=True)
     assert run.max_rss_mb < MEMORY_LIMIT_MB, f"peak memory {run.max_rss_mb:.0f} MB; stderr: {run.stderr[-2000:]}"
     return run
 

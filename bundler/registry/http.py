@@ -428,6 +428,9 @@ def send_with_retries(
                 continue
             if not preload:
                 return resp
+            if verb == "HEAD":  # no body follows: Content-Length describes the resource, not this answer
+                resp.release_conn()
+                return buffered(resp, b"")
             try:
                 # the body's deadline starts with the headers: sending a large request body takes what it takes
                 data = read_bounded(resp, max_body, Progress(options.read_timeout, deadline=options.read_timeout))
