@@ -190,6 +190,11 @@ def registry_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         metavar="HOST[:PORT]",
         help="Use plain HTTP or unverified TLS for this host only (repeatable). TLS is verified everywhere else.",
     )(fn)
+    fn = click.option(
+        "--proxy",
+        metavar="URL",
+        help="HTTP(S) proxy for every registry, instead of $HTTPS_PROXY / $HTTP_PROXY ($NO_PROXY still applies).",
+    )(fn)
     fn = click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Extra CA certificate(s) to trust (PEM).")(fn)
     fn = click.option(
         "--authfile",
@@ -205,11 +210,21 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def make_registries(authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int) -> Any:
-    from bundler.registry.auth import CredentialStore
-    from bundler.registry.client import Registries, TransportOptions
+def transport_options(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str]) -> Any:
+    """How to reach servers, from the registry flags and the host's conventions (proxy environment)."""
+    from bundler.registry.client import TransportOptions
+    from bundler.registry.proxy import ProxySettings
 
-    return Registries(
-        credentials=CredentialStore(authfile),
-        options=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=max(16, workers * 2)),
+    return TransportOptions(
+        ca_file=ca_file,
+        insecure_hosts=frozenset(insecure),
+        pool_size=max(16, workers * 2),
+        proxies=ProxySettings.from_environment(override=proxy),
     )
+
+
+def make_registries(authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str] = None) -> Any:
+    from bundler.registry.auth import CredentialStore
+    from bundler.registry.client import Registries
+
+    return Registries(credentials=CredentialStore(authfile), options=transport_options(ca_file, insecure, workers, proxy))

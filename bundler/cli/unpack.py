@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, registry_options, transport_options
 from bundler.base.errors import UsageError
 from bundler.base.units import human_bytes
 
@@ -80,6 +80,7 @@ def unpack(
     require_signature: bool,
     authfile: Optional[Path],
     ca_file: Optional[Path],
+    proxy: Optional[str],
     insecure: Tuple[str, ...],
     workers: int,
     verbose: int,
@@ -99,7 +100,6 @@ def unpack(
       ocp-bundler unpack /media/usb --registry quay.example:8443 --registry-kind quay --quay-token "$TOKEN"
       ocp-bundler unpack /media/usb --registry mirror.example:8443 --prefix ocp --dry-run
     """
-    from bundler.registry.client import TransportOptions
     from bundler.flows.unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, unpack_bundle
 
     if no_verify:
@@ -109,7 +109,7 @@ def unpack(
         registry=registry,
         prefix=prefix,
         authfile=authfile,
-        transport=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=max(16, workers * 2)),
+        transport=transport_options(ca_file, insecure, workers, proxy),
         workers=workers,
         dry_run=dry_run,
         verify=not no_verify,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 
 from bundler import __version__
 from bundler.base.errors import RegistryUnreachableError
+from bundler.registry.proxy import ProxySettings
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class TransportOptions:
     backoff_base: float = 0.5
     backoff_max: float = 10.0
     pool_size: int = 16
+    proxies: ProxySettings = ProxySettings()
 
 
 def redact(url: str) -> str:
@@ -64,6 +67,11 @@ def short_reason(exc: object) -> str:
     for marker in ("Caused by ", "(Caused by "):
         if marker in text:
             text = text.split(marker, 1)[1]
+    tunnel = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
+    if tunnel:
+        return f"the proxy refused the tunnel ({tunnel.group(1).strip()})"
+    if "Unable to connect to proxy" in text:
+        return "cannot connect to the proxy (" + short_reason(text.split("Unable to connect to proxy", 1)[1]) + ")"
     if "Connection refused" in text:
         return "connection refused"
     if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name resolution" in text:
@@ -89,6 +97,8 @@ class HttpPools:
             kw["blocksize"] = CHUNK_SIZE
         self.secure = urllib3.PoolManager(ssl_context=ctx, **kw)
         self.insecure = urllib3.PoolManager(cert_reqs="CERT_NONE", **kw)
+        self._tls_kw: Dict[bool, Dict[str, Any]] = {False: {"ssl_context": ctx, **kw}, True: {"cert_reqs": "CERT_NONE", **kw}}
+        self._proxied: Dict[Any, urllib3.PoolManager] = {}
 
     def is_insecure(self, url_or_host: str) -> bool:
         parts = urlsplit(url_or_host if "://" in url_or_host else f"//{url_or_host}")
@@ -97,11 +107,33 @@ class HttpPools:
         return netloc in self.options.insecure_hosts or host in self.options.insecure_hosts
 
     def for_url(self, url: str) -> urllib3.PoolManager:
-        return self.insecure if self.is_insecure(url) else self.secure
+        return self.pool(url, insecure=self.is_insecure(url))
+
+    def pool(self, url: str, *, insecure: bool) -> urllib3.PoolManager:
+        """The pool manager for `url`: direct, or through the proxy the environment names for it."""
+        proxy = self.options.proxies.proxy_for(url)
+        if proxy is None:
+            return self.insecure if insecure else self.secure
+        key = (proxy, insecure)
+        manager = self._proxied.get(key)
+        if manager is None:
+            auth = f"{proxy.username}:{proxy.password}" if proxy.username is not None else None
+            manager = self._proxied.setdefault(
+                key,
+                urllib3.ProxyManager(
+                    proxy.url,
+                    proxy_headers=urllib3.make_headers(proxy_basic_auth=auth) if auth is not None else None,
+                    proxy_ssl_context=ssl.create_default_context(cafile=str(self.options.ca_file) if self.options.ca_file else None),
+                    **self._tls_kw[insecure],
+                ),
+            )
+        return manager
 
     def close(self) -> None:
         self.secure.clear()
         self.insecure.clear()
+        for manager in self._proxied.values():
+            manager.clear()
 
 
 def backoff(options: TransportOptions, attempt: int, retry_after: Optional[str], why: str) -> None:
@@ -155,12 +187,12 @@ def send_with_retries(
                     url=redact(url),
                     hint=f"pass its CA with --ca-file, or --insecure-registry {host} for a test server",
                 ) from None
-            if attempt >= options.max_attempts:
+            if attempt >= options.max_attempts or "Tunnel connection failed: 407" in str(reason):
                 raise RegistryUnreachableError(
                     f"cannot reach {host} for {what}: {short_reason(reason)}",
                     url=redact(url),
                     temporary=True,
-                    hint="check the host name, port and network (a proxy?), then rerun",
+                    hint="check the host name, port and network (and HTTPS_PROXY / NO_PROXY or --proxy), then rerun",
                 ) from None
             backoff(options, attempt, None, f"{what}: {short_reason(reason)}")
             continue
