@@ -210,21 +210,27 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def transport_options(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str]) -> Any:
-    """How to reach servers, from the registry flags and the host's conventions (proxy environment)."""
+def transport_options(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str], conf: Any = None) -> Any:
+    """How to reach servers, from the registry flags and the host's conventions (proxy environment, the
+    hosts registries.conf marks insecure)."""
     from bundler.registry.client import TransportOptions
     from bundler.registry.proxy import ProxySettings
+    from bundler.registry.registries_conf import RegistriesConf
 
+    conf = conf if conf is not None else RegistriesConf.load()
     return TransportOptions(
         ca_file=ca_file,
-        insecure_hosts=frozenset(insecure),
+        insecure_hosts=frozenset(insecure) | conf.insecure_hosts(),
         pool_size=max(16, workers * 2),
         proxies=ProxySettings.from_environment(override=proxy),
     )
 
 
 def make_registries(authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str] = None) -> Any:
+    """The registries of one command: flags, auth files, proxy environment and registries.conf."""
     from bundler.registry.auth import CredentialStore
     from bundler.registry.client import Registries
+    from bundler.registry.registries_conf import RegistriesConf
 
-    return Registries(credentials=CredentialStore(authfile), options=transport_options(ca_file, insecure, workers, proxy))
+    conf = RegistriesConf.load()
+    return Registries(credentials=CredentialStore(authfile), options=transport_options(ca_file, insecure, workers, proxy, conf), conf=conf)

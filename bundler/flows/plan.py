@@ -18,7 +18,7 @@ from bundler.layout.store import Layout
 from bundler.oci.planned import PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
-from bundler.transfer.transports import ImageSource, LayoutImage, RegistryRepository
+from bundler.transfer.transports import ImageSource, LayoutImage, registry_source
 
 if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
@@ -130,7 +130,7 @@ def build_plan(
     def stage(reference: str) -> ImageSource:
         """Copy an image planning must read into the work layout (once; a rerun finds it there) and read it from there."""
         ref = Reference.parse(reference)
-        copier.copy(RegistryRepository(registries.client(ref.registry), ref), LayoutImage(layout, reference))
+        copier.copy(registry_source(registries, ref), LayoutImage(layout, reference))
         return LayoutImage(layout, reference)
 
     release_plan = None

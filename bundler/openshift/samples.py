@@ -38,7 +38,7 @@ from bundler.oci.planned import PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
 from bundler.openshift.release import ReleaseInfo, ReleasePlan, go_arch
-from bundler.transfer.transports import ImageSource, RegistryRepository
+from bundler.transfer.transports import ImageSource, registry_source
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def plan_samples(
                 continue
             seen_images[operator] = None
             ref = Reference.parse(operator)
-            source = (operator_sources or {}).get(operator) or RegistryRepository(registries.client(ref.registry), ref)
+            source = (operator_sources or {}).get(operator) or registry_source(registries, ref)
             found, skip, dirs = read_operator_imagestreams(source, arch=release.arch, description=f"cluster-samples-operator of {release.version}-{release.arch}")
             if not found:
                 raise UsageError(
