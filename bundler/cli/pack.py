@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import click
 
 from bundler.base.errors import ImageNotFoundError
-from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, human_bytes, make_registries, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, human_bytes, make_registries, registry_options, warn
 
 if TYPE_CHECKING:
     from bundler.flows.pack import PackedImage
@@ -75,7 +75,7 @@ def pack(
             raise ImageNotFoundError(f"{len(failed)} of {len(result.images)} planned images cannot be resolved (see the JSON)")
         return
     for w in result.plan.warnings:
-        click.echo(f"warning: {w}", err=True)
+        warn(w)
     by_kind: Dict[str, List[PackedImage]] = {}
     for img in result.images:
         by_kind.setdefault(img.planned.kind, []).append(img)
@@ -105,5 +105,5 @@ def pack(
         if base is not None:
             click.echo(f"Incremental against {base}: {result.bundle.blobs_written} blobs carried, {result.bundle.blobs_skipped_by_base} left to the base bundle")
         if not sign_key:
-            click.echo("warning: the bundle is not signed; use --sign-key so the far side can prove it is yours", err=True)
+            warn("the bundle is not signed; use --sign-key so the far side can prove it is yours")
         click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if sign_key else ""))
