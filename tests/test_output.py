@@ -14,7 +14,7 @@ import subprocess
 import sys
 import termios
 from pathlib import Path
-from typing import Any, List
+from typing import List
 
 import click
 import pytest
