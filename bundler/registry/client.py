@@ -136,8 +136,8 @@ class RegistryClient:
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
-    def _pool(self, url: str) -> urllib3.PoolManager:
-        return self._shared.pools.pool(url, insecure=self.insecure)
+    def _pool(self) -> urllib3.PoolManager:
+        return self._shared.pools.insecure if self.insecure else self._shared.pools.secure
 
     def _base(self) -> str:
         st = self._state
@@ -151,7 +151,7 @@ class RegistryClient:
         if not self.insecure:
             return "https"
         try:
-            self._pool(f"https://{self.host}/v2/").request("GET", f"https://{self.host}/v2/", retries=False, timeout=urllib3.Timeout(connect=5, read=10))
+            self._pool().request("GET", f"https://{self.host}/v2/", retries=False, timeout=urllib3.Timeout(connect=5, read=10))
             return "https"
         except (SSLError, ProtocolError, MaxRetryError) as exc:
             log.debug("%s: TLS probe failed (%s); using plain HTTP", self.host, exc)
@@ -196,7 +196,7 @@ class RegistryClient:
         realm_parts = urlsplit(realm)
         if creds is not None and (realm_parts.scheme == "https" or realm_parts.hostname == self.host.split(":")[0]):
             headers["Authorization"] = creds.basic_header()
-        pool = self._shared.pools.pool(realm, insecure=self._shared.pools.is_insecure(realm) or self.insecure)
+        pool = self._shared.pools.insecure if (self._shared.pools.is_insecure(realm) or self.insecure) else self._shared.pools.secure
         resp = self._send_with_retries(pool, "GET", url, headers, None, what=f"token from {redact(realm)}")
         data = resp.data
         if resp.status in (401, 403):
@@ -262,7 +262,7 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             resp = send_with_retries(
-                self._pool(url), self._opts if retry else self._once, method, url, hdrs, body, what=what, host=self.host, preload=preload
+                self._pool(), self._opts if retry else self._once, method, url, hdrs, body, what=what, host=self.host, preload=preload
             )
             if resp.status != 401:
                 return resp

@@ -13,6 +13,7 @@ import logging
 import random
 import re
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 
 from bundler import __version__
 from bundler.base.errors import RegistryUnreachableError
-from bundler.registry.proxy import ProxySettings
+from bundler.registry.proxy import Proxy, ProxySettings
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,51 @@ def short_reason(exc: object) -> str:
     return text[:200]
 
 
+class _Routed(urllib3.PoolManager):
+    """A pool manager that sends each request through the proxy its URL needs (`ProxySettings`), or
+    directly; the proxy managers it makes get the same TLS settings, so a host keeps its TLS through a tunnel."""
+
+    def __init__(self, *, proxies: ProxySettings, proxy_ssl_context: Optional[ssl.SSLContext], **kw: Any) -> None:
+        super().__init__(**kw)
+        self._proxies = proxies
+        self._proxy_ssl_context = proxy_ssl_context
+        self._kw = kw
+        self._via: Dict[Proxy, urllib3.PoolManager] = {}
+        self._via_lock = threading.Lock()
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:  # type: ignore[override]
+        proxy = self._proxies.proxy_for(url)
+        if proxy is None:
+            return super().urlopen(method, url, redirect=redirect, **kw)
+        with self._via_lock:
+            manager = self._via.get(proxy)
+            if manager is None:
+                manager = self._via[proxy] = _RoutedProxy(proxy, self._proxy_ssl_context, **self._kw)
+        return manager.urlopen(method, url, redirect=redirect, **kw)
+
+    def clear(self) -> None:
+        super().clear()
+        for manager in self._via.values():
+            manager.clear()
+
+
+class _RoutedProxy(urllib3.ProxyManager):
+    """A proxy's pool manager: `CONNECT` for https (TLS end to end), forwarding for http;
+    `Proxy-Authorization` only from the proxy URL's credentials."""
+
+    def __init__(self, proxy: Proxy, proxy_ssl_context: Optional[ssl.SSLContext], **kw: Any) -> None:
+        auth = f"{proxy.username}:{proxy.password}" if proxy.username is not None else None
+        super().__init__(
+            proxy.url,
+            proxy_headers=urllib3.make_headers(proxy_basic_auth=auth) if auth is not None else None,
+            proxy_ssl_context=proxy_ssl_context,
+            **kw,
+        )
+
+
 class HttpPools:
-    """A verified-TLS pool manager and an unverified one, chosen per host."""
+    """A verified-TLS pool manager and an unverified one, chosen per host; each routes requests through
+    the proxy their URL needs."""
 
     def __init__(self, options: TransportOptions) -> None:
         self.options = options
@@ -95,10 +139,8 @@ class HttpPools:
         kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
         if str(getattr(urllib3, "__version__", "")).startswith("2"):
             kw["blocksize"] = CHUNK_SIZE
-        self.secure = urllib3.PoolManager(ssl_context=ctx, **kw)
-        self.insecure = urllib3.PoolManager(cert_reqs="CERT_NONE", **kw)
-        self._tls_kw: Dict[bool, Dict[str, Any]] = {False: {"ssl_context": ctx, **kw}, True: {"cert_reqs": "CERT_NONE", **kw}}
-        self._proxied: Dict[Any, urllib3.PoolManager] = {}
+        self.secure = _Routed(proxies=options.proxies, proxy_ssl_context=ctx, ssl_context=ctx, **kw)
+        self.insecure = _Routed(proxies=options.proxies, proxy_ssl_context=ctx, cert_reqs="CERT_NONE", **kw)
 
     def is_insecure(self, url_or_host: str) -> bool:
         parts = urlsplit(url_or_host if "://" in url_or_host else f"//{url_or_host}")
@@ -107,33 +149,11 @@ class HttpPools:
         return netloc in self.options.insecure_hosts or host in self.options.insecure_hosts
 
     def for_url(self, url: str) -> urllib3.PoolManager:
-        return self.pool(url, insecure=self.is_insecure(url))
-
-    def pool(self, url: str, *, insecure: bool) -> urllib3.PoolManager:
-        """The pool manager for `url`: direct, or through the proxy the environment names for it."""
-        proxy = self.options.proxies.proxy_for(url)
-        if proxy is None:
-            return self.insecure if insecure else self.secure
-        key = (proxy, insecure)
-        manager = self._proxied.get(key)
-        if manager is None:
-            auth = f"{proxy.username}:{proxy.password}" if proxy.username is not None else None
-            manager = self._proxied.setdefault(
-                key,
-                urllib3.ProxyManager(
-                    proxy.url,
-                    proxy_headers=urllib3.make_headers(proxy_basic_auth=auth) if auth is not None else None,
-                    proxy_ssl_context=ssl.create_default_context(cafile=str(self.options.ca_file) if self.options.ca_file else None),
-                    **self._tls_kw[insecure],
-                ),
-            )
-        return manager
+        return self.insecure if self.is_insecure(url) else self.secure
 
     def close(self) -> None:
         self.secure.clear()
         self.insecure.clear()
-        for manager in self._proxied.values():
-            manager.clear()
 
 
 def backoff(options: TransportOptions, attempt: int, retry_after: Optional[str], why: str) -> None:
