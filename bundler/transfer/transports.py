@@ -183,6 +183,20 @@ def registry_head(registries: Registries, reference: Reference) -> Optional[Mani
     return None
 
 
+def pull_location(registries: Registries, reference: Reference) -> Reference:
+    """Where `reference` is really pulled from (see `registry_source`): the first pull source that has its
+    manifest, for lookups next to the image (signature tags, referrers). Without mirrors, no request."""
+    sources = registries.conf.pull_sources(reference)
+    for source in sources[:-1]:
+        ref = source.reference
+        try:
+            if registries.client(ref.registry).head_manifest(ref.repository, ref.identifier) is not None:
+                return ref
+        except BundlerError as exc:
+            log.info("mirror %s: %s; trying the next source", ref, exc)
+    return sources[-1].reference
+
+
 class LayoutImage:
     """One named image in an OCI layout (`org.opencontainers.image.ref.name`), as a source or a sink."""
 
