@@ -305,17 +305,21 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def transport_options(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str], conf: Any = None) -> Any:
     """How to reach servers, from the registry flags and the host's conventions (proxy environment, the
-    hosts registries.conf marks insecure)."""
+    hosts registries.conf marks insecure, CA files and client certificates in certs.d)."""
+    from bundler.registry.certsd import CertsD
     from bundler.registry.client import TransportOptions
     from bundler.registry.proxy import ProxySettings
     from bundler.registry.registries_conf import RegistriesConf
 
     conf = conf if conf is not None else RegistriesConf.load()
+    host_ca_files, client_certs = CertsD().scan()
     return TransportOptions(
         ca_file=ca_file,
         insecure_hosts=frozenset(insecure) | conf.insecure_hosts(),
         pool_size=max(16, workers * 2),
         proxies=ProxySettings.from_environment(override=proxy),
+        host_ca_files=host_ca_files,
+        client_certs=client_certs,
     )
 
 

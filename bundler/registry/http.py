@@ -1,8 +1,10 @@
 """HTTP plumbing shared by every client we have (registries, the update service, signature stores).
 
-Owns the connection pools (TLS verified with the system CAs plus `--ca-file`; unverified TLS or plain HTTP
-only for the hosts given with `--insecure-registry`), and one logical request with bounded retries by
-predicate — connection errors, 429 (honouring Retry-After) and 5xx — with jittered exponential backoff.
+Owns the connection pools (TLS verified with the system CAs plus `--ca-file`, plus a host's certs.d CA
+files, presenting its certs.d client certificate; unverified TLS or plain HTTP only for the hosts given
+with `--insecure-registry`; each request routed through the proxy its URL needs, see `proxy`), and one
+logical request with bounded retries by predicate — connection errors, 429 (honouring Retry-After) and
+5xx — with jittered exponential backoff.
 A TLS failure is never retried: it is a configuration problem, reported with what to pass.
 """
 
@@ -17,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Iterator, Optional, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterator, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import urllib3
@@ -25,7 +27,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError, SSLError
 
 from bundler import __version__
-from bundler.base.errors import RegistryUnreachableError
+from bundler.base.errors import RegistryUnreachableError, UsageError
 from bundler.registry.proxy import Proxy, ProxySettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ class TransportOptions:
     backoff_max: float = 10.0
     pool_size: int = 16
     proxies: ProxySettings = ProxySettings()
+    #: certs.d: `(HOST:PORT, CA file)` trusted for that host only, `(HOST:PORT, cert, key)` presented to it
+    host_ca_files: Tuple[Tuple[str, Path], ...] = ()
+    client_certs: Tuple[Tuple[str, Path, Path], ...] = ()
 
 
 def redact(url: str) -> str:
@@ -86,11 +91,16 @@ def short_reason(exc: object) -> str:
 
 class _Routed(urllib3.PoolManager):
     """A pool manager that sends each request through the proxy its URL needs (`ProxySettings`), or
-    directly; the proxy managers it makes get the same TLS settings, so a host keeps its TLS through a tunnel."""
+    directly, and gives each host the SSL context `host_contexts` lists for it (certs.d), else its own.
 
-    def __init__(self, *, proxies: ProxySettings, proxy_ssl_context: Optional[ssl.SSLContext], **kw: Any) -> None:
+    The proxy managers it makes for itself are of the same kind, so a host keeps its TLS through a tunnel."""
+
+    def __init__(
+        self, *, proxies: ProxySettings, host_contexts: Dict[str, ssl.SSLContext], proxy_ssl_context: Optional[ssl.SSLContext], **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self._proxies = proxies
+        self._host_contexts = host_contexts
         self._proxy_ssl_context = proxy_ssl_context
         self._kw = kw
         self._via: Dict[Proxy, urllib3.PoolManager] = {}
@@ -103,8 +113,11 @@ class _Routed(urllib3.PoolManager):
         with self._via_lock:
             manager = self._via.get(proxy)
             if manager is None:
-                manager = self._via[proxy] = _RoutedProxy(proxy, self._proxy_ssl_context, **self._kw)
+                manager = self._via[proxy] = _RoutedProxy(proxy, self._host_contexts, self._proxy_ssl_context, **self._kw)
         return manager.urlopen(method, url, redirect=redirect, **kw)
+
+    def connection_from_host(self, host: Optional[str], port: Optional[int] = None, scheme: Optional[str] = "http", pool_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        return super().connection_from_host(host, port, scheme, pool_kwargs=_with_host_context(self._host_contexts, host, port, scheme, pool_kwargs))
 
     def clear(self) -> None:
         super().clear()
@@ -113,10 +126,10 @@ class _Routed(urllib3.PoolManager):
 
 
 class _RoutedProxy(urllib3.ProxyManager):
-    """A proxy's pool manager: `CONNECT` for https (TLS end to end), forwarding for http;
-    `Proxy-Authorization` only from the proxy URL's credentials."""
+    """A proxy's pool manager: `CONNECT` for https (TLS end to end, with the host's SSL context),
+    forwarding for http; `Proxy-Authorization` only from the proxy URL's credentials."""
 
-    def __init__(self, proxy: Proxy, proxy_ssl_context: Optional[ssl.SSLContext], **kw: Any) -> None:
+    def __init__(self, proxy: Proxy, host_contexts: Dict[str, ssl.SSLContext], proxy_ssl_context: Optional[ssl.SSLContext], **kw: Any) -> None:
         auth = f"{proxy.username}:{proxy.password}" if proxy.username is not None else None
         super().__init__(
             proxy.url,
@@ -124,23 +137,57 @@ class _RoutedProxy(urllib3.ProxyManager):
             proxy_ssl_context=proxy_ssl_context,
             **kw,
         )
+        self._host_contexts = host_contexts
+
+    def connection_from_host(self, host: Optional[str], port: Optional[int] = None, scheme: Optional[str] = "http", pool_kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        return super().connection_from_host(host, port, scheme, pool_kwargs=_with_host_context(self._host_contexts, host, port, scheme, pool_kwargs))
+
+
+def _with_host_context(
+    contexts: Dict[str, ssl.SSLContext], host: Optional[str], port: Optional[int], scheme: Optional[str], pool_kwargs: Optional[Dict[str, Any]]
+) -> Optional[Dict[str, Any]]:
+    if not contexts or scheme != "https" or not host:
+        return pool_kwargs
+    name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    ctx = contexts.get(f"{name}:{port or 443}")
+    return pool_kwargs if ctx is None else {**(pool_kwargs or {}), "ssl_context": ctx}
 
 
 class HttpPools:
     """A verified-TLS pool manager and an unverified one, chosen per host; each routes requests through
-    the proxy their URL needs."""
+    the proxy their URL needs, and uses a host's certs.d CA files and client certificate for that host."""
 
     def __init__(self, options: TransportOptions) -> None:
         self.options = options
         timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
-        ctx = ssl.create_default_context()
-        if options.ca_file is not None:
-            ctx.load_verify_locations(cafile=str(options.ca_file))
+        ctx = self._context()
         kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
         if str(getattr(urllib3, "__version__", "")).startswith("2"):
             kw["blocksize"] = CHUNK_SIZE
-        self.secure = _Routed(proxies=options.proxies, proxy_ssl_context=ctx, ssl_context=ctx, **kw)
-        self.insecure = _Routed(proxies=options.proxies, proxy_ssl_context=ctx, cert_reqs="CERT_NONE", **kw)
+        # fail now, naming the file, when a certs.d file cannot be used
+        hosts = sorted({h for h, _ in options.host_ca_files} | {h for h, _, _ in options.client_certs})
+        host_contexts = {h: self._context(h) for h in hosts}
+        self.secure = _Routed(proxies=options.proxies, host_contexts=host_contexts, proxy_ssl_context=ctx, ssl_context=ctx, **kw)
+        self.insecure = _Routed(proxies=options.proxies, host_contexts={}, proxy_ssl_context=ctx, cert_reqs="CERT_NONE", **kw)
+
+    def _context(self, host_port: Optional[str] = None) -> ssl.SSLContext:
+        """The system CAs and --ca-file; for `host_port`, also its certs.d CA files and client certificate."""
+        ctx = ssl.create_default_context()
+        files = [self.options.ca_file] if self.options.ca_file is not None else []
+        files += [p for h, p in self.options.host_ca_files if h == host_port]
+        for ca in files:
+            try:
+                ctx.load_verify_locations(cafile=str(ca))
+            except (ssl.SSLError, ValueError):
+                raise UsageError(f"CA file {ca} holds no PEM certificate", hint="give a PEM file (-----BEGIN CERTIFICATE-----)") from None
+        for h, cert, key in self.options.client_certs:
+            if h == host_port:
+                try:
+                    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+                except (ssl.SSLError, ValueError, OSError):
+                    raise UsageError(f"client certificate {cert} and key {key} are not a PEM certificate and its key") from None
+                break
+        return ctx
 
     def is_insecure(self, url_or_host: str) -> bool:
         parts = urlsplit(url_or_host if "://" in url_or_host else f"//{url_or_host}")
