@@ -20,13 +20,16 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple, Type, TypeVar
 
 import click
+from urllib3.exceptions import InsecureRequestWarning
 
 from bundler.base.errors import BundlerError, ExitCode
 from bundler.base.units import human_bytes as human_bytes  # re-exported for the command modules
+from bundler.registry.http import DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT, redact_text
 
 T = TypeVar("T")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -96,6 +99,21 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+class RedactingFilter(logging.Filter):
+    """Removes query strings and URL credentials from every record before any handler writes it
+    (urllib3's own debug lines carry whole request lines: upload `_state`, pre-signed `X-Amz-Signature`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is logged as it is
+            return True
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def setup_logging(verbose: int) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
@@ -106,6 +124,7 @@ def setup_logging(verbose: int) -> None:
     console = _ConsoleHandler()
     console.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
     console.setFormatter(_ConsoleFormatter(verbose))
+    console.addFilter(RedactingFilter())
     root.addHandler(console)
     try:
         path = debug_log_path()
@@ -113,10 +132,15 @@ def setup_logging(verbose: int) -> None:
         fh = logging.FileHandler(path)
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(name)s: %(message)s"))
+        fh.addFilter(RedactingFilter())
         root.addHandler(fh)
     except OSError:
         pass
-    logging.getLogger("urllib3").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+    # urllib3's own lines ("Connection pool is full, discarding connection", retries) are not for users:
+    # our messages say what failed. -vvv shows them, redacted like everything else.
+    logging.getLogger("urllib3").setLevel(logging.ERROR if verbose < 3 else logging.DEBUG)
+    # --insecure-registry already says TLS is not verified for that host; no warning per request.
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
 
 _JSON_PRINTED = threading.Event()
@@ -275,6 +299,21 @@ class CliProgress:
 
 def registry_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Flags every command that talks to registries shares."""
+    fn = click.option(
+        "--retry-times",
+        type=click.IntRange(0, 20),
+        default=DEFAULT_RETRY_TIMES,
+        show_default=True,
+        help="Retries of a request after connection errors, stalls, HTTP 429 and 5xx (with backoff).",
+    )(fn)
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(1, 3600),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        metavar="SECONDS",
+        help="Per attempt: a transfer moving under 1 KiB in this time is stalled; manifests and tokens must arrive in full within it.",
+    )(fn)
     fn = click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Parallel blob transfers.")(fn)
     fn = click.option(
         "--insecure-registry",
@@ -303,31 +342,41 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def transport_options(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str], conf: Any = None) -> Any:
-    """How to reach servers, from the registry flags and the host's conventions (proxy environment, the
-    hosts registries.conf marks insecure, CA files and client certificates in certs.d)."""
+def make_transport(
+    ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int, *, proxy: Optional[str] = None, conf: Any = None
+) -> Any:
+    """The `TransportOptions` of the shared registry flags and of the host's conventions: the proxy
+    environment, the hosts registries.conf marks insecure, CA files and client certificates in certs.d."""
+    from dataclasses import replace
+
     from bundler.registry.certsd import CertsD
-    from bundler.registry.client import TransportOptions
+    from bundler.registry.http import TransportOptions
     from bundler.registry.proxy import ProxySettings
     from bundler.registry.registries_conf import RegistriesConf
+    from bundler.registry.tls import TlsPolicy
 
     conf = conf if conf is not None else RegistriesConf.load()
     host_ca_files, client_certs = CertsD().scan()
+    tls = TlsPolicy.from_options(insecure=tuple(insecure) + tuple(sorted(conf.insecure_hosts())), ca_file=ca_file)
     return TransportOptions(
-        ca_file=ca_file,
-        insecure_hosts=frozenset(insecure) | conf.insecure_hosts(),
+        tls=replace(tls, host_ca_files=host_ca_files, client_certs=client_certs),
+        read_timeout=timeout,
+        max_attempts=retry_times + 1,
         pool_size=max(16, workers * 2),
         proxies=ProxySettings.from_environment(override=proxy),
-        host_ca_files=host_ca_files,
-        client_certs=client_certs,
     )
 
 
-def make_registries(authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, proxy: Optional[str] = None) -> Any:
-    """The registries of one command: flags, auth files, proxy environment and registries.conf."""
+def make_registries(
+    authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int,
+    *, proxy: Optional[str] = None,
+) -> Any:
+    """The registries of one command: flags, auth files, proxy environment, registries.conf and certs.d."""
     from bundler.registry.auth import CredentialStore
     from bundler.registry.client import Registries
     from bundler.registry.registries_conf import RegistriesConf
 
     conf = RegistriesConf.load()
-    return Registries(credentials=CredentialStore(authfile), options=transport_options(ca_file, insecure, workers, proxy, conf), conf=conf)
+    return Registries(
+        credentials=CredentialStore(authfile), options=make_transport(ca_file, insecure, workers, timeout, retry_times, proxy=proxy, conf=conf), conf=conf
+    )

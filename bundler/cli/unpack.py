@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, registry_options, transport_options, warn
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, make_transport, registry_options, warn
 from bundler.base.errors import UsageError
 from bundler.base.units import human_bytes
 
@@ -97,6 +97,8 @@ def unpack(
     proxy: Optional[str],
     insecure: Tuple[str, ...],
     workers: int,
+    timeout: float,
+    retry_times: int,
     verbose: int,
     as_json: bool,
 ) -> None:
@@ -123,7 +125,7 @@ def unpack(
         registry=registry,
         prefix=prefix,
         authfile=authfile,
-        transport=transport_options(ca_file, insecure, workers, proxy),
+        transport=make_transport(ca_file, insecure, workers, timeout, retry_times, proxy=proxy),
         workers=workers,
         dry_run=dry_run,
         verify=not no_verify,
