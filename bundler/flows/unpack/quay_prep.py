@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -17,12 +18,14 @@ from bundler.flows.unpack.model import Target, UnpackOptions, host_port, split_r
 from bundler.registry.auth import CredentialStore, Credentials
 
 if TYPE_CHECKING:
-    from bundler.quay.api import QuayAPI
+    from bundler.quay.api import QuayAPI, RobotAccount
 
 log = logging.getLogger(__name__)
 
 #: Short name of the robot unpack creates in each Quay organisation (`<org>+ocp_bundler`).
 ROBOT_NAME = "ocp_bundler"
+#: Organisations prepared at once.
+PREPARE_THREADS = 8
 
 # --- the Quay bring-up's data ------------------------------------------------------------------------------
 
@@ -131,15 +134,22 @@ class QuaySide:
         if dry_run:
             self.organizations_to_create = [org for org in orgs if not api.organization_exists(org)]
             return
-        for org in orgs:
-            if api.ensure_organization(org):
-                self.organizations_created.append(org)
-                log.info("created organisation %s on %s", org, self.host)
-            self.existing[org] = True
-            robot = self.data.robots.get(org)
-            account = api.ensure_robot(org, robot.username.split("+", 1)[1] if robot is not None else ROBOT_NAME)
-            api.grant_creator(org, account.name)
-            credentials.by_org[org] = Credentials(account.name, account.token)
+        # one organisation after another would cost a round trip per call (Quay's API is slow): all at once
+        with ThreadPoolExecutor(max_workers=max(1, min(PREPARE_THREADS, len(orgs))), thread_name_prefix="quay-org") as pool:
+            for org, account in zip(orgs, pool.map(self._prepare_one, orgs)):
+                credentials.by_org[org] = Credentials(account.name, account.token)
+        self.organizations_created.sort()
+
+    def _prepare_one(self, org: str) -> "RobotAccount":
+        created = self.api.ensure_organization(org)
+        if created:
+            self.organizations_created.append(org)
+            log.info("created organisation %s on %s", org, self.host)
+        self.existing[org] = True
+        robot = self.data.robots.get(org)
+        account = self.api.ensure_robot(org, robot.username.split("+", 1)[1] if robot is not None else ROBOT_NAME, new_org=created)
+        self.api.grant_creator(org, account.name, new_org=created)
+        return account
 
     def org_exists(self, org: str) -> Optional[bool]:
         if not self.token:
