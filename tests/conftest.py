@@ -21,7 +21,9 @@ the end of its scope):
                        :class:`~tests.infra.token_server.TokenServer`
 - ``fresh_registry_plain``  function: a new empty HTTP registry per test
 - ``registry_factory``      function: ``registry_factory("token", token_expires_in=3)``
-                            -> started RegistryServer, stopped after the test
+                            -> started RegistryServer, stopped after the test; also
+                            ``"tls-clientcert"`` (mutual TLS: ``.client_cert``/``.client_key``) and
+                            ``tls_names=(...)`` for extra certificate names
 
 - ``real_quay``     session: a real Project Quay 3.18 from ``../shared/quay`` (HTTP on loopback,
                        superuser ``.token``), see :mod:`tests.infra.real_quay`
@@ -89,6 +91,7 @@ _REGISTRY_TOOLS = {
     "plain": ["docker-registry"],
     "tls-htpasswd": ["docker-registry", "htpasswd"],
     "token": ["docker-registry"],
+    "tls-clientcert": ["docker-registry"],
 }
 
 

@@ -71,7 +71,8 @@ def test_containers_order_and_empty_entries(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "docker").mkdir()
     _auth(tmp_path / "docker" / "config.json", {"quay.io": "docker:pw", "ghcr.io": "gh:pw"})
     files = default_auth_files()
-    assert files[0] == first and files[1] == tmp_path / "run/containers/auth.json" and files[-1] == tmp_path / "docker/config.json"
+    assert files[0] == first and files[1] == tmp_path / "run/containers/auth.json" and files[-2] == tmp_path / "docker/config.json"
+    assert files[-1] == Path.home() / ".dockercfg"
     store = CredentialStore(files=files)
     assert store.lookup("quay.io").username == "podman"  # type: ignore[union-attr]
     assert store.lookup("ghcr.io").username == "gh"  # type: ignore[union-attr]

@@ -326,7 +326,7 @@ def test_cli_verify_ok_and_json(cli: Callable[..., Any], signed_bundle: Fixture,
     doc = json.loads(j.stdout)
     assert j.exit_code == 0 and doc["ok"] and doc["signed"] and doc["volumesChecked"] == len(signed_bundle[1].manifest.volumes)
     loud = cli("verify", signed_bundle[0])
-    assert loud.exit_code == 0 and "WARNING: the bundle is signed but no --key was given" in loud.stderr
+    assert loud.exit_code == 0 and "warning: the bundle is signed but no --key was given" in loud.stderr
 
 
 def test_cli_verify_failures(cli: Callable[..., Any], bundle_copy: Path, signed_bundle: Fixture, keys: Tuple[Path, Path], tmp_path: Path) -> None:
@@ -346,7 +346,7 @@ def test_cli_verify_failures(cli: Callable[..., Any], bundle_copy: Path, signed_
 def test_cli_verify_unsigned_require(cli: Callable[..., Any], bundle_copy: Path, keys: Tuple[Path, Path]) -> None:
     (bundle_copy / SIGNATURE_NAME).unlink()
     r = cli("verify", bundle_copy)
-    assert r.exit_code == 0 and "WARNING: THE BUNDLE IS NOT SIGNED" in r.stderr
+    assert r.exit_code == 0 and "warning: THE BUNDLE IS NOT SIGNED" in r.stderr
     r = cli("verify", bundle_copy, "--key", keys[1], "--require-signature")
     assert r.exit_code == 3 and "not signed" in r.stderr and "Traceback" not in r.output
 

@@ -475,7 +475,7 @@ def verify_bundle(
         _raise(directory, problems, suppressed=suppressed)
 
     for w in warnings:
-        log.warning("WARNING: %s", w)
+        log.warning("%s", w)
     return VerifyResult(
         directory=directory,
         bundle_id=manifest.id,

@@ -73,7 +73,7 @@ def verify(directory: Path, key: Optional[Path], require_signature: bool, worker
     if as_json:
         emit_json(result.to_json())
         return
-    # result.warnings were already logged loudly (WARNING: …) on stderr by verify_bundle itself.
+    # result.warnings were already logged (warning: …) on stderr by verify_bundle itself.
     click.echo(
         f"OK: bundle {result.bundle_id} in {result.directory} is intact: {result.volumes_checked} volumes, "
         f"{result.blobs_checked} blobs, {result.files_checked} files, {human_bytes(result.bytes)} in {result.seconds:.1f}s "
@@ -170,6 +170,11 @@ def inspect(directory: Path, verbose: int, as_json: bool) -> None:
     """Show what a bundle holds (images with kinds, targets and sizes; volumes; base bundle; totals).
 
     Reads only the bundle manifest: run verify to check the content.
+
+    \b
+    Examples:
+      ocp-bundler inspect /media/usb
+      ocp-bundler inspect /media/usb --json | jq -r '.images[].target'
     """
     from bundler.bundle.volumes import Bundle
 

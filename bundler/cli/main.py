@@ -73,7 +73,7 @@ def main() -> None:
 @common_options
 @command_body
 def copy(
-    source: str, destination: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int,
+    source: str, destination: str, authfile: Optional[Path], ca_file: Optional[Path], proxy: Optional[str], insecure: Tuple[str, ...], workers: int,
     timeout: float, retry_times: int, verbose: int, as_json: bool,
 ) -> None:
     """Copy an image (a whole manifest list by default) digest-exactly.
@@ -89,7 +89,7 @@ def copy(
     from bundler.transfer.transports import check_pinned, open_sink, open_source, parse_location
 
     src_loc, dst_loc = parse_location(source), parse_location(destination)
-    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times)
+    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times, proxy=proxy)
     progress = CliProgress("copy", enabled=not as_json)
     try:
         src = open_source(src_loc, registries)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import click
 
 from bundler.base.errors import ImageNotFoundError
-from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, human_bytes, make_registries, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, human_bytes, make_registries, registry_options, warn
 
 if TYPE_CHECKING:
     from bundler.flows.pack import PackedImage
@@ -38,7 +38,8 @@ def pack(
     config: Path, out_dir: Path, work_dir: Optional[Path], volume_size: Optional[str], sign_key: Optional[Path], base: Optional[Path],
     dry_run: bool, graph_url: Optional[str], signature_store: Optional[str],
     graph_data_url: Optional[str], graph_base_image: Optional[str], remove_signatures: bool, release_keys: Tuple[Path, ...],
-    target_kind: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int,
+    target_kind: str, authfile: Optional[Path], ca_file: Optional[Path], proxy: Optional[str], insecure: Tuple[str, ...], workers: int, timeout: float,
+    retry_times: int,
     verbose: int, as_json: bool,
 ) -> None:
     """Resolve an image-set config, pull every image and write a signed bundle.
@@ -64,7 +65,7 @@ def pack(
     size = parse_size(volume_size, what="--volume-size") if volume_size else None
     if size is None:
         size = load_image_set(config).volume_size_hint or DEFAULT_VOLUME_SIZE
-    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times)
+    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times, proxy=proxy)
     progress = CliProgress("pack", enabled=not as_json)
     try:
         result = run_pack(
@@ -86,7 +87,7 @@ def pack(
             raise ImageNotFoundError(f"{len(failed)} of {len(result.images)} planned images cannot be resolved (see the JSON)")
         return
     for w in result.plan.warnings:
-        click.echo(f"warning: {w}", err=True)
+        warn(w)
     by_kind: Dict[str, List[PackedImage]] = {}
     for img in result.images:
         by_kind.setdefault(img.planned.kind, []).append(img)
@@ -115,7 +116,7 @@ def pack(
         for line in sigs.verification:
             click.echo(f"  {line}")
     if not release_keys and result.plan.reports.releases:
-        click.echo("warning: release signatures were NOT verified (no --release-key given); they are carried as published", err=True)
+        warn("release signatures were NOT verified (no --release-key given); they are carried as published")
     if dry_run and failed:
         raise ImageNotFoundError(
             f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
@@ -127,5 +128,5 @@ def pack(
         if base is not None:
             click.echo(f"Incremental against {base}: {result.bundle.blobs_written} blobs carried, {result.bundle.blobs_skipped_by_base} left to the base bundle")
         if not sign_key:
-            click.echo("warning: the bundle is not signed; use --sign-key so the far side can prove it is yours", err=True)
+            warn("the bundle is not signed; use --sign-key so the far side can prove it is yours")
         click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if sign_key else ""))

@@ -39,6 +39,7 @@ def prune(
     apply: bool,
     authfile: Optional[Path],
     ca_file: Optional[Path],
+    proxy: Optional[str],
     insecure: Tuple[str, ...],
     workers: int,
     timeout: float,
@@ -60,7 +61,7 @@ def prune(
     from bundler.flows.prune import GC_HINT, PruneOptions
     from bundler.flows.prune import prune as run_prune
 
-    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times)
+    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times, proxy=proxy)
     try:
         result = run_prune(PruneOptions(registry=registry, prefix=prefix, keep=keep, ledger=ledger, apply=apply), registries)
     finally:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, command_body, common_options, emit_json, option_group
+from bundler.cli.support import CONTEXT, command_body, common_options, emit_json, option_group, warn
 from bundler.base.errors import UsageError
 from bundler.base.safefile import read_regular
 
@@ -259,7 +259,7 @@ def up(placement: _Placement, accounts: _Accounts, tls: _Tls, s3: _S3, service: 
         emit_json(result.to_json())
         return
     for w in result.warnings:
-        click.echo(f"warning: {w}", err=True)
+        warn(w)
     if result.changes:
         click.echo(f"Quay is running at {result.url} (pod {result.pod}); changes:")
         for change in result.changes:
@@ -276,7 +276,14 @@ def up(placement: _Placement, accounts: _Accounts, tls: _Tls, s3: _S3, service: 
 @common_options
 @command_body
 def status(name: str, data_dir: Optional[Path], verbose: int, as_json: bool) -> None:
-    """Show the pod, its containers' states and Quay's health. Exit 0 when all run and Quay is healthy, 5 otherwise."""
+    """Show the pod, its containers' states and Quay's health. Exit 0 when all run and Quay is healthy, 5 otherwise.
+
+    \b
+    Examples:
+      ocp-bundler quay status
+      ocp-bundler quay status --name ocpb-quay --data-dir /srv/quay --json
+      until ocp-bundler quay status >/dev/null; do sleep 10; done     # wait until Quay is healthy
+    """
     from bundler.quay.bringup import quay_status
 
     result = quay_status(name=name, data_dir=_data_dir(data_dir))
@@ -310,7 +317,13 @@ def status(name: str, data_dir: Optional[Path], verbose: int, as_json: bool) -> 
 @common_options
 @command_body
 def down(name: str, data_dir: Optional[Path], purge: bool, yes: bool, verbose: int, as_json: bool) -> None:
-    """Stop and remove the Quay pod and its containers (data is kept unless --purge)."""
+    """Stop and remove the Quay pod and its containers (data is kept unless --purge).
+
+    \b
+    Examples:
+      ocp-bundler quay down                       # stop; `quay up` brings Quay back with the same data
+      ocp-bundler quay down --purge --yes         # also delete the database, images, secrets and certificates
+    """
     from bundler.quay.bringup import quay_down
 
     root = _data_dir(data_dir)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from bundler.cli.support import CONTEXT, command_body, common_options, emit_json
+from bundler.cli.support import CONTEXT, command_body, common_options, emit_json, warn
 from bundler.openshift.extract import COMMANDS as EXTRACT_COMMANDS
 
 
@@ -57,7 +57,7 @@ def extract(
         bundle, command=command_name, to=to, platform=platform, registry=registry, prefix=prefix, release=release
     )
     for name in result.not_stamped:
-        click.echo(f"warning: {result.path}: the binary has no {name} marker; it was written unchanged there", err=True)
+        warn(f"{result.path}: the binary has no {name} marker; it was written unchanged there")
     if as_json:
         emit_json(
             {

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, warn
 
 
 @click.command("serve", context_settings=CONTEXT)
@@ -117,7 +117,7 @@ def serve(
         if not as_json:
             click.echo(f"cluster resources for {name} in {resources_dir} (see README.txt there); {written.changes.summary()}")
     for note in missing_note(server.index):
-        click.echo(f"warning: {note}", err=True)
+        warn(note)
 
     def stop(signum: int, frame: Optional[FrameType]) -> None:
         raise KeyboardInterrupt

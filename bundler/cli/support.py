@@ -1,6 +1,11 @@
 """What every command shares: logging set-up, error → exit code mapping, progress rendering, output.
 
 Only the CLI imports this module (it uses click and tqdm; the library below never does).
+
+Output rules: every warning line on stderr starts with `warning: ` (logged by the library or printed by a
+command, each message once); with `--json`, a failure still prints one JSON document on stdout,
+`{"error": {"code", "message", "hint"}}`, unless the command already printed its report; lines printed while
+a progress bar is drawn go above it, and a bar is cleared when it closes, before the final lines.
 """
 
 from __future__ import annotations
@@ -39,6 +44,61 @@ def debug_log_path() -> Path:
     return base / "ocp-bundler" / "debug.log"
 
 
+#: Warning messages already printed by this command (a message is printed once, logged or echoed).
+_WARNED: "set[str]" = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _first_time(message: str) -> bool:
+    with _WARNED_LOCK:
+        if message in _WARNED:
+            return False
+        _WARNED.add(message)
+        return True
+
+
+def warn(message: str) -> None:
+    """Print a warning line (`warning: …`) on stderr, unless the same warning was already printed."""
+    if _first_time(message):
+        _write_stderr(f"warning: {message}")
+
+
+def _write_stderr(line: str) -> None:
+    """One line on stderr; above the progress bar when one is drawn, so neither ends up half-drawn."""
+    if CliProgress.active_bars():
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        click.echo(line, err=True)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """`warning: ` and `error: ` prefixes on every such record; `-v` adds level and logger to the others."""
+
+    def __init__(self, verbose: int) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.ERROR:
+            return "error: " + super().format(record)
+        if record.levelno >= logging.WARNING:
+            return "warning: " + record.getMessage()
+        return super().format(record)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes records to stderr through `_write_stderr`; a warning printed before is not printed again."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.levelno == logging.WARNING and not _first_time(record.getMessage()):
+                return
+            _write_stderr(self.format(record))
+        except Exception:  # logging must never break the command
+            self.handleError(record)
+
+
 class RedactingFilter(logging.Filter):
     """Removes query strings and URL credentials from every record before any handler writes it
     (urllib3's own debug lines carry whole request lines: upload `_state`, pre-signed `X-Amz-Signature`)."""
@@ -59,9 +119,11 @@ def setup_logging(verbose: int) -> None:
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):
         root.removeHandler(h)
-    console = logging.StreamHandler(sys.stderr)
+    with _WARNED_LOCK:
+        _WARNED.clear()
+    console = _ConsoleHandler()
     console.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
-    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    console.setFormatter(_ConsoleFormatter(verbose))
     console.addFilter(RedactingFilter())
     root.addHandler(console)
     try:
@@ -81,8 +143,20 @@ def setup_logging(verbose: int) -> None:
     warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
 
-def run_command(verbose: int, fn: Callable[[], T]) -> T:
-    """Run a command body: BundlerError → one line on stderr and its exit code; a bug → exit 1."""
+_JSON_PRINTED = threading.Event()
+
+
+def _json_error(as_json: bool, code: ExitCode, message: str, hint: Optional[str]) -> None:
+    """With --json and nothing printed on stdout yet: the failure as a JSON document."""
+    if as_json and not _JSON_PRINTED.is_set():
+        with contextlib.suppress(OSError):
+            emit_json({"error": {"code": int(code), "message": message, "hint": hint}})
+
+
+def run_command(verbose: int, fn: Callable[[], T], *, as_json: bool = False) -> T:
+    """Run a command body: BundlerError → one line on stderr and its exit code; a bug → exit 1. With
+    `as_json`, a failure is also a JSON document on stdout (see the module docstring)."""
+    _JSON_PRINTED.clear()
     try:
         return fn()
     except BundlerError as exc:
@@ -90,6 +164,7 @@ def run_command(verbose: int, fn: Callable[[], T]) -> T:
         if verbose:
             traceback.print_exc(file=sys.stderr)
         click.echo(f"error: {exc}", err=True)
+        _json_error(as_json, exc.exit_code, exc.message, exc.hint)
         sys.exit(int(exc.exit_code))
     except BrokenPipeError:  # output piped into `head` and the reader left: not an error
         with contextlib.suppress(OSError):
@@ -108,12 +183,14 @@ def run_command(verbose: int, fn: Callable[[], T]) -> T:
             traceback.print_exc(file=sys.stderr)
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        _json_error(as_json, ExitCode.USAGE, f"{exc.strerror or exc}{where}", None)
         sys.exit(int(ExitCode.USAGE))
     except Exception as exc:  # a bug: keep the traceback in the debug log, one line for the user
-        logging.getLogger("bundler").error("internal error", exc_info=True)
+        logging.getLogger("bundler").debug("internal error", exc_info=True)  # the debug log only
         if verbose:
             traceback.print_exc(file=sys.stderr)
         click.echo(f"internal error: {type(exc).__name__}: {exc} (details in {debug_log_path()})", err=True)
+        _json_error(as_json, ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", f"details in {debug_log_path()}")
         sys.exit(int(ExitCode.INTERNAL))
 
 
@@ -125,7 +202,7 @@ def command_body(fn: Callable[..., None]) -> Callable[..., None]:
     def wrapper(**kwargs: Any) -> None:
         verbose = int(kwargs.get("verbose") or 0)
         setup_logging(verbose)
-        run_command(verbose, lambda: fn(**kwargs))
+        run_command(verbose, lambda: fn(**kwargs), as_json=bool(kwargs.get("as_json")))
 
     return wrapper
 
@@ -149,11 +226,20 @@ def option_group(name: str, cls: Type[Any], *options: Callable[[Callable[..., An
 
 
 def emit_json(obj: Any) -> None:
+    _JSON_PRINTED.set()
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
 class CliProgress:
     """A `Progress` drawn with tqdm on a TTY, or as a plain line every few seconds otherwise."""
+
+    _active: "set[CliProgress]" = set()
+    _active_lock = threading.Lock()
+
+    @classmethod
+    def active_bars(cls) -> bool:
+        with cls._active_lock:
+            return bool(cls._active)
 
     def __init__(self, label: str, *, enabled: bool = True, interval: float = 5.0) -> None:
         self.label = label
@@ -169,6 +255,8 @@ class CliProgress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr, leave=False)
+            with CliProgress._active_lock:
+                CliProgress._active.add(self)
 
     def add_total(self, nbytes: int) -> None:
         with self._lock:
@@ -200,8 +288,13 @@ class CliProgress:
             click.echo(f"{self.label}: {human_bytes(self.done)} of {human_bytes(self.total)}, {self.items} items done", err=True)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        """Clear the bar (idempotent): whatever is printed next starts on a clean line."""
+        with CliProgress._active_lock:
+            CliProgress._active.discard(self)
+        with self._lock:
+            bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()
 
 
 def registry_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -229,6 +322,11 @@ def registry_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         metavar="HOST[:PORT]",
         help="Use plain HTTP or unverified TLS for this host only (repeatable). TLS is verified everywhere else.",
     )(fn)
+    fn = click.option(
+        "--proxy",
+        metavar="URL",
+        help="HTTP(S) proxy for every registry, instead of $HTTPS_PROXY / $HTTP_PROXY ($NO_PROXY still applies).",
+    )(fn)
     fn = click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Extra CA certificate(s) to trust (PEM).")(fn)
     fn = click.option(
         "--authfile",
@@ -244,23 +342,41 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def make_transport(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int) -> Any:
-    """The `TransportOptions` of the shared registry flags."""
+def make_transport(
+    ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int, *, proxy: Optional[str] = None, conf: Any = None
+) -> Any:
+    """The `TransportOptions` of the shared registry flags and of the host's conventions: the proxy
+    environment, the hosts registries.conf marks insecure, CA files and client certificates in certs.d."""
+    from dataclasses import replace
+
+    from bundler.registry.certsd import CertsD
     from bundler.registry.http import TransportOptions
+    from bundler.registry.proxy import ProxySettings
+    from bundler.registry.registries_conf import RegistriesConf
     from bundler.registry.tls import TlsPolicy
 
+    conf = conf if conf is not None else RegistriesConf.load()
+    host_ca_files, client_certs = CertsD().scan()
+    tls = TlsPolicy.from_options(insecure=tuple(insecure) + tuple(sorted(conf.insecure_hosts())), ca_file=ca_file)
     return TransportOptions(
-        tls=TlsPolicy.from_options(insecure=insecure, ca_file=ca_file),
+        tls=replace(tls, host_ca_files=host_ca_files, client_certs=client_certs),
         read_timeout=timeout,
         max_attempts=retry_times + 1,
         pool_size=max(16, workers * 2),
+        proxies=ProxySettings.from_environment(override=proxy),
     )
 
 
 def make_registries(
-    authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int
+    authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int,
+    *, proxy: Optional[str] = None,
 ) -> Any:
+    """The registries of one command: flags, auth files, proxy environment, registries.conf and certs.d."""
     from bundler.registry.auth import CredentialStore
     from bundler.registry.client import Registries
+    from bundler.registry.registries_conf import RegistriesConf
 
-    return Registries(credentials=CredentialStore(authfile), options=make_transport(ca_file, insecure, workers, timeout, retry_times))
+    conf = RegistriesConf.load()
+    return Registries(
+        credentials=CredentialStore(authfile), options=make_transport(ca_file, insecure, workers, timeout, retry_times, proxy=proxy, conf=conf), conf=conf
+    )

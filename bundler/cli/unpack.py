@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, make_transport, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, make_transport, registry_options, warn
 from bundler.base.errors import UsageError
 from bundler.base.units import human_bytes
 
@@ -94,6 +94,7 @@ def unpack(
     require_signature: bool,
     authfile: Optional[Path],
     ca_file: Optional[Path],
+    proxy: Optional[str],
     insecure: Tuple[str, ...],
     workers: int,
     timeout: float,
@@ -118,13 +119,13 @@ def unpack(
     from bundler.flows.unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, unpack_bundle
 
     if no_verify:
-        click.echo("WARNING: --no-verify: the bundle's volumes and signature will NOT be checked", err=True)
+        warn("--no-verify: the bundle's volumes and signature will NOT be checked")
     progress = CliProgress("unpack", enabled=not as_json)
     options = UnpackOptions(
         registry=registry,
         prefix=prefix,
         authfile=authfile,
-        transport=make_transport(ca_file, insecure, workers, timeout, retry_times),
+        transport=make_transport(ca_file, insecure, workers, timeout, retry_times, proxy=proxy),
         workers=workers,
         dry_run=dry_run,
         verify=not no_verify,
@@ -190,7 +191,7 @@ def _render(result: UnpackResult, as_json: bool) -> None:
         if result.resource_changes is not None:
             click.echo(f"cluster resources against the earlier set there: {result.resource_changes.summary()}")
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        warn(warning)
 
 
 @click.command("pull-secret", context_settings=CONTEXT)

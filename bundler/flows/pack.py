@@ -33,7 +33,7 @@ from bundler.base.progress import NullProgress, Progress
 from bundler.bundle.volumes import DEFAULT_VOLUME_SIZE
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
-from bundler.transfer.transports import ImageSource, LayoutImage, RegistryRepository
+from bundler.transfer.transports import ImageSource, LayoutImage, registry_source
 
 if TYPE_CHECKING:
     from bundler.bundle.volumes import BundleWriteResult
@@ -315,7 +315,7 @@ def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Im
     if img.in_layout:
         return LayoutImage(layout, layout_ref(img))
     ref = Reference.parse(img.source)
-    return RegistryRepository(registries.client(ref.registry), ref, tag_must_agree=img.kind in ("additional", "registry"))
+    return registry_source(registries, ref, tag_must_agree=img.kind in ("additional", "registry"))
 
 
 def layout_ref(img: PlannedImage) -> str:

@@ -20,7 +20,7 @@ from bundler.layout.store import Layout
 from bundler.oci.planned import PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
-from bundler.transfer.transports import ImageSource, LayoutImage, RegistryRepository
+from bundler.transfer.transports import ImageSource, LayoutImage, registry_source
 
 if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
@@ -180,7 +180,7 @@ def platform_choice(
 
     wanted = {(o, go_arch(a)) for o, a in platforms}
     ref = Reference.parse(reference)
-    source = RegistryRepository(registries.client(ref.registry), ref)
+    source = registry_source(registries, ref)
     top = source.resolve()
     parsed = parse_manifest(top.raw, top.media_type)
     if is_index(top.media_type):
@@ -215,7 +215,7 @@ def build_plan(
     def stage(reference: str) -> ImageSource:
         """Copy an image planning must read into the work layout (once; a rerun finds it there) and read it from there."""
         ref = Reference.parse(reference)
-        copier.copy(RegistryRepository(registries.client(ref.registry), ref), LayoutImage(layout, reference))
+        copier.copy(registry_source(registries, ref), LayoutImage(layout, reference))
         return LayoutImage(layout, reference)
 
     release_plan = None

@@ -53,7 +53,7 @@ from bundler.oci.planned import PlannedImage
 from bundler.oci.reference import Reference, is_valid_tag
 from bundler.registry.client import FetchedManifest, Registries
 from bundler.openshift.release_signatures import DEFAULT_SIGNATURE_STORE, fetch_all
-from bundler.transfer.transports import ImageSource, RegistryRepository
+from bundler.transfer.transports import ImageSource, registry_head, registry_source
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ def plan_releases(
 
     def read(w: _Wanted) -> ReleaseInfo:
         ref = Reference.parse(w.reference)
-        source: ImageSource = stage(w.reference) if stage is not None else RegistryRepository(registries.client(ref.registry), ref)
+        source: ImageSource = stage(w.reference) if stage is not None else registry_source(registries, ref)
         return read_release(
             source,
             reference=w.reference,
@@ -509,7 +509,7 @@ def check_components(
 
     def present(p: PlannedImage) -> bool:
         ref = Reference.parse(p.source)
-        return registries.client(ref.registry).head_manifest(ref.repository, ref.identifier) is not None
+        return registry_head(registries, ref) is not None
 
     if not unique:
         return 0

@@ -38,7 +38,7 @@ from bundler.oci.reference import Reference, is_registry_host
 from bundler.registry.client import Registries
 from bundler.oci.platform import linux_platform
 from bundler.openshift.release import ReleaseInfo, ReleasePlan
-from bundler.transfer.transports import ImageSource, RegistryRepository
+from bundler.transfer.transports import ImageSource, registry_source
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _read_release_streams(
             continue
         seen_images[operator] = None
         ref = Reference.parse(operator)
-        source = operator_sources.get(operator) or RegistryRepository(registries.client(ref.registry), ref)
+        source = operator_sources.get(operator) or registry_source(registries, ref)
         streams, skip, dirs = read_operator_imagestreams(source, arch=release.arch, description=f"cluster-samples-operator of {release.version}-{release.arch}")
         if not streams:
             raise UsageError(

@@ -40,6 +40,7 @@ from bundler.oci.digest import Digest
 from bundler.oci.planned import PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
+from bundler.transfer.transports import pull_location
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def find_signatures(subjects: Sequence[Subject], *, registries: Registries, work
     """host -> whether it serves the referrers API (learnt from the first answer)."""
 
     def look(s: Subject) -> List[PlannedImage]:
-        ref = Reference.parse(f"{s.repository}@{s.digest}")
+        ref = pull_location(registries, Reference.parse(f"{s.repository}@{s.digest}"))  # a mirror's copy has them too
         client = registries.client(ref.registry)
         found: List[PlannedImage] = []
 

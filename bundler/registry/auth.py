@@ -6,7 +6,9 @@ Owns where credentials come from and how they become `Authorization` headers:
   `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.config/containers/auth.json`,
   `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`; the OpenShift pull secret has the same format.
   Keys may be `host`, `host/namespace[/repo]` (most specific wins) or legacy `https://host/v1/` URLs; empty
-  entries are skipped; `credHelpers` / `credsStore` run `docker-credential-<name> get`.
+  entries are skipped; `credHelpers` / `credsStore` run `docker-credential-<name> get`, once per registry
+  and helper for the whole command (the answer is kept in memory only, never written anywhere); the
+  legacy `~/.dockercfg` (a bare `{host: {"auth": ...}}` map) is read last.
 - the Bearer-token flow (distribution `token.md`): tokens cached per (realm, service, scopes) and refreshed
   before they expire, so long pushes never die with 401 half way.
 
@@ -61,7 +63,12 @@ def default_auth_files() -> List[Path]:
         out.append(Path(env["DOCKER_CONFIG"]) / "config.json")
     else:
         out.append(home / ".docker" / "config.json")
+    out.append(home / LEGACY_DOCKERCFG)
     return out
+
+
+#: docker's legacy auth file in $HOME: the `auths` map alone, without the wrapper.
+LEGACY_DOCKERCFG = ".dockercfg"
 
 
 def _normalise_key(key: str) -> str:
@@ -94,6 +101,8 @@ class CredentialStore:
             if doc is not None:
                 self._loaded.append((path, doc))
         self._extra: Dict[str, Credentials] = {}
+        self._helper_answers: Dict[Tuple[str, str], Optional[Credentials]] = {}
+        self._helper_lock = threading.Lock()
 
     @staticmethod
     def _load(path: Path, *, explicit: bool) -> Optional[Dict[str, Any]]:
@@ -116,6 +125,8 @@ class CredentialStore:
             raise UsageError(f"auth file {path} is not valid JSON (line {getattr(exc, 'lineno', '?')})", hint="fix or remove it") from None
         if not isinstance(doc, dict):
             raise UsageError(f"auth file {path} is not a JSON object with an 'auths' map")
+        if path.name == LEGACY_DOCKERCFG and "auths" not in doc:
+            return {"auths": doc}
         return doc
 
     def add(self, registry: str, creds: Credentials) -> None:
@@ -133,7 +144,7 @@ class CredentialStore:
         for path, doc in self._loaded:
             helpers = doc.get("credHelpers") or {}
             if isinstance(helpers, dict) and registry in helpers:
-                creds = _run_helper(str(helpers[registry]), registry)
+                creds = self._helper(str(helpers[registry]), registry)
                 if creds:
                     return creds
             auths = doc.get("auths") or {}
@@ -145,10 +156,18 @@ class CredentialStore:
                         return creds
             store = doc.get("credsStore")
             if isinstance(store, str) and store:
-                creds = _run_helper(store, registry)
+                creds = self._helper(store, registry)
                 if creds:
                     return creds
         return None
+
+    def _helper(self, name: str, registry: str) -> Optional[Credentials]:
+        """The helper's answer for `registry`, asked once per command (other threads wait for it)."""
+        key = (name, registry)
+        with self._helper_lock:
+            if key not in self._helper_answers:
+                self._helper_answers[key] = _run_helper(name, registry)
+            return self._helper_answers[key]
 
 
 def _decode_entry(entry: Any, path: Path, key: str) -> Optional[Credentials]:

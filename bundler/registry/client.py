@@ -28,6 +28,7 @@ from urllib3.exceptions import (
 )
 
 from bundler.registry.auth import Challenge, CredentialStore, TokenCache, parse_challenge
+from bundler.registry.registries_conf import RegistriesConf
 from bundler.oci.digest import CHUNK_SIZE, Digest, Readable
 from bundler.base.errors import (
     AuthenticationError,
@@ -101,8 +102,12 @@ class _HostState:
 class Registries:
     """Shared HTTP pools, token cache and credentials for every registry one command talks to."""
 
-    def __init__(self, *, credentials: Optional[CredentialStore] = None, options: TransportOptions = TransportOptions()) -> None:
+    def __init__(
+        self, *, credentials: Optional[CredentialStore] = None, options: TransportOptions = TransportOptions(), conf: RegistriesConf = RegistriesConf()
+    ) -> None:
         self.options = options
+        #: registries.conf: where pulls really go (mirrors, location rewrites), what is blocked
+        self.conf = conf
         self.credentials = credentials if credentials is not None else CredentialStore(files=[])
         self.tokens = TokenCache()
         self.pools = HttpPools(options)

@@ -19,6 +19,8 @@ Owns:
   seconds more. Stalls are retried like connection errors. Worst case for one request:
   ``attempts × (connect + 2 × read_timeout)`` plus the backoff between attempts (at most `backoff_max`
   each);
+- proxies (`proxy`): each request goes through the proxy its URL needs, tunnelled with `CONNECT` for
+  TLS, with the same TLS settings as a direct connection;
 - `redact`: the form in which URLs are logged or shown (no credentials, no query string).
 """
 
@@ -45,6 +47,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 from bundler import __version__
 from bundler.base.errors import RegistryError, RegistryUnreachableError
 from bundler.base.units import human_bytes
+from bundler.registry.proxy import Proxy, ProxySettings
 from bundler.registry.tls import HostTls, TlsPolicy, build_ssl_context, split_host
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ class TransportOptions:
     backoff_base: float = 0.5
     backoff_max: float = 10.0
     pool_size: int = 16
+    proxies: ProxySettings = ProxySettings()
     ca_file: InitVar[Optional[Path]] = None
     insecure_hosts: InitVar[FrozenSet[str]] = frozenset()
 
@@ -134,6 +138,11 @@ def short_reason(exc: object) -> str:
     for marker in ("Caused by ", "(Caused by "):
         if marker in text:
             text = text.split(marker, 1)[1]
+    tunnel = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
+    if tunnel:
+        return f"the proxy refused the tunnel ({tunnel.group(1).strip()})"
+    if "Unable to connect to proxy" in text:
+        return "cannot connect to the proxy (" + short_reason(text.split("Unable to connect to proxy", 1)[1]) + ")"
     if "Connection refused" in text:
         return "connection refused"
     if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name resolution" in text:
@@ -209,13 +218,35 @@ def _pool_classes(deadline: float) -> Dict[str, Any]:
 
 class _PolicyPoolManager(urllib3.PoolManager):
     """A pool manager that gives each host the SSL context its `TlsPolicy` entry asks for, and whose
-    connections give up on an answer whose headers do not arrive within `header_deadline` seconds."""
+    connections give up on an answer whose headers do not arrive within `header_deadline` seconds.
 
-    def __init__(self, policy: TlsPolicy, *, header_deadline: float = DEFAULT_TIMEOUT, **kw: Any) -> None:
+    A request whose URL needs a proxy (`proxies`) goes through a `_PolicyProxyManager` of that proxy,
+    which uses this manager's SSL contexts and connection classes."""
+
+    def __init__(self, policy: TlsPolicy, *, header_deadline: float = DEFAULT_TIMEOUT, proxies: ProxySettings = ProxySettings(), **kw: Any) -> None:
         super().__init__(**kw)
         self.policy = policy
         self._contexts: Dict[HostTls, ssl.SSLContext] = {}
         self.pool_classes_by_scheme = _pool_classes(header_deadline)
+        self._proxies = proxies
+        self._kw = kw
+        self._via: Dict[Proxy, urllib3.PoolManager] = {}
+        self._via_lock = threading.Lock()
+
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:  # type: ignore[override]
+        proxy = self._proxies.proxy_for(url)
+        if proxy is None:
+            return super().urlopen(method, url, redirect=redirect, **kw)
+        with self._via_lock:
+            manager = self._via.get(proxy)
+            if manager is None:
+                manager = self._via[proxy] = _PolicyProxyManager(self, proxy, **self._kw)
+        return manager.urlopen(method, url, redirect=redirect, **kw)
+
+    def clear(self) -> None:
+        super().clear()
+        for manager in self._via.values():
+            manager.clear()
 
     def context_for(self, tls: HostTls) -> ssl.SSLContext:
         ctx = self._contexts.get(tls)
@@ -230,6 +261,10 @@ class _PolicyPoolManager(urllib3.PoolManager):
         scheme: Optional[str] = "http",
         pool_kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
+        return super().connection_from_host(host, port=port, scheme=scheme, pool_kwargs=self.policy_kwargs(host, port, scheme, pool_kwargs))
+
+    def policy_kwargs(self, host: Optional[str], port: Optional[int], scheme: Optional[str], pool_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """The pool arguments the policy gives `host`: its SSL context, verification or not."""
         kwargs = dict(pool_kwargs or {})
         if (scheme or "http") == "https" and host:
             name = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -238,7 +273,32 @@ class _PolicyPoolManager(urllib3.PoolManager):
             kwargs["cert_reqs"] = "CERT_REQUIRED" if tls.verify else "CERT_NONE"
             if not tls.verify:
                 kwargs["assert_hostname"] = False
-        return super().connection_from_host(host, port=port, scheme=scheme, pool_kwargs=kwargs)
+        return kwargs
+
+
+class _PolicyProxyManager(urllib3.ProxyManager):
+    """One proxy's pool manager: `CONNECT` for https (TLS end to end, with the policy's context for the
+    target host), forwarding for http; `Proxy-Authorization` only from the proxy URL's credentials."""
+
+    def __init__(self, parent: _PolicyPoolManager, proxy: Proxy, **kw: Any) -> None:
+        auth = f"{proxy.username}:{proxy.password}" if proxy.username is not None else None
+        super().__init__(
+            proxy.url,
+            proxy_headers=urllib3.make_headers(proxy_basic_auth=auth) if auth is not None else None,
+            proxy_ssl_context=parent.context_for(parent.policy.for_host(proxy.url)),
+            **kw,
+        )
+        self._parent = parent
+        self.pool_classes_by_scheme = parent.pool_classes_by_scheme
+
+    def connection_from_host(
+        self,
+        host: Optional[str],
+        port: Optional[int] = None,
+        scheme: Optional[str] = "http",
+        pool_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        return super().connection_from_host(host, port=port, scheme=scheme, pool_kwargs=self._parent.policy_kwargs(host, port, scheme, pool_kwargs))
 
 
 class HttpPools:
@@ -251,7 +311,7 @@ class HttpPools:
         kw: Dict[str, Any] = {"maxsize": options.pool_size, "block": False, "timeout": timeout, "num_pools": 32}
         if str(getattr(urllib3, "__version__", "")).startswith("2"):
             kw["blocksize"] = CHUNK_SIZE
-        self.manager = _PolicyPoolManager(self.policy, header_deadline=options.read_timeout, **kw)
+        self.manager = _PolicyPoolManager(self.policy, header_deadline=options.read_timeout, proxies=options.proxies, **kw)
         # Fail now, with the file named, when a CA or client certificate file cannot be used.
         for tls in {self.policy.for_host(h) for h in ["_default_"] + [e for e, _ in self.policy.host_ca_files] + [e for e, _, _ in self.policy.client_certs]}:
             self.manager.context_for(tls)
@@ -451,12 +511,12 @@ def send_with_retries(
             why = str(exc) if isinstance(exc, StalledError) else short_reason(reason)
             if isinstance(exc, StalledError):
                 why = f"stalled: {why}"
-            if attempt >= options.max_attempts:
+            if attempt >= options.max_attempts or "Tunnel connection failed: 407" in str(reason):
                 raise RegistryUnreachableError(
                     f"cannot reach {hop_host} for {what}: {why}" + (f" ({attempt} attempts)" if attempt > 1 else ""),
                     url=redact(target),
                     temporary=True,
-                    hint="check the host name, port and network (a proxy?), then rerun; --timeout and --retry-times tune the limits",
+                    hint="check the host name, port and network (and HTTPS_PROXY / NO_PROXY or --proxy), then rerun; --timeout and --retry-times tune the limits",
                 ) from None
             backoff(options, attempt, None, f"{what}: {why}")
             continue

@@ -5,7 +5,9 @@ differences between backends are capability answers, never type switches in the 
 blobs are put before the manifest that needs them, child manifests before their list; a sink makes a
 blob visible only when it is complete and verified.
 
-`parse_location` reads the command-line forms `docker://REF` and `oci:DIR[:REF]`.
+`parse_location` reads the command-line forms `docker://REF` and `oci:DIR[:REF]`. `registry_source` is how
+every pull opens a registry image: through registries.conf (`Registries.conf`), so a `location` rewrite
+applies, mirrors are tried first where they apply, and a blocked registry is refused.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Optional, Protocol, Union
+from typing import Callable, ContextManager, Iterator, List, Optional, Protocol, Union
 
 from bundler.oci.digest import Digest, Readable
-from bundler.base.errors import DigestMismatchError, UsageError
+from bundler.base.errors import BundlerError, DigestMismatchError, UsageError
 from bundler.layout.store import Layout
 from bundler.oci.media import Descriptor, detect_media_type
 from bundler.oci.reference import Reference
-from bundler.registry.client import FetchedManifest, RegistryClient, Registries
+from bundler.registry.client import FetchedManifest, ManifestHead, RegistryClient, Registries
+from bundler.registry.registries_conf import PullSource
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class RegistryRepository:
         oc-mirror does (their tags move upstream, and checking each would cost a request per image)."""
         head = self.client.head_manifest(self.repo, tag)
         if head is None:
-            log.warning("warning: %s: the source has no tag %s any more; copying the pinned digest", self.description, tag)
+            log.warning("%s: the source has no tag %s any more; copying the pinned digest", self.description, tag)
             return
         current = head.digest or self.client.get_manifest(self.repo, tag).digest
         if current != digest:
@@ -133,6 +136,92 @@ class RegistryRepository:
             return True
         head = self.client.head_manifest(self.repo, tag, scopes=(f"repository:{self.repo}:pull,push",))
         return head is not None and head.digest == manifest.digest
+
+
+class MirroredRepository:
+    """A registry image pulled from the first of its pull sources (registries.conf mirrors in order, then the
+    registry itself) that has its manifest; manifests and blobs then all come from that one source."""
+
+    def __init__(self, registries: Registries, reference: Reference, sources: List[PullSource], *, tag_must_agree: bool = False) -> None:
+        self.reference = reference
+        self.description = str(reference)
+        self._candidates = [
+            RegistryRepository(registries.client(s.reference.registry), s.reference, tag_must_agree=tag_must_agree) for s in sources
+        ]
+        self._chosen: Optional[RegistryRepository] = None
+        self._top: Optional[FetchedManifest] = None
+
+    def resolve(self) -> FetchedManifest:
+        if self._chosen is not None and self._top is not None:
+            return self._top
+        last = len(self._candidates) - 1
+        for i, candidate in enumerate(self._candidates):
+            try:
+                top = candidate.resolve()
+            except BundlerError as exc:
+                if i == last:
+                    raise
+                log.info("mirror %s does not serve %s (%s); trying the next source", candidate.description, self.reference, exc)
+                continue
+            if i < last:
+                log.info("%s: pulled from mirror %s", self.reference, candidate.description)
+            self._chosen, self._top = candidate, top
+            return top
+        raise AssertionError("no pull source")  # pragma: no cover - the registry itself is always last
+
+    def _source(self) -> RegistryRepository:
+        if self._chosen is None:
+            self.resolve()
+        assert self._chosen is not None
+        return self._chosen
+
+    def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
+        return self._source().fetch_manifest(descriptor)
+
+    def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
+        return self._source().open_blob(descriptor, offset)
+
+
+def registry_source(registries: Registries, reference: Reference, *, tag_must_agree: bool = False) -> Union[RegistryRepository, MirroredRepository]:
+    """The image `reference` names, to pull: through registries.conf (rewrites, mirrors, blocked entries).
+    `tag_must_agree`: see `RegistryRepository`."""
+    sources = registries.conf.pull_sources(reference)
+    if len(sources) == 1:
+        ref = sources[0].reference
+        return RegistryRepository(registries.client(ref.registry), ref, tag_must_agree=tag_must_agree)
+    return MirroredRepository(registries, reference, sources, tag_must_agree=tag_must_agree)
+
+
+def registry_head(registries: Registries, reference: Reference) -> Optional[ManifestHead]:
+    """HEAD of the manifest `reference` names, asked of its pull sources in order (see `registry_source`);
+    None when no source has it."""
+    sources = registries.conf.pull_sources(reference)
+    for i, source in enumerate(sources):
+        ref = source.reference
+        try:
+            head = registries.client(ref.registry).head_manifest(ref.repository, ref.identifier)
+        except BundlerError as exc:
+            if i == len(sources) - 1:
+                raise
+            log.info("mirror %s: %s; trying the next source", ref, exc)
+            continue
+        if head is not None:
+            return head
+    return None
+
+
+def pull_location(registries: Registries, reference: Reference) -> Reference:
+    """Where `reference` is really pulled from (see `registry_source`): the first pull source that has its
+    manifest, for lookups next to the image (signature tags, referrers). Without mirrors, no request."""
+    sources = registries.conf.pull_sources(reference)
+    for source in sources[:-1]:
+        ref = source.reference
+        try:
+            if registries.client(ref.registry).head_manifest(ref.repository, ref.identifier) is not None:
+                return ref
+        except BundlerError as exc:
+            log.info("mirror %s: %s; trying the next source", ref, exc)
+    return sources[-1].reference
 
 
 class LayoutImage:
@@ -220,10 +309,10 @@ def parse_location(text: str) -> Location:
     raise UsageError(f"invalid location {text!r}", hint="expected docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:REF]")
 
 
-def open_source(loc: Location, registries: Registries) -> Union[RegistryRepository, LayoutImage]:
+def open_source(loc: Location, registries: Registries) -> Union[RegistryRepository, MirroredRepository, LayoutImage]:
     if loc.kind == "docker":
         assert loc.reference is not None
-        return RegistryRepository(registries.client(loc.reference.registry), loc.reference, tag_must_agree=True)
+        return registry_source(registries, loc.reference, tag_must_agree=True)
     assert loc.directory is not None
     return LayoutImage(Layout(loc.directory, create=False), loc.ref_name)
 
@@ -237,6 +326,7 @@ def open_sink(loc: Location, registries: Registries, *, source: Location) -> Uni
             src_tag = source.reference.tag if source.reference is not None else None
             src_tag = src_tag or (source.ref_name.rsplit(":", 1)[-1] if source.ref_name and ":" in source.ref_name.split("/")[-1] else None)
             ref = ref.with_tag(src_tag or "latest")
+        registries.conf.check_not_blocked(ref)
         return RegistryRepository(registries.client(ref.registry), ref)
     assert loc.directory is not None
     name = loc.ref_name or (str(source.reference) if source.reference is not None else source.ref_name)

@@ -191,6 +191,33 @@ def make_tls_files(
     return files
 
 
+def make_client_cert(tls: TLSFiles, directory: PathLike, *, common_name: str = "ocp-bundler test client") -> "tuple[Path, Path]":
+    """A client certificate (``clientAuth``) and its key, signed by the CA of ``tls``, written as
+    ``client.cert`` and ``client.key`` under ``directory`` (the names certs.d uses); returns their paths."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    ca_key = serialization.load_pem_private_key(tls.ca_key_file.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(tls.ca_file.read_bytes())
+    key = _new_key()
+    start = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_file, key_file = out / "client.cert", out / "client.key"
+    _write_cert(cert, cert_file)
+    _write_key(key, key_file)
+    return cert_file, key_file
+
+
 def make_token_signing_key(directory: PathLike, *, common_name: Optional[str] = None) -> SigningKey:
     """Create an ES256 (P-256) key and a self-signed certificate for it under
     ``directory`` (``token-signing.crt`` / ``token-signing.key``). The certificate is

@@ -10,6 +10,11 @@ Modes:
 - ``"tls-htpasswd"``  HTTPS (certificate from a throw-away CA: ``ca_file``) + htpasswd
                       bcrypt users (made with ``htpasswd -Bbn``)
 - ``"token"``         HTTP + token (Bearer) auth against ``token_server``
+- ``"tls-clientcert"`` HTTPS that also requires a client certificate signed by the test CA
+                      (``http.tls.clientcas``; ``client_cert``/``client_key`` hold one), no htpasswd
+
+``tls_names``: extra DNS names the server certificate is valid for (besides 127.0.0.1, ::1 and
+localhost), e.g. a name only a test proxy resolves.
 
 The registry listens on ``127.0.0.1:0``; the real port is read from its log line
 ``listening on 127.0.0.1:<port>`` (no port races). ``restart()`` keeps the data dir and
@@ -34,14 +39,14 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from .certs import TLSFiles, make_tls_files
+from .certs import TLSFiles, make_client_cert, make_tls_files
 from .token_server import TokenServer
 
-MODES = ("plain", "tls-htpasswd", "token")
+MODES = ("plain", "tls-htpasswd", "token", "tls-clientcert")
 _LISTEN_RE = re.compile(r"listening on (?:\[[^\]]*\]|[0-9.]+):(\d+)")
 _LIVE: "weakref.WeakSet[RegistryServer]" = weakref.WeakSet()
 
@@ -77,6 +82,7 @@ class RegistryServer:
         anonymous_pull: bool = False,
         binary: str = "docker-registry",
         start_timeout: float = 15.0,
+        tls_names: Sequence[str] = (),
     ) -> None:
         if mode not in MODES:
             raise ValueError("mode must be one of %s, not %r" % (MODES, mode))
@@ -90,8 +96,8 @@ class RegistryServer:
         self.data_dir.mkdir(exist_ok=True)
         self.config_file = self.workdir / "config.yml"
         self.log_file = self.workdir / "registry.log"
-        self.username: Optional[str] = None if mode == "plain" else username
-        self.password: Optional[str] = None if mode == "plain" else password
+        self.username: Optional[str] = None if mode in ("plain", "tls-clientcert") else username
+        self.password: Optional[str] = None if mode in ("plain", "tls-clientcert") else password
         self.tls: Optional[TLSFiles] = None
         self.token_server: Optional[TokenServer] = None
         self._owns_token_server = False
@@ -100,8 +106,14 @@ class RegistryServer:
         self._port = 0
         self.host = ""
 
+        self.client_cert: Optional[Path] = None
+        self.client_key: Optional[Path] = None
+        if mode in ("tls-htpasswd", "tls-clientcert"):
+            self.tls = make_tls_files(self.workdir / "tls", hosts=("127.0.0.1", "::1", "localhost", *tls_names))
+        if mode == "tls-clientcert":
+            assert self.tls is not None
+            self.client_cert, self.client_key = make_client_cert(self.tls, self.workdir / "tls" / "client")
         if mode == "tls-htpasswd":
-            self.tls = make_tls_files(self.workdir / "tls")
             self._htpasswd = self.workdir / "htpasswd"
             self._htpasswd.write_text(_bcrypt_line(username, password) + "\n")
         elif mode == "token":
@@ -259,6 +271,8 @@ class RegistryServer:
                 "certificate": str(self.tls.cert_file),
                 "key": str(self.tls.key_file),
             }
+            if self.mode == "tls-clientcert":
+                http_cfg["tls"]["clientcas"] = [str(self.tls.ca_file)]
         if self._htpasswd is not None:
             cfg["auth"] = {"htpasswd": {"realm": "ocpb-test", "path": str(self._htpasswd)}}
         if self.token_server is not None:
@@ -322,6 +336,8 @@ class RegistryServer:
             try:
                 if self.tls is not None:
                     ctx = ssl.create_default_context(cafile=str(self.tls.ca_file))
+                    if self.client_cert is not None and self.client_key is not None:
+                        ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
                     conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                         "127.0.0.1", self._port, timeout=2, context=ctx
                     )

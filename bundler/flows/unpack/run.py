@@ -62,7 +62,7 @@ def unpack_bundle(directory: Path, *, options: UnpackOptions) -> UnpackResult:
             "bundle verification skipped (--no-verify): volumes and signature were NOT checked; the registry "
             "still checks every blob's digest and the read-back every manifest's"
         )
-        log.warning("WARNING: %s", message)
+        log.warning("%s", message)
         warnings.append(message)
     elif options.dry_run:
         verification = "not done (dry run)"

@@ -61,7 +61,7 @@ from bundler.oci.media import Descriptor
 from bundler.oci.planned import LOCAL_LAYOUT_HOST, ImageFacts, PlannedImage, digest_tag
 from bundler.oci.reference import PATH_COMPONENT, Reference
 from bundler.registry.client import FetchedManifest, Registries
-from bundler.transfer.transports import LayoutImage, RegistryRepository
+from bundler.transfer.transports import LayoutImage, registry_head, registry_source
 
 __all__ = [
     "CatalogPlan",
@@ -297,7 +297,7 @@ def _collect_bundle(b: OperatorBundle, out: CollectedImages, bundle_csv: Optiona
 def _bundle_image_csv(registries: Registries, platform: str) -> CsvLoader:
     def load(bundle: OperatorBundle) -> Optional[Mapping[str, Any]]:
         ref = Reference.parse(bundle.image)
-        src = RegistryRepository(registries.client(ref.registry), ref)
+        src = registry_source(registries, ref)
         image = open_image(src, platform=platform)
         files = read_files(
             image,
@@ -318,12 +318,11 @@ def resolve_digests(refs: List[Reference], registries: Registries, *, workers: i
     """Digest of every tag reference (manifest HEAD with the full Accept header; GET when HEAD names none)."""
 
     def one(ref: Reference) -> Tuple[str, Optional[Digest], Optional[BundlerError]]:
-        client = registries.client(ref.registry)
         try:
-            head = client.head_manifest(ref.repository, ref.identifier)
+            head = registry_head(registries, ref)
             if head is None:
                 raise ImageNotFoundError(f"image {ref} not found")
-            digest = head.digest or client.get_manifest(ref.repository, ref.identifier).digest
+            digest = head.digest or registry_source(registries, ref).resolve().digest
             return str(ref), digest, None
         except BundlerError as exc:
             return str(ref), None, exc
@@ -496,11 +495,10 @@ def _copy_catalog_image(
         image = open_image(LayoutImage(layout, ref_name), local, platform=platform)
         return Reference(LOCAL_LAYOUT_HOST, name), local, image, ref_name
     ref = Reference.parse(spec.catalog)
-    client = registries.client(ref.registry)
-    top: FetchedManifest = RegistryRepository(client, ref).resolve()
+    top: FetchedManifest = registry_source(registries, ref).resolve()
     pinned = Reference(ref.registry, ref.repository, digest=top.digest)
     log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
-    copier.copy(RegistryRepository(client, pinned), LayoutImage(layout, None), expected=top.digest)
+    copier.copy(registry_source(registries, pinned), LayoutImage(layout, None), expected=top.digest)
     return ref, top, open_image(LayoutImage(layout, None), top, platform=platform), None
 
 
