@@ -1,0 +1,103 @@
+"""The data directory of a Quay bring-up: where each of its files lives, and its state file.
+
+Owns `QuayPaths` (`config/` with config.yaml, ssl.cert, ssl.key → Quay's config volume; `storage/` →
+/datastorage; `postgres/` → /var/lib/pgsql/data; `ca/` (ca.crt, ca.key); `env/` (container env files);
+`secrets.json` (0600); `state.json`; `auth.json` (0600); `systemd/`), the default location, and reading and writing the state file (what `quay status` and
+later runs need to know).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+from bundler.base.errors import UsageError
+from bundler.base.fsutil import atomic_write
+from bundler.quay.certs import CertificatePaths
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class QuayPaths:
+    root: Path
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.yaml"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.root / "postgres"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def env_dir(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.root / "secrets.json"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.root / "auth.json"
+
+    @property
+    def systemd_dir(self) -> Path:
+        return self.root / "systemd"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def certificates(self) -> CertificatePaths:
+        return CertificatePaths.in_directories(self.ca_dir, self.config_dir)
+
+    def looks_like_ours(self) -> bool:
+        return self.secrets_file.exists() or self.state_file.exists()
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ocp-bundler" / "quay"
+
+
+def read_state(path: Path) -> Dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise UsageError(f"{path} is not valid JSON", hint="remove it; the next `quay up` writes it again") from None
+    return obj if isinstance(obj, dict) else {}
+
+
+def write_json(path: Path, obj: Any, *, mode: int) -> bool:
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write(path, data, mode=mode)
+    return True
