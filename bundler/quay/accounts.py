@@ -1,9 +1,11 @@
-"""The accounts of a Quay bring-up: the first user, the organisations, and a robot per organisation for pushes.
+"""The accounts of a Quay bring-up: the first user, the organisations, a robot per organisation for pushes,
+and a read-only robot per organisation for the cluster's pull secret.
 
 Owns the REST steps after Quay is healthy (through `bundler.quay.api`): initialise the first (super) user and
 keep its API token, create each organisation with a robot that may create repositories there (a `creator`
-team and a `write` default permission), remember every token in the secrets file (0600) as soon as it exists,
-and write the docker/containers auth file (0600) pushes use.
+team and a `write` default permission) and a robot that may only pull (a `member` team with `read` on every
+repository, now and later), remember every token in the secrets file (0600) as soon as it exists, and write
+the docker/containers auth files (0600): one with the push robots, one with the read-only robots.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from bundler.base.errors import AuthenticationError
 from bundler.quay.api import QuayAPI
+
+READER_ROBOT = "cluster_pull"
 from bundler.quay.config import QuaySecrets, save_secrets
 from bundler.quay.datadir import write_json
 
@@ -27,6 +31,8 @@ class AccountOptions:
     robot: str
     init_user: str
     init_email: Optional[str] = None
+    reader: str = READER_ROBOT
+    """Short name of the read-only robot made in each organisation."""
     api_token: Optional[str] = field(default=None, repr=False)
     """A superuser's OAuth token, for a Quay initialised before (the stored one is used otherwise)."""
 
@@ -60,6 +66,7 @@ def prepare_pushes(
             # A fresh database: whatever robots we remembered belong to an older one.
             secrets.admin_token = token
             secrets.robot_tokens.clear()
+            secrets.reader_tokens.clear()
             save_secrets(secrets_file, secrets)
             changes.append(f"initialised the first user {accounts.init_user}")
         missing = [(org, name) for org, name in wanted if name not in secrets.robot_tokens]
@@ -82,6 +89,36 @@ def prepare_pushes(
             save_secrets(secrets_file, secrets)
             changes.append(f"prepared robot {robot.name} (creator in {org})")
     return initialized_now, wanted
+
+
+def prepare_readers(
+    accounts: AccountOptions,
+    secrets: QuaySecrets,
+    secrets_file: Path,
+    endpoint: QuayEndpoint,
+    changes: List[str],
+) -> List[Tuple[str, str]]:
+    """A read-only robot in each organisation (which must exist), allowed to pull every repository there and
+    nothing else. Returns [(org, robot)]; a robot already remembered in the secrets is left as it is."""
+    wanted = [(org, f"{org}+{accounts.reader}") for org in accounts.organizations]
+    missing = [(org, name) for org, name in wanted if name not in secrets.reader_tokens]
+    if not missing:
+        return wanted
+    token = accounts.api_token or secrets.admin_token
+    if not token:
+        raise AuthenticationError(
+            f"no API token is stored to create the read-only robots {', '.join(n for _, n in missing)} in Quay at {endpoint.url}",
+            url=endpoint.url,
+            hint="create an OAuth token for a superuser in Quay's UI and pass it with --api-token-file",
+        )
+    with endpoint.api(token) as api:
+        for org, _name in missing:
+            robot = api.ensure_robot(org, accounts.reader, description="ocp-bundler: pull only (cluster pull secret)")
+            granted = api.grant_reader(org, robot.name)
+            secrets.reader_tokens[robot.name] = robot.token
+            save_secrets(secrets_file, secrets)
+            changes.append(f"prepared read-only robot {robot.name} (read on {granted} existing and every new repository of {org})")
+    return wanted
 
 
 def write_auth_file(path: Path, server: str, robots: Sequence[Tuple[str, str, str]]) -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.base.errors import BundlerError, UsageError
-from bundler.quay.accounts import AccountOptions, QuayEndpoint, prepare_pushes, write_auth_file
+from bundler.quay.accounts import READER_ROBOT, AccountOptions, QuayEndpoint, prepare_pushes, prepare_readers, write_auth_file
 from bundler.quay.api import HEALTH_PATH, QuayAPI
 from bundler.quay.certs import CertificateResult, ensure_certificates, install_user_certificate
 from bundler.quay.config import (
@@ -105,6 +105,7 @@ class QuayUpOptions:
     init_password: Optional[str] = field(default=None, repr=False)
     organizations: Tuple[str, ...] = ("ocp4",)
     robot: str = "bundler"
+    reader: str = READER_ROBOT
     storage: Optional[S3StorageOptions] = None
     ssl_cert: Optional[Path] = None
     ssl_key: Optional[Path] = None
@@ -143,11 +144,14 @@ class QuayUpResult:
     changes: List[str]
     ca_file: Optional[Path]
     auth_file: Optional[Path]
+    pull_secret_file: Optional[Path]
+    """The read-only robots' credentials (0600): what the cluster's pull secret needs."""
     secrets_file: Path
     config_file: Path
     init_user: str
     initialized_now: bool
     robots: List[str]
+    readers: List[str]
     organizations: List[str]
     systemd_units: List[Path]
     warnings: List[str]
@@ -167,11 +171,13 @@ class QuayUpResult:
             "changes": list(self.changes),
             "caFile": str(self.ca_file) if self.ca_file else None,
             "authFile": str(self.auth_file) if self.auth_file else None,
+            "pullSecretFile": str(self.pull_secret_file) if self.pull_secret_file else None,
             "secretsFile": str(self.secrets_file),
             "configFile": str(self.config_file),
             "initUser": self.init_user,
             "initializedNow": self.initialized_now,
             "robots": list(self.robots),
+            "readers": list(self.readers),
             "organizations": list(self.organizations),
             "systemdUnits": [str(p) for p in self.systemd_units],
             "warnings": list(self.warnings),
@@ -194,6 +200,11 @@ class QuayUpResult:
                 f"  ocp-bundler unpack BUNDLE --registry {self.server} --authfile {self.auth_file} --quay-data-dir {self.secrets_file.parent}",
                 "  (--quay-data-dir lets unpack create, with this Quay's stored token, the organisations the bundle needs beyond --org)",
                 f"  podman login --authfile {self.auth_file} {self.server}   (checks the stored credentials)",
+            ]
+        if self.pull_secret_file is not None:
+            lines += [
+                f"The cluster pulls with the read-only robots in {self.pull_secret_file} ({', '.join(self.readers)}); add them to its pull secret:",
+                f"  ocp-bundler pull-secret --file pull-secret.json --from {self.pull_secret_file}",
             ]
         lines.append(f"Web UI: {self.url} (user {self.init_user}; its password is in {self.secrets_file}, key init_password)")
         if self.systemd_units:
@@ -250,17 +261,17 @@ def quay_up(
 
     on_step("preparing organisations and robots")
     endpoint = QuayEndpoint(options.api_url or url, cert.ca_file, None if options.api_url else local)
-    initialized_now, robots = prepare_pushes(_account_options(options), secrets, paths.secrets_file, endpoint, changes)
-    auth_file: Optional[Path] = None
-    if robots:
-        auth_file = paths.auth_file
-        if write_auth_file(auth_file, server, [(org, name, secrets.robot_tokens[name]) for org, name in robots]):
-            changes.append(f"wrote {auth_file}")
+    accounts = _account_options(options)
+    initialized_now, robots = prepare_pushes(accounts, secrets, paths.secrets_file, endpoint, changes)
+    readers = prepare_readers(accounts, secrets, paths.secrets_file, endpoint, changes)
+    auth_file = _credentials_file(paths.auth_file, server, robots, secrets.robot_tokens, changes)
+    pull_secret_file = _credentials_file(paths.pull_secret_file, server, readers, secrets.reader_tokens, changes)
     units = _systemd_units(pm, options, changes, on_step)
 
     state_now.update(
         organizations=list(options.organizations),
         robots=[name for _, name in robots],
+        readers=[name for _, name in readers],
         systemd_dir=str(options.systemd_dir) if options.systemd_dir else state.get("systemd_dir"),
     )
     write_json(paths.state_file, state_now, mode=0o644)
@@ -274,15 +285,26 @@ def quay_up(
         changes=changes,
         ca_file=cert.ca_file,
         auth_file=auth_file,
+        pull_secret_file=pull_secret_file,
         secrets_file=paths.secrets_file,
         config_file=paths.config_file,
         init_user=options.init_user,
         initialized_now=initialized_now,
         robots=[name for _, name in robots],
+        readers=[name for _, name in readers],
         organizations=list(options.organizations),
         systemd_units=units,
         warnings=warnings,
     )
+
+
+def _credentials_file(path: Path, server: str, robots: Sequence[Tuple[str, str]], tokens: Mapping[str, str], changes: List[str]) -> Optional[Path]:
+    """The auth file (0600) for `robots` ([(org, robot)]), or None without robots."""
+    if not robots:
+        return None
+    if write_auth_file(path, server, [(org, name, tokens[name]) for org, name in robots]):
+        changes.append(f"wrote {path}")
+    return path
 
 
 def _make_directories(paths: QuayPaths) -> None:
@@ -400,6 +422,7 @@ def _state_document(options: QuayUpOptions, server: str, cert: CertificateResult
         "images": {role: {"name": li.name, "id": li.image_id, "manifest_digest": li.manifest_digest} for role, li in loaded.items()},
         "organizations": list(state.get("organizations") or []),
         "robots": list(state.get("robots") or []),
+        "readers": list(state.get("readers") or []),
         "systemd_dir": state.get("systemd_dir"),
     }
 
@@ -410,6 +433,7 @@ def _account_options(options: QuayUpOptions) -> AccountOptions:
         robot=options.robot,
         init_user=options.init_user,
         init_email=options.init_email,
+        reader=options.reader,
         api_token=options.api_token,
     )
 

@@ -2,7 +2,8 @@
 
 Owns `QuayPaths` (`config/` with config.yaml, ssl.cert, ssl.key → Quay's config volume; `storage/` →
 /datastorage; `postgres/` → /var/lib/pgsql/data; `ca/` (ca.crt, ca.key); `env/` (container env files);
-`secrets.json` (0600); `state.json`; `auth.json` (0600); `systemd/`), the default location, and reading and writing the state file (what `quay status` and
+`secrets.json` (0600); `state.json`; `auth.json` (0600, the push robots); `pull-secret.json` (0600, the
+read-only robots); `systemd/`), the default location, and reading and writing the state file (what `quay status` and
 later runs need to know).
 """
 
@@ -60,6 +61,10 @@ class QuayPaths:
     @property
     def auth_file(self) -> Path:
         return self.root / "auth.json"
+
+    @property
+    def pull_secret_file(self) -> Path:
+        return self.root / "pull-secret.json"
 
     @property
     def systemd_dir(self) -> Path:
