@@ -66,6 +66,7 @@ from bundler.transfer.transports import ImageSource, Opener, RegistryRepository
 
 if TYPE_CHECKING:
     from bundler.bundle.verify import VerifyResult
+    from bundler.openshift.resources import ResourcesChanges
     from bundler.quay.api import QuayAPI
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,11 @@ class UnpackOptions:
     """First bring Quay up on this host (`ocp-bundler quay up`) as `registry`, from the bundle's images."""
     resources_dir: Optional[Path] = None
     icsp: bool = False
+    resources_fresh: bool = False
+    """Write the cluster resources from this bundle alone instead of adding to the set in `resources_dir`."""
     write_resources: bool = True
+    ledger: Optional[Path] = None
+    """The mirror ledger to record pushed tags in, for `prune` (default: the registry's in the state dir)."""
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -206,6 +211,7 @@ class UnpackResult:
     """Dry runs on Quay with a token: organisations that do not exist yet."""
     resources_dir: Optional[Path] = None
     resource_files: Tuple[Path, ...] = ()
+    resource_changes: Optional["ResourcesChanges"] = None
     warnings: Tuple[str, ...] = ()
     seconds: float = 0.0
 
@@ -252,6 +258,15 @@ class UnpackResult:
             "resources": {
                 "directory": str(self.resources_dir) if self.resources_dir else None,
                 "files": [str(p) for p in self.resource_files],
+                "changes": None if self.resource_changes is None else {
+                    "mirrorsAdded": self.resource_changes.mirrors_added,
+                    "mirrorsUnchanged": self.resource_changes.mirrors_unchanged,
+                    "mirrorsRemoved": self.resource_changes.mirrors_removed,
+                    "catalogsAdded": list(self.resource_changes.catalogs_added),
+                    "catalogsUpdated": list(self.resource_changes.catalogs_updated),
+                    "catalogsUnchanged": list(self.resource_changes.catalogs_unchanged),
+                    "catalogsRemoved": list(self.resource_changes.catalogs_removed),
+                },
             },
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
@@ -642,6 +657,7 @@ class _Unpacker:
             if self.quay is not None:
                 self.quay.api.close()
         result = self._result(images, orgs)
+        self._record(targets, result)
         self._raise_for_failures(result, mismatches)
         if self.options.write_resources:
             result = self._write_resources(result, every)
@@ -1011,6 +1027,18 @@ class _Unpacker:
             seconds=time.monotonic() - self.started,
         )
 
+    def _record(self, targets: Sequence[_Target], result: UnpackResult) -> None:
+        """Write the tags now in place into the mirror ledger, so `prune` knows what unpack put there."""
+        from bundler.flows.ledger import LedgerEntry, optional_path, record
+
+        done = {image.target for image in result.images if image.status in ("pushed", "present")}
+        entries = [
+            LedgerEntry(repository=t.repo, tag=t.tag, digest=str(t.digest), bundle=result.bundle_id)
+            for t in targets
+            if t.text in done
+        ]
+        record(optional_path(self.options.ledger, self.registry_path), entries)
+
     def _write_resources(self, result: UnpackResult, targets: Sequence[_Target]) -> UnpackResult:
         from bundler.openshift.resources import ResourcesOptions, write_cluster_resources
 
@@ -1018,13 +1046,14 @@ class _Unpacker:
         images, catalogs = _resource_inputs(targets)
         signatures = self._signatures()
         try:
-            written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp))
+            written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp, fresh=self.options.resources_fresh))
         except UsageError as exc:
             raise type(exc)(f"every image is in {self.registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
         return dataclasses.replace(
             result,
             resources_dir=out_dir,
             resource_files=written.files,
+            resource_changes=written.changes,
             warnings=result.warnings + written.warnings,
             seconds=time.monotonic() - self.started,
         )
