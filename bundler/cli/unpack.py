@@ -183,6 +183,8 @@ def _render(result: UnpackResult, as_json: bool) -> None:
         click.echo(f"created organisations: {', '.join(result.organizations_created)}")
     if result.resources_dir is not None:
         click.echo(f"cluster resources in {result.resources_dir} (see README.txt there)")
+    if result.pull_secret_file is not None:
+        click.echo(f"cluster pull secret (read-only robots) in {result.pull_secret_file}: ocp-bundler pull-secret --file pull-secret.json --from {result.pull_secret_file}")
         if result.resource_changes is not None:
             click.echo(f"cluster resources against the earlier set there: {result.resource_changes.summary()}")
     for warning in result.warnings:
@@ -191,7 +193,7 @@ def _render(result: UnpackResult, as_json: bool) -> None:
 
 @click.command("pull-secret", context_settings=CONTEXT)
 @click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Pull secret or auth file to edit (created if missing).")
-@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Add every entry of this auth file: the read-only robots' pull-secret.json that `quay up` (in its data dir) and `unpack` (in the resources dir) write.")
+@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Add every entry of this auth file: the read-only robots' credentials that `quay up` (DATA_DIR/pull-secret.json) and `unpack` (RESOURCES_DIR/pull-secret.dockerconfigjson) write.")
 @click.option("--registry", metavar="HOST[:PORT][/ORG]", help="The mirror registry (without --from).")
 @click.option("--username", help="User (or Quay robot, org+name) for the mirror (without --from).")
 @click.option("--password-stdin", is_flag=True, help="Read the password (or token) from stdin.")
@@ -203,7 +205,7 @@ def pull_secret(path: Path, from_file: Optional[Path], registry: Optional[str], 
 
     \b
     The cluster should pull with Quay's read-only robots, never with a superuser:
-      ocp-bundler pull-secret --file pull-secret.json --from ocp-bundler-resources/pull-secret.json
+      ocp-bundler pull-secret --file pull-secret.json --from ocp-bundler-resources/pull-secret.dockerconfigjson
     \b
     Or one entry by hand:
       printf '%s' "$TOKEN" | ocp-bundler pull-secret --file pull-secret.json \\

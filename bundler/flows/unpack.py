@@ -89,6 +89,8 @@ REGISTRY_KINDS = ("auto", "quay", "plain")
 #: Default directory for the cluster resources, relative to the working directory. Not next to the bundle:
 #: bundles usually sit on read-only or removable media that leaves with the courier.
 DEFAULT_RESOURCES_DIR = Path("ocp-bundler-resources")
+#: The read-only robots' auth file in the resources dir; not `.json`, so `oc apply -f DIR` never reads it.
+PULL_SECRET_FILE = "pull-secret.dockerconfigjson"
 #: Short name of the robot unpack creates in each Quay organisation (`<org>+ocp_bundler`).
 ROBOT_NAME = "ocp_bundler"
 _SIGNATURE_FILE = re.compile(r"^signatures/(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})-([1-9][0-9]*)$")
@@ -210,6 +212,8 @@ class UnpackResult:
     organizations_to_create: Tuple[str, ...] = ()
     """Dry runs on Quay with a token: organisations that do not exist yet."""
     resources_dir: Optional[Path] = None
+    pull_secret_file: Optional[Path] = None
+    """On Quay: the read-only robots' credentials (auth file, 0600) for the cluster's pull secret."""
     resource_files: Tuple[Path, ...] = ()
     resource_changes: Optional["ResourcesChanges"] = None
     warnings: Tuple[str, ...] = ()
@@ -257,6 +261,7 @@ class UnpackResult:
             },
             "resources": {
                 "directory": str(self.resources_dir) if self.resources_dir else None,
+                "pullSecret": str(self.pull_secret_file) if self.pull_secret_file else None,
                 "files": [str(p) for p in self.resource_files],
                 "changes": None if self.resource_changes is None else {
                     "mirrorsAdded": self.resource_changes.mirrors_added,
@@ -418,6 +423,8 @@ class QuayData:
 
     token: Optional[str] = field(default=None, repr=False)
     robots: Mapping[str, Credentials] = field(default_factory=dict)
+    readers: Mapping[str, Credentials] = field(default_factory=dict)
+    """Read-only robots per organisation (what the cluster's pull secret needs)."""
     ca_file: Optional[Path] = None
 
 
@@ -434,13 +441,16 @@ def load_quay_data(data_dir: Optional[Path]) -> QuayData:
         raise UsageError(f"Quay data dir {paths.root} does not exist", hint="give the --data-dir `ocp-bundler quay up` used")
     secrets = load_secrets(paths.secrets_file)
     robots: Dict[str, Credentials] = {}
+    readers: Dict[str, Credentials] = {}
     token: Optional[str] = None
     if secrets is not None:
         token = secrets.admin_token
         for name, robot_token in sorted(secrets.robot_tokens.items()):
             robots.setdefault(name.split("+", 1)[0], Credentials(name, robot_token))
+        for name, robot_token in sorted(secrets.reader_tokens.items()):
+            readers.setdefault(name.split("+", 1)[0], Credentials(name, robot_token))
     ca = paths.certificates.ca_cert
-    return QuayData(token=token, robots=robots, ca_file=ca if ca.is_file() else None)
+    return QuayData(token=token, robots=robots, readers=readers, ca_file=ca if ca.is_file() else None)
 
 
 def _quay_up(directory: Path, options: UnpackOptions) -> Tuple[UnpackOptions, List[str]]:
@@ -478,6 +488,7 @@ class _Quay:
     data: QuayData
     token: bool
     existing: Dict[str, bool] = field(default_factory=dict)
+    readers: Dict[str, Credentials] = field(default_factory=dict)
 
 
 class _OrgCredentials(CredentialStore):
@@ -733,13 +744,16 @@ class _Unpacker:
             )
             log.warning("%s", message)
             self.warnings.append(message)
-        return _Quay(api=api, data=data, token=bool(token))
+        return _Quay(api=api, data=data, token=bool(token), readers=dict(data.readers))
 
     def _prepare_organizations(self, quay: _Quay, orgs: Sequence[str], credentials: _OrgCredentials) -> None:
         """Create missing organisations; give each one a robot (the bring-up's, or `<org>+ocp_bundler`) in a
-        team with role `creator`, and push as that robot."""
+        team with role `creator`, and push as that robot; and a read-only robot (the bring-up's, or
+        `<org>+cluster_pull`) for the cluster's pull secret."""
         if not quay.token:
             return
+        from bundler.quay.accounts import READER_ROBOT, ensure_reader
+
         api = quay.api
         if self.options.dry_run:
             self.organizations_to_create = [org for org in orgs if not api.organization_exists(org)]
@@ -753,6 +767,9 @@ class _Unpacker:
             account = api.ensure_robot(org, robot.username.split("+", 1)[1] if robot is not None else ROBOT_NAME)
             api.grant_creator(org, account.name)
             credentials.by_org[org] = Credentials(account.name, account.token)
+            reader = quay.readers.get(org)
+            reader_account, _granted = ensure_reader(api, org, reader.username.split("+", 1)[1] if reader is not None else READER_ROBOT)
+            quay.readers[org] = Credentials(reader_account.name, reader_account.token)
 
     def _org_exists(self, org: str) -> Optional[bool]:
         quay = self.quay
@@ -1049,14 +1066,30 @@ class _Unpacker:
             written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp, fresh=self.options.resources_fresh))
         except UsageError as exc:
             raise type(exc)(f"every image is in {self.registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
+        pull_secret = self._write_pull_secret(out_dir / PULL_SECRET_FILE, targets)
         return dataclasses.replace(
             result,
             resources_dir=out_dir,
+            pull_secret_file=pull_secret,
             resource_files=written.files,
             resource_changes=written.changes,
             warnings=result.warnings + written.warnings,
             seconds=time.monotonic() - self.started,
         )
+
+    def _write_pull_secret(self, path: Path, targets: Sequence[_Target]) -> Optional[Path]:
+        """On Quay: the read-only robots' credentials (0600), for the cluster's pull secret; the organisation
+        of the release first (a node that reads only the `host:port` entry gets its robot)."""
+        from bundler.quay.accounts import write_auth_file
+
+        if self.quay is None or not self.quay.readers:
+            return None
+        orgs = sorted({t.org for t in targets}, key=lambda org: (not any(t.org == org and t.image.kind == "release" for t in targets), org))
+        missing = [org for org in orgs if org not in self.quay.readers]
+        if missing:
+            self.warnings.append(f"no read-only robot for organisation(s) {', '.join(missing)}: add pull credentials for them to the cluster's pull secret (rerun with --quay-token)")
+        write_auth_file(path, self.host, [(org, self.quay.readers[org].username, self.quay.readers[org].password) for org in orgs if org in self.quay.readers])
+        return path
 
     def _signatures(self) -> List[Any]:
         """Release signatures the bundle carries (`signatures/<alg>-<hex>-<N>`) as `ReleaseSignature`s."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from bundler.base.errors import AuthenticationError
-from bundler.quay.api import QuayAPI
+from bundler.quay.api import QuayAPI, RobotAccount
 
 READER_ROBOT = "cluster_pull"
 from bundler.quay.config import QuaySecrets, save_secrets
@@ -113,12 +113,18 @@ def prepare_readers(
         )
     with endpoint.api(token) as api:
         for org, _name in missing:
-            robot = api.ensure_robot(org, accounts.reader, description="ocp-bundler: pull only (cluster pull secret)")
-            granted = api.grant_reader(org, robot.name)
+            robot, granted = ensure_reader(api, org, accounts.reader)
             secrets.reader_tokens[robot.name] = robot.token
             save_secrets(secrets_file, secrets)
             changes.append(f"prepared read-only robot {robot.name} (read on {granted} existing and every new repository of {org})")
     return wanted
+
+
+def ensure_reader(api: QuayAPI, org: str, name: str = READER_ROBOT) -> Tuple[RobotAccount, int]:
+    """The read-only robot `org+name` (created when missing), allowed to pull every repository of `org`.
+    Returns the robot and how many existing repositories were given to it now."""
+    robot = api.ensure_robot(org, name, description="ocp-bundler: pull only (cluster pull secret)")
+    return robot, api.grant_reader(org, robot.name)
 
 
 def write_auth_file(path: Path, server: str, robots: Sequence[Tuple[str, str, str]]) -> bool:
