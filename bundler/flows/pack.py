@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from bundler import __version__
 from bundler.transfer.copy import Copier, CopyOptions, CopyResult
@@ -49,6 +49,10 @@ class PackOptions:
     workers: int = 8
     graph_url: Optional[str] = None
     signature_store: Optional[str] = None
+    remove_signatures: bool = False
+    """Leave sigstore signatures (cosign `.sig` tags, OCI 1.1 referrers) out."""
+    release_keys: Tuple[Path, ...] = ()
+    """Public keys (cosign PEM or OpenPGP) every release's signatures are checked against."""
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -135,10 +139,14 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         planned = plan.deduplicated()
         if options.dry_run:
             images = _measure(planned, registries=registries, layout=layout, workers=options.workers)
+            images += _signatures(options, plan, images, registries=registries, open_image=lambda i: _source_for(i, registries, layout),
+                                  carry=lambda found: _measure(found, registries=registries, layout=layout, workers=options.workers))
             total = _unique_bytes(images)
             _check_space(options.out_dir, total, what="the bundle")
             return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
         images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
+        images += _signatures(options, plan, images, registries=registries, open_image=lambda i: LayoutImage(layout, layout_ref(i)),
+                              carry=lambda found: _pull(found, registries=registries, layout=layout, copier=copier, in_base=in_base))
     failed = [i for i in images if i.status == "failed"]
     if failed:
         lines = [f"{i.planned.source}: {i.error}" for i in failed]
@@ -202,6 +210,41 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     result.seconds = time.monotonic() - started
     atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
     return result
+
+
+def _signatures(
+    options: PackOptions,
+    plan: Plan,
+    images: List[PackedImage],
+    *,
+    registries: Registries,
+    open_image: Callable[[PlannedImage], ImageSource],
+    carry: Callable[[List[PlannedImage]], List[PackedImage]],
+) -> List[PackedImage]:
+    """Look up the signatures of every image carried, carry them, check the releases' (`flows.signatures`)."""
+    from bundler.flows import signatures
+    from bundler.openshift.sigstore import SignatureReport, find_signatures
+
+    if options.remove_signatures:
+        plan.reports.signatures = SignatureReport(removed=True)
+        carried: List[PackedImage] = []
+        found_images: List[PlannedImage] = []
+    else:
+        done = [(i.planned, i.digest) for i in images if i.digest and i.status != "failed"]
+        found = find_signatures(signatures.subjects(done, open_image=open_image), registries=registries, workers=options.workers)
+        plan.reports.signatures = found.report
+        found_images = list(found.images)
+        carried = carry(found_images)
+    report = plan.reports.signatures
+    if options.release_keys:
+        releases = [(f"{r.version}-{r.arch}", r.digest) for r in plan.reports.releases or []]
+        ok = {str(p.planned.digest) for p in carried if p.status != "failed"}
+        report.verification = signatures.verify_releases(
+            releases, keys=options.release_keys, signature_images=[i for i in found_images if i.digest in ok],
+            open_image=open_image, release_signatures=signatures.release_signatures_in(plan.files),
+        )
+        report.verified = bool(releases)
+    return carried
 
 
 def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> ImageSource:

@@ -52,7 +52,6 @@ from bundler.quay.images import (
     RegistryImage,
     Step,
     ensure_images,
-    host_platform,
     images_from_bundle,
     load_image,
     no_step,
@@ -76,6 +75,7 @@ from bundler.quay.pod import (
     wait_healthy,
     write_systemd_units,
 )
+from bundler.oci.platform import host_platform
 from bundler.quay.podman import ContainerInfo, PodInfo, Podman
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform as _platform
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from bundler.base.errors import IntegrityError, UsageError
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, Platform, is_index, parse_manifest
+from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.platform import Platform, choose_child, host_platform
 from bundler.quay.podman import Podman, PodmanError
 from bundler.registry.client import FetchedManifest
 from bundler.transfer.copy import Copier, CopyOptions
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 ROLES = ("postgres", "redis", "quay")
 LOCAL_REPOSITORY = "localhost/ocp-bundler"
-
-_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 Step = Callable[[str], None]
 """Told, in a few words, what a bring-up step is doing now."""
@@ -66,25 +64,10 @@ class LoadedImage:
         return {"role": self.role, "name": self.name, "id": self.image_id, "manifestDigest": self.manifest_digest, "loaded": self.loaded}
 
 
-def host_platform() -> Platform:
-    machine = _platform.machine().lower()
-    return Platform("linux", _GOARCH.get(machine, machine))
-
-
 def _pick_child(source: ImageSource, top: FetchedManifest, want: Platform) -> FetchedManifest:
     parsed = parse_manifest(top.raw, top.media_type)
-    available: List[str] = []
-    fallback: Optional[Descriptor] = None
-    for child in parsed.children:
-        p = child.platform
-        if p is None:
-            continue
-        available.append(str(p))
-        if p.os == want.os and p.architecture == want.architecture:
-            if want.variant is None or p.variant in (None, want.variant):
-                fallback = fallback or child
-                if p.variant == want.variant:
-                    break
+    available = [str(child.platform) for child in parsed.children if child.platform is not None]
+    fallback = choose_child(parsed.children, want)
     if fallback is None:
         raise UsageError(
             f"{source.description} has no image for {want} (it has: {', '.join(available) or 'no platforms'})",
