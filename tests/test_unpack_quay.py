@@ -170,6 +170,8 @@ def test_quay_up_then_unpack_with_its_robots(quay: Any, tmp_path: Path, skopeo: 
     assert len(calls) == 1
     assert calls[0].hostname == "127.0.0.1" and calls[0].port == quay.port and calls[0].organizations == ("mirror",)
     assert result.registry == f"{quay.host}/mirror" and result.registry_kind == "quay"
-    assert set(quay.robots) == {"mirror+bundler"}  # the bring-up's robot was used, no other was made
+    # the bring-up's push robot was used, no other push robot was made; the stand-in bring-up made no
+    # read-only robot, so unpack made one for the cluster's pull secret
+    assert set(quay.robots) == {"mirror+bundler", "mirror+cluster_pull"}
     assert [i.status for i in result.images] == ["pushed"] * len(entries)
     expect_in_quay(skopeo, quay, "mirror", entries)

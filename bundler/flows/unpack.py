@@ -768,7 +768,11 @@ class _Unpacker:
             api.grant_creator(org, account.name)
             credentials.by_org[org] = Credentials(account.name, account.token)
             reader = quay.readers.get(org)
-            reader_account, _granted = ensure_reader(api, org, reader.username.split("+", 1)[1] if reader is not None else READER_ROBOT)
+            try:
+                reader_account, _granted = ensure_reader(api, org, reader.username.split("+", 1)[1] if reader is not None else READER_ROBOT)
+            except RegistryError as exc:  # the pushes do not need it: say so, and go on
+                self.warnings.append(f"no read-only robot for the cluster's pull secret in organisation {org}: {exc.message}")
+                continue
             quay.readers[org] = Credentials(reader_account.name, reader_account.token)
 
     def _org_exists(self, org: str) -> Optional[bool]:
