@@ -49,6 +49,10 @@ class PackOptions:
     workers: int = 8
     graph_url: Optional[str] = None
     signature_store: Optional[str] = None
+    graph_data_url: Optional[str] = None
+    """Where the update-graph data tarball is fetched from for `graph: true`."""
+    graph_base_image: Optional[str] = None
+    """The image the update-graph data image is built on (it needs bash and cp)."""
     remove_signatures: bool = False
     """Leave sigstore signatures (cosign `.sig` tags, OCI 1.1 referrers) out."""
     release_keys: Tuple[Path, ...] = ()
@@ -135,7 +139,8 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
     progress = options.progress
     with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=progress)) as copier:
-        plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
+        plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store,
+                          graph_data_url=options.graph_data_url, graph_base_image=options.graph_base_image)
         planned = plan.deduplicated()
         if options.dry_run:
             images = _measure(planned, registries=registries, layout=layout, workers=options.workers)
