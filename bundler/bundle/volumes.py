@@ -60,6 +60,7 @@ from bundler.base.progress import NullProgress, Progress
 from bundler.registry.client import FetchedManifest
 from bundler.bundle.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     SIGNATURE_NAME,
     TAR_BLOCK,
     BaseBlob,
@@ -71,6 +72,8 @@ from bundler.bundle.manifest import (
     Part,
     check_file_name,
     is_volume_name,
+    open_volume,
+    read_bundle_file,
     volume_name,
 )
 
@@ -915,9 +918,11 @@ class _PartsReader:
         if f is None:
             path = self.directory / volume
             try:
-                f = open(path, "rb")
+                f = open_volume(path)
             except FileNotFoundError:
                 raise IntegrityError(f"{volume} is missing from {self.directory}", hint=f"copy {volume} from the source media") from None
+            except OSError as exc:
+                raise IntegrityError(f"{volume} in {self.directory} cannot be read ({exc.strerror or exc})", hint=f"fix its permissions, or copy {volume} from the source media") from None
             self._files[volume] = f
         return f
 
@@ -1095,7 +1100,7 @@ def read_manifest(directory: Path) -> Tuple[BundleManifest, bytes]:
         raise UsageError(f"{directory} is not a directory", hint="pass the directory that holds bundle-manifest.json and the volumes")
     path = directory / MANIFEST_NAME
     try:
-        raw = path.read_bytes()
+        raw = read_bundle_file(path, max_size=MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         volumes = sorted(p.name for p in directory.glob("bundle-*.tar") if is_volume_name(p.name))
         if (directory / STATE_NAME).exists() or list(directory.glob(".bundle-*.tar.partial")):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tupl
 from bundler import __version__
 from bundler.transfer.copy import Copier, CopyOptions, CopyResult
 from bundler.oci.digest import Digest
-from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError
+from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError, UsageError
 from bundler.base.fsutil import atomic_write, free_space
+from bundler.base.lock import exclusive_lock
+from bundler.base.units import human_bytes
 from bundler.openshift.image_set import load_image_set
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.media import Descriptor, check_nesting, is_index, parse_manifest
 from bundler.flows.plan import Plan, build_plan
 from bundler.oci.planned import PlannedImage
 from bundler.base.progress import NullProgress, Progress
@@ -70,6 +74,7 @@ class PackedImage:
     bytes_needed: int = 0
     error: Optional[str] = None
     blob_sizes: Dict[str, int] = field(default_factory=dict)
+    error_object: Optional[BundlerError] = None
 
     def to_json(self) -> Dict[str, Any]:
         p = self.planned
@@ -122,7 +127,46 @@ def default_work_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.ocp-bundler-work"
 
 
+LOCK_NAME = ".ocp-bundler.lock"
+
+
 def pack(options: PackOptions, *, registries: Registries) -> PackResult:
+    """Plan, pull and write the bundle. Two runs never write one `--out` (or work directory) at once: the
+    second stops with exit 2 naming the lock and the run holding it."""
+    _check_not_base(options)
+    if options.dry_run:
+        return _pack(options, registries=registries)
+    work_dir = options.work_dir or default_work_dir(options.out_dir)
+    with ExitStack() as stack:
+        for directory, what in ((options.out_dir, "the bundle directory"), (work_dir, "the work directory")):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create {what} {directory}: {exc.strerror or exc}") from None
+            stack.enter_context(exclusive_lock(directory / LOCK_NAME, what=f"{what} {directory}", hint="wait for the other pack to finish, or choose another --out"))
+        return _pack(options, registries=registries)
+
+
+def _check_not_base(options: PackOptions) -> None:
+    """An incremental bundle written over its own base would destroy what it depends on."""
+    if options.base is None:
+        return
+    base_dir = options.base if options.base.is_dir() or not options.base.exists() else options.base.parent
+    if _same_directory(base_dir, options.out_dir):
+        raise UsageError(
+            f"--out {options.out_dir} is the --base bundle's own directory: writing there would overwrite the base the new bundle depends on",
+            hint="write the incremental bundle to another directory",
+        )
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
     started = time.monotonic()
     image_set = load_image_set(options.config)
     if options.sign_key is not None and not options.dry_run:
@@ -149,10 +193,14 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
             total = _unique_bytes(images)
             _check_space(options.out_dir, total, what="the bundle")
             return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
+        _check_space_for_plan(planned, registries=registries, layout=layout, in_base=in_base, work_dir=work_dir, out_dir=options.out_dir, workers=options.workers)
         images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
         images += _signatures(options, plan, images, registries=registries, open_image=lambda i: LayoutImage(layout, layout_ref(i)),
                               carry=lambda found: _pull(found, registries=registries, layout=layout, copier=copier, in_base=in_base))
     failed = [i for i in images if i.status == "failed"]
+    full = next((i.error_object for i in failed if isinstance(i.error_object, DiskSpaceError)), None)
+    if full is not None:  # a full disk is not "rerun to resume": nothing changes until space is made
+        raise DiskSpaceError(full.message, hint=full.hint or "free space or choose another --work-dir, then rerun: what arrived is kept")
     if failed:
         lines = [f"{i.planned.source}: {i.error}" for i in failed]
         missing = [i for i in failed if i.error and "not found" in i.error]
@@ -213,7 +261,10 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     result.bundle = bundle
     result.total_bytes = bundle.total_bytes or _unique_bytes(images)
     result.seconds = time.monotonic() - started
-    atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
+    try:
+        atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
+    except OSError as exc:  # the bundle is complete; only the run's own report is lost
+        log.warning("WARNING: the bundle is complete, but %s could not be written: %s", work_dir / "pack-report.json", exc.strerror or exc)
     return result
 
 
@@ -256,7 +307,7 @@ def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Im
     if img.in_layout:
         return LayoutImage(layout, layout_ref(img))
     ref = Reference.parse(img.source)
-    return RegistryRepository(registries.client(ref.registry), ref)
+    return RegistryRepository(registries.client(ref.registry), ref, tag_must_agree=img.kind in ("additional", "registry"))
 
 
 def layout_ref(img: PlannedImage) -> str:
@@ -296,7 +347,7 @@ def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout
     results: List[CopyResult] = copier.copy_many(jobs)
     for (idx, img), r in zip(to_copy, results):
         if r.status == "failed":
-            out[idx] = PackedImage(img, "failed", error=str(r.error))
+            out[idx] = PackedImage(img, "failed", error=str(r.error), error_object=r.error)
         else:
             assert r.digest is not None
             out[idx] = PackedImage(img, r.status, str(r.digest), r.media_type, layout.blob_path(r.digest).stat().st_size, r.stats.bytes_copied)
@@ -311,12 +362,13 @@ def _measure(planned: List[PlannedImage], *, registries: Registries, layout: Lay
             src = _source_for(img, registries, layout)
             top = src.resolve()
             blobs: Dict[str, int] = {}
-            stack = [top]
+            stack = [(top, 1)]
             while stack:
-                m = stack.pop()
+                m, level = stack.pop()
                 parsed = parse_manifest(m.raw, m.media_type)
                 if is_index(m.media_type):
-                    stack.extend(src.fetch_manifest(c) for c in parsed.children)
+                    check_nesting(level, src.description)
+                    stack.extend((src.fetch_manifest(c), level + 1) for c in parsed.children)
                 for b in parsed.blobs:
                     blobs[str(b.digest)] = b.size
             return PackedImage(img, "planned", str(top.digest), top.media_type, len(top.raw), sum(blobs.values()), blob_sizes=blobs)
@@ -362,10 +414,60 @@ def _fill_catalog_bytes(plan: Plan, images: List[PackedImage], layout: Layout) -
         report.bytes = sum(blobs.values())
 
 
-def _check_space(directory: Path, needed: int, *, what: str) -> None:
+def _check_space_for_plan(
+    planned: List[PlannedImage], *, registries: Registries, layout: Layout, in_base: Set[str], work_dir: Path, out_dir: Path, workers: int
+) -> None:
+    """Before pulling: the blobs still to fetch must fit in the work directory, and the bundle in --out
+    (both together when they share a file system). Sizes come from the manifests (the layout's own copy
+    where it has one, else the registry's); an image that cannot be measured is left to the pull to report."""
+    sizes: Dict[str, int] = {}
+    to_ask: List[PlannedImage] = []
+    for img in planned:
+        try:
+            if img.digest and layout.has_blob(Digest.parse(img.digest)):
+                sizes.update(_blob_sizes(layout, img.digest, _layout_media_type(layout, img.digest)))
+                continue
+        except (BundlerError, OSError, ValueError):
+            pass  # an interrupted earlier pull left part of it: measure from the source
+        to_ask.append(img)
+    for measured in _measure(to_ask, registries=registries, layout=layout, workers=workers):
+        sizes.update(measured.blob_sizes)
+    carried = {d: n for d, n in sizes.items() if d not in in_base}
+    to_fetch = sum(n for d, n in carried.items() if not _in_layout(layout, d, n))
+    bundle = sum(carried.values())
+    if _same_file_system(work_dir, out_dir):
+        _check_space(work_dir, to_fetch + bundle, what=f"pulling ({to_fetch} bytes) and writing the bundle ({bundle} bytes)", where="--work-dir and --out")
+    else:
+        _check_space(work_dir, to_fetch, what=f"pulling the images ({to_fetch} bytes)", where="--work-dir")
+        _check_space(out_dir, bundle, what=f"the bundle ({bundle} bytes)", where="--out")
+
+
+def _layout_media_type(layout: Layout, digest: str) -> str:
+    from bundler.oci.media import detect_media_type
+
+    return detect_media_type(layout.read_blob(Digest.parse(digest)), None)
+
+
+def _in_layout(layout: Layout, digest: str, size: int) -> bool:
+    try:
+        return layout.has_blob(Digest.parse(digest), size)
+    except BundlerError:
+        return False
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    def device(p: Path) -> int:
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        return os.stat(p).st_dev
+
+    return device(a) == device(b)
+
+
+def _check_space(directory: Path, needed: int, *, what: str, where: str = "--out") -> None:
     free = free_space(directory)
     if free < needed:
         raise DiskSpaceError(
-            f"{what} needs about {needed / 1024**3:.1f} GiB but {directory} has {free / 1024**3:.1f} GiB free",
-            hint="free space or choose another --out directory",
+            f"{what} needs {needed} bytes ({human_bytes(needed)}) but {directory} has {free} bytes ({human_bytes(free)}) free",
+            hint=f"free space or choose another {where} directory; nothing was pulled",
         )

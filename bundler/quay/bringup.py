@@ -540,8 +540,9 @@ def quay_down(*, name: str = DEFAULT_NAME, data_dir: Optional[Path] = None, purg
     if purge:
         if paths is None:
             raise UsageError("--purge needs --data-dir")
-        if paths.root.exists() and not paths.looks_like_ours():
-            raise UsageError(f"{paths.root} does not look like a Quay data directory made by ocp-bundler (no secrets.json or state.json)", hint="check --data-dir; nothing was removed")
+        why = paths.not_ours_because() if paths.root.exists() else None
+        if why is not None:
+            raise UsageError(f"{paths.root} is not a Quay data directory made by ocp-bundler: {why}", hint="check --data-dir; nothing was removed")
     removed: List[str] = []
     pod = pm.pod_inspect(name)
     if pod is not None:

@@ -13,11 +13,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-from bundler.base.errors import UsageError
+from bundler.base.errors import BundlerError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.base.jsonlimits import loads_bounded
+from bundler.base.safefile import read_regular
 from bundler.quay.certs import CertificatePaths
+from bundler.quay.config import load_secrets
 
 STATE_VERSION = 1
 
@@ -78,8 +81,47 @@ class QuayPaths:
     def certificates(self) -> CertificatePaths:
         return CertificatePaths.in_directories(self.ca_dir, self.config_dir)
 
-    def looks_like_ours(self) -> bool:
-        return self.secrets_file.exists() or self.state_file.exists()
+    def not_ours_because(self) -> Optional[str]:
+        """Why this directory is not a data directory `quay up` made (None when it is one).
+
+        It must hold what `quay up` creates first (config/, ca/, env/), nothing `quay up` never writes, and
+        either a `state.json` of this tool's shape or a `secrets.json` that parses as Quay's secrets."""
+        try:
+            entries = {p.name for p in self.root.iterdir()}
+        except OSError as exc:
+            return f"it cannot be listed ({exc.strerror or exc})"
+        missing = sorted(_FIRST_ENTRIES - entries)
+        if missing:
+            return f"it lacks {', '.join(missing)}"
+        foreign = sorted(e for e in entries - _DATA_ENTRIES if not e.startswith("."))
+        if foreign:
+            return f"it holds {', '.join(foreign[:5])}, which quay up never writes"
+        if _state_is_ours(self.state_file):
+            return None
+        try:
+            if self.secrets_file.is_file() and load_secrets(self.secrets_file) is not None:
+                return None
+        except BundlerError:
+            pass
+        return "neither its state.json nor its secrets.json is one quay up wrote"
+
+
+_FIRST_ENTRIES = frozenset({"config", "ca", "env"})
+_DATA_ENTRIES = frozenset({"config", "storage", "postgres", "ca", "env", "secrets.json", "state.json", "auth.json", "pull-secret.json", "systemd", "tmp"})
+
+
+def _state_is_ours(path: Path) -> bool:
+    try:
+        obj = loads_bounded(read_regular(path, max_size=1 << 20, what="state file"))
+    except (OSError, ValueError, UsageError):
+        return False
+    return (
+        isinstance(obj, dict)
+        and obj.get("version") == STATE_VERSION
+        and not isinstance(obj.get("version"), bool)
+        and all(isinstance(obj.get(k), str) and obj.get(k) for k in ("name", "hostname", "server"))
+        and isinstance(obj.get("images"), dict)
+    )
 
 
 def default_data_dir() -> Path:
