@@ -25,11 +25,11 @@ from bundler.transfer.image_files import extract_file, open_image, read_files
 from bundler.openshift.image_set import CatalogSpec, ChannelFilter, PackageSpec
 from bundler.layout.store import Layout
 from bundler.oci.media import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, parse_manifest
-from bundler.oci.planned import digest_tag
+from bundler.oci.planned import LOCAL_LAYOUT_HOST, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries, TransportOptions
 from bundler.transfer.transports import LayoutImage, RegistryRepository
-from tests.infra.images import make_image, make_index, push
+from tests.infra.images import make_image, make_index, push, write_oci_layout
 from tests.infra.catalog_images import catalog_files, fbc_catalog, index_image, sqlite_catalog
 from tests.infra.registry import RegistryServer
 
@@ -330,3 +330,42 @@ def test_not_a_catalog(env: Tuple[Registries, Layout, Copier], registry_plain: R
     push(registry_plain.url, "notcat/app", make_image({"etc/app": "x"}), "v1")
     with pytest.raises(UsageError, match="is not an operator catalog: it has neither"):
         plan_catalog(CatalogSpec(catalog=f"{registry_plain.host}/notcat/app:v1"), registries=regs, layout=layout, copier=copier)
+
+
+# -- catalogs in a local OCI layout (oc-mirror's oci://) ------------------------------------------------------
+
+
+def test_catalog_from_a_local_oci_layout(env: Tuple[Registries, Layout, Copier], registry_plain: RegistryServer, skopeo: Any, tmp_path: Path) -> None:
+    regs, layout, copier = env
+    text, pushed, base = fbc_catalog(registry_plain, "cat-local")
+    original = index_image(catalog_files(text), {LABEL_FBC: "/configs"})
+    local = write_oci_layout(tmp_path / "My_Filtered.Catalog", [(None, original)])
+    spec = CatalogSpec(catalog=f"oci://{local}", layout=local)
+
+    plan = plan_catalog(spec, registries=regs, layout=layout, copier=copier)
+
+    cat = plan.catalog_image
+    assert cat.in_layout and cat.kind == "catalog" and cat.digest == original.digest  # carried unchanged, digest-exact
+    assert (cat.target_repository, cat.target_tag) == ("my-filtered-catalog", digest_tag(original.digest))
+    assert cat.source == f"{LOCAL_LAYOUT_HOST}/my-filtered-catalog@{original.digest}"
+    assert cat.facts.catalog == f"oci://{local}" and cat.facts.layout_ref is not None
+    assert skopeo.digest(f"oci:{layout.root}:{cat.facts.layout_ref}") == original.digest
+    # its bundles and related images come from the registry, as for any catalog
+    assert plan.report.bundles == 5 and all(i.kind == "operator" and not i.in_layout for i in plan.images)
+    assert all(i.source.startswith(base) and i.digest == pushed[i.annotations["resolved-from"]] for i in plan.images if "resolved-from" in i.annotations)
+
+    filtered = plan_catalog(
+        CatalogSpec(catalog=f"oci://{local}", layout=local, packages=(PackageSpec(name="foo"),), target_tag="v1"),
+        registries=regs, layout=layout, copier=copier,
+    )
+    pruned = filtered.catalog_image
+    assert pruned.in_layout and pruned.facts.pruned and pruned.digest != original.digest
+    assert pruned.source == f"{LOCAL_LAYOUT_HOST}/my-filtered-catalog:v1"
+    assert (pruned.target_repository, pruned.target_tag) == ("my-filtered-catalog", "v1")
+    assert pruned.facts.layout_ref is not None and str(layout.resolve(pruned.facts.layout_ref).digest) == pruned.digest
+
+    with pytest.raises(UsageError, match="not an OCI layout"):
+        plan_catalog(CatalogSpec(catalog=f"oci://{tmp_path}", layout=tmp_path), registries=regs, layout=layout, copier=copier)
+    two = write_oci_layout(tmp_path / "two", [("a", original), ("b", make_image(seed="other"))])
+    with pytest.raises(UsageError, match="holds 2 images, not one"):
+        plan_catalog(CatalogSpec(catalog=f"oci://{two}", layout=two), registries=regs, layout=layout, copier=copier)

@@ -601,9 +601,18 @@ def test_delete_image_set_configuration_is_refused() -> None:
     assert "kind: kind 'DeleteImageSetConfiguration' is not supported" in message
 
 
-def test_oci_catalog_is_refused() -> None:
-    message = error_of("mirror:\n  operators:\n    - catalog: oci:///home/user/catalog\n", V2ALPHA1_HEADER)
-    assert "mirror.operators[0].catalog" in message and "not supported" in message
+def test_oci_catalog_names_a_local_layout(tmp_path: Path) -> None:
+    image_set = parse("mirror:\n  operators:\n    - catalog: oci:///home/user/catalog\n      targetCatalog: mine\n", V2ALPHA1_HEADER)
+    (spec,) = image_set.operators
+    assert spec.catalog == "oci:///home/user/catalog" and spec.layout == Path("/home/user/catalog")
+    assert spec.target_catalog == "mine"
+    config = tmp_path / "isc.yaml"
+    config.write_text(V2ALPHA1_HEADER + "mirror:\n  operators:\n    - catalog: oci://catalogs/filtered\n")
+    (relative,) = load_image_set(config).operators
+    assert relative.layout == tmp_path / "catalogs" / "filtered"  # relative to the config file, as oc-mirror does
+    assert parse(f"mirror:\n  operators:\n    - catalog: {CATALOG}\n", V2ALPHA1_HEADER).operators[0].layout is None
+    message = error_of("mirror:\n  operators:\n    - catalog: 'oci://'\n", V2ALPHA1_HEADER)
+    assert "mirror.operators[0].catalog" in message and "oci:///path/to/layout" in message
 
 
 # --------------------------------------------------------------------------------------------------

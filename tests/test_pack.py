@@ -51,3 +51,30 @@ def test_incremental_pack_with_a_new_work_dir_fetches_only_new_blobs(registry_pl
     unpack_bundle(tmp_path / "incr", options=opts())
     for name, digest in digests.items():
         assert skopeo.digest(f"{mirror.host}/incr/{name}:v1") == digest
+
+
+def test_a_plan_for_quay_names_what_quay_cannot_store(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    """`--target-kind quay`: the plan (dry run) and the pack name the Docker schema2 image with an
+    uncompressed layer (Quay: 400 MANIFEST_INVALID) with the reason; an OCI image with the same kind of
+    layer is fine; without a declared target nothing is said."""
+    from tests.test_unpack import cli
+
+    refused = make_image(base_layers=[random_layer(20_000, seed="tk-tar", compressed=False, docker=True)], docker=True, seed="tk-refused")
+    fine = make_image(random_layers=[20_000], compressed=False, seed="tk-oci")
+    push(registry_plain.url, "tk/refused", refused, "v1")
+    push(registry_plain.url, "tk/fine", fine, "v1")
+    config = _config(tmp_path / "c.yaml", [f"{registry_plain.host}/tk/refused:v1", f"{registry_plain.host}/tk/fine:v1"])
+    base = ["pack", "--config", str(config), "--out", str(tmp_path / "out"), "--insecure-registry", registry_plain.host]
+
+    plain = cli(*base, "--dry-run")
+    assert plain.returncode == 0 and "Quay" not in plain.stdout.decode() + plain.stderr.decode()
+    dry = cli(*base, "--dry-run", "--target-kind", "quay")
+    out, err = dry.stdout.decode(), dry.stderr.decode()
+    assert dry.returncode == 0, err
+    refused_lines = [line for line in out.splitlines() if "REFUSED by quay" in line]
+    assert len(refused_lines) == 1 and "tk/refused:v1" in refused_lines[0], out
+    assert "rootfs.diff.tar: Quay takes only gzip layers" in refused_lines[0]
+    assert "tk/refused:v1" in err and "unpack into Quay will refuse it" in err
+
+    done = pack(PackOptions(config=config, out_dir=tmp_path / "out", target_kind="quay"), registries=Registries(options=TransportOptions(insecure_hosts=frozenset({registry_plain.host}))))
+    assert [i.planned.target_repository for i in done.images if i.refused] == ["tk/refused"]

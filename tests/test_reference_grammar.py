@@ -20,6 +20,8 @@ CASES = [
     ("localhost/repo:latest", True),
     ("quay.io/org/repo:t\u00e1g", False),  # tags are ASCII: distribution's \w is Go's, not Unicode's
     ("quay.io:123456/org/repo:v1", False),  # a port has at most five digits
+    ("quay.io:65536/org/repo:v1", False),  # ... and is at most 65535
+    ("quay.io:0/org/repo:v1", False),
     ("quay.io/Org/repo:v1", False),
     ("quay.io/org/repo:-v1", False),
     ("quay.io/org//repo:v1", False),

@@ -20,6 +20,7 @@ import yaml
 
 from bundler.base.errors import InvalidReferenceError, UsageError
 from bundler.oci.reference import Reference
+from bundler.oci.planned import LOCAL_LAYOUT_HOST
 from bundler.openshift.resources import (
     CatalogInfo,
     MirroredImage,
@@ -154,6 +155,7 @@ def catalogs() -> list[CatalogInfo]:
             source=CATALOG_SOURCE,
             target=CATALOG_TARGET,
             display_name="Red Hat Operators (mirror)",
+            digest=fake_digest("index"),
         ),
         CatalogInfo(
             name="certified-operators",
@@ -346,9 +348,11 @@ def test_generated_objects_validate_against_crds(tmp_path: Path, crds: SchemaInd
             kinds.add(document["kind"])
             if document["kind"] == "ConfigMap":
                 assert validate_metadata(document["metadata"], namespaced=True) == []
+            elif document["kind"] == "ClusterCatalog":  # no CRD fixture for OLM v1: its shape is checked in test_catalog_sources
+                assert validate_metadata(document["metadata"], namespaced=False) == []
             else:
                 assert validate_object(document, crds) == [], path.name
-    assert kinds == {"ImageDigestMirrorSet", "ImageTagMirrorSet", "CatalogSource", "ConfigMap"}
+    assert kinds == {"ImageDigestMirrorSet", "ImageTagMirrorSet", "CatalogSource", "ClusterCatalog", "ConfigMap"}
 
 
 def test_mirror_sets_are_scoped_by_repository(tmp_path: Path) -> None:
@@ -629,6 +633,22 @@ def test_catalog_sources(tmp_path: Path, crds: SchemaIndex) -> None:
             "displayName": catalog.display_name,
             "publisher": "ocp-bundler",
         }
+    repositories = {"redhat-operators": f"{REGISTRY}/redhat/redhat-operator-index", "certified-operators": f"{REGISTRY}/redhat/certified-operator-index"}
+    for name, digest in (("redhat-operators", fake_digest("index")), ("certified-operators", fake_digest("certified"))):
+        (cluster_catalog,) = load(tmp_path / f"clusterCatalog-{name}.yaml")
+        assert cluster_catalog == {
+            "apiVersion": "olm.operatorframework.io/v1",
+            "kind": "ClusterCatalog",
+            "metadata": {"name": name},
+            "spec": {"source": {"type": "Image", "image": {"ref": f"{repositories[name]}@{digest}"}}},
+        }
+    assert "clusterCatalog-redhat-operators.yaml" in (tmp_path / "README.txt").read_text()
+    tag_only = CatalogInfo(name="tagged", source=CATALOG_SOURCE, target=CATALOG_TARGET, display_name="x")
+    write_cluster_resources([], [tag_only], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path / "tag-only"))
+    assert not list((tmp_path / "tag-only").glob("clusterCatalog-*.yaml"))  # no digest known: no ClusterCatalog
+    wrong = CatalogInfo(name="x", source=CATALOG_SOURCE, target=catalogs()[1].target, display_name="x", digest=fake_digest("other"))
+    with pytest.raises(UsageError, match="is not the digest of"):
+        write_cluster_resources([], [wrong], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path / "wrong"))
     bad_name = CatalogInfo(name="Red_Hat", source=CATALOG_SOURCE, target=CATALOG_TARGET, display_name="x")
     options = ResourcesOptions(registry=REGISTRY, out_dir=tmp_path)
     with pytest.raises(UsageError, match="DNS-1123"):
@@ -790,8 +810,13 @@ def test_a_later_bundle_never_drops_a_mirror_or_catalog_of_an_earlier_one(tmp_pa
     catalogs_now = {name: doc["spec"]["image"] for (kind, name), doc in cluster.items() if kind == "CatalogSource"}
     assert set(catalogs_now) == {"redhat-operators", "certified-operators"}
     assert catalogs_now["redhat-operators"] == upgrade_catalog.target
+    cluster_catalogs = {name: doc["spec"]["source"]["image"]["ref"] for (kind, name), doc in cluster.items() if kind == "ClusterCatalog"}
+    assert cluster_catalogs == {
+        "redhat-operators": upgrade_catalog.target,
+        "certified-operators": catalogs()[1].target,
+    }
     for (kind, _), document in cluster.items():
-        if kind != "ConfigMap":  # release signatures: a core kind, no CRD to check against
+        if kind not in ("ConfigMap", "ClusterCatalog"):  # a core kind, and OLM v1's (no CRD fixture): checked above
             assert validate_object(document, crds) == []
     # nothing of bundle 1 was deleted from the directory: its signatures, samples patch and mapping stay
     assert {p.name for p in first.files} <= {p.name for p in out.iterdir()}
@@ -803,6 +828,40 @@ def test_a_later_bundle_never_drops_a_mirror_or_catalog_of_an_earlier_one(tmp_pa
     assert again.changes.mirrors_added == 0 and again.changes.catalogs_updated == ()
 
 
+def test_a_later_bundle_keeps_the_cluster_catalog_of_a_catalog_it_does_not_carry(tmp_path: Path) -> None:
+    write(tmp_path)
+    first = (tmp_path / "clusterCatalog-redhat-operators.yaml").read_bytes()
+    (tmp_path / "clusterCatalog-redhat-operators.yaml").unlink()  # as if written by a run that had no digest
+    write_cluster_resources(_upgrade_images(), [], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path))
+    assert not (tmp_path / "clusterCatalog-redhat-operators.yaml").exists()
+    write(tmp_path)
+    # the tag-pinned catalog's digest is known only from the earlier ClusterCatalog file: read back, kept
+    write_cluster_resources(_upgrade_images(), [], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path, remove_stale=True))
+    assert (tmp_path / "clusterCatalog-redhat-operators.yaml").read_bytes() == first
+    moved = CatalogInfo(
+        name="redhat-operators", source=CATALOG_SOURCE, target=CATALOG_TARGET, display_name="x", digest=fake_digest("index v3")
+    )
+    result = write_cluster_resources([], [moved], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path))
+    assert result.changes.catalogs_updated == ("redhat-operators",)  # same tag, new digest
+    (tmp_path / "clusterCatalog-x.yaml").write_text("kind: ClusterCatalog\nspec: 1\n")
+    with pytest.raises(UsageError, match="not a cluster resource file"):
+        write_cluster_resources([], [], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path))
+
+
+def test_a_catalog_from_a_local_layout_gets_no_mirror_entries(tmp_path: Path) -> None:
+    digest = fake_digest("local catalog")
+    local = MirroredImage(
+        source=f"{LOCAL_LAYOUT_HOST}/my-catalog@{digest}", target=f"{REGISTRY}/my-catalog:v1", kind="catalog", digest=digest
+    )
+    catalog = CatalogInfo(name="my-catalog", source=local.source, target=local.target, display_name="mine", digest=digest)
+    write_cluster_resources(all_images() + [local], [catalog], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path))
+    sources = as_map(mirror_entries(tmp_path, "imageDigestMirrorSet"))
+    assert sources and not any(source.startswith(LOCAL_LAYOUT_HOST) for source in sources)  # nothing ever pulls from there
+    assert f"{local.source}={local.target}" in (tmp_path / "mapping.txt").read_text()
+    (document,) = load(tmp_path / "clusterCatalog-my-catalog.yaml")
+    assert document["spec"]["source"]["image"]["ref"] == f"{REGISTRY}/my-catalog@{digest}"
+
+
 def test_a_fresh_set_drops_earlier_content_and_says_so(tmp_path: Path) -> None:
     write(tmp_path)
     result = write_cluster_resources(
@@ -811,6 +870,7 @@ def test_a_fresh_set_drops_earlier_content_and_says_so(tmp_path: Path) -> None:
     assert result.changes.mirrors_removed > 20
     assert result.changes.catalogs_removed == ("certified-operators", "redhat-operators")
     assert not list(tmp_path.glob("catalogSource-*.yaml"))
+    assert not list(tmp_path.glob("clusterCatalog-*.yaml"))
     digest = as_map(mirror_entries(tmp_path, "imageDigestMirrorSet"))
     assert set(digest) == {"quay.io/openshift-release-dev/ocp-release", "quay.io/newvendor/tool"}
 

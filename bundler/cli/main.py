@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "serve": "bundler.cli.serve:serve",
     "prune": "bundler.cli.prune:prune",
     "extract": "bundler.cli.release:extract",
+    "list": "bundler.cli.listing:list_group",
     "quay": "bundler.cli.quay:quay",
 }
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 @click.option("--remove-signatures", is_flag=True, help="Leave sigstore signatures (cosign .sig tags, OCI 1.1 referrers) out of the bundle.")
 @click.option("--release-key", "release_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Check every release's signatures against this public key (cosign PEM or OpenPGP); repeatable.")
+@click.option("--target-kind", type=click.Choice(["any", "quay"]), default="any", show_default=True,
+              help="The registry the bundle is for: quay names, in the plan, every image Quay cannot store digest-exact, with the reason.")
 @registry_options
 @common_options
 @command_body
@@ -36,7 +38,8 @@ def pack(
     config: Path, out_dir: Path, work_dir: Optional[Path], volume_size: Optional[str], sign_key: Optional[Path], base: Optional[Path],
     dry_run: bool, graph_url: Optional[str], signature_store: Optional[str],
     graph_data_url: Optional[str], graph_base_image: Optional[str], remove_signatures: bool, release_keys: Tuple[Path, ...],
-    authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int, verbose: int, as_json: bool,
+    target_kind: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int,
+    verbose: int, as_json: bool,
 ) -> None:
     """Resolve an image-set config, pull every image and write a signed bundle.
 
@@ -68,7 +71,8 @@ def pack(
             PackOptions(
                 config=config, out_dir=out_dir, work_dir=work_dir, volume_size=size, sign_key=sign_key, base=base,
                 dry_run=dry_run, workers=workers, graph_url=graph_url, signature_store=signature_store,
-                graph_data_url=graph_data_url, graph_base_image=graph_base_image, remove_signatures=remove_signatures, release_keys=tuple(release_keys), progress=progress,
+                graph_data_url=graph_data_url, graph_base_image=graph_base_image, remove_signatures=remove_signatures, release_keys=tuple(release_keys),
+                target_kind=target_kind, progress=progress,
             ),
             registries=registries,
         )
@@ -90,6 +94,7 @@ def pack(
         click.echo(f"Plan for {config} (dry run, nothing written):")
         for img in result.images:
             status = "" if img.status != "failed" else f"  FAILED: {img.error}"
+            status += f"  REFUSED by {target_kind}: {img.refused}" if img.refused else ""
             click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
     click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
     for cat in result.plan.reports.catalogs or []:

@@ -61,6 +61,8 @@ class PackOptions:
     """Leave sigstore signatures (cosign `.sig` tags, OCI 1.1 referrers) out."""
     release_keys: Tuple[Path, ...] = ()
     """Public keys (cosign PEM or OpenPGP) every release's signatures are checked against."""
+    target_kind: str = "any"
+    """The registry the bundle is meant for: "quay" names the images Quay cannot store digest-exact."""
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -74,6 +76,8 @@ class PackedImage:
     bytes_needed: int = 0
     error: Optional[str] = None
     blob_sizes: Dict[str, int] = field(default_factory=dict)
+    refused: Optional[str] = None
+    """Why the declared target registry cannot store this image digest-exact (`PackOptions.target_kind`)."""
     error_object: Optional[BundlerError] = None
 
     def to_json(self) -> Dict[str, Any]:
@@ -91,6 +95,8 @@ class PackedImage:
             out["annotations"] = recorded
         if self.error:
             out["error"] = self.error
+        if self.refused:
+            out["refusedByTarget"] = self.refused
         return out
 
 
@@ -190,6 +196,7 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
             images = _measure(planned, registries=registries, layout=layout, workers=options.workers)
             images += _signatures(options, plan, images, registries=registries, open_image=lambda i: _source_for(i, registries, layout),
                                   carry=lambda found: _measure(found, registries=registries, layout=layout, workers=options.workers))
+            _check_target(options, plan, images, lambda i: _source_for(i, registries, layout))
             total = _unique_bytes(images)
             _check_space(options.out_dir, total, what="the bundle")
             return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
@@ -197,6 +204,7 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
         images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
         images += _signatures(options, plan, images, registries=registries, open_image=lambda i: LayoutImage(layout, layout_ref(i)),
                               carry=lambda found: _pull(found, registries=registries, layout=layout, copier=copier, in_base=in_base))
+        _check_target(options, plan, images, lambda i: LayoutImage(layout, layout_ref(i)))
     failed = [i for i in images if i.status == "failed"]
     full = next((i.error_object for i in failed if isinstance(i.error_object, DiskSpaceError)), None)
     if full is not None:  # a full disk is not "rerun to resume": nothing changes until space is made
@@ -352,6 +360,37 @@ def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout
             assert r.digest is not None
             out[idx] = PackedImage(img, r.status, str(r.digest), r.media_type, layout.blob_path(r.digest).stat().st_size, r.stats.bytes_copied)
     return out
+
+
+TARGET_KINDS = ("any", "quay")
+
+
+def _check_target(options: PackOptions, plan: Plan, images: List[PackedImage], open_image: Callable[[PlannedImage], ImageSource]) -> None:
+    """With a declared target kind (Quay), name every image it cannot store digest-exact, with the reason, in
+    the plan's warnings and on the image (`refused`): the far side's `unpack` refuses them before pushing."""
+    if options.target_kind == "any":
+        return
+    if options.target_kind not in TARGET_KINDS:
+        raise UsageError(f"target kind {options.target_kind!r} is not one of {', '.join(TARGET_KINDS)}")
+    from bundler.oci.graph import walk_manifests
+    from bundler.quay.compat import quay_refusals
+
+    for image in images:
+        if image.status == "failed" or image.digest is None:
+            continue
+        source = open_image(image.planned)
+        top = source.fetch_manifest(Descriptor(image.media_type, Digest.parse(image.digest), image.manifest_size))
+        reasons = [
+            f"manifest {node.manifest.digest} ({node.manifest.media_type}): {reason}"
+            for node in walk_manifests(top, source.fetch_manifest, description=image.planned.source)
+            for reason in quay_refusals(node.manifest.raw, node.manifest.media_type)
+        ]
+        if reasons:
+            image.refused = "Quay cannot store it digest-exact: " + "; ".join(reasons)
+            plan.warnings.append(
+                f"{image.planned.source} -> {image.planned.target_repository}:{image.planned.target_tag}: {image.refused}; "
+                "unpack into Quay will refuse it (mirror it into another registry, or have it rebuilt with gzip layers or as OCI)"
+            )
 
 
 def _measure(planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int) -> List[PackedImage]:

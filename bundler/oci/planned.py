@@ -13,6 +13,10 @@ from typing import Dict, Mapping, Optional, Tuple
 #: Image kinds as recorded in the bundle manifest.
 KINDS = ("release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph")
 
+#: Registry host of the `source` of an image read from a local OCI layout (oc-mirror's `oci://` catalogs):
+#: a reserved name (RFC 2606 `.invalid`) that no cluster pulls from, so such images get no mirror-set entries.
+LOCAL_LAYOUT_HOST = "oci-layout.invalid"
+
 #: The bundle manifest records `ImageFacts` as these annotation keys, beside the free-form annotations.
 LAYOUT_REF = "layout-ref"
 CATALOG = "catalog"

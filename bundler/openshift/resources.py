@@ -6,7 +6,8 @@ Owns everything `unpack` leaves in its cluster-resources directory once the imag
   `icsp=True` `imageContentSourcePolicy-N.yaml` (operator.openshift.io/v1alpha1, OCP 4.4-4.12), never both;
   scoped by repository exactly as `oc adm release mirror` and oc-mirror print them, deduplicated, sorted,
   and split so that no file exceeds `max_bytes`;
-* `catalogSource-<name>.yaml` per mirrored catalog;
+* `catalogSource-<name>.yaml` per mirrored catalog (OLM v0), and beside it `clusterCatalog-<name>.yaml`
+  (OLM v1 `ClusterCatalog`, the catalog by digest) whenever the catalog's digest is known;
 * `install-config-snippet.yaml` (`imageDigestSources`) and `install-config-snippet-legacy.yaml`
   (`imageContentSources`) for the release repositories;
 * `samples-operator-patch.yaml` (only when sample images were mirrored);
@@ -18,7 +19,8 @@ Owns everything `unpack` leaves in its cluster-resources directory once the imag
 All files are rendered deterministically and written atomically.
 
 Day 2 (several bundles unpacked into one mirror over time): the directory is cumulative. The resources an
-earlier run left in it are read back (mirror sets, CatalogSources, install-config snippet, mapping) and
+earlier run left in it are read back (mirror sets, CatalogSources and ClusterCatalogs, install-config
+snippet, mapping) and
 merged with this run's, so the objects keep their names (`<prefix>-0`, ...) and every later set is a
 superset of the earlier one: `oc apply` of a later bundle's resources adds and updates mirrors and never
 drops one a running cluster still needs. Release signature files of earlier runs stay. Nothing is removed
@@ -30,6 +32,7 @@ ImageContentSourcePolicy next to an ImageDigestMirrorSet.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import json
 import logging
@@ -45,6 +48,7 @@ import yaml
 from bundler.base.compat import frozen_keyword_only
 from bundler.base.errors import DiskSpaceError, InvalidReferenceError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.oci.planned import LOCAL_LAYOUT_HOST
 from bundler.oci.reference import DIGEST, HOST, REPOSITORY, TAG
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,7 @@ _OWNED_PATTERNS = (
     "imageTagMirrorSet-*.yaml",
     "imageContentSourcePolicy-*.yaml",
     "catalogSource-*.yaml",
+    "clusterCatalog-*.yaml",
     "release-signatures-*.yaml",
     INSTALL_CONFIG_FILE,
     INSTALL_CONFIG_LEGACY_FILE,
@@ -128,12 +133,18 @@ class MirroredImage:
 
 @frozen_keyword_only
 class CatalogInfo:
-    """A mirrored catalog (index) image; `target` is pinned by tag or digest in the mirror."""
+    """A mirrored catalog (index) image; `target` is pinned by tag or digest in the mirror.
+
+    `digest` is the catalog image's manifest digest (the same in the mirror as upstream); when it is known,
+    or `target` is itself by digest, an OLM v1 `ClusterCatalog` naming the catalog by digest is written
+    beside the CatalogSource.
+    """
 
     name: str
     source: str
     target: str
     display_name: str
+    digest: str | None = None
 
 
 @frozen_keyword_only
@@ -428,6 +439,9 @@ def _plan(images: Sequence[MirroredImage], *, registry: str, options: ResourcesO
         if image.kind == GRAPH_KIND:
             plan.graph_images.append(f"{target.repository}@{image.digest}")
             continue
+        if source.repository.split("/", 1)[0] == LOCAL_LAYOUT_HOST:
+            plan.mapping.add(f"{image.source}={image.target}")  # read from a local OCI layout: nothing pulls the source
+            continue
         if image.kind == "release":
             plan.release_targets.add(target.repository)
         by_tag = image.kind not in _DIGEST_ONLY_KINDS and (image.tag is not None or source.digest is None)
@@ -547,7 +561,23 @@ def _catalog_files(catalogs: Sequence[CatalogInfo], *, registry: str, options: R
                 },
             }
         )
+        digest = catalog.digest or target.digest
+        if digest is not None:
+            if not _DIGEST_RE.match(digest) or (target.digest is not None and target.digest != digest):
+                raise UsageError(f"catalog {catalog.name}: digest {digest!r} is not the digest of {catalog.target!r}")
+            files[f"clusterCatalog-{catalog.name}.yaml"] = _dump(_cluster_catalog(catalog.name, f"{target.repository}@{digest}"))
     return files
+
+
+def _cluster_catalog(name: str, ref: str) -> dict[str, Any]:
+    """OLM v1 (olm.operatorframework.io/v1) ClusterCatalog `name` serving the catalog image `ref` (by digest,
+    so the catalog never changes under the cluster; no polling, which a digest reference forbids)."""
+    return {
+        "apiVersion": "olm.operatorframework.io/v1",
+        "kind": "ClusterCatalog",
+        "metadata": {"name": name},
+        "spec": {"source": {"type": "Image", "image": {"ref": ref}}},
+    }
 
 
 def _install_config_files(release_mirrors: dict[str, set[str]]) -> dict[str, bytes]:
@@ -707,6 +737,13 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
             *(f"  oc apply -f {name}" for name in catalogs),
             "",
         ]
+    cluster_catalogs = having("clusterCatalog-")
+    if cluster_catalogs:
+        lines += [
+            "OpenShift 4.18 and newer with OLM v1 (operator-controller): the same catalogs by digest:",
+            *(f"  oc apply -f {name}" for name in cluster_catalogs),
+            "",
+        ]
     signatures = having("release-signatures-")
     if signatures:
         lines += [
@@ -781,6 +818,22 @@ def _read_previous(out_dir: Path, *, registry: str) -> _Previous:
             if catalog is None:
                 raise _not_ours(path)
             previous.catalogs[catalog.name] = catalog
+    for path in sorted(out_dir.glob("clusterCatalog-*.yaml")):
+        for document in _load_previous(path):
+            named = _cluster_catalog_from(document)
+            if named is None:
+                raise _not_ours(path)
+            name, ref = named
+            catalog = previous.catalogs.get(name)
+            if catalog is None:
+                continue  # no CatalogSource of that name: the file stays, nothing to carry on
+            try:
+                mine = _parse_reference(catalog.target, what=f"catalog {name} image").repository
+                theirs = _parse_reference(ref, what=f"catalog {name} image")
+            except UsageError as error:
+                raise _not_ours(path) from error
+            if theirs.repository == mine and theirs.digest is not None:
+                previous.catalogs[name] = dataclasses.replace(catalog, digest=theirs.digest)
     mapping = out_dir / MAPPING_FILE
     if mapping.is_file():
         text = _read_bounded(mapping).decode("utf-8", "replace")
@@ -848,6 +901,20 @@ def _catalog_from(document: Any) -> CatalogInfo | None:
     return CatalogInfo(name=name, source=image, target=image, display_name=display)
 
 
+def _cluster_catalog_from(document: Any) -> tuple[str, str] | None:
+    """(name, image ref) of a ClusterCatalog as `_cluster_catalog` writes it, None for anything else."""
+    if not isinstance(document, dict) or document.get("kind") != "ClusterCatalog":
+        return None
+    metadata, spec = document.get("metadata"), document.get("spec")
+    source = spec.get("source") if isinstance(spec, dict) else None
+    image = source.get("image") if isinstance(source, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    ref = image.get("ref") if isinstance(image, dict) else None
+    if not isinstance(name, str) or not isinstance(ref, str):
+        return None
+    return name, ref
+
+
 def _not_ours(path: Path) -> UsageError:
     return UsageError(
         f"{path} is not a cluster resource file as ocp-bundler writes it, so the earlier set cannot be carried on",
@@ -869,7 +936,7 @@ def _changes(previous: _Previous, plan: _Plan, catalogs: Sequence[CatalogInfo], 
     new = _pairs(plan.digest_mirrors, plan.tag_mirrors, plan.release_mirrors)
     names = {catalog.name: catalog for catalog in catalogs}
     added = tuple(sorted(n for n in names if n not in previous.catalogs))
-    updated = tuple(sorted(n for n in names if n in previous.catalogs and previous.catalogs[n].target != names[n].target))
+    updated = tuple(sorted(n for n in names if n in previous.catalogs and _moved(previous.catalogs[n], names[n])))
     kept = [n for n in previous.catalogs if n not in names]
     unchanged = sorted(n for n in names if n in previous.catalogs and n not in updated)
     if not fresh:
@@ -883,6 +950,13 @@ def _changes(previous: _Previous, plan: _Plan, catalogs: Sequence[CatalogInfo], 
         catalogs_unchanged=tuple(unchanged),
         catalogs_removed=tuple(sorted(kept)) if fresh else (),
     )
+
+
+def _moved(before: CatalogInfo, now: CatalogInfo) -> bool:
+    """Whether a catalog of the same name now names another image (another target, or a new digest)."""
+    if before.target != now.target:
+        return True
+    return before.digest is not None and now.digest is not None and before.digest != now.digest
 
 
 def _merge_previous(plan: _Plan, catalogs: list[CatalogInfo], previous: _Previous) -> list[CatalogInfo]:

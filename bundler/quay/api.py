@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +27,14 @@ from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import quote, urlencode, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
 
-from bundler import __version__
-from bundler.base.errors import AuthenticationError, RegistryError, RegistryUnreachableError, UsageError
+from bundler.base.errors import AuthenticationError, RegistryError, UsageError
 from bundler.base.jsonlimits import loads_bounded
-from bundler.registry.http import BodyTooLargeError, Progress, StalledError, discard, read_bounded
+from bundler.registry.auth import parse_challenge
+from bundler.registry.http import USER_AGENT, HttpPools, Pool, TransportOptions, send_with_retries
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"ocp-bundler/{__version__}"
 #: An API answer is read into memory: at most this.
 MAX_API_ANSWER_BYTES = 8 << 20
 CREATOR_TEAM = "mirror-creators"
@@ -97,6 +94,7 @@ class QuayAPI:
         insecure: bool = False,
         connect_to: Optional[str] = None,
         timeout: float = 30.0,
+        transport: Optional[TransportOptions] = None,
     ) -> None:
         if "://" not in base_url:
             base_url = "https://" + base_url
@@ -115,25 +113,25 @@ class QuayAPI:
         self.timeout = timeout
         if insecure and parts.scheme == "https":
             log.warning("not verifying the TLS certificate of %s", self.netloc)
-        timeout_obj = urllib3.Timeout(connect=min(timeout, 15.0), read=timeout)
-        kwargs: Dict[str, Any] = {"timeout": timeout_obj, "retries": False, "maxsize": 4}
-        if parts.scheme == "https":
-            if insecure:
-                kwargs.update(cert_reqs="CERT_NONE", assert_hostname=False)
-            else:
-                kwargs.update(cert_reqs="CERT_REQUIRED")
-                if ca_file is not None:
-                    kwargs["ca_certs"] = str(ca_file)
-            if connect_to:
-                kwargs.update(server_hostname=self.hostname)
-                if not insecure:
-                    kwargs.update(assert_hostname=self.hostname)
-            self._pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(connect_to or self.hostname, self.port, **kwargs)
-        else:
-            self._pool = urllib3.HTTPConnectionPool(connect_to or self.hostname, self.port, **kwargs)
+        # the shared HTTP layer (pools, retries of connection errors, 429 and 5xx, error wording); an API call
+        # is small, so fewer attempts and a shorter read timeout than for blobs
+        self.transport = transport or TransportOptions(
+            ca_file=ca_file,
+            insecure_hosts=frozenset({self.netloc}) if insecure else frozenset(),
+            connect_timeout=min(timeout, 15.0),
+            read_timeout=timeout,
+            max_attempts=3,
+            pool_size=4,
+        )
+        self._pools = HttpPools(self.transport)
+        pool_kwargs: Dict[str, Any] = {}
+        if connect_to and parts.scheme == "https":  # TLS still names (and verifies) the URL's host
+            pool_kwargs = {"server_hostname": self.hostname, "assert_hostname": False if insecure else self.hostname}
+        manager = self._pools.for_url(self.base_url)
+        self._pool: Pool = manager.connection_from_host(connect_to or self.hostname, self.port, parts.scheme, pool_kwargs=pool_kwargs)
 
     def close(self) -> None:
-        self._pool.close()
+        self._pools.close()
 
     def __enter__(self) -> "QuayAPI":
         return self
@@ -152,7 +150,8 @@ class QuayAPI:
         auth: bool = True,
         headers: Optional[Mapping[str, str]] = None,
     ) -> ApiResponse:
-        """One call; returns status and parsed JSON body (or text). Raises only when the server is unreachable."""
+        """One call (retried by the shared HTTP layer on connection errors, 429 and 5xx); returns status and
+        parsed JSON body (or text). Raises only when the server cannot be reached (`RegistryUnreachableError`)."""
         hdrs = {"User-Agent": USER_AGENT, "Accept": "application/json", "Host": self.netloc}
         if auth and self.token:
             hdrs["Authorization"] = f"Bearer {self.token}"
@@ -161,26 +160,14 @@ class QuayAPI:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
         hdrs.update(headers or {})
-        url = f"{self.base_url}{path}"
-        try:
-            with warnings.catch_warnings():
-                if self.insecure:  # asked for explicitly; said once in the log instead of on every request
-                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                resp = self._pool.urlopen(method, path, body=data, headers=hdrs, redirect=False, preload_content=False, assert_same_host=False)
-            try:
-                raw = read_bounded(resp, MAX_API_ANSWER_BYTES, Progress(self.timeout, deadline=self.timeout))
-            except BodyTooLargeError as exc:
-                raise RegistryError(f"{method} {path}: Quay at {self.netloc} answered with a body {exc}", url=url) from None
-            finally:
-                discard(resp, drain=False)
-        except urllib3.exceptions.SSLError as exc:
-            raise RegistryUnreachableError(
-                f"TLS with {self.netloc} failed: {_short(exc)}",
-                url=url,
-                hint="pass the registry's CA (--ca-file), or check the host name matches its certificate",
-            ) from None
-        except (Urllib3Error, OSError, StalledError) as exc:
-            raise RegistryUnreachableError(f"cannot reach Quay at {self.base_url}: {_short(exc)}", url=url, temporary=True, hint="check that it runs (ocp-bundler quay status) and the host and port") from None
+        with warnings.catch_warnings():
+            if self.insecure:  # asked for explicitly; said once in the log instead of on every request
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            resp = send_with_retries(
+                self._pool, self.transport, method, path, hdrs, data, what=f"Quay API {method} {path.split('?', 1)[0]}", host=self.netloc,
+                redirect=False, max_body=MAX_API_ANSWER_BYTES,
+            )
+        raw = resp.data or b""
         parsed: Any
         try:
             parsed = loads_bounded(raw) if raw else None
@@ -301,10 +288,11 @@ class QuayAPI:
             return None
         raise self._fail(f"reading robot {org}+{name}", resp, path)
 
-    def ensure_robot(self, org: str, name: str, *, description: str = "ocp-bundler mirror pushes") -> RobotAccount:
-        """The robot `org+name`, created when missing; its token either way."""
+    def ensure_robot(self, org: str, name: str, *, description: str = "ocp-bundler mirror pushes", new_org: bool = False) -> RobotAccount:
+        """The robot `org+name`, created when missing; its token either way. `new_org`: the organisation was
+        just created, so the robot is made without looking for it first (one request fewer)."""
         name = _short_robot(org, name)
-        existing = self.get_robot(org, name)
+        existing = None if new_org else self.get_robot(org, name)
         if existing is not None:
             return existing
         path = f"/api/v1/organization/{quote(org, safe='')}/robots/{quote(name, safe='')}"
@@ -318,9 +306,10 @@ class QuayAPI:
                 return again
         raise self._fail(f"creating robot {org}+{name}", resp, path)
 
-    def grant_creator(self, org: str, robot_name: str, *, team: str = CREATOR_TEAM) -> None:
+    def grant_creator(self, org: str, robot_name: str, *, team: str = CREATOR_TEAM, new_org: bool = False) -> None:
         """Let the robot create repositories in `org` (a team with role `creator` holding the robot) and
-        write to repositories others create there (a default-permission prototype with role `write`)."""
+        write to repositories others create there (a default-permission prototype with role `write`).
+        `new_org`: the organisation was just created and has no prototypes to look through."""
         self._need_token(f"granting rights in {org}")
         full = f"{org}+{_short_robot(org, robot_name)}"
         org_q = quote(org, safe="")
@@ -332,11 +321,11 @@ class QuayAPI:
         resp = self.request("PUT", path, body={})
         if resp.status not in (200, 201) and not (resp.status == 400 and "already" in _message(resp.body).lower()):
             raise self._fail(f"adding {full} to team {team}", resp, path)
-        self._ensure_write_prototype(org, full)
+        self._ensure_write_prototype(org, full, new_org=new_org)
 
-    def _ensure_write_prototype(self, org: str, robot_full_name: str) -> None:
+    def _ensure_write_prototype(self, org: str, robot_full_name: str, *, new_org: bool = False) -> None:
         path = f"/api/v1/organization/{quote(org, safe='')}/prototypes"
-        resp = self.request("GET", path)
+        resp = ApiResponse(200, {}, {}) if new_org else self.request("GET", path)
         if resp.status != 200:
             raise self._fail(f"reading default permissions of {org}", resp, path)
         prototypes = resp.body.get("prototypes", []) if isinstance(resp.body, dict) else []
@@ -443,8 +432,9 @@ class QuayAPI:
         challenge = str(resp.headers.get("WWW-Authenticate") or resp.headers.get("www-authenticate") or "")
         if resp.status == 200:
             return True
-        if challenge.lower().startswith("bearer"):
-            params = _challenge_params(challenge)
+        parsed = parse_challenge(challenge)
+        if parsed is not None and parsed.scheme == "bearer":
+            params = parsed.params
             realm = urlsplit(params.get("realm", ""))
             if realm.netloc and realm.netloc != self.netloc:
                 raise RegistryError(f"Quay's token realm is on another host ({realm.netloc})", url=self.base_url, hint="check SERVER_HOSTNAME in config.yaml")
@@ -469,32 +459,6 @@ def _short_robot(org: str, name: str) -> str:
             raise UsageError(f"robot {name} belongs to {prefix}, not to {org}", hint="Quay robots only get rights inside their own organisation")
         return short
     return name
-
-
-def _challenge_params(header: str) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    rest = header.split(" ", 1)[1] if " " in header else ""
-    for part in rest.split(","):
-        key, sep, value = part.strip().partition("=")
-        if sep:
-            out[key.strip()] = value.strip().strip('"')
-    return out
-
-
-def _short(exc: BaseException) -> str:
-    """A connection failure in a few words ("connection refused"), without urllib3's object dump."""
-    reason = getattr(exc, "reason", None)
-    text = str(reason or exc)
-    if "Failed to resolve " in text:
-        name = text.split("Failed to resolve ", 1)[1].split(" (", 1)[0]
-        return f"cannot resolve {name}"
-    if "Failed to establish a new connection: " in text:
-        text = text.split("Failed to establish a new connection: ", 1)[1]
-    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
-    if "object at 0x" in text:
-        text = text.split(": ", 1)[-1]
-    text = text.strip()
-    return (text[:1].lower() + text[1:])[:200]
 
 
 __all__ = ["CREATOR_TEAM", "HEALTH_PATH", "READER_TEAM", "QuayAPI", "RobotAccount"]

@@ -67,6 +67,9 @@ DISCARD_LIMIT = 64 << 10
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRY_TIMES = 4
 
+Pool = Union[urllib3.PoolManager, urllib3.HTTPConnectionPool]
+"""Where a request goes: a pool manager (any host, full URLs), or one host's connection pool (paths)."""
+
 Body = Union[None, bytes, Callable[[], Iterator[bytes]]]
 """A request body: bytes, or a factory giving a fresh chunk iterator for every attempt."""
 
@@ -365,7 +368,7 @@ def backoff(options: TransportOptions, attempt: int, retry_after: Optional[str],
 
 
 def send_with_retries(
-    pool: urllib3.PoolManager,
+    pool: Pool,
     options: TransportOptions,
     method: str,
     url: str,

@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from bundler.base.errors import BundlerError, IntegrityError, RegistryError
 from bundler.base.progress import Progress
@@ -121,9 +121,10 @@ class PushTarget:
     sent without a HEAD first, where the registry takes a whole upload in one request (Quay): one request
     either way, and the request count, not bytes, bounds a push into Quay."""
 
-    def __init__(self, inner: RegistryRepository, uploads: BlobUploads, top: Digest, *, upload_unchecked: int = 0) -> None:
+    def __init__(self, inner: RegistryRepository, uploads: BlobUploads, top: Digest, *, upload_unchecked: int = 0, fresh: bool = False) -> None:
         self.inner = inner
         self.top = top
+        self.fresh = fresh
         self.upload_unchecked = upload_unchecked
         self.uploads = uploads
         self.description = inner.description
@@ -142,6 +143,8 @@ class PushTarget:
     def has_manifest(self, digest: Digest) -> bool:
         if digest == self.top:
             return False  # the tag check found the tag elsewhere or absent: push the manifest under its tag
+        if self.fresh:
+            return False  # no such tag at all: push the list's children without asking (PUT is idempotent)
         return self.inner.has_manifest(digest)
 
     def put_manifest(self, manifest: FetchedManifest, *, top: bool) -> None:
@@ -165,8 +168,12 @@ def push(
     upload_unchecked: int = 0,
     progress: Progress,
     explain: Callable[[BundlerError, Target], BundlerError],
+    absent: Optional[Set[str]] = None,
+    on_pushed: Optional[Callable[[Target], None]] = None,
 ) -> Dict[str, Outcome]:
-    """Push every target; one outcome per target text."""
+    """Push every target; one outcome per target text. `absent`: targets whose tag the registry does not
+    have at all (their list's children are pushed without asking first). `on_pushed` runs on the pushing
+    thread as each target is pushed."""
     outcomes: Dict[str, Outcome] = {}
     if not targets:
         return outcomes
@@ -174,12 +181,23 @@ def push(
     # that checks, mounts and repositories waiting for another's upload never take an upload's place.
     # Biggest images first: they bound the wall time, and their blobs become mount sources early.
     ordered = sorted(targets, key=lambda t: -(size_of(t, graphs) or 0))
+    fresh = absent or set()
+    by_text = {t.text: t for t in ordered}
+
+    def done(result: CopyResult) -> None:
+        target = by_text.get(result.destination)
+        if on_pushed is not None and target is not None and result.status != "failed":
+            on_pushed(target)
+
     log.info("pushing %d images to %s (%d uploads at a time)", len(ordered), client.host, workers)
     with Copier(CopyOptions(workers=blob_threads, image_workers=image_workers, progress=progress)) as copier:
         for attempt in range(RACE_RETRIES + 1):
             uploads = BlobUploads(client, same_org_first=same_org_first, max_uploads=workers)
-            jobs = [(bundle.image_source(t.image), PushTarget(RegistryRepository(client, t.reference), uploads, t.digest, upload_unchecked=upload_unchecked), t.digest) for t in ordered]
-            results = copier.copy_many(jobs)
+            jobs = [
+                (bundle.image_source(t.image), PushTarget(RegistryRepository(client, t.reference), uploads, t.digest, upload_unchecked=upload_unchecked, fresh=t.text in fresh), t.digest)
+                for t in ordered
+            ]
+            results = copier.copy_many(jobs, on_result=done)
             for target, result in zip(ordered, results):
                 outcomes[target.text] = outcome_of(result, target, explain)
             ordered = [t for t, r in zip(ordered, results) if _raced(r.error)]
@@ -188,6 +206,7 @@ def push(
             # Another writer of the same repositories (a second unpack) made the registry lose track of blobs
             # for a moment: push those images again; blobs now in place are not sent twice.
             log.info("%d image(s) met a registry-side conflict (%s); pushing them again", len(ordered), ", ".join(RACE_CODES))
+            fresh = set()  # someone else writes there too: ask before pushing children
             time.sleep(0.5 * 2**attempt)
     return outcomes
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -18,12 +19,14 @@ from bundler.flows.unpack.model import Target, UnpackOptions, host_port, split_r
 from bundler.registry.auth import CredentialStore, Credentials
 
 if TYPE_CHECKING:
-    from bundler.quay.api import QuayAPI
+    from bundler.quay.api import QuayAPI, RobotAccount
 
 log = logging.getLogger(__name__)
 
 #: Short name of the robot unpack creates in each Quay organisation (`<org>+ocp_bundler`).
 ROBOT_NAME = "ocp_bundler"
+#: Organisations prepared at once.
+PREPARE_THREADS = 8
 
 # --- the Quay bring-up's data ------------------------------------------------------------------------------
 
@@ -137,28 +140,40 @@ class QuaySide:
         `<org>+cluster_pull`) for the cluster's pull secret."""
         if not self.token:
             return
-        from bundler.quay.accounts import READER_ROBOT, ensure_reader
-
         api = self.api
         if dry_run:
             self.organizations_to_create = [org for org in orgs if not api.organization_exists(org)]
             return
-        for org in orgs:
-            if api.ensure_organization(org):
-                self.organizations_created.append(org)
-                log.info("created organisation %s on %s", org, self.host)
-            self.existing[org] = True
-            robot = self.data.robots.get(org)
-            account = api.ensure_robot(org, robot.username.split("+", 1)[1] if robot is not None else ROBOT_NAME)
-            api.grant_creator(org, account.name)
-            credentials.by_org[org] = Credentials(account.name, account.token)
-            reader = self.readers.get(org)
-            try:
-                reader_account, _granted = ensure_reader(api, org, reader.username.split("+", 1)[1] if reader is not None else READER_ROBOT)
-            except RegistryError as exc:  # the pushes do not need it: say so, and go on
-                self.warnings.append(f"no read-only robot for the cluster's pull secret in organisation {org}: {exc.message}")
-                continue
-            self.readers[org] = Credentials(reader_account.name, reader_account.token)
+        # one organisation after another would cost a round trip per call (Quay's API is slow): all at once
+        with ThreadPoolExecutor(max_workers=max(1, min(PREPARE_THREADS, len(orgs))), thread_name_prefix="quay-org") as pool:
+            for org, account in zip(orgs, pool.map(self._prepare_one, orgs)):
+                credentials.by_org[org] = Credentials(account.name, account.token)
+        self.organizations_created.sort()
+
+    def _prepare_one(self, org: str) -> "RobotAccount":
+        created = self.api.ensure_organization(org)
+        if created:
+            self.organizations_created.append(org)
+            log.info("created organisation %s on %s", org, self.host)
+        self.existing[org] = True
+        robot = self.data.robots.get(org)
+        account = self.api.ensure_robot(org, robot.username.split("+", 1)[1] if robot is not None else ROBOT_NAME, new_org=created)
+        self.api.grant_creator(org, account.name, new_org=created)
+        self._prepare_reader(org)
+        return account
+
+    def _prepare_reader(self, org: str) -> None:
+        """The read-only robot of `org` for the cluster's pull secret; a failure is a warning (pushes do not
+        need it)."""
+        from bundler.quay.accounts import READER_ROBOT, ensure_reader
+
+        reader = self.readers.get(org)
+        try:
+            robot, _granted = ensure_reader(self.api, org, reader.username.split("+", 1)[1] if reader is not None else READER_ROBOT)
+        except RegistryError as exc:
+            self.warnings.append(f"no read-only robot for the cluster's pull secret in organisation {org}: {exc.message}")
+            return
+        self.readers[org] = Credentials(robot.name, robot.token)
 
     def org_exists(self, org: str) -> Optional[bool]:
         if not self.token:

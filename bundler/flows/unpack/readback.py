@@ -1,10 +1,14 @@
-"""Reading back: HEAD every pushed tag (full Accept) and compare its digest with the signed bundle manifest's."""
+"""Reading back: HEAD every pushed tag (full Accept) and compare its digest with the signed bundle manifest's.
+
+`ReadBack.check` runs as each image's push ends (on the thread that pushed it, so reading back overlaps the
+other pushes instead of waiting for the last one); `ReadBack.apply` then marks the outcomes.
+"""
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+import threading
+from typing import Dict, List, Optional, Tuple
 
 from bundler.base.errors import RegistryError
 from bundler.flows.unpack.model import Outcome, Target
@@ -14,19 +18,30 @@ from bundler.registry.client import RegistryClient
 log = logging.getLogger(__name__)
 
 
-def read_back(client: RegistryClient, targets: Sequence[Target], outcomes: Dict[str, Outcome], *, threads: int) -> List[str]:
-    """HEAD every pushed tag and compare; mark failures and mismatches in `outcomes`, return the mismatches."""
+class ReadBack:
+    """What each pushed tag reads back as."""
 
-    def head(target: Target) -> Tuple[Target, Optional[Digest], Optional[RegistryError]]:
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
+        self._lock = threading.Lock()
+        self._found: Dict[str, Tuple[Optional[Digest], Optional[RegistryError]]] = {}
+
+    def check(self, target: Target) -> None:
         try:
-            found = client.head_manifest(target.repo, target.tag)
+            head = self.client.head_manifest(target.repo, target.tag)
+            found: Tuple[Optional[Digest], Optional[RegistryError]] = (head.digest if head is not None else None, None)
         except RegistryError as exc:
-            return target, None, exc
-        return target, (found.digest if found is not None else None), None
+            found = (None, exc)
+        with self._lock:
+            self._found[target.text] = found
 
-    mismatches: List[str] = []
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read-back") as pool:
-        for target, digest, error in pool.map(head, targets):
+    def apply(self, targets: List[Target], outcomes: Dict[str, Outcome]) -> List[str]:
+        """Mark failures and mismatches among the pushed `targets` in `outcomes`; return the mismatches."""
+        mismatches: List[str] = []
+        for target in targets:
+            if target.text not in self._found:
+                self.check(target)
+            digest, error = self._found[target.text]
             outcome = outcomes[target.text]
             if error is not None:
                 outcome.status, outcome.error, outcome.exception = "failed", f"read-back failed: {error}", error
@@ -34,5 +49,5 @@ def read_back(client: RegistryClient, targets: Sequence[Target], outcomes: Dict[
                 outcome.status = "mismatch"
                 outcome.error = f"{target.text} reads back as {digest or 'nothing'}, the signed bundle manifest says {target.digest}"
                 mismatches.append(f"{outcome.error} (source {target.image.source})")
-    log.info("read back %d tags: %d mismatches", len(targets), len(mismatches))
-    return mismatches
+        log.info("read back %d tags: %d mismatches", len(targets), len(mismatches))
+        return mismatches

@@ -87,7 +87,7 @@ def resource_inputs(targets: Sequence[Target]) -> Tuple[List["MirroredImage"], L
             name = dns1123_label(f"{name[:58]}-{names[name]}")
         names[name] = 1
         display = image.facts.display_name or f"{last}:{target.tag}"
-        catalogs.append(CatalogInfo(name=name, source=image.source, target=target.text, display_name=display))
+        catalogs.append(CatalogInfo(name=name, source=image.source, target=target.text, display_name=display, digest=str(target.digest)))
     return images, catalogs
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from bundler.base.errors import AuthenticationError, BundlerError, IntegrityError, RegistryError, UsageError
 from bundler.flows.unpack import plan, quay_prep
@@ -33,7 +33,7 @@ from bundler.flows.unpack.model import (
     split_registry,
 )
 from bundler.flows.unpack.push import push
-from bundler.flows.unpack.readback import read_back
+from bundler.flows.unpack.readback import ReadBack
 from bundler.flows.unpack.resources import write_pull_secret, write_resources
 from bundler.flows.unpack.verification import verify_once
 from bundler.registry.auth import CredentialStore
@@ -154,10 +154,13 @@ class Unpacker:
             checked = [t for t in targets if t.text not in refused]
             if not self.options.dry_run:
                 self._share_tokens(client, credentials, checked)
-            current = plan.check_tags(
-                client, checked, threads=self.head_threads(len(checked)), explain=self.explain,
+            # an organisation this run created holds no tags yet: nothing to ask about its targets
+            created = set(self.quay.organizations_created) if self.quay is not None else set()
+            current: Dict[str, Any] = {t.text: None for t in checked if t.org in created}
+            current.update(plan.check_tags(
+                client, [t for t in checked if t.org not in created], threads=self.head_threads(len(checked)), explain=self.explain,
                 dry_run=self.options.dry_run, progress=self.options.progress, where=self.registry_path,
-            )
+            ))
             pending = [t for t in checked if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
             needed = set(self.bundle.blobs_needed_from_base()) if pending else set()
             # an incremental bundle's base blobs may sit in repositories of images already in place: walk those too
@@ -166,9 +169,10 @@ class Unpacker:
             if self.options.dry_run:
                 return self._result(self._dry_images(every, current, refused, graphs), orgs)
             plan.check_base_blobs(client, self.bundle, pending, graphs, needed, workers=self.workers, where=self.registry_path, elsewhere=checked)
-            outcomes = self._push(client, pending, graphs)
-            pushed = [t for t in pending if outcomes[t.text].status == "pushed"]
-            mismatches = read_back(client, pushed, outcomes, threads=self.head_threads(len(pushed)))
+            reader = ReadBack(client)
+            absent = {t.text for t in pending if current[t.text] is None}
+            outcomes = self._push(client, pending, graphs, absent=absent, on_pushed=reader.check)
+            mismatches = reader.apply([t for t in pending if outcomes[t.text].status == "pushed"], outcomes)
             for text, why in refused.items():
                 current[text] = None
                 outcomes[text] = Outcome("refused", CopyStats(), why, RegistryError(why, codes=["MANIFEST_INVALID"]))
@@ -218,12 +222,14 @@ class Unpacker:
         if self.quay is not None:
             client.monolithic_post = True
 
-    def _push(self, client: RegistryClient, targets: Sequence[Target], graphs: Mapping[str, Graph]) -> Dict[str, Outcome]:
+    def _push(
+        self, client: RegistryClient, targets: Sequence[Target], graphs: Mapping[str, Graph], *, absent: Set[str], on_pushed: Callable[[Target], None]
+    ) -> Dict[str, Outcome]:
         return push(
             client, self.bundle, targets, graphs,
             workers=self.workers, blob_threads=self.blob_threads, image_workers=self.options.image_workers or self.image_threads,
             same_org_first=self.kind == "quay", upload_unchecked=UPLOAD_UNCHECKED if client.monolithic_post else 0,
-            progress=self.options.progress, explain=self.explain,
+            progress=self.options.progress, explain=self.explain, absent=absent, on_pushed=on_pushed,
         )
 
     # -- errors -------------------------------------------------------------------------------------------------

@@ -18,6 +18,12 @@ Owns the catalog planner (`plan_catalog`, PROTOCOL-NOTES §5 "Catalogs" and "The
 6. the catalog image: copied digest-exact when unfiltered (`full`, or no packages), else a pruned image
    built in the layout (`build`) whose `/configs` (or `index.db`) holds exactly the selection.
 
+A catalog in a local OCI layout (oc-mirror's `oci://DIR`, `CatalogSpec.layout`: an opm-built or locally
+filtered catalog) is copied from there into the work layout instead, and carried from the work layout like
+a pruned catalog; its bundles and related images come from registries as for any catalog. Its target
+repository is the layout directory's last component (made a valid repository path component), its tag
+`targetTag` or `digest_tag(digest)`, and its `source` names the reserved host `LOCAL_LAYOUT_HOST`.
+
 Kinds: `operator` for bundles and related images (target repository = source path without host,
 tag = the source tag, or `digest_tag(digest)` for digest-only references), `catalog` for the index image.
 """
@@ -25,6 +31,7 @@ tag = the source tag, or `digest_tag(digest)` for digest-only references), `cata
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,8 +58,8 @@ from bundler.openshift.image_set import CatalogSpec
 from bundler.layout.store import Layout
 from bundler.oci.graph import graph_sizes
 from bundler.oci.media import Descriptor
-from bundler.oci.planned import ImageFacts, PlannedImage, digest_tag
-from bundler.oci.reference import Reference
+from bundler.oci.planned import LOCAL_LAYOUT_HOST, ImageFacts, PlannedImage, digest_tag
+from bundler.oci.reference import PATH_COMPONENT, Reference
 from bundler.registry.client import FetchedManifest, Registries
 from bundler.transfer.transports import LayoutImage, RegistryRepository
 
@@ -70,6 +77,7 @@ __all__ = [
     "load_fbc",
     "load_sqlite",
     "plan_catalog",
+    "read_catalog_model",
     "render_fbc",
     "select",
 ]
@@ -80,6 +88,8 @@ LABEL_FBC = "operators.operatorframework.io.index.configs.v1"
 LABEL_SQLITE = "operators.operatorframework.io.index.database.v1"
 PRUNED_REF_PREFIX = "ocpb-pruned/"
 """Layout ref names of pruned catalogs (never a pullable reference, so never confused with a copied image)."""
+LOCAL_REF_PREFIX = "ocpb-oci/"
+"""Layout ref names of catalogs copied in from a local OCI layout (likewise never a pullable reference)."""
 
 MAX_CATALOG_BYTES = 4 << 30
 MAX_BUNDLE_MANIFEST_BYTES = 64 << 20
@@ -440,7 +450,7 @@ def plan_catalog(
     platform: str = "linux/amd64",
 ) -> CatalogPlan:
     """Plan one catalog entry of an image-set config (see the module docstring)."""
-    ref, top, image = _copy_catalog_image(spec, registries=registries, layout=layout, copier=copier, platform=platform)
+    ref, top, image, copied_ref = _copy_catalog_image(spec, registries=registries, layout=layout, copier=copier, platform=platform)
     with tempfile.TemporaryDirectory(prefix="ocpb-catalog-") as tmp:
         workdir = Path(tmp)
         content = _read_catalog(image, workdir, spec.catalog)
@@ -451,7 +461,7 @@ def plan_catalog(
         images = _planned(collected.uses, digests, spec.catalog)
         report = _catalog_report(spec, top, content, selection, collected, images, platform)
         if not selection.pruned:
-            catalog_image = _carried_unchanged(spec, ref, top, content, report)
+            catalog_image = _carried_unchanged(spec, ref, top, content, report, layout_ref=copied_ref)
         else:
             catalog_image = _pruned_catalog(spec, ref, top, content, selection, report, layout=layout, workdir=workdir)
         report.target = f"{catalog_image.target_repository}:{catalog_image.target_tag}"
@@ -464,15 +474,52 @@ def plan_catalog(
 
 def _copy_catalog_image(
     spec: CatalogSpec, *, registries: Registries, layout: Layout, copier: Copier, platform: str
-) -> Tuple[Reference, FetchedManifest, ImageRef]:
-    """Resolve the index image and copy it digest-exact into the work layout, where the plan reads it."""
+) -> Tuple[Reference, FetchedManifest, ImageRef, Optional[str]]:
+    """Resolve the index image and copy it digest-exact into the work layout, where the plan reads it.
+
+    Returns the reference it is planned as, its manifest, the image, and for a catalog from a local OCI
+    layout the ref name it now has in the work layout (None for a registry catalog)."""
+    if spec.layout is not None:
+        local_layout = Layout(spec.layout, create=False)
+        count = len(local_layout.entries())
+        if count != 1:
+            raise UsageError(
+                f"catalog {spec.catalog}: the OCI layout holds {count} images, not one",
+                hint="give the catalog image a layout of its own (opm, skopeo or ocp-bundler copy into an empty directory)",
+            )
+        source = LayoutImage(local_layout, None)
+        local = source.resolve()
+        name = local_repository(spec.layout)
+        ref_name = f"{LOCAL_REF_PREFIX}{name}:{digest_tag(str(local.digest))}"
+        log.info("catalog %s is %s; copying it into the work layout", spec.catalog, local.digest)
+        copier.copy(source, LayoutImage(layout, ref_name), expected=local.digest)
+        image = open_image(LayoutImage(layout, ref_name), local, platform=platform)
+        return Reference(LOCAL_LAYOUT_HOST, name), local, image, ref_name
     ref = Reference.parse(spec.catalog)
     client = registries.client(ref.registry)
     top: FetchedManifest = RegistryRepository(client, ref).resolve()
     pinned = Reference(ref.registry, ref.repository, digest=top.digest)
     log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
     copier.copy(RegistryRepository(client, pinned), LayoutImage(layout, None), expected=top.digest)
-    return ref, top, open_image(LayoutImage(layout, None), top, platform=platform)
+    return ref, top, open_image(LayoutImage(layout, None), top, platform=platform), None
+
+
+def local_repository(directory: Path) -> str:
+    """The target repository of a catalog read from the OCI layout `directory`: its last component, made a
+    valid repository path component (`/data/My Catalog` -> `my-catalog`)."""
+    text = re.sub(r"[^a-z0-9]+", "-", directory.resolve().name.lower()).strip("-")
+    name = text if re.fullmatch(PATH_COMPONENT, text) else ""
+    return name or "catalog"
+
+
+def read_catalog_model(
+    spec: CatalogSpec, *, registries: Registries, layout: Layout, copier: Copier, platform: str = "linux/amd64"
+) -> Tuple[str, str, DeclarativeConfig]:
+    """(digest, format, model) of the catalog `spec` names, read as the planner reads it (copied into `layout`)."""
+    _, top, image, _ = _copy_catalog_image(spec, registries=registries, layout=layout, copier=copier, platform=platform)
+    with tempfile.TemporaryDirectory(prefix="ocpb-catalog-") as tmp:
+        content = _read_catalog(image, Path(tmp), spec.catalog)
+    return str(top.digest), content.format, content.model
 
 
 def _mode(spec: CatalogSpec) -> str:
@@ -511,7 +558,8 @@ def _catalog_report(
 
 
 def _carried_unchanged(
-    spec: CatalogSpec, ref: Reference, top: FetchedManifest, content: _Content, report: CatalogReport
+    spec: CatalogSpec, ref: Reference, top: FetchedManifest, content: _Content, report: CatalogReport,
+    *, layout_ref: Optional[str] = None,
 ) -> PlannedImage:
     """An unfiltered catalog (`full`, or no packages): the index image as it is, digest-exact."""
     mode = _mode(spec)
@@ -526,8 +574,9 @@ def _carried_unchanged(
         target_repository=spec.target_catalog or ref.repository,
         target_tag=spec.target_tag or ref.tag or digest_tag(str(top.digest)),
         digest=str(top.digest),
+        in_layout=layout_ref is not None,
         annotations={"format": content.format, "mode": mode},
-        facts=ImageFacts(catalog=spec.catalog, pruned=False),
+        facts=ImageFacts(catalog=spec.catalog, pruned=False, layout_ref=layout_ref),
     )
 
 
@@ -571,7 +620,8 @@ def _pruned_catalog(
     report.pruned_digest = new_digest
     report.catalog_bytes = _layout_bytes(layout, built.descriptor)
     return PlannedImage(
-        source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `facts.layout_ref`
+        # what it stands in for; the bytes are in the work layout under `facts.layout_ref`
+        source=spec.catalog if spec.layout is None else f"{ref.name}:{explicit_tag or digest_tag(new_digest)}",
         kind="catalog",
         target_repository=target_repo,
         target_tag=explicit_tag or digest_tag(new_digest),

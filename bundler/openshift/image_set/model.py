@@ -169,6 +169,8 @@ class CatalogSpec:
     """An operator catalog (index image) and the packages to keep from it.
 
     No packages: the whole catalog (heads of every channel unless ``full``), as in oc-mirror.
+    ``layout`` is set for a catalog image in a local OCI layout (oc-mirror's ``oci://DIR``); ``catalog`` then
+    reads ``oci://<absolute DIR>``.
     """
 
     catalog: str
@@ -177,6 +179,7 @@ class CatalogSpec:
     target_catalog: Optional[str] = None  # repository path in the mirror, e.g. `olm/redhat-operators`
     target_tag: Optional[str] = None
     packages: Tuple[PackageSpec, ...] = ()
+    layout: Optional[Path] = None
 
 
 @frozen_keyword_only

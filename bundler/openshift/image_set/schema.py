@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bundler.base.errors import ConfigError
-from bundler.oci.reference import HOST, QUALIFIED_REFERENCE_RE, is_registry_host
+from bundler.base.errors import ConfigError, InvalidReferenceError
+from bundler.oci.reference import HOST, QUALIFIED_REFERENCE_RE, is_registry_host, parse_host
 from bundler.openshift.image_set.model import API_VERSION, KIND, OC_MIRROR_KIND, Version
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,7 @@ def image_reference(what: str) -> Converter:
             ctx.fail(
                 loc, f"{text!r} has neither a tag nor a digest: add one, e.g. {text}:latest or {text}@sha256:<64 hex>"
             )
+        _check_port(ctx, match.group("host"), loc)
         return text
 
     return convert
@@ -301,7 +302,16 @@ def registry_host(ctx: Ctx, value: Any, loc: Loc) -> str:
         ctx.fail(loc, f"expected {what} without a path, got {text!r}: put repository paths in target.prefix")
     if not re.fullmatch(HOST, text):
         ctx.fail(loc, f"expected {what}, got {text!r}")
+    _check_port(ctx, text, loc)
     return text
+
+
+def _check_port(ctx: Ctx, host: str, loc: Loc) -> None:
+    """The host's port in range, by the reference parser's own check."""
+    try:
+        parse_host(host)
+    except InvalidReferenceError as exc:
+        ctx.fail(loc, f"{exc.message}: {exc.hint}" if exc.hint else exc.message)
 
 
 def http_url(ctx: Ctx, value: Any, loc: Loc) -> str:
@@ -311,6 +321,31 @@ def http_url(ctx: Ctx, value: Any, loc: Loc) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
         ctx.fail(loc, f"expected {what}, got {text!r}")
     return text
+
+
+OCI_SCHEME = "oci://"
+
+
+def catalog_reference(what: str) -> Converter:
+    """A catalog: an image reference, or oc-mirror's `oci://DIR` (a local OCI layout; `oci:DIR` too).
+
+    The layout form is returned as `oci://<absolute DIR>` (relative to the config file's directory)."""
+    registry = image_reference(what)
+
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> str:
+        text = expect_str(ctx, value, loc, f"{what} ({_REFERENCE_EXAMPLE}) or oci:///path/to/layout")
+        if not text.startswith("oci:"):
+            reference: str = registry(ctx, value, loc)
+            return reference
+        rest = text[len(OCI_SCHEME):] if text.startswith(OCI_SCHEME) else text[len("oci:"):]
+        if not rest or any(c.isspace() for c in rest):
+            ctx.fail(loc, f"{text!r}: expected oci:///path/to/layout (a local OCI layout directory)")
+        path = Path(rest).expanduser()
+        if not path.is_absolute() and ctx.base_dir is not None:
+            path = ctx.base_dir / path
+        return OCI_SCHEME + str(path)
+
+    return convert
 
 
 def directory_path(ctx: Ctx, value: Any, loc: Loc) -> Path:

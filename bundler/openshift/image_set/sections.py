@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bundler.oci.reference import REPOSITORY, TAG
@@ -22,12 +23,14 @@ from bundler.openshift.image_set.model import (
     PackageSpec,
 )
 from bundler.openshift.image_set.schema import (
+    OCI_SCHEME,
     Converter,
     Ctx,
     Field,
     Loc,
     Record,
     boolean,
+    catalog_reference,
     check_range,
     check_unique,
     choice,
@@ -89,11 +92,15 @@ def _build_catalog(ctx: Ctx, record: Record) -> CatalogSpec:
                 f"deprecated by oc-mirror; read as targetCatalog: {values['target_catalog']}",
             )
     check_unique(ctx, record, "packages", lambda p: str(p.name), "package")
+    if values["catalog"].startswith(OCI_SCHEME):
+        values["layout"] = Path(values["catalog"][len(OCI_SCHEME):])
     return CatalogSpec(**values)
 
 
 def _catalog_namespace(reference: str) -> str:
-    """The path between host and name: `registry.redhat.io/redhat/x:v4` -> `redhat`."""
+    """The path between host and name: `registry.redhat.io/redhat/x:v4` -> `redhat` (none for a layout)."""
+    if reference.startswith(OCI_SCHEME):
+        return ""
     return repository_of(reference).rpartition("/")[0]
 
 
@@ -109,7 +116,7 @@ _PACKAGE_FIELDS_BASE: Mapping[str, Field] = {
     "defaultChannel": Field("default_channel", _CHANNEL_NAME),
 }
 _CATALOG_FIELDS_BASE: Mapping[str, Field] = {
-    "catalog": Field("catalog", image_reference("a catalog (index) image reference"), required=True),
+    "catalog": Field("catalog", catalog_reference("a catalog (index) image reference"), required=True),
     "full": Field("full", boolean),
     "skipDependencies": Field("skip_dependencies", boolean),
     "targetCatalog": Field(
