@@ -189,3 +189,47 @@ def test_symlink_target_is_updated(tmp_path: Path) -> None:
     add_registry_credentials(link, registry=MIRROR, username="admin", password=PASSWORD)
     assert link.is_symlink()
     assert MIRROR in json.loads(real.read_text())["auths"]
+
+
+def test_cli_from_adds_every_entry_of_a_snippet_and_keeps_the_rest(tmp_path: Path) -> None:
+    """`pull-secret --from`: the read-only robots' snippet (host entry and one per organisation) goes into a
+    one-line pull secret, which stays on one line and 0600; nothing secret is printed."""
+    from bundler.cli.main import main
+    from tests.conftest import cli_runner
+
+    snippet = tmp_path / "snippet.json"
+    robots = {MIRROR: ("ocp4+cluster_pull", "TOKEN-A"), f"{MIRROR}/ocp4": ("ocp4+cluster_pull", "TOKEN-A"), f"{MIRROR}/olm": ("olm+cluster_pull", "TOKEN-B")}
+    snippet.write_text(json.dumps({"auths": {k: {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()} for k, (u, p) in robots.items()}}))
+    target = tmp_path / "pull-secret.json"
+    target.write_text(json.dumps(pull_secret(), separators=(",", ":")) + "\n")
+    out = cli_runner().invoke(main, ["pull-secret", "--file", str(target), "--from", str(snippet)])
+    assert out.exit_code == 0, out.output
+    assert f"added credentials for {MIRROR}/olm (user olm+cluster_pull) to {target}" in out.output
+    assert "TOKEN-" not in out.output
+    text = target.read_text()
+    assert text.count("\n") == 1 and mode(target) == 0o600
+    doc = json.loads(text)
+    assert {k: decode(doc["auths"][k]) for k in robots} == {k: f"{u}:{p}" for k, (u, p) in robots.items()}
+    assert {k: v for k, v in doc["auths"].items() if k not in robots} == pull_secret()["auths"]
+    assert doc["credHelpers"] == {"gcr.io": "gcloud"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--from", "SNIPPET", "--registry", MIRROR], "--from adds the entries of a file"),
+        ([], "give --from FILE, or --registry and --username"),
+        (["--from", "BROKEN"], "is not base64 of user:password"),
+    ],
+)
+def test_cli_from_usage_errors_are_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    from bundler.cli.main import main
+    from tests.conftest import cli_runner
+
+    (tmp_path / "SNIPPET").write_text(json.dumps({"auths": {MIRROR: {"auth": base64.b64encode(b"a:b").decode()}}}))
+    (tmp_path / "BROKEN").write_text(json.dumps({"auths": {MIRROR: {"auth": "not base64!"}}}))
+    args = [str(tmp_path / a) if a in ("SNIPPET", "BROKEN") else a for a in args]
+    out = cli_runner().invoke(main, ["pull-secret", "--file", str(tmp_path / "ps.json"), *args])
+    assert out.exit_code == 2, out.output
+    assert message in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "ps.json").exists()

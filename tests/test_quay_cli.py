@@ -10,7 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -116,43 +116,51 @@ def bundle_of_stand_ins(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["podman", "rmi", "--force", image_id], capture_output=True)
 
 
-def test_quay_up_from_a_bundle_with_the_cli(bundle_of_stand_ins: Path, tmp_path: Path) -> None:
+def test_quay_up_from_a_bundle_with_the_cli(bundle_of_stand_ins: Path, real_quay: Any, tmp_path: Path) -> None:
+    """The podman part runs the stand-in images; the REST part is the real Quay (`--api-url`, with its
+    superuser's token in `--api-token-file`)."""
     from bundler.quay.certs import ensure_certificates
-    from tests.infra.quay_double import QuayDouble
 
     found = images_from_bundle(bundle_of_stand_ins)
     assert [i.role for i in found] == ["postgres", "redis", "quay"]
     assert found[2].local_name.startswith(f"{LOCAL_REPOSITORY}/quay:t")
 
     name = f"ocpbt-cli-{uuid.uuid4().hex[:6]}"
+    org = f"cli{uuid.uuid4().hex[:6]}"
     data = tmp_path / "quay"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     paths = QuayPaths(data)
     ensure_certificates(paths.certificates, hostname="127.0.0.1")
+    token_file = tmp_path / "token"
+    token_file.write_text(real_quay.token + "\n")
     args = [
         "quay", "up", "--bundle", str(bundle_of_stand_ins), "--hostname", "127.0.0.1", "--port", str(port),
         "--bind-address", "127.0.0.1", "--data-dir", str(data), "--name", name, "--timeout", "60",
-        "--health-path", "/v2/", "--skip-database-setup",
+        "--health-path", "/v2/", "--skip-database-setup", "--org", org,
+        "--api-url", real_quay.url, "--api-token-file", str(token_file),
     ]  # fmt: skip
     runner = cli_runner()
     try:
-        with QuayDouble(cert_file=paths.certificates.server_cert, key_file=paths.certificates.server_key, ca_file=paths.certificates.ca_cert) as double:
-            out = runner.invoke(main, [*args, "--api-url", double.url, "--json"])
-            assert out.exit_code == 0, out.output
-            doc = json.loads(out.output)
-            assert [i["loaded"] for i in doc["images"]] == [True, True, True]
-            assert doc["robots"] == ["ocp4+bundler"] and doc["server"] == f"127.0.0.1:{port}"
-            assert double.organizations == {"ocp4"}
+        out = runner.invoke(main, [*args, "--json"])
+        assert out.exit_code == 0, out.output
+        doc = json.loads(out.output)
+        assert [i["loaded"] for i in doc["images"]] == [True, True, True]
+        assert doc["robots"] == [f"{org}+bundler"] and doc["server"] == f"127.0.0.1:{port}"
+        assert doc["readers"] == [f"{org}+cluster_pull"] and doc["pullSecretFile"] == str(paths.pull_secret_file)
+        assert real_quay.api("GET", f"/api/v1/organization/{org}")[0] == 200
 
-            out = runner.invoke(main, [*args, "--api-url", double.url])
-            assert out.exit_code == 0, out.output
-            assert f"Quay is running at https://127.0.0.1:{port} (pod {name}); nothing changed" in out.output
-            assert f"/etc/containers/certs.d/127.0.0.1:{port}/ca.crt" in out.output
-            assert "update-ca-trust" in out.output
-            secrets = json.loads(paths.secrets_file.read_text())
-            for key in ("init_password", "admin_token", "secret_key", "database_secret_key"):
-                assert secrets[key] not in out.output
+        out = runner.invoke(main, args)
+        assert out.exit_code == 0, out.output
+        assert f"Quay is running at https://127.0.0.1:{port} (pod {name}); nothing changed" in out.output
+        assert f"/etc/containers/certs.d/127.0.0.1:{port}/ca.crt" in out.output
+        assert "update-ca-trust" in out.output
+        assert f"ocp-bundler pull-secret --file pull-secret.json --from {paths.pull_secret_file}" in out.output
+        secrets = json.loads(paths.secrets_file.read_text())
+        for key in ("init_password", "secret_key", "database_secret_key"):
+            assert secrets[key] not in out.output
+        for token in [real_quay.token, *secrets["robot_tokens"].values(), *secrets["reader_tokens"].values()]:
+            assert token not in out.output
     finally:
         quay_down(name=name, stop_timeout=2)

@@ -6,8 +6,10 @@ auth file, systemd units, rerun, status, down, purge); only the images are stand
 - "quay": the host's `docker-registry` binary (+ libc and ld-linux) serving HTTPS on 8443 with the
   `ssl.cert`/`ssl.key` that `quay up` writes into the config volume, storing into `/datastorage`; it refuses
   to start without `config.yaml` in the config volume. It answers `/v2/`, not `/health/instance`, so the
-  tests set `health_path="/v2/"`; the REST calls go to `tests.infra.quay_double.QuayDouble`
-  (`api_url`), served with the very certificate `quay up` made.
+  tests set `health_path="/v2/"`. The REST calls (organisations, robots, teams, permissions) go to the
+  real Project Quay of the `real_quay` fixture (`api_url`, plain HTTP on loopback): that part needs no
+  container image. The real Quay was initialised by its fixture, so the bring-up uses its API token
+  (`api_token`); the bring-up initialising a fresh Quay itself is proven in `test_quay_real_config`.
 - "postgres" / "redis": busybox images that exit 3 unless the POSTGRESQL_* / REDIS_PASSWORD variables
   arrive, and stop promptly on SIGTERM; `database_setup=False` because they have no `psql`.
 
@@ -25,7 +27,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import pytest
 import urllib3
@@ -49,7 +51,6 @@ from bundler.quay.podman import Podman
 from bundler.transfer.transports import LayoutImage
 from tests.conftest import require_tool, cli_runner
 from tests.infra.images import Image, make_config, make_image, make_index, make_layer, make_manifest, write_oci_layout
-from tests.infra.quay_double import QuayDouble
 
 RUN = uuid.uuid4().hex[:8]
 ARCH = host_platform().architecture
@@ -223,113 +224,135 @@ def test_load_image_keeps_config_and_digest_for_docker_list_and_oci_image(podman
 # -- up / rerun / status / down ------------------------------------------------------------------------------
 
 
-def test_quay_up_rerun_status_down_purge(podman_ready: Podman, stand_ins: StandIns, pod_name: str, tmp_path: Path) -> None:
+def _creds(auth_file: Path, key: str) -> str:
+    user, _, token = base64.b64decode(json.loads(auth_file.read_text())["auths"][key]["auth"]).decode().partition(":")
+    return f"{user}:{token}"
+
+
+def test_quay_up_rerun_status_down_purge(podman_ready: Podman, stand_ins: StandIns, pod_name: str, real_quay: Any, tmp_path: Path) -> None:
 
     from bundler.cli import main
 
     data = tmp_path / "quay"
     port = _free_port()
     paths = QuayPaths(data)
-    # The REST double serves with the certificate `quay up` will find (and must reuse) in the data dir.
     ensure_certificates(paths.certificates, hostname="127.0.0.1")
     cert_before = paths.certificates.server_cert.read_bytes()
-    with QuayDouble(cert_file=paths.certificates.server_cert, key_file=paths.certificates.server_key, ca_file=paths.certificates.ca_cert) as double:
-        opts = _options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm"), systemd_dir=tmp_path / "units")
-        steps: List[str] = []
-        result = quay_up(opts, stand_ins.standard(), podman=podman_ready, on_step=steps.append)
+    orgs = (f"up{RUN}a", f"up{RUN}b")
+    rest = dict(api_url=real_quay.url, api_token=real_quay.token, organizations=orgs)
+    opts = _options(data, pod_name, port, systemd_dir=tmp_path / "units", **rest)
+    steps: List[str] = []
+    result = quay_up(opts, stand_ins.standard(), podman=podman_ready, on_step=steps.append)
 
-        assert result.server == f"127.0.0.1:{port}"
-        assert result.initialized_now
-        assert result.robots == ["ocp4+bundler", "olm+bundler"]
-        assert any("created pod" in c for c in result.changes)
-        assert paths.certificates.server_cert.read_bytes() == cert_before  # reused, not re-issued
+    assert result.server == f"127.0.0.1:{port}"
+    assert not result.initialized_now  # the real Quay's fixture initialised it
+    assert result.robots == [f"{orgs[0]}+bundler", f"{orgs[1]}+bundler"]
+    assert result.readers == [f"{orgs[0]}+cluster_pull", f"{orgs[1]}+cluster_pull"]
+    assert any("created pod" in c for c in result.changes)
+    assert paths.certificates.server_cert.read_bytes() == cert_before  # reused, not re-issued
 
-        # pod and containers
-        pod = podman_ready.pod_inspect(pod_name)
-        assert pod is not None and ("127.0.0.1", port, 8443) in pod.published
-        infos = {role: podman_ready.container_inspect(name) for role, name in result.containers.items()}
-        assert all(i is not None and i.running for i in infos.values())
-        quay_info = infos["quay"]
-        assert quay_info is not None
-        assert (str(paths.config_dir), "/quay-registry/conf/stack") in quay_info.mounts
-        assert (str(paths.storage_dir), "/datastorage") in quay_info.mounts
-        assert (paths.postgres_dir / "stand-in-was-here").exists()  # the PostgreSQL volume is mounted
-        assert quay_info.image_id == stand_ins.images["quay"].config.digest.split(":", 1)[1]
+    # pod and containers
+    pod = podman_ready.pod_inspect(pod_name)
+    assert pod is not None and ("127.0.0.1", port, 8443) in pod.published
+    infos = {role: podman_ready.container_inspect(name) for role, name in result.containers.items()}
+    assert all(i is not None and i.running for i in infos.values())
+    quay_info = infos["quay"]
+    assert quay_info is not None
+    assert (str(paths.config_dir), "/quay-registry/conf/stack") in quay_info.mounts
+    assert (str(paths.storage_dir), "/datastorage") in quay_info.mounts
+    assert (paths.postgres_dir / "stand-in-was-here").exists()  # the PostgreSQL volume is mounted
+    assert quay_info.image_id == stand_ins.images["quay"].config.digest.split(":", 1)[1]
 
-        # the published port speaks TLS with the certificate for 127.0.0.1, verified with our CA
-        http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(paths.certificates.ca_cert))
-        assert http.request("GET", f"https://127.0.0.1:{port}/v2/", retries=False).status == 200
+    # the published port speaks TLS with the certificate for 127.0.0.1, verified with our CA
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(paths.certificates.ca_cert))
+    assert http.request("GET", f"https://127.0.0.1:{port}/v2/", retries=False).status == 200
 
-        # secrets: 0600, used in config.yaml and in the env files, never in the output
-        assert stat.S_IMODE(paths.secrets_file.stat().st_mode) == 0o600
-        secrets_before = paths.secrets_file.read_bytes()
-        secrets = json.loads(secrets_before)
-        config_text = paths.config_file.read_text()
-        assert secrets["database_secret_key"] in config_text and secrets["secret_key"] in config_text
-        assert f"SERVER_HOSTNAME: 127.0.0.1:{port}" in config_text
-        for env in (paths.env_dir / "postgres.env", paths.env_dir / "redis.env"):
-            assert stat.S_IMODE(env.stat().st_mode) == 0o600
-        shown = json.dumps(result.to_json()) + "\n".join(result.next_steps()) + "\n".join(steps)
-        for key in ("database_secret_key", "secret_key", "postgres_password", "redis_password", "init_password", "admin_token"):
-            assert secrets[key] not in shown
+    # secrets: 0600, used in config.yaml and in the env files, never in the output
+    assert stat.S_IMODE(paths.secrets_file.stat().st_mode) == 0o600
+    secrets_before = paths.secrets_file.read_bytes()
+    secrets = json.loads(secrets_before)
+    config_text = paths.config_file.read_text()
+    assert secrets["database_secret_key"] in config_text and secrets["secret_key"] in config_text
+    assert f"SERVER_HOSTNAME: 127.0.0.1:{port}" in config_text
+    for env in (paths.env_dir / "postgres.env", paths.env_dir / "redis.env"):
+        assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    shown = json.dumps(result.to_json()) + "\n".join(result.next_steps()) + "\n".join(steps)
+    hidden = [secrets[k] for k in ("database_secret_key", "secret_key", "postgres_password", "redis_password", "init_password")]
+    hidden += list(secrets["robot_tokens"].values()) + list(secrets["reader_tokens"].values()) + [real_quay.token]
+    assert len(hidden) == 10 and not [h for h in hidden if h in shown]
 
-        # REST: first user, organisations, robots with rights; the auth file works for pushes
-        assert double.users == {"init": secrets["init_password"]}
-        assert double.organizations == {"ocp4", "olm"}
-        assert double.team_members("ocp4", "mirror-creators") == {"ocp4+bundler"}
-        assert double.team_role("olm", "mirror-creators") == "creator"
-        auth_path = result.auth_file
-        assert auth_path is not None and stat.S_IMODE(auth_path.stat().st_mode) == 0o600
-        auths = json.loads(auth_path.read_text())["auths"]
-        assert set(auths) == {f"127.0.0.1:{port}", f"127.0.0.1:{port}/ocp4", f"127.0.0.1:{port}/olm"}
-        user, _, token = base64.b64decode(auths[f"127.0.0.1:{port}/olm"]["auth"]).decode().partition(":")
-        assert (user, token) == double.robot_credentials("olm", "bundler")
+    # REST on the real Quay: organisations, push robots in the creator team, read-only robots in a member team
+    for org in orgs:
+        assert real_quay.api("GET", f"/api/v1/organization/{org}")[0] == 200
+        status, team = real_quay.api("GET", f"/api/v1/organization/{org}/team/mirror-creators/members")
+        assert status == 200 and [m["name"] for m in team["members"]] == [f"{org}+bundler"]
+        status, team = real_quay.api("GET", f"/api/v1/organization/{org}/team/mirror-readers/members")
+        assert status == 200 and [m["name"] for m in team["members"]] == [f"{org}+cluster_pull"]
+    assert real_quay.api("GET", f"/api/v1/organization/{orgs[1]}")[1]["teams"]["mirror-readers"]["role"] == "member"
+    # the auth files: push robots in auth.json, read-only robots in pull-secret.json, both 0600
+    server = f"127.0.0.1:{port}"
+    auth_path, pull_path = result.auth_file, result.pull_secret_file
+    assert auth_path == paths.auth_file and pull_path == paths.pull_secret_file
+    for path in (auth_path, pull_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert set(json.loads(path.read_text())["auths"]) == {server, f"{server}/{orgs[0]}", f"{server}/{orgs[1]}"}
+    # their credentials work on the real Quay: the push robot pushes, the read-only robot pulls only
+    layout = write_oci_layout(tmp_path / "img", [("x", make_image(seed=f"up-{RUN}"))])
+    target = f"docker://{real_quay.host}/{orgs[1]}/app:x"
+    pushed = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", _creds(auth_path, f"{server}/{orgs[1]}"), f"oci:{layout}:x", target], capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr
+    reader = _creds(pull_path, f"{server}/{orgs[1]}")
+    assert reader.startswith(f"{orgs[1]}+cluster_pull:")
+    assert subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", reader, target], capture_output=True).returncode == 0
+    refused = subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", reader, f"oci:{layout}:x", target + "2"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "unauthorized" in refused.stderr.lower()
+    assert "ocp-bundler pull-secret --file pull-secret.json --from " + str(pull_path) in "\n".join(result.next_steps())
 
-        # systemd units
-        names = sorted(p.name for p in result.systemd_units)
-        assert f"pod-{pod_name}.service" in names and f"container-{pod_name}-app.service" in names
-        assert all(p.exists() for p in result.systemd_units)
+    # systemd units
+    names = sorted(p.name for p in result.systemd_units)
+    assert f"pod-{pod_name}.service" in names and f"container-{pod_name}-app.service" in names
+    assert all(p.exists() for p in result.systemd_units)
 
-        # rerun: nothing changes, nothing breaks
-        ids_before = {role: i.id for role, i in infos.items() if i is not None}
-        config_before = paths.config_file.read_bytes()
-        auth_before = auth_path.read_bytes()
-        ca_before = paths.certificates.ca_cert.read_bytes()
-        again = quay_up(_options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm"), systemd_dir=tmp_path / "units"), stand_ins.standard(), podman=podman_ready)
-        assert again.changes == []
-        assert sorted(p.name for p in again.systemd_units) == sorted(p.name for p in result.systemd_units)
-        assert not again.initialized_now
-        assert all(not i.loaded for i in again.images)
-        assert {role: podman_ready.container_inspect(n).id for role, n in again.containers.items()} == ids_before  # type: ignore[union-attr]
-        assert paths.secrets_file.read_bytes() == secrets_before
-        assert paths.config_file.read_bytes() == config_before
-        assert auth_path.read_bytes() == auth_before
-        assert paths.certificates.ca_cert.read_bytes() == ca_before
-        assert [c[2] for c in double.calls_to("POST", "/api/v1/user/initialize")] == [200, 400]
-        assert len([c for c in double.calls if c[:2] == ("POST", "/api/v1/organization/")]) == 2  # not asked again
+    # rerun: nothing changes, nothing breaks
+    ids_before = {role: i.id for role, i in infos.items() if i is not None}
+    config_before = paths.config_file.read_bytes()
+    auth_before = auth_path.read_bytes()
+    ca_before = paths.certificates.ca_cert.read_bytes()
+    pull_before = pull_path.read_bytes()
+    again = quay_up(_options(data, pod_name, port, systemd_dir=tmp_path / "units", **rest), stand_ins.standard(), podman=podman_ready)
+    assert again.changes == []
+    assert sorted(p.name for p in again.systemd_units) == sorted(p.name for p in result.systemd_units)
+    assert not again.initialized_now
+    assert all(not i.loaded for i in again.images)
+    assert {role: podman_ready.container_inspect(n).id for role, n in again.containers.items()} == ids_before  # type: ignore[union-attr]
+    assert paths.secrets_file.read_bytes() == secrets_before
+    assert paths.config_file.read_bytes() == config_before
+    assert auth_path.read_bytes() == auth_before
+    assert pull_path.read_bytes() == pull_before
+    assert paths.certificates.ca_cert.read_bytes() == ca_before
 
-        # a rerun without --bundle uses the images podman already has
-        third = quay_up(_options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm")), [], podman=podman_ready)
-        assert third.changes == []
+    # a rerun without --bundle uses the images podman already has
+    third = quay_up(_options(data, pod_name, port, **rest), [], podman=podman_ready)
+    assert third.changes == []
 
-        # after a stop (a reboot without the units): the same containers start again, nothing else changes
-        podman_ready.pod_stop(pod_name, timeout=2)
-        restarted = quay_up(_options(data, pod_name, port, api_url=double.url, organizations=("ocp4", "olm")), [], podman=podman_ready)
-        assert sorted(restarted.changes) == sorted(f"started container {n}" for n in result.containers.values())
-        assert {role: podman_ready.container_inspect(n).id for role, n in restarted.containers.items()} == ids_before  # type: ignore[union-attr]
-        assert paths.secrets_file.read_bytes() == secrets_before
+    # after a stop (a reboot without the units): the same containers start again, nothing else changes
+    podman_ready.pod_stop(pod_name, timeout=2)
+    restarted = quay_up(_options(data, pod_name, port, **rest), [], podman=podman_ready)
+    assert sorted(restarted.changes) == sorted(f"started container {n}" for n in result.containers.values())
+    assert {role: podman_ready.container_inspect(n).id for role, n in restarted.containers.items()} == ids_before  # type: ignore[union-attr]
+    assert paths.secrets_file.read_bytes() == secrets_before
 
-        # status, library and CLI
-        st = quay_status(name=pod_name, data_dir=data, podman=podman_ready)
-        assert st.running and st.healthy is True  # polled on the health path `quay up` was given
-        runner = cli_runner()
-        out = runner.invoke(main, ["quay", "status", "--name", pod_name, "--data-dir", str(data), "--json"])
-        doc = json.loads(out.output)
-        assert doc["running"] is True and doc["containers"]["quay"]["state"] == "running"
-        assert doc["pod"]["state"] == "Running" and doc["healthy"] is True
-        assert out.exit_code == 0, out.output
-        out = runner.invoke(main, ["quay", "status", "--name", pod_name, "--data-dir", str(data)])
-        assert f"Quay https://127.0.0.1:{port}: healthy" in out.output and f"{pod_name}-app running" in out.output
+    # status, library and CLI
+    st = quay_status(name=pod_name, data_dir=data, podman=podman_ready)
+    assert st.running and st.healthy is True  # polled on the health path `quay up` was given
+    runner = cli_runner()
+    out = runner.invoke(main, ["quay", "status", "--name", pod_name, "--data-dir", str(data), "--json"])
+    doc = json.loads(out.output)
+    assert doc["running"] is True and doc["containers"]["quay"]["state"] == "running"
+    assert doc["pod"]["state"] == "Running" and doc["healthy"] is True
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(main, ["quay", "status", "--name", pod_name, "--data-dir", str(data)])
+    assert f"Quay https://127.0.0.1:{port}: healthy" in out.output and f"{pod_name}-app running" in out.output
 
     # down keeps the data; down --purge --yes deletes it
     out = runner.invoke(main, ["quay", "down", "--name", pod_name, "--data-dir", str(data)])

@@ -271,7 +271,9 @@ def test_quay_up_then_unpack_with_its_robots(real_quay: Any, tmp_path: Path, sko
     assert calls[0].hostname == "127.0.0.1" and calls[0].port == real_quay.port and calls[0].organizations == ("upmirror",)
     assert result.registry == f"{real_quay.host}/upmirror" and result.registry_kind == "quay"
     status, robots = real_quay.api("GET", "/api/v1/organization/upmirror/robots")
-    assert status == 200 and [r["name"] for r in robots["robots"]] == [f"upmirror+{calls[0].robot}"]  # the bring-up's robot, no other
+    # the bring-up's push robot, no other push robot; the stand-in bring-up made no read-only robot, so
+    # unpack made one for the cluster's pull secret
+    assert status == 200 and sorted(r["name"] for r in robots["robots"]) == [f"upmirror+{calls[0].robot}", "upmirror+cluster_pull"]
     assert [i.status for i in result.images] == ["pushed"] * len(entries)
     expect_in_quay(skopeo, real_quay, [dataclasses.replace(e, repository=f"upmirror/{e.repository}") for e in entries])
 

@@ -79,6 +79,7 @@ class _Accounts:
     init_password_file: Optional[Path]
     organizations: Tuple[str, ...]
     robot: str
+    reader: str
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ _account_options = option_group(
     click.option("--init-email", help="First user's e-mail address."),
     click.option("--init-password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="File with the first user's password (8+ characters). Default: generated and kept in the data dir."),
     click.option("--org", "organizations", multiple=True, metavar="ORG", help="Organisation to create, with a robot that may create repositories in it (repeatable). Default: ocp4."),
-    click.option("--robot", default="bundler", show_default=True, help="Short name of the robot made in each organisation."),
+    click.option("--robot", default="bundler", show_default=True, help="Short name of the robot made in each organisation for pushes."),
+    click.option("--reader", default="cluster_pull", show_default=True, help="Short name of the read-only robot made in each organisation for the cluster's pull secret."),
 )
 _tls_options = option_group(
     "tls",
@@ -213,6 +215,7 @@ def _up_options(placement: _Placement, accounts: _Accounts, tls: _Tls, s3: _S3, 
         init_password=_read_secret_file(accounts.init_password_file, "password"),
         organizations=tuple(accounts.organizations) or ("ocp4",),
         robot=accounts.robot,
+        reader=accounts.reader,
         storage=s3.storage(),
         ssl_cert=tls.ssl_cert,
         ssl_key=tls.ssl_key,
@@ -242,8 +245,10 @@ def up(placement: _Placement, accounts: _Accounts, tls: _Tls, s3: _S3, service: 
     \b
     Makes a CA and certificate (or uses --ssl-cert/--ssl-key), writes config.yaml with secrets kept in
     DATA_DIR/secrets.json (0600, never regenerated), waits for /health/instance, initialises the first
-    user, creates the organisations and a robot in each, and writes DATA_DIR/auth.json (0600) for pushes.
-    Rerunning on a running Quay changes nothing.
+    user, creates the organisations with a push robot and a read-only robot in each, and writes
+    DATA_DIR/auth.json (0600, the push robots) and DATA_DIR/pull-secret.json (0600, the read-only robots,
+    for the cluster's pull secret: `ocp-bundler pull-secret --from`). Rerunning on a running Quay changes
+    nothing.
 
     \b
     Example:

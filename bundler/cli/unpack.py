@@ -188,6 +188,8 @@ def _render(result: UnpackResult, as_json: bool) -> None:
         click.echo(f"created organisations: {', '.join(result.organizations_created)}")
     if result.resources_dir is not None:
         click.echo(f"cluster resources in {result.resources_dir} (see README.txt there)")
+    if result.pull_secret_file is not None:
+        click.echo(f"cluster pull secret (read-only robots) in {result.pull_secret_file}: ocp-bundler pull-secret --file pull-secret.json --from {result.pull_secret_file}")
         if result.resource_changes is not None:
             click.echo(f"cluster resources against the earlier set there: {result.resource_changes.summary()}")
     for warning in result.warnings:
@@ -196,31 +198,47 @@ def _render(result: UnpackResult, as_json: bool) -> None:
 
 @click.command("pull-secret", context_settings=CONTEXT)
 @click.option("--file", "path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Pull secret or auth file to edit (created if missing).")
-@click.option("--registry", required=True, metavar="HOST[:PORT]", help="The mirror registry.")
-@click.option("--username", required=True, help="User (or Quay robot, org+name) for the mirror.")
+@click.option("--from", "from_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Add every entry of this auth file: the read-only robots' credentials that `quay up` (DATA_DIR/pull-secret.json) and `unpack` (RESOURCES_DIR/pull-secret.dockerconfigjson) write.")
+@click.option("--registry", metavar="HOST[:PORT][/ORG]", help="The mirror registry (without --from).")
+@click.option("--username", help="User (or Quay robot, org+name) for the mirror (without --from).")
 @click.option("--password-stdin", is_flag=True, help="Read the password (or token) from stdin.")
 @click.option("--email", default=None, help="Optional e-mail recorded with the entry.")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr.")
 @command_body
-def pull_secret(path: Path, registry: str, username: str, password_stdin: bool, email: Optional[str], verbose: int) -> None:
+def pull_secret(path: Path, from_file: Optional[Path], registry: Optional[str], username: Optional[str], password_stdin: bool, email: Optional[str], verbose: int) -> None:
     """Add the mirror's credentials to a pull secret (mode 0600, other entries untouched, atomic).
 
     \b
-    Example:
+    The cluster should pull with Quay's read-only robots, never with a superuser:
+      ocp-bundler pull-secret --file pull-secret.json --from ocp-bundler-resources/pull-secret.dockerconfigjson
+    \b
+    Or one entry by hand:
       printf '%s' "$TOKEN" | ocp-bundler pull-secret --file pull-secret.json \\
           --registry mirror.example:8443 --username 'ocp+mirror' --password-stdin
     """
-    from bundler.openshift.pullsecret import add_registry_credentials
+    from bundler.openshift.pullsecret import RegistryCredentials, add_registry_entries, read_registry_entries
 
+    if from_file is not None:
+        if registry or username or password_stdin or email:
+            raise UsageError("--from adds the entries of a file; --registry, --username, --password-stdin and --email are for one entry by hand", hint="give one or the other")
+        entries = read_registry_entries(from_file)
+    else:
+        if not registry or not username:
+            raise UsageError("give --from FILE, or --registry and --username (with the password on stdin)")
+        entries = [RegistryCredentials(registry, username, _read_password(password_stdin), email)]
+    add_registry_entries(path, entries)
+    for entry in entries:
+        click.echo(f"added credentials for {entry.registry} (user {entry.username}) to {path}")
+
+
+def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         password = sys.stdin.read()
         if password.endswith("\n"):
             password = password[:-1]
         if password.endswith("\r"):
             password = password[:-1]
-    elif sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, err=True)
-    else:
-        raise UsageError("no password given", hint="pipe it in with --password-stdin")
-    add_registry_credentials(path, registry=registry, username=username, password=password, email=email)
-    click.echo(f"added credentials for {registry} (user {username}) to {path}")
+        return password
+    if sys.stdin.isatty():
+        return str(click.prompt("Password", hide_input=True, err=True))
+    raise UsageError("no password given", hint="pipe it in with --password-stdin")

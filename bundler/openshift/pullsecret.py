@@ -1,9 +1,10 @@
 """Add the mirror registry's credentials to a pull secret or docker/containers auth file.
 
 Owns editing one file of the shape `{"auths": {"<registry>": {"auth": base64("user:pass"), "email": ...}}}`
-(an OpenShift pull secret, `~/.docker/config.json`, `${XDG_RUNTIME_DIR}/containers/auth.json`): the entry
-for one registry is added or replaced, every other key and entry keeps its value, and the file is
-replaced atomically with mode 0600 (PROTOCOL-NOTES §3 "Authentication" for the file format; ARCHITECTURE
+(an OpenShift pull secret, `~/.docker/config.json`, `${XDG_RUNTIME_DIR}/containers/auth.json`): the entries
+for some registries (`host[:port]`, or `host[:port]/org` for one organisation) are added or replaced, every
+other key and entry keeps its value, and the file is replaced atomically with mode 0600; and reading the
+entries of such a file (a snippet written by `quay up` or `unpack`) to add them elsewhere (PROTOCOL-NOTES §3 "Authentication" for the file format; ARCHITECTURE
 habit 3 for the write). Secrets never appear in messages or logs.
 """
 
@@ -14,8 +15,9 @@ import errno
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional, Sequence
 
 from bundler.base.errors import DiskSpaceError, UsageError
 from bundler.base.fsutil import atomic_write
@@ -25,9 +27,19 @@ from bundler.base.safefile import UnsafeFileError, read_regular
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_registry_credentials"]
+__all__ = ["RegistryCredentials", "add_registry_credentials", "add_registry_entries", "read_registry_entries"]
 
 _FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    """One `auths` entry: the registry key (`host[:port]` or `host[:port]/org`) and who logs in there."""
+
+    registry: str
+    username: str
+    password: str = field(repr=False)
+    email: Optional[str] = None
 
 
 def add_registry_credentials(
@@ -38,14 +50,20 @@ def add_registry_credentials(
     password: str,
     email: str | None = None,
 ) -> None:
-    """Add or replace the `auths` entry for `registry` in the auth file at `path`.
+    """Add or replace the `auths` entry for `registry` in the auth file at `path` (see `add_registry_entries`)."""
+    add_registry_entries(path, [RegistryCredentials(registry, username, password, email)])
+
+
+def add_registry_entries(path: Path, entries: Sequence[RegistryCredentials]) -> None:
+    """Add or replace the `auths` entry of each of `entries` in the auth file at `path`.
 
     A missing file (or an empty one) starts a new `{"auths": {}}`. A single-line file (the form
     console.redhat.com hands out and install-config.yaml's pullSecret wants) stays on one line; otherwise
     the file is written indented. Raises `UsageError` for unreadable, malformed or wrongly shaped files,
     naming the file and the problem but never a secret.
     """
-    _check_arguments(registry=registry, username=username, password=password, email=email)
+    for e in entries:
+        _check_arguments(registry=e.registry, username=e.username, password=e.password, email=e.email)
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
@@ -57,7 +75,7 @@ def add_registry_credentials(
         raise _write_error(error, path) from None
     # Read, change and replace under one lock: parallel runs each add their entry, none is lost.
     with exclusive_lock(lock_path_for(path), what=f"the pull secret {path}", wait=LOCK_WAIT_SECONDS):
-        _add_entry(path, registry=registry, username=username, password=password, email=email)
+        _add_entries(path, entries)
 
 
 MAX_PULL_SECRET_BYTES = 16 * 1024 * 1024
@@ -65,7 +83,7 @@ LOCK_WAIT_SECONDS = 60.0
 """How long a run waits for another run editing the same file (each edit takes milliseconds)."""
 
 
-def _add_entry(path: Path, *, registry: str, username: str, password: str, email: str | None) -> None:
+def _add_entries(path: Path, entries: Sequence[RegistryCredentials]) -> None:
     raw_text = _read(path)
     if raw_text is None or not raw_text.strip():
         document: dict[str, Any] = {}
@@ -73,7 +91,50 @@ def _add_entry(path: Path, *, registry: str, username: str, password: str, email
     else:
         document = _parse(raw_text, path)
         compact = "\n" not in raw_text.strip()
+    auths = _auths(document, path)
 
+    for e in entries:
+        token = base64.b64encode(f"{e.username}:{e.password}".encode()).decode("ascii")
+        entry_value: dict[str, Any] = {"auth": token}
+        if e.email is not None:
+            entry_value["email"] = e.email
+        replaced = e.registry in auths
+        auths[e.registry] = entry_value  # replaces in place: the key keeps its position
+        log.info("%s credentials for %s in %s", "replaced" if replaced else "added", e.registry, path)
+
+    if compact:
+        text = json.dumps(document, separators=(",", ":")) + "\n"
+    else:
+        text = json.dumps(document, indent=2) + "\n"
+    _write_secret_atomic(path, text.encode("utf-8"))
+
+
+def read_registry_entries(path: Path) -> List[RegistryCredentials]:
+    """The entries of the auth file at `path` that carry a user and password (`auth`), in file order."""
+    path = Path(path)
+    raw_text = _read(path)
+    if raw_text is None:
+        raise UsageError(f"{path} does not exist", hint="give the pull-secret.json that `quay up` or `unpack` wrote")
+    auths = _auths(_parse(raw_text, path), path)
+    out: List[RegistryCredentials] = []
+    for registry, entry in auths.items():
+        encoded = entry.get("auth")
+        if not isinstance(encoded, str) or not encoded:
+            continue
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"{path}: the 'auth' of {registry!r} is not base64 of user:password", hint="fix or remove that entry") from None
+        if not sep or not user or not password:
+            raise UsageError(f"{path}: the 'auth' of {registry!r} is not base64 of user:password", hint="fix or remove that entry")
+        email = entry.get("email")
+        out.append(RegistryCredentials(registry, user, password, email if isinstance(email, str) else None))
+    if not out:
+        raise UsageError(f"{path} has no credentials under 'auths'")
+    return out
+
+
+def _auths(document: dict[str, Any], path: Path) -> dict[str, Any]:
     auths = document.setdefault("auths", {})
     if not isinstance(auths, dict):
         raise UsageError(f"{path}: 'auths' is a {_json_type(auths)}, not an object", hint="fix or remove it")
@@ -83,20 +144,7 @@ def _add_entry(path: Path, *, registry: str, username: str, password: str, email
                 f"{path}: the entry for {host!r} under 'auths' is a {_json_type(entry)}, not an object",
                 hint="fix or remove that entry",
             )
-
-    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    entry_value: dict[str, Any] = {"auth": token}
-    if email is not None:
-        entry_value["email"] = email
-    replaced = registry in auths
-    auths[registry] = entry_value  # replaces in place: the key keeps its position
-
-    if compact:
-        text = json.dumps(document, separators=(",", ":")) + "\n"
-    else:
-        text = json.dumps(document, indent=2) + "\n"
-    _write_secret_atomic(path, text.encode("utf-8"))
-    log.info("%s credentials for %s in %s", "replaced" if replaced else "added", registry, path)
+    return auths
 
 
 def _check_arguments(*, registry: str, username: str, password: str, email: str | None) -> None:

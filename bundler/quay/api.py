@@ -2,7 +2,9 @@
 
 Owns the calls that prepare a Quay for pushes: detecting Quay, initialising the first user (which returns
 an OAuth token), organisations, robot accounts, a `creator` team holding the robot, a default-permission
-prototype giving the robot `write` on repositories others create, and a credentials check. Every call is
+prototype giving the robot `write` on repositories others create, and a credentials check; and those that
+give a robot pull-only access to an organisation (a `member` team with `read` on every repository, now and
+through a default-permission prototype later). Every call is
 idempotent: "already exists" and "already initialised" answers are results, not failures.
 
 Errors are `bundler.base.errors` types: connection failures → `RegistryUnreachableError`, 401/403 →
@@ -21,7 +23,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 from urllib.parse import quote, urlencode, urlsplit
 
 import urllib3
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 #: An API answer is read into memory: at most this.
 MAX_API_ANSWER_BYTES = 8 << 20
 CREATOR_TEAM = "mirror-creators"
+READER_TEAM = "mirror-readers"
 HEALTH_PATH = "/health/instance"
 
 
@@ -335,6 +338,91 @@ class QuayAPI:
         if resp.status not in (200, 201):
             raise self._fail(f"giving {robot_full_name} write on new repositories of {org}", resp, path)
 
+    # -- read-only access ----------------------------------------------------------------------------------
+
+    def grant_reader(self, org: str, robot_name: str, *, team: str = READER_TEAM) -> int:
+        """Let the robot pull, and only pull, every repository of `org`: a team with role `member` holding the
+        robot, a default-permission prototype giving the team `read` on repositories created later, and
+        `read` (exactly: a team given more is set back to read) for the team on each repository that exists now.
+        Returns how many repositories got it now."""
+        self._need_token(f"granting read access in {org}")
+        full = f"{org}+{_short_robot(org, robot_name)}"
+        self.ensure_team(org, team, role="member", description="ocp-bundler: may pull every repository")
+        self.add_team_member(org, team, full)
+        self._ensure_team_prototype(org, team, role="read")
+        have = self.team_permissions(org, team)
+        missing = [repo for repo in self.list_repositories(org) if have.get(repo) != "read"]
+        for repo in missing:
+            self.set_team_permission(org, repo, team, role="read")
+        return len(missing)
+
+    def ensure_team(self, org: str, team: str, *, role: str, description: str = "") -> None:
+        """Create or update team `team` of `org` with `role` (`member`, `creator` or `admin`)."""
+        path = f"/api/v1/organization/{quote(org, safe='')}/team/{quote(team, safe='')}"
+        resp = self.request("PUT", path, body={"role": role, "description": description})
+        if resp.status not in (200, 201):
+            raise self._fail(f"creating team {team} in {org}", resp, path)
+
+    def add_team_member(self, org: str, team: str, member: str) -> None:
+        path = f"/api/v1/organization/{quote(org, safe='')}/team/{quote(team, safe='')}/members/{quote(member, safe='')}"
+        resp = self.request("PUT", path, body={})
+        if resp.status not in (200, 201) and not (resp.status == 400 and "already" in _message(resp.body).lower()):
+            raise self._fail(f"adding {member} to team {team}", resp, path)
+
+    def _ensure_team_prototype(self, org: str, team: str, *, role: str) -> None:
+        path = f"/api/v1/organization/{quote(org, safe='')}/prototypes"
+        resp = self.request("GET", path)
+        if resp.status != 200:
+            raise self._fail(f"reading default permissions of {org}", resp, path)
+        prototypes = resp.body.get("prototypes", []) if isinstance(resp.body, dict) else []
+        for p in prototypes if isinstance(prototypes, list) else []:
+            delegate = p.get("delegate") if isinstance(p, dict) else None
+            if isinstance(delegate, dict) and delegate.get("kind") == "team" and delegate.get("name") == team and p.get("role") == role and not p.get("activating_user"):
+                return
+        resp = self.request("POST", path, body={"role": role, "delegate": {"name": team, "kind": "team"}})
+        if resp.status not in (200, 201):
+            raise self._fail(f"giving team {team} {role} on new repositories of {org}", resp, path)
+
+    def list_repositories(self, org: str) -> List[str]:
+        """The names (without the organisation) of every repository in `org`, all pages."""
+        self._need_token(f"listing the repositories of {org}")
+        names: List[str] = []
+        page: Optional[str] = None
+        while True:
+            query = {"namespace": org}
+            if page:
+                query["next_page"] = page
+            path = "/api/v1/repository?" + urlencode(query)
+            resp = self.request("GET", path)
+            if resp.status != 200 or not isinstance(resp.body, dict):
+                raise self._fail(f"listing the repositories of {org}", resp, path)
+            for repo in resp.body.get("repositories") or []:
+                if isinstance(repo, dict) and repo.get("name"):
+                    names.append(str(repo["name"]))
+            page = resp.body.get("next_page") or None
+            if not page:
+                return names
+
+    def team_permissions(self, org: str, team: str) -> Dict[str, str]:
+        """{repository name: role} for every repository of `org` team `team` has a permission on."""
+        path = f"/api/v1/organization/{quote(org, safe='')}/team/{quote(team, safe='')}/permissions"
+        resp = self.request("GET", path)
+        if resp.status != 200 or not isinstance(resp.body, dict):
+            raise self._fail(f"reading the permissions of team {team} in {org}", resp, path)
+        out: Dict[str, str] = {}
+        for p in resp.body.get("permissions") or []:
+            repo = p.get("repository") if isinstance(p, dict) else None
+            if isinstance(repo, dict) and repo.get("name"):
+                out[str(repo["name"])] = str(p.get("role") or "")
+        return out
+
+    def set_team_permission(self, org: str, repo: str, team: str, *, role: str) -> None:
+        """Give team `team` `role` on `org/repo`."""
+        path = f"/api/v1/repository/{quote(org, safe='')}/{quote(repo, safe='/')}/permissions/team/{quote(team, safe='')}"
+        resp = self.request("PUT", path, body={"role": role})
+        if resp.status not in (200, 201):
+            raise self._fail(f"giving team {team} {role} on {org}/{repo}", resp, path)
+
     # -- credentials ---------------------------------------------------------------------------------------
 
     def login_check(self, username: str, password: str) -> bool:
@@ -373,4 +461,4 @@ def _short_robot(org: str, name: str) -> str:
     return name
 
 
-__all__ = ["CREATOR_TEAM", "HEALTH_PATH", "QuayAPI", "RobotAccount"]
+__all__ = ["CREATOR_TEAM", "HEALTH_PATH", "READER_TEAM", "QuayAPI", "RobotAccount"]

@@ -9,8 +9,9 @@ Owns:
   value would make the existing database unreadable.
 - `QuayConfigOptions` → `render_config` → `write_config`: the config with every key Quay requires
   (`SERVER_HOSTNAME` exactly `host[:port]`, `PREFERRED_URL_SCHEME`, `SETUP_COMPLETE`, `AUTHENTICATION_TYPE`,
-  `DB_URI`, the two secret keys, `BUILDLOGS_REDIS`, `USER_EVENTS_REDIS`, `DISTRIBUTED_STORAGE_CONFIG` and
-  `_PREFERENCE`, `DEFAULT_TAG_EXPIRATION`, `TAG_EXPIRATION_OPTIONS`, `FEATURE_USER_INITIALIZE`,
+  `DB_URI`, the two secret keys, `BUILDLOGS_REDIS`, `USER_EVENTS_REDIS`, `PULL_METRICS_REDIS`,
+  `DISTRIBUTED_STORAGE_CONFIG` and `_PREFERENCE`, `USERFILES_LOCATION` and `LOG_ARCHIVE_LOCATION` (Quay's
+  defaults name a location we do not configure), `DEFAULT_TAG_EXPIRATION`, `TAG_EXPIRATION_OPTIONS`, `FEATURE_USER_INITIALIZE`,
   `SUPER_USERS`, `CREATE_NAMESPACE_ON_PUSH`), storage on the local volume or on S3-compatible object
   storage (`S3Storage` for AWS S3, `RadosGWStorage` for MinIO, Ceph RadosGW and ODF/NooBaa).
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 SECRETS_VERSION = 1
 STORAGE_KINDS = {"s3": "S3Storage", "radosgw": "RadosGWStorage"}
 DEFAULT_STORAGE_PATH = "/datastorage/registry"
+STORAGE_LOCATION = "default"
 DATABASE_NAME = "quay"
 DATABASE_USER = "quay"
 
@@ -111,7 +113,9 @@ class QuaySecrets:
     init_password: str = field(repr=False)
     admin_token: Optional[str] = field(default=None, repr=False)
     robot_tokens: Dict[str, str] = field(default_factory=dict, repr=False)
-    """Robot full name (`org+name`) → token."""
+    """Robot full name (`org+name`) → token, for the robots that push."""
+    reader_tokens: Dict[str, str] = field(default_factory=dict, repr=False)
+    """Robot full name (`org+name`) → token, for the read-only robots the cluster pulls with."""
     storage: Optional[S3StorageOptions] = field(default=None, repr=False)
 
     @classmethod
@@ -138,6 +142,7 @@ class QuaySecrets:
         if self.admin_token:
             out.append(self.admin_token)
         out += list(self.robot_tokens.values())
+        out += list(self.reader_tokens.values())
         if self.storage is not None:
             out.append(self.storage.secret_key)
         return [v for v in out if v]
@@ -153,6 +158,7 @@ class QuaySecrets:
             "init_password": self.init_password,
             "admin_token": self.admin_token,
             "robot_tokens": dict(self.robot_tokens),
+            "reader_tokens": dict(self.reader_tokens),
             "storage": self.storage.to_json() if self.storage else None,
         }
 
@@ -171,6 +177,7 @@ class QuaySecrets:
                 init_password=str(obj["init_password"]),
                 admin_token=obj.get("admin_token") or None,
                 robot_tokens={str(k): str(v) for k, v in (obj.get("robot_tokens") or {}).items()},
+                reader_tokens={str(k): str(v) for k, v in (obj.get("reader_tokens") or {}).items()},
                 storage=S3StorageOptions.from_json(storage) if isinstance(storage, dict) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -257,9 +264,15 @@ def render_config(options: QuayConfigOptions, secrets: QuaySecrets) -> Dict[str,
         "SECRET_KEY": secrets.secret_key,
         "BUILDLOGS_REDIS": dict(redis),
         "USER_EVENTS_REDIS": dict(redis),
+        "PULL_METRICS_REDIS": dict(redis, db=1),
         "DISTRIBUTED_STORAGE_CONFIG": storage_config,
         "DISTRIBUTED_STORAGE_PREFERENCE": list(storage_config),
         "DISTRIBUTED_STORAGE_DEFAULT_LOCATIONS": [],
+        # Quay's defaults name a storage location "local_us" for these; ours is called "default".
+        "USERFILES_LOCATION": STORAGE_LOCATION,
+        "USERFILES_PATH": "userfiles/",
+        "LOG_ARCHIVE_LOCATION": STORAGE_LOCATION,
+        "LOG_ARCHIVE_PATH": "logarchive/",
         "DEFAULT_TAG_EXPIRATION": options.default_tag_expiration,
         "TAG_EXPIRATION_OPTIONS": list(options.tag_expiration_options),
         "FEATURE_USER_INITIALIZE": True,
@@ -279,7 +292,7 @@ def render_config(options: QuayConfigOptions, secrets: QuaySecrets) -> Dict[str,
 
 def _storage_config(storage: Optional[S3StorageOptions]) -> Dict[str, List[Any]]:
     if storage is None:
-        return {"default": ["LocalStorage", {"storage_path": DEFAULT_STORAGE_PATH}]}
+        return {STORAGE_LOCATION: ["LocalStorage", {"storage_path": DEFAULT_STORAGE_PATH}]}
     if storage.kind == "s3":
         params: Dict[str, Any] = {
             "host": storage.host,
@@ -292,7 +305,7 @@ def _storage_config(storage: Optional[S3StorageOptions]) -> Dict[str, List[Any]]
             params["port"] = storage.port
         if storage.region:
             params["s3_region"] = storage.region
-        return {"default": ["S3Storage", params]}
+        return {STORAGE_LOCATION: ["S3Storage", params]}
     params = {
         "hostname": storage.host,
         "port": storage.port if storage.port is not None else (443 if storage.is_secure else 80),
@@ -302,7 +315,7 @@ def _storage_config(storage: Optional[S3StorageOptions]) -> Dict[str, List[Any]]
         "secret_key": storage.secret_key,
         "storage_path": storage.storage_path,
     }
-    return {"default": ["RadosGWStorage", params]}
+    return {STORAGE_LOCATION: ["RadosGWStorage", params]}
 
 
 def dump_config(config: Mapping[str, Any]) -> bytes:

@@ -32,6 +32,7 @@ tag checks, blob graphs, base blobs), `push` (the copy engine into the registry,
 
 from bundler.flows.unpack.model import (
     DEFAULT_RESOURCES_DIR,
+    PULL_SECRET_FILE,
     REGISTRY_KINDS,
     OpenBundle,
     ReadBackMismatchError,
@@ -49,6 +50,7 @@ from bundler.flows.unpack.verification import bundle_fingerprint, default_state_
 
 __all__ = [
     "DEFAULT_RESOURCES_DIR",
+    "PULL_SECRET_FILE",
     "REGISTRY_KINDS",
     "ROBOT_NAME",
     "OpenBundle",

@@ -26,6 +26,8 @@ REGISTRY_KINDS = ("auto", "quay", "plain")
 #: Default directory for the cluster resources, relative to the working directory. Not next to the bundle:
 #: bundles usually sit on read-only or removable media that leaves with the courier.
 DEFAULT_RESOURCES_DIR = Path("ocp-bundler-resources")
+#: The read-only robots' auth file in the resources dir; not `.json`, so `oc apply -f DIR` never reads it.
+PULL_SECRET_FILE = "pull-secret.dockerconfigjson"
 #: Image statuses that are failures: not pushed ("failed"; "refused": the registry cannot store it
 #: digest-exact, known before pushing), or pushed but reading back another digest ("mismatch").
 FAILED_STATUSES = ("failed", "refused", "mismatch")
@@ -148,6 +150,8 @@ class UnpackResult:
     organizations_to_create: Tuple[str, ...] = ()
     """Dry runs on Quay with a token: organisations that do not exist yet."""
     resources_dir: Optional[Path] = None
+    pull_secret_file: Optional[Path] = None
+    """On Quay: the read-only robots' credentials (auth file, 0600) for the cluster's pull secret."""
     resource_files: Tuple[Path, ...] = ()
     resource_changes: Optional["ResourcesChanges"] = None
     warnings: Tuple[str, ...] = ()
@@ -196,6 +200,7 @@ class UnpackResult:
             },
             "resources": {
                 "directory": str(self.resources_dir) if self.resources_dir else None,
+                "pullSecret": str(self.pull_secret_file) if self.pull_secret_file else None,
                 "files": [str(p) for p in self.resource_files],
                 "changes": None if self.resource_changes is None else {
                     "mirrorsAdded": self.resource_changes.mirrors_added,

@@ -1,6 +1,7 @@
 """Quay preparation for unpack (PROTOCOL-NOTES §4): whether the registry is Quay, the Quay bring-up's data
 (API token, robots, CA), organisations created and a robot per organisation that may create repositories
-there, per-organisation credentials for the pushes, and what a 401 from Quay means.
+there, per-organisation credentials for the pushes, a read-only robot per organisation for the cluster's
+pull secret, and what a 401 from Quay means.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class QuayData:
 
     token: Optional[str] = field(default=None, repr=False)
     robots: Mapping[str, Credentials] = field(default_factory=dict)
+    readers: Mapping[str, Credentials] = field(default_factory=dict)
+    """Read-only robots per organisation (what the cluster's pull secret needs)."""
     ca_file: Optional[Path] = None
 
 
@@ -52,13 +55,16 @@ def load_quay_data(data_dir: Optional[Path]) -> QuayData:
         raise UsageError(f"Quay data dir {paths.root} does not exist", hint="give the --data-dir `ocp-bundler quay up` used")
     secrets = load_secrets(paths.secrets_file)
     robots: Dict[str, Credentials] = {}
+    readers: Dict[str, Credentials] = {}
     token: Optional[str] = None
     if secrets is not None:
         token = secrets.admin_token
         for name, robot_token in sorted(secrets.robot_tokens.items()):
             robots.setdefault(name.split("+", 1)[0], Credentials(name, robot_token))
+        for name, robot_token in sorted(secrets.reader_tokens.items()):
+            readers.setdefault(name.split("+", 1)[0], Credentials(name, robot_token))
     ca = paths.certificates.ca_cert
-    return QuayData(token=token, robots=robots, ca_file=ca if ca.is_file() else None)
+    return QuayData(token=token, robots=robots, readers=readers, ca_file=ca if ca.is_file() else None)
 
 
 def bring_up_quay(directory: Path, options: UnpackOptions) -> Tuple[UnpackOptions, List[str]]:
@@ -121,13 +127,17 @@ class QuaySide:
         self.existing: Dict[str, bool] = {}
         self.organizations_created: List[str] = []
         self.organizations_to_create: List[str] = []
+        self.readers: Dict[str, Credentials] = dict(data.readers)
+        """Read-only robots per organisation, for the cluster's pull secret."""
+        self.warnings: List[str] = []
 
     def close(self) -> None:
         self.api.close()
 
     def prepare(self, orgs: Sequence[str], credentials: OrgCredentials, *, dry_run: bool) -> None:
         """Create missing organisations; give each one a robot (the bring-up's, or `<org>+ocp_bundler`) in a
-        team with role `creator`, and push as that robot."""
+        team with role `creator`, and push as that robot; and a read-only robot (the bring-up's, or
+        `<org>+cluster_pull`) for the cluster's pull secret."""
         if not self.token:
             return
         api = self.api
@@ -149,7 +159,21 @@ class QuaySide:
         robot = self.data.robots.get(org)
         account = self.api.ensure_robot(org, robot.username.split("+", 1)[1] if robot is not None else ROBOT_NAME, new_org=created)
         self.api.grant_creator(org, account.name, new_org=created)
+        self._prepare_reader(org)
         return account
+
+    def _prepare_reader(self, org: str) -> None:
+        """The read-only robot of `org` for the cluster's pull secret; a failure is a warning (pushes do not
+        need it)."""
+        from bundler.quay.accounts import READER_ROBOT, ensure_reader
+
+        reader = self.readers.get(org)
+        try:
+            robot, _granted = ensure_reader(self.api, org, reader.username.split("+", 1)[1] if reader is not None else READER_ROBOT)
+        except RegistryError as exc:
+            self.warnings.append(f"no read-only robot for the cluster's pull secret in organisation {org}: {exc.message}")
+            return
+        self.readers[org] = Credentials(robot.name, robot.token)
 
     def org_exists(self, org: str) -> Optional[bool]:
         if not self.token:

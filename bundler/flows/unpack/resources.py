@@ -1,6 +1,6 @@
 """The cluster resources unpack writes for the registry actually used: the inputs of
 `bundler.openshift.resources` (mirrored images, catalogs with unique DNS-1123 names, the bundle's release
-signatures) and the writing itself.
+signatures) and the writing itself; on Quay, the read-only robots' credentials beside them.
 """
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence, Tuple
 
 from bundler.base.errors import UsageError
 from bundler.base.lock import exclusive_lock, lock_path_for
 from bundler.flows.unpack.model import OpenBundle, Target
 from bundler.oci.reference import Reference
+from bundler.registry.auth import Credentials
 
 if TYPE_CHECKING:
     from bundler.openshift.resources import CatalogInfo, MirroredImage, ReleaseSignature, ResourcesResult
@@ -34,6 +35,20 @@ def write_resources(bundle: OpenBundle, targets: Sequence[Target], *, registry_p
             return write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh))
     except UsageError as exc:
         raise type(exc)(f"every image is in {registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
+
+
+def write_pull_secret(path: Path, host: str, targets: Sequence[Target], readers: Mapping[str, Credentials]) -> Tuple[Path, List[str]]:
+    """On Quay: the read-only robots' credentials (auth file, 0600) for the cluster's pull secret; the release's
+    organisation first, so a node that reads only the `host:port` entry gets its robot. Returns the file and
+    the organisations that have no read-only robot."""
+    from bundler.quay.accounts import write_auth_file
+
+    def release_first(org: str) -> Tuple[bool, str]:
+        return (not any(t.org == org and t.image.kind == "release" for t in targets), org)
+
+    orgs = sorted({t.org for t in targets}, key=release_first)
+    write_auth_file(path, host, [(org, readers[org].username, readers[org].password) for org in orgs if org in readers])
+    return path, [org for org in orgs if org not in readers]
 
 
 def signatures(bundle: OpenBundle) -> List["ReleaseSignature"]:

@@ -15,6 +15,7 @@ from bundler.base.errors import AuthenticationError, BundlerError, IntegrityErro
 from bundler.flows.unpack import plan, quay_prep
 from bundler.flows.unpack.model import (
     DEFAULT_RESOURCES_DIR,
+    PULL_SECRET_FILE,
     REGISTRY_KINDS,
     Graph,
     OpenBundle,
@@ -33,7 +34,7 @@ from bundler.flows.unpack.model import (
 )
 from bundler.flows.unpack.push import push
 from bundler.flows.unpack.readback import ReadBack
-from bundler.flows.unpack.resources import write_resources
+from bundler.flows.unpack.resources import write_pull_secret, write_resources
 from bundler.flows.unpack.verification import verify_once
 from bundler.registry.auth import CredentialStore
 from bundler.registry.client import Registries, RegistryClient
@@ -145,6 +146,7 @@ class Unpacker:
         try:
             if self.quay is not None:
                 self.quay.prepare(orgs, credentials, dry_run=self.options.dry_run)
+                self.warnings.extend(self.quay.warnings)
             client = registries.client(self.host)
             if self.quay is not None:
                 client.use_scheme(self.quay.api.scheme)
@@ -329,12 +331,19 @@ class Unpacker:
     def _write_resources(self, result: UnpackResult, targets: Sequence[Target]) -> UnpackResult:
         out_dir = Path(self.options.resources_dir or DEFAULT_RESOURCES_DIR)
         written = write_resources(self.bundle, targets, registry_path=self.registry_path, out_dir=out_dir, icsp=self.options.icsp, fresh=self.options.resources_fresh)
+        pull_secret: Optional[Path] = None
+        warnings = result.warnings + written.warnings
+        if self.quay is not None and self.quay.readers:
+            pull_secret, missing = write_pull_secret(out_dir / PULL_SECRET_FILE, self.host, targets, self.quay.readers)
+            if missing:
+                warnings += (f"no read-only robot for organisation(s) {', '.join(missing)}: add pull credentials for them to the cluster's pull secret (rerun with --quay-token)",)
         return dataclasses.replace(
             result,
             resources_dir=out_dir,
+            pull_secret_file=pull_secret,
             resource_files=written.files,
             resource_changes=written.changes,
-            warnings=result.warnings + written.warnings,
+            warnings=warnings,
             seconds=time.monotonic() - self.started,
         )
 
