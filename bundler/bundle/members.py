@@ -51,6 +51,8 @@ END_OF_ARCHIVE = 2 * TAR_BLOCK
 MEMBER_MAX = ((8**11 - 1) // TAR_BLOCK) * TAR_BLOCK
 """Largest member data a ustar header can describe (11 octal digits), block-aligned."""
 STATE_NAME = ".ocpb-bundle-state.json"
+JOURNAL_NAME = ".ocpb-fill-journal"
+"""Beside volumes being filled out of order: which items are finished (see `bundler.bundle.fill`)."""
 MANIFEST_MARGIN = 64 * 1024
 
 StoredItem = Union[BundleBlob, BundleFile]
@@ -214,9 +216,12 @@ def _created_mtime(created: str) -> int:
         return 0
 
 
-def _fingerprint(images: Sequence[BundleImage], items: Sequence[_Item], skipped: Sequence[BaseBlob], volume_size: int, base_id: Optional[str]) -> str:
+def _fingerprint(
+    images: Sequence[BundleImage], items: Sequence[_Item], skipped: Sequence[BaseBlob], volume_size: int, base_id: Optional[str], *, fmt: int = 1
+) -> str:
+    """The content's hash (the bundle id derives from it); `fmt` 2 for volumes filled out of order."""
     doc = {
-        "format": 1,
+        "format": fmt,
         "volumeSize": volume_size,
         "baseId": base_id,
         "images": [[i.source, i.digest, i.media_type, i.size, i.kind, i.target_repository, i.target_tag, sorted(i.recorded_annotations().items())] for i in images],
@@ -229,7 +234,7 @@ def _fingerprint(images: Sequence[BundleImage], items: Sequence[_Item], skipped:
 def _build_manifest(
     bundle_id: str,
     created: str,
-    base: Optional[BundleManifest],
+    base_id: Optional[str],
     images: Sequence[BundleImage],
     skipped: Sequence[BaseBlob],
     items: Sequence[_Item],
@@ -253,7 +258,7 @@ def _build_manifest(
         id=bundle_id,
         created=created,
         tool_version=__version__,
-        base_id=base.id if base else None,
+        base_id=base_id,
         images=tuple(images),
         blobs=tuple(blobs),
         volumes=tuple(volumes),

@@ -20,7 +20,7 @@ from bundler.oci.digest import Digest, Readable
 from bundler.base.errors import ImageNotFoundError, IntegrityError, UnsafeArchiveError, UsageError
 from bundler.oci.media import Descriptor, detect_media_type
 from bundler.registry.client import FetchedManifest
-from bundler.bundle.members import CHUNK, STATE_NAME, StoredItem
+from bundler.bundle.members import CHUNK, JOURNAL_NAME, STATE_NAME, StoredItem
 from bundler.bundle.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
@@ -276,7 +276,7 @@ def read_manifest(directory: Path) -> Tuple[BundleManifest, bytes]:
         raw = path.read_bytes()
     except FileNotFoundError:
         volumes = sorted(p.name for p in directory.glob("bundle-*.tar") if is_volume_name(p.name))
-        if (directory / STATE_NAME).exists() or list(directory.glob(".bundle-*.tar.partial")):
+        if (directory / STATE_NAME).exists() or (directory / JOURNAL_NAME).exists() or list(directory.glob(".bundle-*.tar.partial")):
             raise UsageError(f"{directory} holds an unfinished bundle (no {MANIFEST_NAME})", hint="the write was interrupted; rerun pack to finish it") from None
         if volumes:
             raise IntegrityError(

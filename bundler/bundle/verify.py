@@ -305,7 +305,7 @@ def _check_volume(
         log.debug("cannot open %s: %s", path, exc)
         return out
     out.present = True
-    hasher = hashlib.sha256()
+    hasher: Any = hashlib.sha256() if volume.sha256 is not None else None  # version 2: the blobs' digests prove it
     scanner = TarScanner(volume.name)
     out.scanner = scanner
     with f:
@@ -326,7 +326,8 @@ def _check_volume(
             if not n:
                 break
             chunk = memoryview(buf)[:n]
-            pending = helper.submit(hasher.update, chunk)  # the volume hash runs beside the blob hashes
+            if hasher is not None:
+                pending = helper.submit(hasher.update, chunk)  # the volume hash runs beside the blob hashes
             if not scanner.ended:
                 scanner.feed(pos, chunk)
             if feed_blobs:
@@ -342,7 +343,7 @@ def _check_volume(
                         seg.check.part_done()
                 else:
                     out.beyond_end.append(seg)
-    out.sha256 = "sha256:" + hasher.hexdigest()
+    out.sha256 = "sha256:" + hasher.hexdigest() if hasher is not None else None
     return out
 
 
@@ -501,7 +502,8 @@ def verify_bundle(
     bad_volumes: Set[str] = set()
     by_sha: Dict[str, str] = {}
     for v in manifest.volumes:
-        by_sha.setdefault(v.sha256, v.name)
+        if v.sha256 is not None:
+            by_sha.setdefault(v.sha256, v.name)
     bytes_read = 0
     for out in outcomes:
         v = out.volume
@@ -512,7 +514,11 @@ def verify_bundle(
             continue
         if out.scanner is not None:
             problems.extend(p for p in out.scanner.problems if p.category == "unsafe")
-        if out.sha256 != v.sha256:
+        if v.sha256 is None and out.size != v.size:
+            problems.append(Problem("volume", _size_problem(v, out.size), v.name))
+            bad_volumes.add(v.name)
+            continue
+        if v.sha256 is not None and out.sha256 != v.sha256:
             other = by_sha.get(out.sha256 or "")
             if other is not None and other != v.name:
                 problems.append(Problem("volume", f"{v.name} holds the content of {other} (volumes swapped or renamed): give each file its right name, or re-copy {v.name}", v.name))
@@ -572,6 +578,12 @@ def verify_bundle(
         bytes=bytes_read,
         seconds=time.monotonic() - started,
     )
+
+
+def _size_problem(v: BundleVolume, size: int) -> str:
+    if size < v.size:
+        return f"{v.name} is truncated: {size} of {v.size} bytes: re-copy {v.name}"
+    return f"{v.name} is {size} bytes, {size - v.size} more than recorded ({v.size}): re-copy {v.name}"
 
 
 def _structure_problems(manifest: BundleManifest, volume: BundleVolume, out: _VolumeOutcome) -> List[Problem]:

@@ -438,7 +438,7 @@ def _reusable(out_dir: Path, fingerprint: str, bundle_id: str, volume_size: int)
     with contextlib.suppress(OSError, BundlerError):
         old = BundleManifest.from_bytes((out_dir / MANIFEST_NAME).read_bytes(), where=str(out_dir / MANIFEST_NAME))
         if old.id == bundle_id and old.volume_size == volume_size:
-            return old.created, {v.name: (v.size, v.sha256) for v in old.volumes}
+            return old.created, {v.name: (v.size, v.sha256) for v in old.volumes if v.sha256 is not None}
     return None, {}
 
 
@@ -540,7 +540,7 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
         _write_state(out_dir, state)
         progress.item_done(plan.name, "written")
 
-    manifest = _build_manifest(bundle_id, created, base, graph.images, graph.skipped, items, plans, volumes, options.volume_size)
+    manifest = _build_manifest(bundle_id, created, base.id if base else None, graph.images, graph.skipped, items, plans, volumes, options.volume_size)
     raw = manifest.to_bytes()
     manifest_path = out_dir / MANIFEST_NAME
     signature_path: Optional[Path] = None

@@ -1,8 +1,14 @@
-"""The pack use-case: image-set config → pull into a work layout → bundle (volumes + signed manifest).
+"""The pack use-case: image-set config → plan → every blob streamed once into its slot in the bundle.
 
-The work layout survives interruption: blobs land under their final name only when verified, so a rerun
-fetches nothing twice. The bundle is written only when every image arrived; otherwise the failures are
-listed (exit 4, or exit 2 when images do not exist upstream) and a rerun resumes.
+Planning resolves the config to digests and reads what it must (release payloads, catalogs, samples) into a
+small work layout (`--work-dir`), which also holds rebuilt catalogs. Then every image's manifests are
+fetched (in memory) so the whole bundle layout is known before a layer is pulled: `bundler.bundle.fill`
+streams each blob straight from the registry (or the work layout) into its place in the volumes. Nothing
+is pulled into a work layout first, so the disk holds the data once.
+
+An image that cannot be resolved stops pack before any volume is written (exit 2 when images do not exist
+upstream, else 4). A blob that cannot be fetched leaves the bundle unfinished (exit 4); what arrived is
+journaled beside the volumes, so a rerun fetches only the rest.
 """
 
 from __future__ import annotations
@@ -13,12 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Set
 
 from bundler import __version__
-from bundler.transfer.copy import Copier, CopyOptions, CopyResult
-from bundler.oci.digest import Digest
-from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError
+from bundler.transfer.copy import Copier, CopyOptions
+from bundler.oci.digest import Readable
+from bundler.base.errors import BundlerError, DigestMismatchError, DiskSpaceError, ImageNotFoundError, PartialFailureError
 from bundler.base.fsutil import atomic_write, free_space
 from bundler.openshift.image_set import load_image_set
 from bundler.layout.store import Layout
@@ -28,10 +34,13 @@ from bundler.oci.planned import PlannedImage
 from bundler.base.progress import NullProgress, Progress
 from bundler.bundle.volumes import DEFAULT_VOLUME_SIZE
 from bundler.oci.reference import Reference
-from bundler.registry.client import Registries
+from bundler.registry.client import FetchedManifest, Registries
 from bundler.transfer.transports import ImageSource, LayoutImage, RegistryRepository
 
+from bundler.bundle.manifest import BundleImage, BundleManifest
+
 if TYPE_CHECKING:
+    from bundler.bundle.fill import BundleContent
     from bundler.bundle.volumes import BundleWriteResult
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,23 @@ class PackOptions:
 
 
 @dataclass
+class ImageGraph:
+    """One image as resolved at plan time: where it comes from, its manifests (raw, top first), its blobs."""
+
+    source: ImageSource
+    manifests: List[FetchedManifest]
+    blobs: Dict[str, Descriptor]
+
+    def sizes(self) -> Dict[str, int]:
+        out = {str(m.digest): len(m.raw) for m in self.manifests}
+        out.update({k: d.size for k, d in self.blobs.items()})
+        return out
+
+    def size(self) -> int:
+        return sum(self.sizes().values())
+
+
+@dataclass
 class PackedImage:
     planned: PlannedImage
     status: str
@@ -62,6 +88,7 @@ class PackedImage:
     bytes_needed: int = 0
     error: Optional[str] = None
     blob_sizes: Dict[str, int] = field(default_factory=dict)
+    graph: Optional[ImageGraph] = None
 
     def to_json(self) -> Dict[str, Any]:
         p = self.planned
@@ -123,60 +150,61 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
     work_dir = options.work_dir or default_work_dir(options.out_dir)
     layout = Layout(work_dir / "layout")
-    in_base: Set[str] = set()
+    base: Optional[BundleManifest] = None
     if options.base is not None:
         from bundler.bundle.volumes import load_base_manifest
 
-        base = load_base_manifest(options.base)  # a bad --base fails now, not after the pull
-        in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
-    progress = options.progress
-    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=progress)) as copier:
+        base = load_base_manifest(options.base)  # a bad --base fails now, not after planning
+    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=options.progress)) as copier:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
-        planned = plan.deduplicated()
-        if options.dry_run:
-            images = _measure(planned, registries=registries, layout=layout, workers=options.workers)
-            total = _unique_bytes(images)
-            _check_space(options.out_dir, total, what="the bundle")
-            return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
-        images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
+    images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
+    if options.dry_run:
+        total = _unique_bytes(images)
+        _check_space(options.out_dir, total, what="the bundle")
+        return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
+    _raise_failures(images, options.out_dir)
+    _fill_catalog_bytes(plan, images)
+
+    from bundler.bundle.fill import FillOptions, fill_bundle
+
+    content = bundle_content(images, layout=layout, base=base, files=_files(plan, images, image_set.source_name))
+    bundle = fill_bundle(
+        content,
+        FillOptions(out_dir=options.out_dir, volume_size=options.volume_size, sign_key=options.sign_key, workers=fill_workers(options.workers), progress=options.progress),
+    )
+    for img in images:
+        img.status = "packed" if img.status == "planned" else img.status
+    result = PackResult(False, images, plan, total_bytes=bundle.total_bytes, bundle=bundle, seconds=time.monotonic() - started, work_dir=work_dir)
+    atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
+    return result
+
+
+def fill_workers(workers: int) -> int:
+    """Blob streams at once: at least 16, so a link with a 60 ms round trip and ~12 MB/s per connection is full."""
+    return max(16, 2 * workers)
+
+
+def _raise_failures(images: List[PackedImage], out_dir: Path) -> None:
     failed = [i for i in images if i.status == "failed"]
-    if failed:
-        lines = [f"{i.planned.source}: {i.error}" for i in failed]
-        missing = [i for i in failed if i.error and "not found" in i.error]
-        cls = ImageNotFoundError if len(missing) == len(failed) else PartialFailureError
-        summary = f"{len(failed)} of {len(images)} images could not be pulled; nothing was written to {options.out_dir}"
-        detail = "; ".join(lines[:10]) + (f"; … and {len(lines) - 10} more" if len(lines) > 10 else "")
-        if cls is ImageNotFoundError:
-            raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
-        raise PartialFailureError(f"{summary}: {detail}", failures=lines, hint="rerun to resume; finished images are not fetched again")
+    if not failed:
+        return
+    lines = [f"{i.planned.source}: {i.error}" for i in failed]
+    missing = [i for i in failed if i.error and "not found" in i.error]
+    summary = f"{len(failed)} of {len(images)} images could not be resolved; nothing was written to {out_dir}"
+    detail = "; ".join(lines[:10]) + (f"; … and {len(lines) - 10} more" if len(lines) > 10 else "")
+    if len(missing) == len(failed):
+        raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
+    raise PartialFailureError(f"{summary}: {detail}", failures=lines, hint="rerun to resume")
 
-    _fill_catalog_bytes(plan, images, layout)
 
-    from bundler.bundle.volumes import BundleWriteOptions, write_bundle
-    from bundler.bundle.manifest import BundleImage
-
-    bundle_images = [
-        BundleImage(
-            source=i.planned.source,
-            digest=str(i.digest),
-            media_type=i.media_type,
-            size=i.manifest_size,
-            kind=i.planned.kind,
-            target_repository=i.planned.target_repository,
-            target_tag=i.planned.target_tag,
-            annotations=dict(i.planned.annotations),
-            facts=i.planned.facts,
-        )
-        for i in images
-    ]
-    result = PackResult(False, images, plan, seconds=0.0, work_dir=work_dir)
+def _files(plan: Plan, images: List[PackedImage], config_name: str) -> Dict[str, bytes]:
     files = dict(plan.files)
     # What the bundle carries is what was planned, never what this run happened to do (statuses, bytes,
-    # times): the same content must give the same volumes, so a rerun after an interrupted write keeps them.
+    # times): the same content must give the same volumes, so a rerun after an interruption keeps them.
     files["reports/plan.json"] = json.dumps(
         {
             "toolVersion": __version__,
-            "config": Path(image_set.source_name).name,
+            "config": Path(config_name).name,
             "images": [{k: v for k, v in i.to_json().items() if k not in ("status", "bytes")} for i in images],
             "reports": plan.reports.to_json(),
             "warnings": plan.warnings,
@@ -185,23 +213,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         sort_keys=True,
         default=str,
     ).encode()
-    bundle = write_bundle(
-        layout,
-        bundle_images,
-        options=BundleWriteOptions(
-            out_dir=options.out_dir,
-            volume_size=options.volume_size,
-            sign_key=options.sign_key,
-            base=options.base,
-            files=files,
-            progress=progress,
-        ),
-    )
-    result.bundle = bundle
-    result.total_bytes = bundle.total_bytes or _unique_bytes(images)
-    result.seconds = time.monotonic() - started
-    atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
-    return result
+    return files
 
 
 def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> ImageSource:
@@ -216,101 +228,116 @@ def layout_ref(img: PlannedImage) -> str:
     return img.facts.layout_ref or img.source
 
 
-class _LayoutSkippingBase(LayoutImage):
-    """A layout sink for incremental packs: configs and layers the base bundle carries count as present.
-
-    Manifests are still stored (the bundle needs them to describe every image); the blobs themselves are
-    neither fetched nor written, because the far side already has them from the base bundle.
-    """
-
-    def __init__(self, layout: Layout, ref_name: Optional[str], in_base: Set[str]) -> None:
-        super().__init__(layout, ref_name)
-        self._in_base = in_base
-
-    def has_blob(self, descriptor: Descriptor) -> bool:
-        return str(descriptor.digest) in self._in_base or super().has_blob(descriptor)
-
-
-def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout, copier: Copier, in_base: Optional[Set[str]] = None) -> List[PackedImage]:
-    jobs = []
-    out: List[PackedImage] = []
-    to_copy: List[Tuple[int, PlannedImage]] = []
-    for idx, img in enumerate(planned):
-        out.append(PackedImage(img, "pending"))
-        if img.in_layout:
-            d = layout.resolve(layout_ref(img))
-            out[idx] = PackedImage(img, "built", str(d.digest), d.media_type, d.size, 0)
-            continue
-        to_copy.append((idx, img))
-        src = _source_for(img, registries, layout)
-        sink = _LayoutSkippingBase(layout, img.source, in_base) if in_base else LayoutImage(layout, img.source)
-        jobs.append((src, sink, Digest.parse(img.digest) if img.digest else None))
-    results: List[CopyResult] = copier.copy_many(jobs)
-    for (idx, img), r in zip(to_copy, results):
-        if r.status == "failed":
-            out[idx] = PackedImage(img, "failed", error=str(r.error))
-        else:
-            assert r.digest is not None
-            out[idx] = PackedImage(img, r.status, str(r.digest), r.media_type, layout.blob_path(r.digest).stat().st_size, r.stats.bytes_copied)
-    return out
-
-
-def _measure(planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int) -> List[PackedImage]:
-    """For --dry-run: fetch manifests (no layers) and add up the unique blobs each image needs."""
+def _resolve(planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int) -> List[PackedImage]:
+    """Every image's manifests (fetched into memory, digest-checked) and the blobs they name; no layers."""
 
     def one(img: PlannedImage) -> PackedImage:
         try:
             src = _source_for(img, registries, layout)
             top = src.resolve()
-            blobs: Dict[str, int] = {}
+            if img.digest and str(top.digest) != img.digest:
+                raise DigestMismatchError(f"{src.description} is {top.digest}, expected {img.digest}")
+            graph = ImageGraph(src, [top], {})
             stack = [top]
             while stack:
                 m = stack.pop()
                 parsed = parse_manifest(m.raw, m.media_type)
-                if is_index(m.media_type):
-                    stack.extend(src.fetch_manifest(c) for c in parsed.children)
-                for b in parsed.blobs:
-                    blobs[str(b.digest)] = b.size
-            return PackedImage(img, "planned", str(top.digest), top.media_type, len(top.raw), sum(blobs.values()), blob_sizes=blobs)
-        except BundlerError as exc:  # reported per image in the plan, never hidden
+                for c in parsed.children if is_index(m.media_type) else ():
+                    child = src.fetch_manifest(c)
+                    if child.digest != c.digest:
+                        raise DigestMismatchError(f"{src.description}: child {c.digest} arrived as {child.digest}")
+                    graph.manifests.append(child)
+                    stack.append(child)
+                graph.blobs.update({str(b.digest): b for b in parsed.blobs})
+            status = "built" if img.in_layout else "planned"
+            return PackedImage(img, status, str(top.digest), top.media_type, len(top.raw), graph.size(), blob_sizes=graph.sizes(), graph=graph)
+        except BundlerError as exc:  # reported per image, never hidden
+            log.debug("resolving %s failed", img.source, exc_info=True)
             return PackedImage(img, "failed", error=str(exc))
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="resolve") as pool:
         return list(pool.map(one, planned))
+
+
+def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[BundleManifest], files: Mapping[str, bytes]) -> BundleContent:
+    """What the bundle holds: every manifest (always, so each image graph resolves on its own), then the
+    configs and layers the base bundle does not carry; each streamed from the work layout when it is there
+    (planning read it, or a catalog was built), else from the registry of the first image that needs it."""
+    from bundler.bundle.fill import BundleContent, SourcedBlob
+    from bundler.bundle.members import blob_role
+    from bundler.bundle.manifest import BaseBlob
+
+    in_base: Set[str] = set()
+    if base is not None:
+        in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
+    manifests: Dict[str, SourcedBlob] = {}
+    metadata: Dict[str, SourcedBlob] = {}
+    layers: Dict[str, SourcedBlob] = {}
+    skipped: Dict[str, BaseBlob] = {}
+    needs: Dict[str, List[str]] = {}
+    bundle_images = []
+    for img in images:
+        graph = img.graph
+        assert graph is not None and img.digest is not None
+        for m in graph.manifests:
+            manifests.setdefault(str(m.digest), SourcedBlob(m.digest, len(m.raw), m.media_type, data=m.raw))
+        for key, d in graph.blobs.items():
+            if key in in_base:
+                skipped.setdefault(key, BaseBlob(key, d.size, d.media_type))
+            elif key not in metadata and key not in layers:
+                blob = SourcedBlob(d.digest, d.size, d.media_type, opener=_opener(graph.source, d, layout))
+                (layers if blob_role(d.media_type) == "layer" else metadata)[key] = blob
+        needs[img.planned.source] = [str(m.digest) for m in graph.manifests] + [k for k in graph.blobs if k not in in_base]
+        bundle_images.append(_bundle_image(img))
+    return BundleContent(
+        images=bundle_images,
+        blobs=[*manifests.values(), *metadata.values(), *layers.values()],
+        skipped=list(skipped.values()),
+        files=files,
+        base_id=base.id if base is not None else None,
+        needs=needs,
+    )
+
+
+def _opener(source: ImageSource, d: Descriptor, layout: Layout) -> Callable[[int], ContextManager[Readable]]:
+    if layout.has_blob(d.digest, d.size):
+        cached = LayoutImage(layout, None)
+        return lambda offset: cached.open_blob(d, offset)
+    return lambda offset: source.open_blob(d, offset)
+
+
+def _bundle_image(i: PackedImage) -> BundleImage:
+    assert i.digest is not None
+    p = i.planned
+    return BundleImage(
+        source=p.source,
+        digest=i.digest,
+        media_type=i.media_type,
+        size=i.manifest_size,
+        kind=p.kind,
+        target_repository=p.target_repository,
+        target_tag=p.target_tag,
+        annotations=dict(p.annotations),
+        total_size=i.bytes_needed,
+        facts=p.facts,
+    )
 
 
 def _unique_bytes(images: List[PackedImage]) -> int:
     seen: Dict[str, int] = {}
     for i in images:
-        for d, s in i.blob_sizes.items():
-            seen[d] = s
-    if seen:
-        return sum(seen.values())
-    return sum(i.bytes_needed for i in images)
+        seen.update(i.blob_sizes)
+    return sum(seen.values())
 
 
-def _blob_sizes(layout: Layout, digest: str, media_type: str) -> Dict[str, int]:
-    """Every blob (manifests included) an image in the layout is made of, with its size."""
-    out: Dict[str, int] = {}
-    stack = [(Digest.parse(digest), media_type)]
-    while stack:
-        d, mt = stack.pop()
-        raw = layout.read_blob(d)
-        out[str(d)] = len(raw)
-        parsed = parse_manifest(raw, mt)
-        stack.extend((c.digest, c.media_type) for c in parsed.children)
-        out.update({str(b.digest): b.size for b in parsed.blobs})
-    return out
-
-
-def _fill_catalog_bytes(plan: Plan, images: List[PackedImage], layout: Layout) -> None:
+def _fill_catalog_bytes(plan: Plan, images: List[PackedImage]) -> None:
     """Each catalog report's `bytes`: the unique blobs of the catalog image and every image it brought."""
     for report in plan.reports.catalogs or []:
         name = report.catalog
         blobs: Dict[str, int] = {}
         for img in images:
             if img.digest and (img.planned.facts.catalog == name or (img.planned.kind == "catalog" and img.planned.source == name)):
-                blobs.update(_blob_sizes(layout, img.digest, img.media_type))
+                blobs.update(img.blob_sizes)
         report.bytes = sum(blobs.values())
 
 
