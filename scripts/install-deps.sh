@@ -2,6 +2,7 @@
 # Install what ocp-bundler's tests and demo need on a Debian/Ubuntu machine (idempotent).
 #   - docker-registry, skopeo, apache2-utils (htpasswd): real registries and an independent digest oracle
 #   - podman, runc, busybox-static: the Quay bring-up, with stand-in images built locally
+#   - a real Project Quay 3.18 from ../shared/quay (install.sh: PostgreSQL, Redis, a venv in /tmp)
 #   - the package itself (editable) with its test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,11 @@ if [ ! -f /etc/containers/containers.conf ] || ! grep -q 'runtime = "runc"' /etc
   printf '[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n[engine]\nruntime = "runc"\n' | $SUDO tee /etc/containers/containers.conf >/dev/null
 fi
 
+quay_log=$(mktemp)
+if ! bash ../shared/quay/install.sh >"$quay_log" 2>&1; then
+  tail -30 "$quay_log" >&2
+  echo "real Quay install failed: see bash ../shared/quay/install.sh" >&2
+  exit 1
+fi
+rm -f "$quay_log"
 python3 -m pip install -q -e ".[test]" 2>&1 | grep -v -i "warning: running pip as" || true

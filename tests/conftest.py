@@ -23,6 +23,9 @@ the end of its scope):
 - ``registry_factory``      function: ``registry_factory("token", token_expires_in=3)``
                             -> started RegistryServer, stopped after the test
 
+- ``real_quay``     session: a real Project Quay 3.18 from ``../shared/quay`` (HTTP on loopback,
+                       superuser ``.token``), see :mod:`tests.infra.real_quay`
+
 Session registries are shared: use a repository name unique to the test (the ``repo``
 fixture gives one). Other helpers: ``skopeo`` (digest/inspect/copy with skopeo),
 ``repo``, ``oci_dir``, ``authfile``.
@@ -37,7 +40,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import pytest
 
@@ -48,6 +51,9 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("BUNDLER_FIXTURES", str(ROOT.parent / "shared" / "fixtures"))
 
 from tests.infra.registry import RegistryServer, stop_all_registries  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.infra.real_quay import RealQuay
 
 REQUIRE_TOOLS_ENV = "OCPB_REQUIRE_TOOLS"
 
@@ -91,6 +97,27 @@ def _start_registry(mode: str, **kwargs: Any) -> RegistryServer:
     except BaseException:
         server.close()
         raise
+
+
+@pytest.fixture(scope="session")
+def real_quay() -> Iterator["RealQuay"]:
+    """One real Project Quay 3.18 (``../shared/quay``) for the whole run, superuser initialised.
+
+    Tests share it: use organisation names unique to the test. Skipped when the Quay scripts or its
+    install are missing, or failed with ``OCPB_REQUIRE_TOOLS=1`` (CI installs it).
+    """
+    from tests.infra.real_quay import RealQuay, RealQuayError, ensure_installed
+
+    try:
+        ensure_installed()
+        quay = RealQuay().start()
+    except RealQuayError as exc:
+        if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
+            pytest.fail("real Quay unavailable: %s" % exc, pytrace=False)
+        pytest.skip("real Quay unavailable: %s" % exc)
+        raise AssertionError("unreachable")
+    yield quay
+    quay.stop()
 
 
 @pytest.fixture(scope="session")

@@ -83,9 +83,9 @@ def test_classic_example() -> None:
         registry="registry.openshift4.example.com", release_repository="ocp4/openshift4"
     )
     (catalog,) = image_set.operators
-    assert catalog.catalog == "registry.redhat.io/redhat/redhat-operator-index:v4.4"
+    assert catalog.catalog == "registry.redhat.io/redhat/redhat-operator-index:v4.6"  # v4.4 was never published
     assert [p.name for p in catalog.packages] == ["local-storage-operator", "cluster-logging", "elasticsearch-operator"]
-    assert all(p.channels == (ChannelFilter(name="4.4"),) for p in catalog.packages)
+    assert all(p.channels == (ChannelFilter(name="4.6"),) for p in catalog.packages)
     assert image_set.registry_images == RegistryImagesSpec(enabled=True)
     assert image_set.registry_images.images() == (DEFAULT_QUAY_IMAGE, DEFAULT_POSTGRES_IMAGE, DEFAULT_REDIS_IMAGE)
     assert image_set.additional_images == ()

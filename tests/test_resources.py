@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from bundler.base.errors import InvalidReferenceError, UsageError
+from bundler.oci.reference import Reference
 from bundler.openshift.resources import (
     CatalogInfo,
     MirroredImage,
@@ -572,7 +573,9 @@ def test_install_config_snippets(tmp_path: Path) -> None:
     assert new["imageDigestSources"] == expected
     assert legacy["imageContentSources"] == expected
 
-    result = write(tmp_path, images=sample_images())
+    kept = write(tmp_path, images=sample_images())  # a later bundle without a release keeps the snippet
+    assert (tmp_path / "install-config-snippet.yaml").exists() and not kept.removed
+    result = write(tmp_path, images=sample_images(), fresh=True)
     assert not (tmp_path / "install-config-snippet.yaml").exists()
     assert {p.name for p in result.removed} >= {"install-config-snippet.yaml", "install-config-snippet-legacy.yaml"}
 
@@ -587,7 +590,8 @@ def test_samples_patch_only_with_samples(tmp_path: Path) -> None:
     assert json.loads(command.split("--patch '", 1)[1].rstrip("'")) == {"spec": {"samplesRegistry": REGISTRY}}
 
     images = [i for i in all_images() if i.kind != "sample"]
-    result = write(tmp_path, images=images)
+    assert not write(tmp_path, images=images).removed and path.exists()  # cumulative: earlier samples stay
+    result = write(tmp_path, images=images, fresh=True)
     assert not path.exists() and path in result.removed
     assert "samples" not in (tmp_path / "README.txt").read_text()
 
@@ -705,3 +709,126 @@ def test_inputs_are_keyword_only(tmp_path: Path) -> None:
         MirroredImage("quay.io/a/b:1", f"{REGISTRY}/a/b:1", "additional", fake_digest("x"), None)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         ResourcesOptions(REGISTRY, tmp_path)  # type: ignore[call-arg]
+
+
+# --- day 2: several bundles into one mirror -------------------------------------------------------------
+
+
+def _apply_in_order(*directories: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """What a cluster holds after `oc apply -f DIR` of each directory in turn: later objects of the same
+    kind and name replace earlier ones."""
+    cluster: dict[tuple[str, str], dict[str, Any]] = {}
+    for directory in directories:
+        for path in sorted(directory.glob("*.yaml")):
+            for document in load(path):
+                if isinstance(document, dict) and "kind" in document:
+                    cluster[(document["kind"], document["metadata"]["name"])] = document
+    return cluster
+
+
+def _resolves(cluster: dict[tuple[str, str], dict[str, Any]], image: MirroredImage) -> bool:
+    """Whether a pull of `image` by digest finds a mirror repository that holds it."""
+    source = Reference.parse(image.source)
+    target = Reference.parse(image.target)
+    source_repo = f"{source.registry}/{source.repository}"
+    target_repo = f"{target.registry}/{target.repository}"
+    for (kind, _), document in cluster.items():
+        for key in ("imageDigestMirrors", "repositoryDigestMirrors"):
+            for entry in document.get("spec", {}).get(key, []) if kind != "CatalogSource" else []:
+                if entry["source"] == source_repo and target_repo in entry["mirrors"]:
+                    return True
+    return False
+
+
+def _upgrade_images() -> list[MirroredImage]:
+    """Bundle 2: a new release (other digest, same repositories) and one new additional image."""
+    new_release = fake_digest("4.8.99")
+    return [
+        MirroredImage(
+            source=f"quay.io/openshift-release-dev/ocp-release@{new_release}",
+            target=f"{RELEASE_REPO}:4.8.99-x86_64",
+            kind="release",
+            digest=new_release,
+        ),
+        MirroredImage(
+            source="quay.io/newvendor/tool:1.0",
+            target=f"{REGISTRY}/newvendor/tool:1.0",
+            kind="additional",
+            digest=fake_digest("tool"),
+            tag="1.0",
+        ),
+    ]
+
+
+def test_a_later_bundle_never_drops_a_mirror_or_catalog_of_an_earlier_one(tmp_path: Path, crds: SchemaIndex) -> None:
+    out = tmp_path / "resources"
+    first = write(out)
+    snapshot = tmp_path / "bundle1"
+    snapshot.mkdir()
+    for path in out.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+    upgrade_catalog = CatalogInfo(
+        name="redhat-operators",
+        source=CATALOG_SOURCE,
+        target=f"{REGISTRY}/redhat/redhat-operator-index@{fake_digest('index v2')}",
+        display_name="Red Hat Operators (mirror)",
+    )
+    second = write_cluster_resources(
+        _upgrade_images(), [upgrade_catalog], [], ResourcesOptions(registry=REGISTRY, out_dir=out)
+    )
+    assert second.removed == ()
+    assert second.changes.mirrors_removed == 0
+    assert second.changes.mirrors_added == 2  # the new tool repository: a digest and a tag mirror
+    assert second.changes.mirrors_unchanged > 20
+    assert second.changes.catalogs_updated == ("redhat-operators",)
+    assert second.changes.catalogs_unchanged == ("certified-operators",)
+    assert "0 removed" in second.changes.summary()
+
+    cluster = _apply_in_order(snapshot, out)
+    for image in all_images() + _upgrade_images():
+        assert _resolves(cluster, image), image.source
+    catalogs_now = {name: doc["spec"]["image"] for (kind, name), doc in cluster.items() if kind == "CatalogSource"}
+    assert set(catalogs_now) == {"redhat-operators", "certified-operators"}
+    assert catalogs_now["redhat-operators"] == upgrade_catalog.target
+    for (kind, _), document in cluster.items():
+        if kind != "ConfigMap":  # release signatures: a core kind, no CRD to check against
+            assert validate_object(document, crds) == []
+    # nothing of bundle 1 was deleted from the directory: its signatures, samples patch and mapping stay
+    assert {p.name for p in first.files} <= {p.name for p in out.iterdir()}
+    mapping = (out / "mapping.txt").read_text()
+    assert all(f"{i.source}={i.target}" in mapping for i in all_images() + _upgrade_images())
+    again = write_cluster_resources(
+        _upgrade_images(), [upgrade_catalog], [], ResourcesOptions(registry=REGISTRY, out_dir=out)
+    )
+    assert again.changes.mirrors_added == 0 and again.changes.catalogs_updated == ()
+
+
+def test_a_fresh_set_drops_earlier_content_and_says_so(tmp_path: Path) -> None:
+    write(tmp_path)
+    result = write_cluster_resources(
+        _upgrade_images(), [], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path, fresh=True)
+    )
+    assert result.changes.mirrors_removed > 20
+    assert result.changes.catalogs_removed == ("certified-operators", "redhat-operators")
+    assert not list(tmp_path.glob("catalogSource-*.yaml"))
+    digest = as_map(mirror_entries(tmp_path, "imageDigestMirrorSet"))
+    assert set(digest) == {"quay.io/openshift-release-dev/ocp-release", "quay.io/newvendor/tool"}
+
+
+def test_resources_of_another_mirror_in_the_directory_are_refused(tmp_path: Path) -> None:
+    write_cluster_resources(
+        all_images(), [], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path)
+    )
+    other = [
+        MirroredImage(
+            source=i.source, target=i.target.replace(REGISTRY, "other.example.com:5000"), kind=i.kind,
+            digest=i.digest, tag=i.tag,
+        )
+        for i in _upgrade_images()
+    ]
+    with pytest.raises(UsageError, match="another mirror") as caught:
+        write_cluster_resources(other, [], [], ResourcesOptions(registry="other.example.com:5000", out_dir=tmp_path))
+    assert "--resources-fresh" in (caught.value.hint or "")
+    (tmp_path / "imageDigestMirrorSet-0.yaml").write_text("spec: [1, 2]\n")
+    with pytest.raises(UsageError, match="not a cluster resource file"):
+        write_cluster_resources(_upgrade_images(), [], [], ResourcesOptions(registry=REGISTRY, out_dir=tmp_path))

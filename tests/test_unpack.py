@@ -468,6 +468,11 @@ def tag_digest(server: RegistryServer, repo: str, tag: str) -> Optional[str]:
         return resp.headers.get("Docker-Content-Digest") if resp.status == 200 else None
 
 
+def blob_present(server: RegistryServer, repo: str, digest: str) -> bool:
+    with RegistryClient(server.url) as client:
+        return client.request("HEAD", f"/v2/{repo}/blobs/{digest}").status == 200
+
+
 def unpack_args(bundle: Path, host: str, prefix: str, tmp_path: Path, public_key: Path, *extra: str) -> List[str]:
     args = ["unpack", str(bundle), "--registry", host, "--insecure-registry", host, "--prefix", prefix, "--resources-dir", str(tmp_path / "resources"), "--workers", "4"]
     args += ["--key", str(public_key)]
@@ -492,6 +497,8 @@ def test_killed_half_way_then_rerun_completes(registry_plain: RegistryServer, tm
             others = [e for e in entries if e is not app]
             wait_for(lambda: all(tag_digest(registry_plain, f"{prefix}/{e.repository}", e.tag) == e.digest for e in others), 60, "the other images")
             wait_for(lambda: proxy.pending_scripts < 10, 30, "the stalled upload")
+            layers = [layer.digest for layer in app.obj.layers]
+            wait_for(lambda: all(blob_present(registry_plain, f"{prefix}/myorg/app", d) for d in layers), 60, "the app's layers")
             assert proc.poll() is None, proc.communicate()
             os.kill(proc.pid, signal.SIGKILL)
         finally:

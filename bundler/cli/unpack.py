@@ -55,6 +55,12 @@ if TYPE_CHECKING:
     help="Where to write the cluster resources (IDMS/ITMS or ICSP, CatalogSources, ...). Default: ./ocp-bundler-resources",
 )
 @click.option("--icsp", is_flag=True, help="Write ImageContentSourcePolicy (OCP 4.4-4.12) instead of IDMS/ITMS (4.13+).")
+@click.option(
+    "--resources-fresh",
+    is_flag=True,
+    help="Start the cluster resources in --resources-dir again from this bundle alone. Default: add to what "
+    "earlier bundles left there, so the newest set holds every mirror and never drops one a cluster still uses.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be pushed where, sizes and organisations; write nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip bundle verification (NOT recommended; a loud warning is printed).")
 @click.option("--reverify", is_flag=True, help="Hash every volume again even if these unchanged files were fully verified before.")
@@ -73,6 +79,7 @@ def unpack(
     quay_up: bool,
     resources_dir: Optional[Path],
     icsp: bool,
+    resources_fresh: bool,
     dry_run: bool,
     no_verify: bool,
     reverify: bool,
@@ -122,6 +129,7 @@ def unpack(
         quay_up=quay_up,
         resources_dir=resources_dir,
         icsp=icsp,
+        resources_fresh=resources_fresh,
         progress=progress,
     )
     try:
@@ -167,6 +175,8 @@ def _render(result: UnpackResult, as_json: bool) -> None:
         click.echo(f"created organisations: {', '.join(result.organizations_created)}")
     if result.resources_dir is not None:
         click.echo(f"cluster resources in {result.resources_dir} (see README.txt there)")
+        if result.resource_changes is not None:
+            click.echo(f"cluster resources against the earlier set there: {result.resource_changes.summary()}")
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
 

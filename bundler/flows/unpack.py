@@ -66,6 +66,7 @@ from bundler.transfer.transports import ImageSource, Opener, RegistryRepository
 
 if TYPE_CHECKING:
     from bundler.bundle.verify import VerifyResult
+    from bundler.openshift.resources import ResourcesChanges
     from bundler.quay.api import QuayAPI
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ class UnpackOptions:
     """First bring Quay up on this host (`ocp-bundler quay up`) as `registry`, from the bundle's images."""
     resources_dir: Optional[Path] = None
     icsp: bool = False
+    resources_fresh: bool = False
+    """Write the cluster resources from this bundle alone instead of adding to the set in `resources_dir`."""
     write_resources: bool = True
     progress: Progress = field(default_factory=NullProgress)
 
@@ -206,6 +209,7 @@ class UnpackResult:
     """Dry runs on Quay with a token: organisations that do not exist yet."""
     resources_dir: Optional[Path] = None
     resource_files: Tuple[Path, ...] = ()
+    resource_changes: Optional["ResourcesChanges"] = None
     warnings: Tuple[str, ...] = ()
     seconds: float = 0.0
 
@@ -252,6 +256,15 @@ class UnpackResult:
             "resources": {
                 "directory": str(self.resources_dir) if self.resources_dir else None,
                 "files": [str(p) for p in self.resource_files],
+                "changes": None if self.resource_changes is None else {
+                    "mirrorsAdded": self.resource_changes.mirrors_added,
+                    "mirrorsUnchanged": self.resource_changes.mirrors_unchanged,
+                    "mirrorsRemoved": self.resource_changes.mirrors_removed,
+                    "catalogsAdded": list(self.resource_changes.catalogs_added),
+                    "catalogsUpdated": list(self.resource_changes.catalogs_updated),
+                    "catalogsUnchanged": list(self.resource_changes.catalogs_unchanged),
+                    "catalogsRemoved": list(self.resource_changes.catalogs_removed),
+                },
             },
             "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
@@ -1018,13 +1031,14 @@ class _Unpacker:
         images, catalogs = _resource_inputs(targets)
         signatures = self._signatures()
         try:
-            written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp))
+            written = write_cluster_resources(images, catalogs, signatures, ResourcesOptions(registry=self.registry_path, out_dir=out_dir, icsp=self.options.icsp, fresh=self.options.resources_fresh))
         except UsageError as exc:
             raise type(exc)(f"every image is in {self.registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
         return dataclasses.replace(
             result,
             resources_dir=out_dir,
             resource_files=written.files,
+            resource_changes=written.changes,
             warnings=result.warnings + written.warnings,
             seconds=time.monotonic() - self.started,
         )

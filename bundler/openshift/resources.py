@@ -13,8 +13,15 @@ Owns everything `unpack` leaves in its cluster-resources directory once the imag
 * `release-signatures-<algo>-<hex>.yaml`, one ConfigMap per release digest;
 * `mapping.txt` (`source=target`, one line per image) and `README.txt` (what to apply on which cluster).
 
-All files are rendered deterministically and written atomically. Files of these names left by an earlier
-run into the same directory and not written again are removed, so `oc apply -f <dir>` can never apply an
+All files are rendered deterministically and written atomically.
+
+Day 2 (several bundles unpacked into one mirror over time): the directory is cumulative. The resources an
+earlier run left in it are read back (mirror sets, CatalogSources, install-config snippet, mapping) and
+merged with this run's, so the objects keep their names (`<prefix>-0`, ...) and every later set is a
+superset of the earlier one: `oc apply` of a later bundle's resources adds and updates mirrors and never
+drops one a running cluster still needs. Release signature files of earlier runs stay. Nothing is removed
+unless `fresh=True` (then only this run's content is written and the summary lists what was dropped).
+Mirror-set files of the other flavour are always removed, so `oc apply -f <dir>` can never apply an
 ImageContentSourcePolicy next to an ImageDigestMirrorSet.
 """
 
@@ -44,6 +51,7 @@ __all__ = [
     "CatalogInfo",
     "MirroredImage",
     "ReleaseSignature",
+    "ResourcesChanges",
     "ResourcesOptions",
     "ResourcesResult",
     "write_cluster_resources",
@@ -77,6 +85,11 @@ _OWNED_PATTERNS = (
     INSTALL_CONFIG_LEGACY_FILE,
     SAMPLES_PATCH_FILE,
 )
+
+# Mirror-set files: in a cumulative run only these are ever stale (the other flavour, or surplus chunks).
+_MIRROR_SET_PATTERNS = _OWNED_PATTERNS[:3]
+# Earlier resources larger than this are not ours: refuse rather than read them.
+_PREVIOUS_FILE_LIMIT = 64 * 1024 * 1024
 
 # Grammar of distribution/reference (the same one the IDMS/ITMS CRD patterns use).
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -136,7 +149,9 @@ class ResourcesOptions:
     `digest_mirrors_for_tagged` also puts the repositories of images mirrored by tag into the digest
     mirrors (copies are digest-preserving, so digest pulls of them work too, e.g. via image streams).
     `mirror_source_policy` (IDMS/ITMS only) sets `mirrorSourcePolicy` on every entry.
-    `remove_stale` deletes files of our names left in `out_dir` by an earlier run.
+    `remove_stale` deletes files of our names left in `out_dir` by an earlier run and not written again.
+    `fresh=False` (the default) merges what an earlier run left in `out_dir` into this run's resources (a
+    cumulative set, see the module docstring); `fresh=True` writes only this run's content.
     """
 
     registry: str
@@ -148,6 +163,41 @@ class ResourcesOptions:
     digest_mirrors_for_tagged: bool = True
     mirror_source_policy: str | None = None
     remove_stale: bool = True
+    fresh: bool = False
+
+
+@frozen_keyword_only
+class ResourcesChanges:
+    """What this run changed against the resources already in the directory.
+
+    Mirrors are counted as (kind, source repository, mirror repository) pairs, kind being `digest`, `tag`
+    or `release`; catalogs by CatalogSource name (`updated`: same name, another image).
+    """
+
+    mirrors_added: int = 0
+    mirrors_unchanged: int = 0
+    mirrors_removed: int = 0
+    catalogs_added: tuple[str, ...] = ()
+    catalogs_updated: tuple[str, ...] = ()
+    catalogs_unchanged: tuple[str, ...] = ()
+    catalogs_removed: tuple[str, ...] = ()
+    def summary(self) -> str:
+        """One line for people: `mirrors: 3 added, 28 unchanged, 0 removed; catalogs: ...`."""
+        line = (
+            f"mirrors: {self.mirrors_added} added, {self.mirrors_unchanged} unchanged, "
+            f"{self.mirrors_removed} removed"
+        )
+        parts = [
+            f"{len(names)} {what}"
+            for what, names in (
+                ("added", self.catalogs_added),
+                ("updated", self.catalogs_updated),
+                ("unchanged", self.catalogs_unchanged),
+                ("removed", self.catalogs_removed),
+            )
+            if names
+        ]
+        return line + ("; catalogs: " + ", ".join(parts) if parts else "")
 
 
 @frozen_keyword_only
@@ -159,6 +209,7 @@ class ResourcesResult:
     warnings: tuple[str, ...] = ()
     digest_mirror_sources: int = 0
     tag_mirror_sources: int = 0
+    changes: ResourcesChanges = ResourcesChanges()
 
 
 @dataclass(frozen=True)
@@ -180,6 +231,7 @@ class _Plan:
     release_mirrors: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     mapping: set[str] = field(default_factory=set)
     samples: list[tuple[_Reference, _Reference, str]] = field(default_factory=list)
+    samples_carried: bool = False  # an earlier run in the directory mirrored samples
     warnings: set[str] = field(default_factory=set)
 
 
@@ -196,6 +248,11 @@ def write_cluster_resources(
     """
     registry = _check_options(options)
     plan = _plan(images, registry=registry, options=options)
+    previous = _read_previous(options.out_dir, registry=registry)
+    catalogs = list(catalogs)
+    changes = _changes(previous, plan, catalogs, fresh=options.fresh)
+    if not options.fresh:
+        catalogs = _merge_previous(plan, catalogs, previous)
 
     documents: dict[str, bytes] = {}
     if options.icsp:
@@ -232,7 +289,7 @@ def write_cluster_resources(
         )
     documents.update(_catalog_files(catalogs, registry=registry, options=options))
     documents.update(_install_config_files(plan.release_mirrors))
-    if plan.samples:
+    if plan.samples or plan.samples_carried:
         documents[SAMPLES_PATCH_FILE] = _samples_patch(plan, registry=registry)
     documents.update(_signature_files(signatures))
     documents[MAPPING_FILE] = "".join(f"{line}\n" for line in sorted(plan.mapping)).encode("utf-8")
@@ -249,7 +306,11 @@ def write_cluster_resources(
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in sorted(documents):
             atomic_write(out_dir / name, documents[name])
-        removed = _remove_stale(out_dir, keep=set(documents)) if options.remove_stale else []
+        removed = (
+            _remove_stale(out_dir, keep=set(documents), patterns=_OWNED_PATTERNS if options.fresh else _MIRROR_SET_PATTERNS)
+            if options.remove_stale
+            else []
+        )
     except OSError as error:
         raise _os_error(error, out_dir) from error
 
@@ -263,6 +324,7 @@ def write_cluster_resources(
         warnings=warnings,
         digest_mirror_sources=len(plan.digest_mirrors),
         tag_mirror_sources=0 if options.icsp else len(plan.tag_mirrors),
+        changes=changes,
     )
 
 
@@ -586,8 +648,11 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
         ]
     if idms or itms or icsp:
         lines += [
-            f"  The objects are named {options.name_prefix}-0, -1, ...; if an earlier run made more of them,",
-            "  delete the extra ones. Nodes then roll out the new registries.conf (machine config pools update).",
+            f"  The objects are named {options.name_prefix}-0, -1, ... and hold every mirror written into this",
+            "  directory so far (each bundle unpacked here adds to them), so applying the newest set never",
+            "  drops a mirror an earlier bundle needs. Nodes then roll out the new registries.conf (machine",
+            "  config pools update). A set started again with --resources-fresh holds only its bundle's",
+            "  mirrors: apply it only when the cluster no longer needs the others.",
             "",
         ]
     catalogs = having("catalogSource-")
@@ -626,11 +691,172 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
     return "\n".join(lines).encode("utf-8")
 
 
+# --- day 2: the resources an earlier run left in the directory ----------------------------------------
+
+
+@dataclass
+class _Previous:
+    """What the directory already holds, read back from the files this module writes."""
+
+    digest_mirrors: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    tag_mirrors: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    release_mirrors: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    catalogs: dict[str, CatalogInfo] = field(default_factory=dict)
+    mapping: set[str] = field(default_factory=set)
+    samples: bool = False
+
+
+def _read_previous(out_dir: Path, *, registry: str) -> _Previous:
+    """Read back the cluster resources of earlier runs in `out_dir` (nothing when it does not exist)."""
+    previous = _Previous()
+    if not out_dir.is_dir():
+        return previous
+    lists = (
+        ("imageDigestMirrorSet-*.yaml", "imageDigestMirrors", previous.digest_mirrors),
+        ("imageContentSourcePolicy-*.yaml", "repositoryDigestMirrors", previous.digest_mirrors),
+        ("imageTagMirrorSet-*.yaml", "imageTagMirrors", previous.tag_mirrors),
+    )
+    for pattern, key, target in lists:
+        for path in sorted(out_dir.glob(pattern)):
+            for document in _load_previous(path):
+                spec = document.get("spec") if isinstance(document, dict) else None
+                _collect_entries(spec.get(key) if isinstance(spec, dict) else None, target, path=path)
+    install_config = out_dir / INSTALL_CONFIG_FILE
+    if install_config.is_file():
+        for document in _load_previous(install_config):
+            sources = document.get("imageDigestSources") if isinstance(document, dict) else None
+            _collect_entries(sources, previous.release_mirrors, path=install_config)
+    for path in sorted(out_dir.glob("catalogSource-*.yaml")):
+        for document in _load_previous(path):
+            catalog = _catalog_from(document)
+            if catalog is None:
+                raise _not_ours(path)
+            previous.catalogs[catalog.name] = catalog
+    mapping = out_dir / MAPPING_FILE
+    if mapping.is_file():
+        text = _read_bounded(mapping).decode("utf-8", "replace")
+        previous.mapping.update(line for line in text.splitlines() if "=" in line)
+    previous.samples = (out_dir / SAMPLES_PATCH_FILE).is_file()
+    for mirrors in (previous.digest_mirrors, previous.tag_mirrors, previous.release_mirrors):
+        for source, targets in mirrors.items():
+            for mirror in targets:
+                if not _under_registry(mirror, registry):
+                    raise UsageError(
+                        f"{out_dir} holds cluster resources for another mirror ({source} -> {mirror})",
+                        hint="write into another --resources-dir, or start a new set there with --resources-fresh",
+                    )
+    for catalog in previous.catalogs.values():
+        try:
+            repository = _parse_reference(catalog.target, what=f"catalog {catalog.name} image").repository
+        except UsageError as error:
+            raise _not_ours(out_dir / f"catalogSource-{catalog.name}.yaml") from error
+        if not _under_registry(repository, registry):
+            raise UsageError(
+                f"{out_dir} holds a CatalogSource for another mirror ({catalog.name}: {catalog.target})",
+                hint="write into another --resources-dir, or start a new set there with --resources-fresh",
+            )
+    return previous
+
+
+def _read_bounded(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_PREVIOUS_FILE_LIMIT + 1)
+    except OSError as error:
+        raise UsageError(f"cannot read the earlier cluster resource {path}: {error.strerror or error}") from error
+    if len(data) > _PREVIOUS_FILE_LIMIT:
+        raise _not_ours(path)
+    return data
+
+
+def _load_previous(path: Path) -> list[Any]:
+    try:
+        return [doc for doc in yaml.load_all(_read_bounded(path), Loader=_SAFE_LOADER) if doc is not None]
+    except yaml.YAMLError as error:
+        raise _not_ours(path) from error
+
+
+def _collect_entries(entries: Any, into: defaultdict[str, set[str]], *, path: Path) -> None:
+    if not isinstance(entries, list):
+        raise _not_ours(path)
+    for entry in entries:
+        source = entry.get("source") if isinstance(entry, dict) else None
+        mirrors = entry.get("mirrors") if isinstance(entry, dict) else None
+        if not isinstance(source, str) or not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+            raise _not_ours(path)
+        into[source].update(mirrors)
+
+
+def _catalog_from(document: Any) -> CatalogInfo | None:
+    if not isinstance(document, dict) or document.get("kind") != "CatalogSource":
+        return None
+    metadata, spec = document.get("metadata"), document.get("spec")
+    if not isinstance(metadata, dict) or not isinstance(spec, dict):
+        return None
+    name, image, display = metadata.get("name"), spec.get("image"), spec.get("displayName", "")
+    if not isinstance(name, str) or not isinstance(image, str) or not isinstance(display, str):
+        return None
+    return CatalogInfo(name=name, source=image, target=image, display_name=display)
+
+
+def _not_ours(path: Path) -> UsageError:
+    return UsageError(
+        f"{path} is not a cluster resource file as ocp-bundler writes it, so the earlier set cannot be carried on",
+        hint="move it out of the directory, or start a new set with --resources-fresh",
+    )
+
+
+def _pairs(digest: dict[str, set[str]], tag: dict[str, set[str]], release: dict[str, set[str]]) -> set[tuple[str, str, str]]:
+    return {
+        (kind, source, mirror)
+        for kind, mirrors in (("digest", digest), ("tag", tag), ("release", release))
+        for source, targets in mirrors.items()
+        for mirror in targets
+    }
+
+
+def _changes(previous: _Previous, plan: _Plan, catalogs: Sequence[CatalogInfo], *, fresh: bool) -> ResourcesChanges:
+    old = _pairs(previous.digest_mirrors, previous.tag_mirrors, previous.release_mirrors)
+    new = _pairs(plan.digest_mirrors, plan.tag_mirrors, plan.release_mirrors)
+    names = {catalog.name: catalog for catalog in catalogs}
+    added = tuple(sorted(n for n in names if n not in previous.catalogs))
+    updated = tuple(sorted(n for n in names if n in previous.catalogs and previous.catalogs[n].target != names[n].target))
+    kept = [n for n in previous.catalogs if n not in names]
+    unchanged = sorted(n for n in names if n in previous.catalogs and n not in updated)
+    if not fresh:
+        unchanged = sorted(unchanged + kept)
+    return ResourcesChanges(
+        mirrors_added=len(new - old),
+        mirrors_unchanged=len(old) if not fresh else len(new & old),
+        mirrors_removed=len(old - new) if fresh else 0,
+        catalogs_added=added,
+        catalogs_updated=updated,
+        catalogs_unchanged=tuple(unchanged),
+        catalogs_removed=tuple(sorted(kept)) if fresh else (),
+    )
+
+
+def _merge_previous(plan: _Plan, catalogs: list[CatalogInfo], previous: _Previous) -> list[CatalogInfo]:
+    """Fold the earlier set into this run's plan; returns every catalog (this run's win on a name)."""
+    for mine, theirs in (
+        (plan.digest_mirrors, previous.digest_mirrors),
+        (plan.tag_mirrors, previous.tag_mirrors),
+        (plan.release_mirrors, previous.release_mirrors),
+    ):
+        for source, targets in theirs.items():
+            mine[source].update(targets)
+    plan.mapping.update(previous.mapping)
+    plan.samples_carried = plan.samples_carried or previous.samples
+    names = {catalog.name for catalog in catalogs}
+    return catalogs + [catalog for name, catalog in sorted(previous.catalogs.items()) if name not in names]
+
+
 # --- writing ------------------------------------------------------------------------------------------
 
 
 #: libyaml's emitter when PyYAML has it (same output as the pure-Python one, several times faster).
 _SAFE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _dump(obj: Any) -> bytes:
@@ -638,9 +864,9 @@ def _dump(obj: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def _remove_stale(out_dir: Path, *, keep: set[str]) -> list[Path]:
+def _remove_stale(out_dir: Path, *, keep: set[str], patterns: Sequence[str]) -> list[Path]:
     removed: list[Path] = []
-    for pattern in _OWNED_PATTERNS:
+    for pattern in patterns:
         for path in sorted(out_dir.glob(pattern)):
             if path.name not in keep and path.is_file():
                 path.unlink()
