@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 Opener = Callable[[int], ContextManager[Readable]]
 """Opens a blob's source at a byte offset."""
 
-COMMIT_INTERVAL = 0.25
+COMMIT_INTERVAL = 0.5
 """Seconds between journal commits (each flushes the volumes written since the last one)."""
 MAX_RESUME_ATTEMPTS = 6
 """Streams of one blob that may end without a single new byte before it counts as failed."""
@@ -104,7 +104,7 @@ class FillOptions:
     out_dir: Path
     volume_size: int
     sign_key: Optional[Path] = None
-    workers: int = 16
+    workers: int = 32
     """Blob streams at once: enough to fill a high-latency link capped per connection."""
     progress: Progress = field(default_factory=NullProgress)
 
@@ -197,8 +197,9 @@ class _SlotWriter:
 class _Journal:
     """Append-only record of finished items: a header line (fingerprint, created), then one key per line.
 
-    `finished` queues an item; a commit flushes the volume files the queued items were written to, then
-    appends their keys and fsyncs the journal, so a key on disk always means its bytes are on disk.
+    Workers only queue finished items (`finished` never blocks on the disk). A committer thread, every
+    `COMMIT_INTERVAL` seconds, flushes the volume files the queued items were written to, then appends
+    their keys and fsyncs the journal: a key on disk always means its bytes are on disk.
     """
 
     def __init__(self, path: Path, volumes: _Volumes) -> None:
@@ -207,8 +208,10 @@ class _Journal:
         self._lock = threading.Lock()
         self._pending: List[str] = []
         self._touched: Set[str] = set()
-        self._last = time.monotonic()
         self._f: Optional[IO[bytes]] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[OSError] = None
 
     @staticmethod
     def load(path: Path, fingerprint: str) -> Tuple[Optional[str], Set[str]]:
@@ -228,32 +231,45 @@ class _Journal:
         if fresh:
             atomic_write(self.path, json.dumps({"fingerprint": fingerprint, "created": created}).encode() + b"\n")
         self._f = open(self.path, "ab", buffering=0)
+        self._thread = threading.Thread(target=self._run, name="fill-journal", daemon=True)
+        self._thread.start()
 
     def finished(self, key: str, volumes: Set[str]) -> None:
         with self._lock:
             self._pending.append(key)
             self._touched |= volumes
-            if time.monotonic() - self._last >= COMMIT_INTERVAL:
-                self._commit()
 
-    def _commit(self) -> None:
-        self._last = time.monotonic()
-        if not self._pending or self._f is None:
-            return
-        self.volumes.sync(self._touched)
-        self._f.write("".join(k + "\n" for k in self._pending).encode())
-        os.fsync(self._f.fileno())
-        self._pending.clear()
-        self._touched.clear()
-
-    def close(self) -> None:
-        with self._lock:
+    def _run(self) -> None:
+        while not self._stop.wait(COMMIT_INTERVAL):
             try:
                 self._commit()
-            finally:
-                if self._f is not None:
-                    self._f.close()
-                    self._f = None
+            except OSError as exc:  # reported by close(); the items stay unjournaled and are fetched again
+                self._error = exc
+                return
+
+    def _commit(self) -> None:
+        with self._lock:
+            keys, touched = self._pending, self._touched
+            self._pending, self._touched = [], set()
+        if not keys or self._f is None:
+            return
+        self.volumes.sync(touched)
+        self._f.write("".join(k + "\n" for k in keys).encode())
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        """The last commit; raises OSError when a commit failed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._commit()
+        finally:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
 
 
 # --------------------------------------------------------------------------------------------------------

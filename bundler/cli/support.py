@@ -211,5 +211,5 @@ def make_registries(authfile: Optional[Path], ca_file: Optional[Path], insecure:
 
     return Registries(
         credentials=CredentialStore(authfile),
-        options=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=max(16, workers * 2)),
+        options=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=min(64, max(32, workers * 4))),  # pack streams 4 blobs per worker
     )
