@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 from bundler.base.errors import IntegrityError, PartialFailureError, RegistryError
+from bundler.base.progress import CountingProgress
 from bundler.bundle.fill import BundleContent, FillOptions, SourcedBlob, fill_bundle
 from bundler.bundle.manifest import MANIFEST_NAME, BundleImage, BundleManifest
 from bundler.bundle.members import JOURNAL_NAME
@@ -211,3 +212,21 @@ def test_a_journal_for_other_content_or_a_torn_last_line_is_not_trusted(src: Tup
     fill(layout, source, tmp_path / "b")
     assert set((source.opened - before).keys()) == set(source.opened.keys())
     verify_bundle(tmp_path / "b")
+
+
+def test_progress_totals_come_from_the_plan(src: Tuple[Layout, Source], tmp_path: Path) -> None:
+    layout, source = src
+    images = bundle_images(layout_objs_cache[id(layout)])
+    totals: List[Tuple[int, int]] = []
+
+    class Watch(CountingProgress):
+        def advance(self, nbytes: int) -> None:
+            super().advance(nbytes)
+            totals.append((self.total, self.items_total))
+
+    progress = Watch()
+    result = fill_bundle(content_of(layout, images, source), FillOptions(out_dir=tmp_path / "b", volume_size=VOLUME_SIZE, progress=progress))
+    stored = sum(b.stored_size for b in result.manifest.blobs) + sum(f.stored_size for f in result.manifest.files)
+    assert set(totals) == {(stored, len(images))}, "the totals are known before the first byte and never grow"
+    assert progress.done == stored
+    assert sorted(name for name, status in progress.items if status == "packed") == sorted(i.source for i in images)

@@ -368,13 +368,16 @@ class _Run:
         self.done(item)
 
     def done(self, item: _Item) -> None:
+        finished = []
         with self.lock:
             self.bytes_written += item.stored_size
-            finished = [name for name, left in self.needs.items() if item.key in left and len(left) == 1]
-            for left in self.needs.values():
-                left.discard(item.key)
-            for name in finished:
-                del self.needs[name]
+            for name in self.wanted_by.get(item.key, ()):
+                left = self.needs.get(name)
+                if left is not None:
+                    left.discard(item.key)
+                    if not left:
+                        finished.append(name)
+                        del self.needs[name]
         for name in finished:
             self.progress.item_done(name, "packed")
 
@@ -495,6 +498,7 @@ def _fill_all(run: _Run, items: Sequence[_Item], done: Set[str], options: FillOp
     """Fill every unfinished item, largest first, on `options.workers` threads; journal each one."""
     progress = options.progress
     progress.add_total(sum(i.stored_size for i in items))
+    progress.add_items(len(run.needs))
     progress.advance(sum(i.stored_size for i in items if i.key in done))
     for name, left in list(run.needs.items()):
         if not left:

@@ -155,7 +155,8 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         from bundler.bundle.volumes import load_base_manifest
 
         base = load_base_manifest(options.base)  # a bad --base fails now, not after planning
-    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=options.progress)) as copier:
+    # Planning's own reads are not counted: the progress totals come from the plan, so they never grow.
+    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers)) as copier:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
     planned_at = time.monotonic()
     images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
