@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from bundler.base.errors import BundlerError, DigestMismatchError, DiskSpaceError, PartialFailureError, RegistryError
-from bundler.base.fsutil import atomic_write, free_space, fsync_dir
+from bundler.base.errors import BundlerError, DigestMismatchError, PartialFailureError, RegistryError
+from bundler.base.fsutil import atomic_write, fsync_dir
 from bundler.base.progress import NullProgress, Progress
-from bundler.base.units import human_bytes
 from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BaseBlob, BundleImage, BundleManifest, BundleVolume
 from bundler.bundle.members import (
     JOURNAL_NAME,
@@ -58,7 +57,7 @@ from bundler.bundle.members import (
     _tar_header,
     _VolumePlan,
 )
-from bundler.bundle.writer import BundleWriteResult, _clean_after, _compressor, _disk_error, _pays
+from bundler.bundle.writer import BundleWriteResult, _compressor, _disk_error, _pays, check_space, finish_bundle
 from bundler.oci.digest import Digest, Readable, copy_verified
 
 log = logging.getLogger(__name__)
@@ -418,15 +417,6 @@ def _prepare(out_dir: Path, plans: Sequence[_VolumePlan], fingerprint: str) -> T
     return created, done, usable
 
 
-def _check_space(out_dir: Path, needed: int) -> None:
-    free = free_space(out_dir)
-    if free < needed:
-        raise DiskSpaceError(
-            f"not enough free space in {out_dir}: the bundle needs {human_bytes(needed)} ({needed} bytes) more, {human_bytes(free)} is free",
-            hint="free space, choose another directory, or use a base bundle to write only what is new",
-        )
-
-
 def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResult:
     """Write `content` as a bundle in `options.out_dir`, every blob streamed once into its planned slot.
 
@@ -456,7 +446,7 @@ def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResu
         done = {i.key for i in items if i.key in journaled and all(v in usable for v, _ in slots[id(i)])}
         reused = sum(1 for p in plans if all(pl.item.key in done for pl in p.placements))
         needed = sum(p.size for p in plans if p.name not in usable) + _manifest_estimate(len(items), len(content.images))
-        _check_space(out_dir, needed)
+        check_space(out_dir, needed)
         for name in (MANIFEST_NAME, SIGNATURE_NAME):  # from here on the directory holds no complete bundle
             with contextlib.suppress(FileNotFoundError):
                 (out_dir / name).unlink()
@@ -479,7 +469,10 @@ def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResu
     manifest = _build_manifest(
         bundle_id, created, content.base_id, content.images, content.skipped, items, plans, [BundleVolume(p.name, p.size, None) for p in plans], options.volume_size
     )
-    return _finish(out_dir, manifest, options, bytes_written=bytes_written, skipped=len(content.skipped), reused=reused, started=started)
+    return finish_bundle(
+        out_dir, manifest, options.sign_key, volume_size=options.volume_size, bytes_written=bytes_written,
+        skipped=len(content.skipped), reused=reused, started=started,
+    )
 
 
 def _needs(content: BundleContent, done: Set[str]) -> Dict[str, Set[str]]:
@@ -545,37 +538,3 @@ def _finished_created(out_dir: Path, bundle_id: str, plans: Sequence[_VolumePlan
         if old.id == bundle_id and all((out_dir / p.name).stat().st_size == p.size for p in plans):
             return old.created
     return None
-
-
-def _finish(
-    out_dir: Path, manifest: BundleManifest, options: FillOptions, *, bytes_written: int, skipped: int, reused: int, started: float
-) -> BundleWriteResult:
-    """Signature, then the manifest (atomically, last); then the journal and stale volumes go."""
-    raw = manifest.to_bytes()
-    manifest_path = out_dir / MANIFEST_NAME
-    signature_path: Optional[Path] = None
-    try:
-        if options.sign_key is not None:
-            from bundler.bundle.signing import sign
-
-            signature_path = out_dir / SIGNATURE_NAME
-            atomic_write(signature_path, sign(raw, options.sign_key))
-        atomic_write(manifest_path, raw)
-    except OSError as exc:
-        raise _disk_error(exc, out_dir, options.volume_size) from None
-    with contextlib.suppress(OSError):
-        (out_dir / JOURNAL_NAME).unlink()
-    _clean_after(out_dir, {v.name for v in manifest.volumes})
-    log.info("bundle %s filled in %s: %d volumes, %d bytes", manifest.id, out_dir, len(manifest.volumes), manifest.stored_bytes)
-    return BundleWriteResult(
-        directory=out_dir,
-        manifest_path=manifest_path,
-        signature_path=signature_path,
-        manifest=manifest,
-        bytes_written=bytes_written,
-        total_bytes=manifest.stored_bytes,
-        blobs_written=len(manifest.blobs),
-        blobs_skipped_by_base=skipped,
-        volumes_reused=reused,
-        seconds=time.monotonic() - started,
-    )

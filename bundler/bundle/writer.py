@@ -49,6 +49,7 @@ from bundler.bundle.members import (
     DEFAULT_VOLUME_SIZE,
     END_OF_ARCHIVE,
     INLINE_LIMIT,
+    JOURNAL_NAME,
     STATE_NAME,
     ZSTD_LEVEL,
     CHUNK,
@@ -459,17 +460,7 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
     base = load_base_manifest(options.base) if options.base else None
     graph = _walk(layout, images, base)
     items = _file_items(options.files) + graph.metadata + graph.layers
-
-    # Measure: decide each item's encoding and stored size (CPU only, no writes).
-    to_measure = [i for i in items if i.compressible() and i.size >= 2 * TAR_BLOCK]
-    measured_bytes = sum(i.size for i in to_measure)
-    for item in items:
-        item.encoding, item.stored_size = "raw", item.size
-    progress.add_total(measured_bytes)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="measure") as pool:
-        for item, (encoding, stored) in zip(to_measure, pool.map(_measure, to_measure)):
-            item.encoding, item.stored_size = encoding, stored
-            progress.advance(item.size)
+    _measure_all(items, progress)
     plans = _assign(items, options.volume_size)
     fingerprint = _fingerprint(graph.images, items, graph.skipped, options.volume_size, base.id if base else None)
     bundle_id = f"ocpb-{fingerprint[:32]}"
@@ -485,9 +476,51 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
     if created is None:
         created, _ = _now()
         candidates = {}
-    mtime = _created_mtime(created)
+    reused = _keep_finished(out_dir, plans, candidates)
+    to_write = sum(p.size for p in plans if p.name not in reused)
+    check_space(out_dir, to_write + _manifest_estimate(len(items), len(images)))
 
-    # Keep what an earlier run finished, after checking it byte for byte.
+    # From here on the directory no longer holds a complete bundle until the new manifest lands.
+    for name in (MANIFEST_NAME, SIGNATURE_NAME):
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+    state: Dict[str, Any] = {"fingerprint": fingerprint, "id": bundle_id, "created": created, "volumes": {}}
+    for name, sha in reused.items():
+        state["volumes"][name] = {"size": next(p.size for p in plans if p.name == name), "sha256": sha}
+    _write_state(out_dir, state)
+    progress.add_total(to_write)
+    volumes = _write_volumes(out_dir, plans, reused, state, _created_mtime(created), options)
+    manifest = _build_manifest(bundle_id, created, base.id if base else None, graph.images, graph.skipped, items, plans, volumes, options.volume_size)
+    return finish_bundle(
+        out_dir, manifest, options.sign_key, volume_size=options.volume_size, bytes_written=to_write,
+        skipped=len(graph.skipped), reused=len(reused), started=started,
+    )
+
+
+def check_space(out_dir: Path, needed: int) -> None:
+    """DiskSpaceError (exit 2) unless `out_dir` has `needed` bytes free."""
+    free = free_space(out_dir)
+    if free < needed:
+        raise DiskSpaceError(
+            f"not enough free space in {out_dir}: the bundle needs {human_bytes(needed)} ({needed} bytes) more, {human_bytes(free)} is free",
+            hint="free space, choose another directory, or use a base bundle to write only what is new",
+        )
+
+
+def _measure_all(items: Sequence[_Item], progress: Progress) -> None:
+    """Decide each item's encoding and stored size (CPU only, no writes)."""
+    to_measure = [i for i in items if i.compressible() and i.size >= 2 * TAR_BLOCK]
+    for item in items:
+        item.encoding, item.stored_size = "raw", item.size
+    progress.add_total(sum(i.size for i in to_measure))
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="measure") as pool:
+        for item, (encoding, stored) in zip(to_measure, pool.map(_measure, to_measure)):
+            item.encoding, item.stored_size = encoding, stored
+            progress.advance(item.size)
+
+
+def _keep_finished(out_dir: Path, plans: Sequence[_VolumePlan], candidates: Dict[str, Tuple[int, str]]) -> Dict[str, str]:
+    """Volumes an earlier run finished that may be kept, after checking them byte for byte: name → sha256."""
     reused: Dict[str, str] = {}
     for plan in plans:
         cand = candidates.get(plan.name)
@@ -498,28 +531,15 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
             if path.stat().st_size == plan.size and "sha256:" + hash_file(path) == cand[1]:
                 reused[plan.name] = cand[1]
                 log.info("keeping %s from an earlier run (sha256 matches)", plan.name)
+    return reused
 
-    to_write = sum(p.size for p in plans if p.name not in reused)
-    needed = to_write + _manifest_estimate(len(items), len(images))
-    free = free_space(out_dir)
-    if free < needed:
-        raise DiskSpaceError(
-            f"not enough free space in {out_dir}: the bundle needs {human_bytes(needed)} ({needed} bytes) more, {human_bytes(free)} is free",
-            hint="free space, choose another directory, or use a base bundle to write only what is new",
-        )
 
-    # From here on the directory no longer holds a complete bundle until the new manifest lands.
-    for name in (MANIFEST_NAME, SIGNATURE_NAME):
-        with contextlib.suppress(FileNotFoundError):
-            (out_dir / name).unlink()
-    state: Dict[str, Any] = {"fingerprint": fingerprint, "id": bundle_id, "created": created, "volumes": {}}
-    for name, sha in reused.items():
-        state["volumes"][name] = {"size": next(p.size for p in plans if p.name == name), "sha256": sha}
-    _write_state(out_dir, state)
-
-    progress.add_total(to_write)
+def _write_volumes(
+    out_dir: Path, plans: Sequence[_VolumePlan], reused: Dict[str, str], state: Dict[str, Any], mtime: int, options: BundleWriteOptions
+) -> List[BundleVolume]:
+    """Write every volume not kept, in order, recording each in the resume state as it is finished."""
+    progress = options.progress
     volumes: List[BundleVolume] = []
-    bytes_written = 0
     cursors: Dict[int, _Cursor] = {}
     for plan in plans:
         if plan.name in reused:
@@ -534,27 +554,40 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
             progress.item_done(plan.name, "kept")
             continue
         sha = _write_volume(out_dir, plan, mtime, cursors, progress, options.volume_size)
-        bytes_written += plan.size
         volumes.append(BundleVolume(plan.name, plan.size, sha))
         state["volumes"][plan.name] = {"size": plan.size, "sha256": sha}
         _write_state(out_dir, state)
         progress.item_done(plan.name, "written")
+    return volumes
 
-    manifest = _build_manifest(bundle_id, created, base.id if base else None, graph.images, graph.skipped, items, plans, volumes, options.volume_size)
+
+def finish_bundle(
+    out_dir: Path,
+    manifest: BundleManifest,
+    sign_key: Optional[Path],
+    *,
+    volume_size: int,
+    bytes_written: int,
+    skipped: int,
+    reused: int,
+    started: float,
+) -> BundleWriteResult:
+    """The last step of every bundle write: the signature, then the manifest (atomically, last); then the
+    resume state, the fill journal and volumes an earlier, larger bundle left are removed."""
     raw = manifest.to_bytes()
     manifest_path = out_dir / MANIFEST_NAME
     signature_path: Optional[Path] = None
     try:
-        if options.sign_key is not None:
+        if sign_key is not None:
             from bundler.bundle.signing import sign
 
             signature_path = out_dir / SIGNATURE_NAME
-            atomic_write(signature_path, sign(raw, options.sign_key))
+            atomic_write(signature_path, sign(raw, sign_key))
         atomic_write(manifest_path, raw)
     except OSError as exc:
-        raise _disk_error(exc, out_dir, options.volume_size) from None
-    _clean_after(out_dir, {v.name for v in volumes})
-    log.info("bundle %s written to %s: %d volumes, %d bytes", bundle_id, out_dir, len(volumes), manifest.stored_bytes)
+        raise _disk_error(exc, out_dir, volume_size) from None
+    _clean_after(out_dir, {v.name for v in manifest.volumes})
+    log.info("bundle %s written to %s: %d volumes, %d bytes", manifest.id, out_dir, len(manifest.volumes), manifest.stored_bytes)
     return BundleWriteResult(
         directory=out_dir,
         manifest_path=manifest_path,
@@ -563,8 +596,8 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
         bytes_written=bytes_written,
         total_bytes=manifest.stored_bytes,
         blobs_written=len(manifest.blobs),
-        blobs_skipped_by_base=len(graph.skipped),
-        volumes_reused=len(reused),
+        blobs_skipped_by_base=skipped,
+        volumes_reused=reused,
         seconds=time.monotonic() - started,
     )
 
@@ -577,9 +610,10 @@ def _write_state(out_dir: Path, state: Dict[str, Any]) -> None:
 
 
 def _clean_after(out_dir: Path, keep: "set[str]") -> None:
-    """Remove the resume state and volumes an earlier, larger bundle left in the same directory."""
-    with contextlib.suppress(OSError):
-        (out_dir / STATE_NAME).unlink()
+    """Remove the resume state, the fill journal and volumes an earlier, larger bundle left in the same directory."""
+    for name in (STATE_NAME, JOURNAL_NAME):
+        with contextlib.suppress(OSError):
+            (out_dir / name).unlink()
     for p in out_dir.glob("bundle-*.tar"):
         if is_volume_name(p.name) and p.name not in keep:
             log.info("removing %s, left by an earlier bundle", p)
