@@ -57,7 +57,8 @@ from bundler.bundle.members import (
     _tar_header,
     _VolumePlan,
 )
-from bundler.bundle.writer import BundleWriteResult, _compressor, _disk_error, _pays, check_space, finish_bundle
+from bundler.bundle.encoding import _compressor, _pays
+from bundler.bundle.writer import BundleWriteResult, _disk_error, check_space, finish_bundle
 from bundler.oci.digest import Digest, Readable, copy_verified
 
 log = logging.getLogger(__name__)

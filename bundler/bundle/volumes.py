@@ -1,9 +1,10 @@
 """Bundle volumes: the one import point for writing and reading them.
 
 The work is split by job: `bundler.bundle.members` plans the layout (which member goes in which volume, at
-which offset, under which tar header), `bundler.bundle.fill` writes a bundle straight from the sources into
-preallocated volumes (what pack uses), `bundler.bundle.writer` writes one from an OCI layout on disk, and
-`bundler.bundle.reader` serves blobs in place. This module re-exports their public names.
+which offset, under which tar header), `bundler.bundle.encoding` decides how each item is stored (raw or
+zstd), `bundler.bundle.fill` writes a bundle straight from the sources into preallocated volumes (what pack
+uses), `bundler.bundle.writer` writes one from an OCI layout on disk, and `bundler.bundle.reader` serves
+blobs in place. This module re-exports their public names.
 """
 
 from __future__ import annotations
