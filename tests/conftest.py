@@ -49,6 +49,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 # The shared fixtures sit beside the repository (../shared/fixtures) wherever it is cloned.
 os.environ.setdefault("BUNDLER_FIXTURES", str(ROOT.parent / "shared" / "fixtures"))
+# What unpack records for prune (the mirror ledger) goes to a directory of this run, never the user's.
+import tempfile as _tempfile  # noqa: E402
+
+os.environ["XDG_STATE_HOME"] = _tempfile.mkdtemp(prefix="ocpb-test-state-")
 
 from tests.infra.registry import RegistryServer, stop_all_registries  # noqa: E402
 

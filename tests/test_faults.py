@@ -700,10 +700,10 @@ def test_unpack_killed_at_random_points(packed: Packed, registry_factory: Callab
     env = cli_env(tmp_path)
     manifest, _ = read_manifest(packed.bundle)
 
-    def args(host: str) -> List[str]:
+    def args(host: str, resources: str = "resources") -> List[str]:
         return [
             "unpack", str(packed.bundle), "--registry", host, "--insecure-registry", host, "--prefix", prefix, "--registry-kind", "plain",
-            "--resources-dir", str(tmp_path / "resources"), "--key", str(keys.public), "--require-signature", "--workers", "4", "--json",
+            "--resources-dir", str(tmp_path / resources), "--key", str(keys.public), "--require-signature", "--workers", "4", "--json",
         ]
 
     notes = []
@@ -736,7 +736,8 @@ def test_unpack_killed_at_random_points(packed: Packed, registry_factory: Callab
 
     # a final no-op rerun, counted by a proxy: one manifest HEAD per image, no write, no blob touched
     with FaultProxy(target.url) as counter:
-        rc, out, err = finish(start(args(counter.host), logs, "unpack-noop", env), logs, "unpack-noop")
+        # through the proxy the mirror has another name: its resources go to a directory of their own
+        rc, out, err = finish(start(args(counter.host, "resources-proxy"), logs, "unpack-noop", env), logs, "unpack-noop")
         requests = [(m, t) for m, t, _, _ in counter.log]
     assert rc == 0, err.decode()
     report = json.loads(out)

@@ -61,6 +61,12 @@ if TYPE_CHECKING:
     help="Start the cluster resources in --resources-dir again from this bundle alone. Default: add to what "
     "earlier bundles left there, so the newest set holds every mirror and never drops one a cluster still uses.",
 )
+@click.option(
+    "--ledger",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Record the tags pushed here, for `ocp-bundler prune`. Default: "
+    "$XDG_STATE_HOME/ocp-bundler/mirrors/<registry>.jsonl (~/.local/state/...).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be pushed where, sizes and organisations; write nothing.")
 @click.option("--no-verify", is_flag=True, help="Skip bundle verification (NOT recommended; a loud warning is printed).")
 @click.option("--reverify", is_flag=True, help="Hash every volume again even if these unchanged files were fully verified before.")
@@ -80,6 +86,7 @@ def unpack(
     resources_dir: Optional[Path],
     icsp: bool,
     resources_fresh: bool,
+    ledger: Optional[Path],
     dry_run: bool,
     no_verify: bool,
     reverify: bool,
@@ -130,6 +137,7 @@ def unpack(
         resources_dir=resources_dir,
         icsp=icsp,
         resources_fresh=resources_fresh,
+        ledger=ledger,
         progress=progress,
     )
     try:

@@ -149,6 +149,8 @@ class UnpackOptions:
     resources_fresh: bool = False
     """Write the cluster resources from this bundle alone instead of adding to the set in `resources_dir`."""
     write_resources: bool = True
+    ledger: Optional[Path] = None
+    """The mirror ledger to record pushed tags in, for `prune` (default: the registry's in the state dir)."""
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -655,6 +657,7 @@ class _Unpacker:
             if self.quay is not None:
                 self.quay.api.close()
         result = self._result(images, orgs)
+        self._record(targets, result)
         self._raise_for_failures(result, mismatches)
         if self.options.write_resources:
             result = self._write_resources(result, every)
@@ -1023,6 +1026,18 @@ class _Unpacker:
             warnings=tuple(self.warnings),
             seconds=time.monotonic() - self.started,
         )
+
+    def _record(self, targets: Sequence[_Target], result: UnpackResult) -> None:
+        """Write the tags now in place into the mirror ledger, so `prune` knows what unpack put there."""
+        from bundler.flows.ledger import LedgerEntry, optional_path, record
+
+        done = {image.target for image in result.images if image.status in ("pushed", "present")}
+        entries = [
+            LedgerEntry(repository=t.repo, tag=t.tag, digest=str(t.digest), bundle=result.bundle_id)
+            for t in targets
+            if t.text in done
+        ]
+        record(optional_path(self.options.ledger, self.registry_path), entries)
 
     def _write_resources(self, result: UnpackResult, targets: Sequence[_Target]) -> UnpackResult:
         from bundler.openshift.resources import ResourcesOptions, write_cluster_resources

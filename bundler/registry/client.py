@@ -344,6 +344,43 @@ class RegistryClient:
             return False
         raise self._fail(resp, f"blob check {repo}@{digest.short}", path, repo=repo)
 
+    def list_tags(self, repo: str) -> List[str]:
+        """Every tag of `repo` (following `Link` pages); [] when the repository does not exist."""
+        tags: List[str] = []
+        path: Optional[str] = f"/v2/{repo}/tags/list?n=1000"
+        while path:
+            resp = self.request("GET", path, scopes=_pull(repo), what=f"tag list of {repo}")
+            if resp.status == 404:
+                return tags
+            if resp.status != 200:
+                raise self._fail(resp, f"tag list of {repo}", path, repo=repo)
+            try:
+                listed = json.loads(bytes(resp.data or b"{}")).get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{self.host}: the tag list of {repo} is not JSON") from None
+            tags.extend(str(t) for t in listed)
+            link = resp.headers.get("Link", "")
+            path = link.split(";", 1)[0].strip().strip("<>") if 'rel="next"' in link else None
+        return tags
+
+    def delete_manifest(self, repo: str, ref: str) -> str:
+        """DELETE a manifest by tag or digest: "deleted", "gone" (404), or "unsupported" (the registry
+        does not delete by this kind of reference, e.g. docker-registry and tags)."""
+        path = f"/v2/{repo}/manifests/{ref}"
+        # Quay wants push rights (and refuses a "delete" action in a scope); docker-registry's token auth
+        # wants "delete": ask for push first, and for delete as well only when that is not enough.
+        resp = self.request("DELETE", path, scopes=_push(repo), what=f"delete {repo}:{ref}")
+        if resp.status == 401:
+            resp = self.request("DELETE", path, scopes=_push(repo) + (f"repository:{repo}:delete",), what=f"delete {repo}:{ref}")
+        if resp.status in (200, 202, 204):
+            return "deleted"
+        if resp.status == 404:
+            codes, _ = _error_codes(bytes(resp.data or b""))
+            return "gone" if not codes or "MANIFEST_UNKNOWN" in codes or "NAME_UNKNOWN" in codes else "unsupported"
+        if resp.status in (400, 405):
+            return "unsupported"
+        raise self._fail(resp, f"delete of {repo}:{ref}", path, repo=repo)
+
     def remember_blob(self, digest: Digest, repo: str) -> None:
         with self._known_lock:
             self.known_blobs.setdefault(str(digest), repo)
