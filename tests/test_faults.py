@@ -634,6 +634,11 @@ def test_pack_killed_at_random_points(registry_plain: RegistryServer, tmp_path: 
             proc = start(args, logs, f"pack-{i}", env)
             try:
                 wait_until(lambda: len(journaled(bundle) - finished_before) >= k, proc, 60, f"{k} more journaled blobs")
+            except AssertionError:
+                if proc.returncode != 0:
+                    raise
+                notes.append(f"pack-{i} finished before {k} more blobs were seen in the journal")  # the last blobs went in at once
+                break
             finally:
                 if proc.poll() is None:
                     kill(proc)
@@ -641,7 +646,7 @@ def test_pack_killed_at_random_points(registry_plain: RegistryServer, tmp_path: 
 
         # 6: the rerun completes, fetching only what the journal does not list
         wire.rate = None
-        finished_before = journaled(bundle)
+        finished_before = journaled(bundle) if (bundle / JOURNAL_NAME).exists() else set(known)
         assert finished_before, notes
         mark = len(proxy.log)
         rc, out, err = finish(start(args, logs, "pack-final", env), logs, "pack-final")

@@ -230,3 +230,19 @@ def test_progress_totals_come_from_the_plan(src: Tuple[Layout, Source], tmp_path
     assert set(totals) == {(stored, len(images))}, "the totals are known before the first byte and never grow"
     assert progress.done == stored
     assert sorted(name for name, status in progress.items if status == "packed") == sorted(i.source for i in images)
+
+
+def test_a_missing_partial_volume_is_made_again_and_its_blobs_fetched_again(src: Tuple[Layout, Source], tmp_path: Path, layout_objs: Tuple[Layout, Dict[str, Any]]) -> None:
+    layout, source = src
+    big = max(layout_objs[1]["c"].blobs, key=lambda b: b.size)
+    source.broken.add(big.digest)
+    with pytest.raises(PartialFailureError):
+        fill(layout, source, tmp_path / "b")
+    (tmp_path / "b" / ".bundle-0002.tar.partial").unlink()
+    source.broken.clear()
+    before = Counter(source.opened)
+    result = fill(layout, source, tmp_path / "b")
+    in_second = {b.digest for b in result.manifest.blobs if any(p.volume == "bundle-0002.tar" for p in b.parts)}
+    reopened = set((source.opened - before).keys())
+    assert reopened == {big.digest} | (in_second & set(source.opened)), "the lost volume's streamed blobs, and the failed one, are fetched again"
+    verify_bundle(tmp_path / "b")

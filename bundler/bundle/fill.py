@@ -121,11 +121,10 @@ def _partial(out_dir: Path, name: str) -> Path:
 class _Volumes:
     """The `.partial` volume files of one fill, preallocated, headers written, open for `os.pwrite`."""
 
-    def __init__(self, out_dir: Path, plans: Sequence[_VolumePlan], volume_size: int) -> None:
+    def __init__(self, out_dir: Path, volume_size: int) -> None:
         self.out_dir = out_dir
         self.volume_size = volume_size
         self.fds: Dict[str, int] = {}
-        self.plans = {p.name: p for p in plans}
 
     def open_existing(self, name: str) -> None:
         self.fds[name] = os.open(_partial(self.out_dir, name), os.O_RDWR)
@@ -227,9 +226,11 @@ class _Journal:
         except (OSError, ValueError, KeyError, AttributeError, UnicodeDecodeError):
             return None, set()
 
-    def start(self, fingerprint: str, created: str, fresh: bool) -> None:
-        if fresh:
-            atomic_write(self.path, json.dumps({"fingerprint": fingerprint, "created": created}).encode() + b"\n")
+    def start(self, fingerprint: str, created: str, done: Set[str]) -> None:
+        """Rewrite the journal (atomically) with what is trusted now, then append to it: an entry of an
+        earlier run whose volume had to be made again must not survive into the next one."""
+        head = json.dumps({"fingerprint": fingerprint, "created": created}).encode() + b"\n"
+        atomic_write(self.path, head + "".join(k + "\n" for k in sorted(done)).encode())
         self._f = open(self.path, "ab", buffering=0)
         self._thread = threading.Thread(target=self._run, name="fill-journal", daemon=True)
         self._thread.start()
@@ -451,7 +452,7 @@ def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResu
         for name in (MANIFEST_NAME, SIGNATURE_NAME):  # from here on the directory holds no complete bundle
             with contextlib.suppress(FileNotFoundError):
                 (out_dir / name).unlink()
-        volumes = _Volumes(out_dir, plans, options.volume_size)
+        volumes = _Volumes(out_dir, options.volume_size)
         try:
             for plan in plans:
                 if plan.name in usable:
@@ -459,7 +460,7 @@ def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResu
                 else:
                     volumes.create(plan, _created_mtime(created))
             journal = _Journal(out_dir / JOURNAL_NAME, volumes)
-            journal.start(fingerprint, created, fresh=not journaled)
+            journal.start(fingerprint, created, done)
             run = _Run(out_dir, volumes, journal, slots, sources, options.progress, _needs(content, done), _wanted_by(content))
             bytes_written = _fill_all(run, items, done, options)
         finally:
