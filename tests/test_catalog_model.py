@@ -18,20 +18,16 @@ from typing import Dict, List, Set, Tuple
 import pytest
 
 from bundler.openshift.catalog.plan import collect_images
-from bundler.openshift.catalog.fbc import (
+from bundler.openshift.catalog.fbc import csv_images, load_fbc, parse_csv_document, parse_stream
+from bundler.openshift.catalog.model import (
     FORMAT_FBC_ALPHA,
-    Bundle,
     DeclarativeConfig,
     InvalidCatalogError,
+    OperatorBundle,
     RelatedImage,
-    csv_images,
-    load_fbc,
-    parse_csv_document,
-    parse_stream,
-    render_fbc,
-    render_fbc_files,
-    select,
 )
+from bundler.openshift.catalog.render import render_fbc, render_fbc_files
+from bundler.openshift.catalog.select import select
 from bundler.openshift.catalog.sqlite import load_sqlite, prune_sqlite
 from bundler.base.errors import ConfigError
 from bundler.openshift.image_set import CatalogSpec, ChannelFilter, PackageSpec
@@ -281,7 +277,7 @@ def test_value_key_csv_and_bundle_image_fallback() -> None:
     sel = select(load_fbc({"c.json": stream}), spec())
     asked: List[str] = []
 
-    def loader(b: Bundle) -> object:
+    def loader(b: OperatorBundle) -> object:
         asked.append(b.image)
         return csv
 

@@ -36,10 +36,11 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 import zstandard
 
 from bundler.bundle.volumes import CHUNK, STATE_NAME, Bundle, blob_role, read_manifest
-from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BundleBlob, BundleFile, BundleManifest, BundleVolume, is_volume_name, unsafe_member_reason
+from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BundleBlob, BundleFile, BundleImage, BundleManifest, BundleVolume, is_volume_name, unsafe_member_reason
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, IntegrityError, SignatureError, UnsafeArchiveError, UsageError
-from bundler.oci.media import detect_media_type, is_index, parse_manifest
+from bundler.oci.graph import walk_manifests
+from bundler.oci.media import Descriptor, FetchedManifest, detect_media_type, parse_manifest
 from bundler.base.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -617,27 +618,35 @@ def _graph_problems(directory: Path, manifest: BundleManifest, raw: bytes, verif
     base = {b.digest for b in manifest.base_blobs}
     problems: List[Problem] = []
     done: Set[str] = set()
+
+    def read(image: BundleImage, digest: str, media_type: str) -> Optional[FetchedManifest]:
+        """A manifest from the bundle, once across all images; None (and a problem) when it cannot be."""
+        if digest in done:
+            return None
+        done.add(digest)
+        if digest not in verified:
+            where = "left to the base bundle" if digest in base else "not in the bundle"
+            problems.append(Problem("graph", f"image {image.source} ({image.target}): manifest {digest} is {where}"))
+            return None
+        try:
+            data = bundle.read_blob(digest)
+            media_type = detect_media_type(data, media_type or None)
+            parse_manifest(data, media_type)
+        except BundlerError as exc:
+            problems.append(Problem("graph", f"image {image.source}: manifest {digest} cannot be read ({exc})"))
+            return None
+        return FetchedManifest(data, media_type, Digest.parse(digest))
+
     for image in manifest.images:
-        stack: List[Tuple[str, str]] = [(image.digest, image.media_type)]
-        while stack:
-            digest, media_type = stack.pop()
-            if digest in done:
-                continue
-            done.add(digest)
-            if digest not in verified:
-                where = "left to the base bundle" if digest in base else "not in the bundle"
-                problems.append(Problem("graph", f"image {image.source} ({image.target}): manifest {digest} is {where}"))
-                continue
-            try:
-                data = bundle.read_blob(digest)
-                media_type = detect_media_type(data, media_type or None)
-                parsed = parse_manifest(data, media_type)
-            except BundlerError as exc:
-                problems.append(Problem("graph", f"image {image.source}: manifest {digest} cannot be read ({exc})"))
-                continue
-            if is_index(media_type):
-                stack.extend((str(c.digest), c.media_type) for c in parsed.children)
-            for b in parsed.blobs:
+        top = read(image, image.digest, image.media_type)
+        if top is None:
+            continue
+
+        def fetch(d: Descriptor, image: BundleImage = image) -> Optional[FetchedManifest]:
+            return read(image, str(d.digest), d.media_type)
+
+        for node in walk_manifests(top, fetch, description=f"image {image.source}"):
+            for b in node.blobs:
                 d = str(b.digest)
                 if d not in verified and d not in base:
                     problems.append(Problem("graph", f"image {image.source} ({image.target}): blob {d} is neither in the bundle nor in its base"))

@@ -24,6 +24,7 @@ LAZY_COMMANDS = {
     "inspect": "bundler.cli.bundle:inspect",
     "unpack": "bundler.cli.unpack:unpack",
     "pull-secret": "bundler.cli.unpack:pull_secret",
+    "serve": "bundler.cli.serve:serve",
     "prune": "bundler.cli.prune:prune",
     "extract": "bundler.cli.release:extract",
     "quay": "bundler.cli.quay:quay",

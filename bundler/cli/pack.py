@@ -24,12 +24,15 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Resolve everything and print what would be packed, with sizes; check free space; write no bundle.")
 @click.option("--graph-url", help="Update-graph (Cincinnati) endpoint for release channels.")
 @click.option("--signature-store", help="Where release signatures are fetched from.")
+@click.option("--remove-signatures", is_flag=True, help="Leave sigstore signatures (cosign .sig tags, OCI 1.1 referrers) out of the bundle.")
+@click.option("--release-key", "release_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Check every release's signatures against this public key (cosign PEM or OpenPGP); repeatable.")
 @registry_options
 @common_options
 @command_body
 def pack(
     config: Path, out_dir: Path, work_dir: Optional[Path], volume_size: Optional[str], sign_key: Optional[Path], base: Optional[Path],
-    dry_run: bool, graph_url: Optional[str], signature_store: Optional[str],
+    dry_run: bool, graph_url: Optional[str], signature_store: Optional[str], remove_signatures: bool, release_keys: Tuple[Path, ...],
     authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, verbose: int, as_json: bool,
 ) -> None:
     """Resolve an image-set config and stream every image straight into a signed bundle.
@@ -61,7 +64,8 @@ def pack(
         result = run_pack(
             PackOptions(
                 config=config, out_dir=out_dir, work_dir=work_dir, volume_size=size, sign_key=sign_key, base=base,
-                dry_run=dry_run, workers=workers, graph_url=graph_url, signature_store=signature_store, progress=progress,
+                dry_run=dry_run, workers=workers, graph_url=graph_url, signature_store=signature_store,
+                remove_signatures=remove_signatures, release_keys=tuple(release_keys), progress=progress,
             ),
             registries=registries,
         )
@@ -94,6 +98,13 @@ def pack(
         )
         for rec in cat.recovered:
             click.echo(f"  recovered (value: instead of image: in the CSV): {rec.to_json()}")
+    sigs = result.plan.reports.signatures
+    if sigs is not None:
+        click.echo(sigs.summary())
+        for line in sigs.verification:
+            click.echo(f"  {line}")
+    if not release_keys and result.plan.reports.releases:
+        click.echo("warning: release signatures were NOT verified (no --release-key given); they are carried as published", err=True)
     if dry_run and failed:
         raise ImageNotFoundError(
             f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"

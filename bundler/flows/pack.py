@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Set, Tuple
 
 from bundler import __version__
 from bundler.transfer.copy import Copier, CopyOptions
@@ -58,6 +58,10 @@ class PackOptions:
     workers: int = 8
     graph_url: Optional[str] = None
     signature_store: Optional[str] = None
+    remove_signatures: bool = False
+    """Leave sigstore signatures (cosign `.sig` tags, OCI 1.1 referrers) out."""
+    release_keys: Tuple[Path, ...] = ()
+    """Public keys (cosign PEM or OpenPGP) every release's signatures are checked against."""
     progress: Progress = field(default_factory=NullProgress)
 
 
@@ -160,6 +164,8 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
     planned_at = time.monotonic()
     images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
+    images += _signatures(options, plan, images, registries=registries, open_image=lambda i: _source_for(i, registries, layout),
+                          carry=lambda found: _resolve(found, registries=registries, layout=layout, workers=fill_workers(options.workers)))
     log.info("planned %d images in %.2fs, resolved their manifests in %.2fs", len(images), planned_at - started, time.monotonic() - planned_at)
     if options.dry_run:
         total = _unique_bytes(images)
@@ -219,6 +225,41 @@ def _files(plan: Plan, images: List[PackedImage], config_name: str) -> Dict[str,
         default=str,
     ).encode()
     return files
+
+
+def _signatures(
+    options: PackOptions,
+    plan: Plan,
+    images: List[PackedImage],
+    *,
+    registries: Registries,
+    open_image: Callable[[PlannedImage], ImageSource],
+    carry: Callable[[List[PlannedImage]], List[PackedImage]],
+) -> List[PackedImage]:
+    """Look up the signatures of every image carried, carry them, check the releases' (`flows.signatures`)."""
+    from bundler.flows import signatures
+    from bundler.openshift.sigstore import SignatureReport, find_signatures
+
+    if options.remove_signatures:
+        plan.reports.signatures = SignatureReport(removed=True)
+        carried: List[PackedImage] = []
+        found_images: List[PlannedImage] = []
+    else:
+        done = [(i.planned, i.digest) for i in images if i.digest and i.status != "failed"]
+        found = find_signatures(signatures.subjects(done, open_image=open_image), registries=registries, workers=options.workers)
+        plan.reports.signatures = found.report
+        found_images = list(found.images)
+        carried = carry(found_images)
+    report = plan.reports.signatures
+    if options.release_keys:
+        releases = [(f"{r.version}-{r.arch}", r.digest) for r in plan.reports.releases or []]
+        ok = {str(p.planned.digest) for p in carried if p.status != "failed"}
+        report.verification = signatures.verify_releases(
+            releases, keys=options.release_keys, signature_images=[i for i in found_images if i.digest in ok],
+            open_image=open_image, release_signatures=signatures.release_signatures_in(plan.files),
+        )
+        report.verified = bool(releases)
+    return carried
 
 
 def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> ImageSource:

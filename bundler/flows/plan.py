@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
     from bundler.openshift.release import ReleaseInfo
     from bundler.openshift.samples import SamplesReport
+    from bundler.openshift.sigstore import SignatureReport
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class PlanReports:
     releases: Optional[List[ReleaseInfo]] = None
     samples: Optional[SamplesSummary] = None
     catalogs: Optional[List[CatalogReport]] = None
+    signatures: Optional[SignatureReport] = None
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -66,6 +68,8 @@ class PlanReports:
             out["samples"] = self.samples.to_json()
         if self.catalogs is not None:
             out["catalogs"] = [c.to_json() for c in self.catalogs]
+        if self.signatures is not None:
+            out["signatures"] = self.signatures.to_json()
         return out
 
 

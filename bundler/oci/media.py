@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bundler.oci.digest import Digest
+from bundler.oci.platform import Platform
 from bundler.base.errors import IntegrityError, UnsupportedError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -46,17 +47,6 @@ def is_index(media_type: str) -> bool:
 def is_compressed(media_type: str) -> bool:
     """Whether a blob of this media type is already compressed (so storing it again compressed gains nothing)."""
     return media_type.endswith(("gzip", "zstd")) or media_type.endswith(".gz")
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: Optional[str] = None
-
-    def __str__(self) -> str:
-        out = f"{self.os}/{self.architecture}"
-        return f"{out}/{self.variant}" if self.variant else out
 
 
 @dataclass(frozen=True)
@@ -97,6 +87,15 @@ class Descriptor:
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         return out
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest exactly as fetched or stored: its raw bytes (the truth), its media type and its digest."""
+
+    raw: bytes
+    media_type: str
+    digest: Digest
 
 
 @dataclass(frozen=True)

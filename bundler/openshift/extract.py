@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from bundler.base.errors import UsageError
+from bundler.oci.platform import go_arch, linux_platform
 from bundler.transfer.image_files import extract_file, open_image
 from bundler.transfer.transports import ImageSource
 
@@ -97,23 +98,16 @@ TARGETS: Tuple[ExtractTarget, ...] = (
     ExtractTarget("openshift-install", "linux", "arm64", "installer-artifacts", "usr/share/openshift/linux_arm64/openshift-install", True),
 )
 
-_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-
-
-def _release_go_arch(arch: str) -> str:
-    return _GO_ARCH.get(arch, arch)
-
-
 def parse_platform(text: Optional[str], release: ReleaseIdentity) -> Tuple[str, str]:
     """`OS/ARCH` (Go names; `mac` = darwin, `x86_64`/`aarch64` accepted) -> (os, arch); None: linux on the release's arch."""
     if not text:
-        arch = _release_go_arch(release.arch)
+        arch = go_arch(release.arch)
         return "linux", "amd64" if arch == "multi" else arch
     os_, sep, arch = text.partition("/")
     if not sep:
         os_, arch = text, "amd64"  # oc: --command-os=linux means linux/amd64
     os_ = {"mac": "darwin", "macos": "darwin"}.get(os_.lower(), os_.lower())
-    arch = _release_go_arch(arch.lower())
+    arch = go_arch(arch.lower())
     return os_, arch
 
 
@@ -121,7 +115,7 @@ def select_target(command: str, os_: str, arch: str, release: ReleaseIdentity) -
     """The component and path holding `command` for `os_/arch`; the release's own component wins ties."""
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}", hint="the supported commands are 'oc' and 'openshift-install'")
-    rel_arch = _release_go_arch(release.arch)
+    rel_arch = go_arch(release.arch)
     candidates = [t for t in TARGETS if t.command == command and t.os == os_]
     for t in candidates:
         if t.arch == _RELEASE and (arch == rel_arch or (rel_arch == "multi" and arch == "amd64")):
@@ -266,7 +260,7 @@ def extract_command(
         r.check()  # before any download
 
     source = find_component(target.component)
-    image_platform = "linux/amd64" if release.arch == "multi" else f"linux/{_release_go_arch(release.arch)}"
+    image_platform = linux_platform(release.arch)
     image = open_image(source, platform=image_platform)
 
     name = command + (".exe" if os_ == "windows" else "")

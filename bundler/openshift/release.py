@@ -44,6 +44,7 @@ from bundler.base.errors import ImageNotFoundError, IntegrityError, UsageError
 from bundler.transfer.image_files import extract_file, list_children, open_image
 from bundler.openshift.image_set import DEFAULT_RELEASE_REPOSITORY, ReleaseSpec, Version
 from bundler.oci.media import is_index
+from bundler.oci.platform import Platform, choose_child, go_arch, release_arch
 from bundler.oci.planned import PlannedImage
 from bundler.oci.reference import Reference, is_valid_tag
 from bundler.registry.client import FetchedManifest, Registries
@@ -59,22 +60,6 @@ SAMPLES_OPERATOR_COMPONENT = "cluster-samples-operator"
 #: release-metadata ``metadata`` key that marks a multi-architecture (manifest list) payload.
 MULTI_ARCH_METADATA_KEY = "release.openshift.io/architecture"
 MAX_MANIFEST_FILE_BYTES = 32 << 20
-
-#: Go architecture names (image configs, update graph) -> the spelling releases use in tags.
-RELEASE_ARCH: Mapping[str, str] = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x", "multi": "multi"}
-#: ... and back.
-GO_ARCH: Mapping[str, str] = {v: k for k, v in RELEASE_ARCH.items()}
-
-
-def release_arch(go_arch: str) -> str:
-    """`amd64` -> `x86_64`, `arm64` -> `aarch64`; names already in release spelling are kept."""
-    return RELEASE_ARCH.get(go_arch, go_arch)
-
-
-def go_arch(arch: str) -> str:
-    """`x86_64` -> `amd64`, `aarch64` -> `arm64`; Go names are kept."""
-    return GO_ARCH.get(arch, arch)
-
 
 @dataclass(frozen=True)
 class ReleaseInfo:
@@ -166,11 +151,8 @@ def _platform_for(source: ImageSource, top: FetchedManifest, preferred: str) -> 
         p = children[0].platform
         assert p is not None
         return f"{p.os}/{p.architecture}", release_arch(p.architecture)
-    for c in children:
-        assert c.platform is not None
-        if c.platform.os == "linux" and c.platform.architecture == preferred:
-            return f"linux/{preferred}", "multi"
-    p = children[0].platform
+    chosen = choose_child(children, Platform("linux", preferred)) or children[0]
+    p = chosen.platform
     assert p is not None
     return f"{p.os}/{p.architecture}", "multi"
 

@@ -2,8 +2,9 @@
 
 Owns PROTOCOL-NOTES §5 "Release signatures" on the connected side: signatures are published per release
 manifest digest as ``<store>/<algorithm>=<hex>/signature-<N>``, N = 1, 2, ... until the first 404. They are
-OpenPGP-wrapped "atomic container signature" documents; they are carried as opaque bytes (verification is
-the cluster's job, against its own keyring). `bundler.openshift.resources` turns them into the
+OpenPGP-wrapped "atomic container signature" documents; they are carried as opaque bytes (the cluster
+checks them against its own keyring); `verify_gpg` checks one against a given public key on the connected
+side (pack `--release-key`). `bundler.openshift.resources` turns them into the
 ``openshift-config-managed`` ConfigMaps on the far side, from `ReleaseSignature(digest, index, data)`.
 
 A digest without any published signature is not an error here (nightlies and OKD are not signed): the
@@ -12,13 +13,20 @@ caller gets an empty list and decides (the release planner records a warning).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
+import shutil
+import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from bundler.openshift.cincinnati import HttpFetcher
 from bundler.oci.digest import Digest
-from bundler.base.errors import RegistryError, RegistryUnreachableError
+from bundler.base.errors import IntegrityError, RegistryError, RegistryUnreachableError, UsageError
 from bundler.registry.client import TransportOptions, redact
 from bundler.openshift.resources import ReleaseSignature
 
@@ -90,6 +98,61 @@ def fetch_all(
     with HttpFetcher(options) as http, ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique) or 1))) as pool:
         results = list(pool.map(lambda d: fetch_signatures(d, store=store, fetcher=http), unique))
     return dict(zip(unique, results))
+
+
+def is_openpgp_key(data: bytes) -> bool:
+    """An armored OpenPGP public key block, or a binary one (a public-key packet first)."""
+    return data.lstrip().startswith(b"-----BEGIN PGP PUBLIC KEY BLOCK-----") or (bool(data) and data[0] in (0x98, 0x99, 0x9A, 0xC6))
+
+
+def dearmor(data: bytes) -> bytes:
+    """The binary form of an (armored) OpenPGP key block; binary input is returned as it is."""
+    text = data.lstrip()
+    if not text.startswith(b"-----BEGIN "):
+        return data
+    lines = text.decode("ascii", "replace").splitlines()[1:]
+    while lines and lines[0].strip() and ":" in lines[0]:
+        lines.pop(0)  # armor headers (Version:, Comment:)
+    body = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("=") or line.startswith("-----END"):
+            break
+        body.append(line)
+    try:
+        return base64.b64decode("".join(body), validate=True)
+    except (binascii.Error, ValueError):
+        raise UsageError("the OpenPGP key is not valid ASCII armor", hint="export it with gpg --export [--armor]") from None
+
+
+def verify_gpg(signature: bytes, *, digest: str, keyring: bytes) -> bool:
+    """Whether `signature` (an OpenPGP-signed atomic container signature) is signed by a key in `keyring`
+    and names `digest`. Checked with `gpgv` (shipped with apt on every Debian and Ubuntu). A good signature
+    naming another digest is an `IntegrityError`."""
+    gpgv = shutil.which("gpgv")
+    if gpgv is None:
+        raise UsageError("gpgv is needed to check OpenPGP release signatures and is not installed", hint="apt-get install gpgv")
+    with tempfile.TemporaryDirectory(prefix="ocpb-gpgv-") as tmp:
+        ring = Path(tmp) / "keyring.gpg"
+        ring.write_bytes(dearmor(keyring))
+        sig = Path(tmp) / "signature"
+        sig.write_bytes(signature)
+        proc = subprocess.run(
+            [gpgv, "--homedir", tmp, "--keyring", str(ring), "--output", "-", str(sig)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, timeout=60,
+        )
+    log.debug("gpgv for %s: exit %d: %s", digest, proc.returncode, proc.stderr.decode("utf-8", "replace").strip())
+    if proc.returncode != 0:
+        return False
+    try:
+        named = str(json.loads(proc.stdout)["critical"]["image"]["docker-manifest-digest"])
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"release signature of {digest}: the signed content is not an atomic container signature") from None
+    if named != digest:
+        raise IntegrityError(f"release signature of {digest}: a good signature names {named} instead")
+    return True
 
 
 def as_release_signatures(signatures: Mapping[str, Sequence[bytes]]) -> List[ReleaseSignature]:

@@ -43,6 +43,7 @@ import yaml
 from bundler.base.compat import frozen_keyword_only
 from bundler.base.errors import DiskSpaceError, InvalidReferenceError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.oci.reference import DIGEST_RE, HOST, REPOSITORY, TAG_RE
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,11 @@ __all__ = [
     "write_cluster_resources",
 ]
 
-IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry"})
+IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature"})
 RELEASE_KINDS = frozenset({"release", "release-component"})
 # Kinds that are always pulled by digest in a cluster (or, for catalogs, through a CatalogSource that
 # names the mirror directly): they never get tag mirrors, whatever their source reference looks like.
-_DIGEST_ONLY_KINDS = RELEASE_KINDS | {"catalog"}
+_DIGEST_ONLY_KINDS = RELEASE_KINDS | {"catalog", "signature"}
 
 MIRROR_SOURCE_POLICIES = frozenset({"NeverContactSource", "AllowContactingSource"})
 DEFAULT_MAX_BYTES = 250_000
@@ -91,14 +92,10 @@ _MIRROR_SET_PATTERNS = _OWNED_PATTERNS[:3]
 # Earlier resources larger than this are not ours: refuse rather than read them.
 _PREVIOUS_FILE_LIMIT = 64 * 1024 * 1024
 
-# Grammar of distribution/reference (the same one the IDMS/ITMS CRD patterns use).
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"^{_DOMAIN}(?:/{_PATH_COMPONENT})+$")
-_REGISTRY_RE = re.compile(rf"^{_DOMAIN}(?:/{_PATH_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+# Built from the one reference grammar (the same one the IDMS/ITMS CRD patterns use): a repository with its
+# host, and a registry optionally followed by a path prefix.
+_REPOSITORY_RE = re.compile(rf"^{HOST}/{REPOSITORY}\Z")
+_REGISTRY_RE = re.compile(rf"^{HOST}(?:/{REPOSITORY})?\Z")
 _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 
 @frozen_keyword_only
@@ -362,13 +359,13 @@ def _check_options(options: ResourcesOptions) -> str:
 def _parse_reference(reference: str, *, what: str) -> _Reference:
     """Split `host/path[:tag][@digest]`; docker.io defaults as `docker pull` applies them."""
     name, at, digest = reference.partition("@")
-    if at and not _DIGEST_RE.match(digest):
+    if at and not DIGEST_RE.match(digest):
         raise InvalidReferenceError(f"{what} {reference!r} has an invalid digest")
     tag: str | None = None
     slash, colon = name.rfind("/"), name.rfind(":")
     if colon > slash:
         name, tag = name[:colon], name[colon + 1 :]
-        if not _TAG_RE.match(tag):
+        if not TAG_RE.match(tag):
             raise InvalidReferenceError(f"{what} {reference!r} has an invalid tag")
     first, sep, _ = name.partition("/")
     if not sep or not ("." in first or ":" in first or first == "localhost"):
@@ -397,7 +394,7 @@ def _plan(images: Sequence[MirroredImage], *, registry: str, options: ResourcesO
             raise UsageError(
                 f"{label}: unknown kind {image.kind!r}", hint=f"use one of {', '.join(sorted(IMAGE_KINDS))}"
             )
-        if not _DIGEST_RE.match(image.digest):
+        if not DIGEST_RE.match(image.digest):
             raise UsageError(f"{label}: digest {image.digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
         source = _parse_reference(image.source, what=f"{image.kind} source")
         target = _parse_reference(image.target, what=f"{image.kind} target")
@@ -576,7 +573,7 @@ def _samples_patch(plan: _Plan, *, registry: str) -> bytes:
 def _signature_files(signatures: Sequence[ReleaseSignature]) -> dict[str, bytes]:
     by_digest: defaultdict[str, dict[int, bytes]] = defaultdict(dict)
     for signature in signatures:
-        if not _DIGEST_RE.match(signature.digest):
+        if not DIGEST_RE.match(signature.digest):
             raise UsageError(f"release signature digest {signature.digest!r} is not sha256:<64 hex>")
         if isinstance(signature.index, bool) or not isinstance(signature.index, int) or signature.index < 1:
             raise UsageError(f"release signature {signature.digest} has index {signature.index!r}; expected >= 1")

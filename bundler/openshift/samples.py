@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -35,16 +34,16 @@ from bundler.base.errors import ConfigError, IntegrityError, UsageError
 from bundler.transfer.image_files import open_image, read_files
 from bundler.openshift.image_set import SamplesSpec
 from bundler.oci.planned import PlannedImage, digest_tag
-from bundler.oci.reference import Reference
+from bundler.oci.reference import Reference, is_registry_host
 from bundler.registry.client import Registries
-from bundler.openshift.release import ReleaseInfo, ReleasePlan, go_arch
+from bundler.oci.platform import linux_platform
+from bundler.openshift.release import ReleaseInfo, ReleasePlan
 from bundler.transfer.transports import ImageSource, RegistryRepository
 
 log = logging.getLogger(__name__)
 
 OPERATOR_ROOT = "opt/openshift/operator"
 IMAGESTREAM_SUFFIXES = (".json", ".yaml", ".yml")
-_HOST_RE = re.compile(r"^(?:[^/]*[.:][^/]*|localhost)$")
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def read_operator_imagestreams(image_source: ImageSource, *, arch: str, descript
     `arch` is the release's (x86_64, aarch64, ..., multi); a multi payload is read on linux/amd64 and every
     ``<arch>`` / ``ocp-<arch>`` directory counts.
     """
-    platform = "linux/amd64" if arch == "multi" else f"linux/{go_arch(arch)}"
+    platform = linux_platform(arch)
     image = open_image(image_source, platform=platform)
     wanted_dirs = None if arch == "multi" else set(operator_directories(arch))
 
@@ -197,7 +196,7 @@ def sample_target(text: str) -> Tuple[str, str, str]:
     ref = Reference.parse(text)
     name = text.split("@", 1)[0]
     first, sep, rest = name.partition("/")
-    path = rest if sep and _HOST_RE.match(first) else name
+    path = rest if sep and is_registry_host(first) else name
     if ref.tag is not None:
         path = path[: -(len(ref.tag) + 1)]
     if ref.digest is not None:
@@ -244,54 +243,103 @@ def plan_samples(
     imagestreams. `operator_sources` (samples-operator pull spec -> source) lets a caller read those images
     from somewhere else than their registry (a work layout); by default they are read from the registry.
     """
-    streams: List[ImageStreamDoc] = []
-    skipped: List[str] = []
-    sources: List[str] = []
-    warnings: List[str] = []
+    found = _FoundStreams()
     if spec.from_release:
         if release_plan is None or not release_plan.releases:
             raise UsageError("samples.fromRelease needs a release: add releases.images or releases.channels")
-        seen_images: Dict[str, None] = {}
-        for release in release_plan.releases:
-            operator = _samples_operator(release)
-            if operator in seen_images:
-                continue
-            seen_images[operator] = None
-            ref = Reference.parse(operator)
-            source = (operator_sources or {}).get(operator) or RegistryRepository(registries.client(ref.registry), ref)
-            found, skip, dirs = read_operator_imagestreams(source, arch=release.arch, description=f"cluster-samples-operator of {release.version}-{release.arch}")
-            if not found:
-                raise UsageError(
-                    f"the cluster-samples-operator image of release {release.version} ({release.arch}), {operator}, holds no imagestreams "
-                    f"under /{OPERATOR_ROOT}/{{{','.join(operator_directories(release.arch))}}}",
-                    hint="list the sample images with samples.images or samples.directory instead",
-                )
-            sources.append(f"{operator} ({release.version}-{release.arch}): {', '.join(dirs)}: {len(found)} imagestreams")
-            streams.extend(found)
-            skipped.extend(skip)
+        _read_release_streams(release_plan, registries, operator_sources or {}, found)
     if spec.directory is not None:
-        found, skip = read_directory_imagestreams(spec.directory)
-        if not found:
-            warnings.append(f"samples directory {spec.directory} holds no ImageStream")
-        sources.append(f"{spec.directory}: {len(found)} imagestreams")
-        streams.extend(found)
-        skipped.extend(skip)
+        _read_directory_streams(spec.directory, found)
+    targets = _SampleTargets()
+    names, excluded = _add_stream_images(spec, found.streams, targets)
+    for text in spec.images:
+        targets.add(text, {"imagestream": "", "tag": ""})
 
-    planned: Dict[Tuple[str, str], PlannedImage] = {}
-    conflicts: List[str] = []
-    excluded: Dict[str, None] = {}
-    names: Dict[str, None] = {}
+    images = tuple(targets.planned[k] for k in sorted(targets.planned))
+    organisations = tuple(sorted({p.target_repository.split("/", 1)[0] for p in images}))
+    for conflict in targets.conflicts:
+        log.warning("sample image conflict: %s", conflict)
+    return SamplesPlan(
+        images=images,
+        organisations=organisations,
+        report=SamplesReport(
+            sources=tuple(found.sources),
+            imagestreams=tuple(sorted(names)),
+            excluded=tuple(sorted(excluded)),
+            conflicts=tuple(targets.conflicts),
+            skipped=tuple(found.skipped),
+            warnings=tuple(found.warnings),
+        ),
+    )
 
-    def add(text: str, annotations: Mapping[str, str]) -> None:
+
+@dataclass
+class _FoundStreams:
+    """The imagestreams read so far, and what the report says about where they came from."""
+
+    streams: List[ImageStreamDoc] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    sources: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+
+def _read_release_streams(
+    release_plan: ReleasePlan, registries: Registries, operator_sources: Mapping[str, ImageSource], found: _FoundStreams
+) -> None:
+    """The imagestreams of each release's cluster-samples-operator image (each image read once)."""
+    seen_images: Dict[str, None] = {}
+    for release in release_plan.releases:
+        operator = _samples_operator(release)
+        if operator in seen_images:
+            continue
+        seen_images[operator] = None
+        ref = Reference.parse(operator)
+        source = operator_sources.get(operator) or RegistryRepository(registries.client(ref.registry), ref)
+        streams, skip, dirs = read_operator_imagestreams(source, arch=release.arch, description=f"cluster-samples-operator of {release.version}-{release.arch}")
+        if not streams:
+            raise UsageError(
+                f"the cluster-samples-operator image of release {release.version} ({release.arch}), {operator}, holds no imagestreams "
+                f"under /{OPERATOR_ROOT}/{{{','.join(operator_directories(release.arch))}}}",
+                hint="list the sample images with samples.images or samples.directory instead",
+            )
+        found.sources.append(f"{operator} ({release.version}-{release.arch}): {', '.join(dirs)}: {len(streams)} imagestreams")
+        found.streams.extend(streams)
+        found.skipped.extend(skip)
+
+
+def _read_directory_streams(directory: Path, found: _FoundStreams) -> None:
+    streams, skip = read_directory_imagestreams(directory)
+    if not streams:
+        found.warnings.append(f"samples directory {directory} holds no ImageStream")
+    found.sources.append(f"{directory}: {len(streams)} imagestreams")
+    found.streams.extend(streams)
+    found.skipped.extend(skip)
+
+
+@dataclass
+class _SampleTargets:
+    """Planned sample images by (repository, tag); a second source for a taken target is a conflict."""
+
+    planned: Dict[Tuple[str, str], PlannedImage] = field(default_factory=dict)
+    conflicts: List[str] = field(default_factory=list)
+
+    def add(self, text: str, annotations: Mapping[str, str]) -> None:
         source, repository, tag = sample_target(text)
         key = (repository, tag)
-        existing = planned.get(key)
+        existing = self.planned.get(key)
         if existing is not None:
             if existing.source != source:
-                conflicts.append(f"{source} (from {annotations.get('imagestream', 'samples.images')}) -> {repository}:{tag} already taken by {existing.source}")
+                self.conflicts.append(f"{source} (from {annotations.get('imagestream', 'samples.images')}) -> {repository}:{tag} already taken by {existing.source}")
             return
-        planned[key] = PlannedImage(source=source, kind="sample", target_repository=repository, target_tag=tag, annotations=dict(annotations))
+        self.planned[key] = PlannedImage(source=source, kind="sample", target_repository=repository, target_tag=tag, annotations=dict(annotations))
 
+
+def _add_stream_images(
+    spec: SamplesSpec, streams: Iterable[ImageStreamDoc], targets: _SampleTargets
+) -> Tuple[Dict[str, None], Dict[str, None]]:
+    """Plan every tag of `streams` that `spec.exclude` keeps; the imagestream names and exclusion rules used."""
+    excluded: Dict[str, None] = {}
+    names: Dict[str, None] = {}
     for stream in streams:
         if stream.name in spec.exclude:
             excluded[stream.name] = None
@@ -303,28 +351,10 @@ def plan_samples(
                 excluded[rule] = None
                 continue
             try:
-                add(text, {"imagestream": stream.name, "tag": tag})
+                targets.add(text, {"imagestream": stream.name, "tag": tag})
             except UsageError as exc:
                 raise IntegrityError(f"{stream.origin}: ImageStream {stream.name} tag {tag!r}: {exc}") from None
-    for text in spec.images:
-        add(text, {"imagestream": "", "tag": ""})
-
-    images = tuple(planned[k] for k in sorted(planned))
-    organisations = tuple(sorted({p.target_repository.split("/", 1)[0] for p in images}))
-    for conflict in conflicts:
-        log.warning("sample image conflict: %s", conflict)
-    return SamplesPlan(
-        images=images,
-        organisations=organisations,
-        report=SamplesReport(
-            sources=tuple(sources),
-            imagestreams=tuple(sorted(names)),
-            excluded=tuple(sorted(excluded)),
-            conflicts=tuple(conflicts),
-            skipped=tuple(skipped),
-            warnings=tuple(warnings),
-        ),
-    )
+    return names, excluded
 
 
 def imagestream_images(streams: Iterable[ImageStreamDoc]) -> List[str]:

@@ -41,7 +41,6 @@ import errno
 import json
 import logging
 import os
-import platform as _platform
 import socket
 import tarfile
 import tempfile
@@ -55,7 +54,8 @@ from bundler.transfer.copy import Copier, CopyOptions
 from bundler.base.errors import AuthenticationError, BundlerError, IntegrityError, RegistryUnreachableError, UsageError
 from bundler.base.fsutil import atomic_write
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, Platform, is_index, parse_manifest
+from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.platform import Platform, choose_child, host_platform
 from bundler.quay.podman import ContainerInfo, ContainerSpec, Mount, PodInfo, Podman, PodmanError
 from bundler.quay.api import HEALTH_PATH, QuayAPI
 from bundler.quay.config import (
@@ -87,8 +87,6 @@ POSTGRES_UID = 26
 QUAY_CONFIG = "/quay-registry/conf/stack"
 QUAY_STORAGE = "/datastorage"
 QUAY_UID = 1001
-
-_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 Step = Callable[[str], None]
 
@@ -244,25 +242,10 @@ class LoadedImage:
         return {"role": self.role, "name": self.name, "id": self.image_id, "manifestDigest": self.manifest_digest, "loaded": self.loaded}
 
 
-def host_platform() -> Platform:
-    machine = _platform.machine().lower()
-    return Platform("linux", _GOARCH.get(machine, machine))
-
-
 def _pick_child(source: ImageSource, top: FetchedManifest, want: Platform) -> FetchedManifest:
     parsed = parse_manifest(top.raw, top.media_type)
-    available: List[str] = []
-    fallback: Optional[Descriptor] = None
-    for child in parsed.children:
-        p = child.platform
-        if p is None:
-            continue
-        available.append(str(p))
-        if p.os == want.os and p.architecture == want.architecture:
-            if want.variant is None or p.variant in (None, want.variant):
-                fallback = fallback or child
-                if p.variant == want.variant:
-                    break
+    available = [str(child.platform) for child in parsed.children if child.platform is not None]
+    fallback = choose_child(parsed.children, want)
     if fallback is None:
         raise UsageError(
             f"{source.description} has no image for {want} (it has: {', '.join(available) or 'no platforms'})",

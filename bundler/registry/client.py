@@ -39,6 +39,7 @@ from bundler.registry.http import RETRY_STATUSES, USER_AGENT, Body, HttpPools, b
 from bundler.registry.http import TransportOptions as TransportOptions  # re-exported: part of this module's API
 from bundler.registry.http import redact as redact
 from bundler.oci.media import ACCEPT, Descriptor, detect_media_type
+from bundler.oci.media import FetchedManifest as FetchedManifest  # re-exported: part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,6 @@ log = logging.getLogger(__name__)
 CHUNKED_UPLOAD_THRESHOLD = 256 << 20
 UPLOAD_CHUNK_SIZE = 64 << 20
 
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    raw: bytes
-    media_type: str
-    digest: Digest
 
 
 @dataclass(frozen=True)
@@ -333,6 +327,24 @@ class RegistryClient:
             media_type=(resp.headers.get("Content-Type") or "").split(";")[0].strip(),
             size=int(length) if length and length.isdigit() else None,
         )
+
+    def get_referrers(self, repo: str, digest: Digest) -> Optional[List[Descriptor]]:
+        """The manifests whose `subject` is `digest` (distribution-spec v1.1 referrers API), or None when the
+        registry does not serve the API (it answers 404: a registry that has it never does, even for an
+        unknown digest). An answer that is not an index is treated as no API too."""
+        path = f"/v2/{repo}/referrers/{digest}"
+        resp = self.request("GET", path, scopes=_pull(repo), headers={"Accept": "application/vnd.oci.image.index.v1+json"}, what=f"referrers of {repo}@{digest.short}")
+        if resp.status in (404, 405):
+            return None
+        if resp.status != 200:
+            raise self._fail(resp, f"referrers of {repo}@{digest.short}", path, repo=repo)
+        try:
+            obj = json.loads(bytes(resp.data))
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
+            return None
+        return [Descriptor.from_json(m, where=f"referrers of {repo}@{digest.short}") for m in obj["manifests"] if isinstance(m, dict)]
 
     def has_blob(self, repo: str, digest: Digest, *, scopes: Optional[Tuple[str, ...]] = None) -> bool:
         path = f"/v2/{repo}/blobs/{digest}"

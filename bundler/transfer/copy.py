@@ -18,7 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from bundler.base.singleflight import SingleFlight
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, DigestMismatchError
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.graph import walk_manifests
+from bundler.oci.media import Descriptor
 from bundler.base.progress import NullProgress, Progress
 from bundler.registry.client import FetchedManifest
 from bundler.transfer.transports import ImageSink, ImageSource
@@ -111,40 +112,40 @@ class Copier:
                 stats.manifests_pushed += 1
         else:
             status = "copied"
-            self._copy_manifest(source, sink, top, top=True, stats=stats)
+            self._copy_graph(source, sink, top, stats)
         self.options.progress.item_done(source.description, status)
         return CopyResult(source.description, sink.description, status, top.digest, top.media_type, stats)
 
-    def _copy_manifest(self, source: ImageSource, sink: ImageSink, manifest: FetchedManifest, *, top: bool, stats: CopyStats) -> None:
-        parsed = parse_manifest(manifest.raw, manifest.media_type)
-        if is_index(manifest.media_type):
-            for child in parsed.children:
-                if sink.has_manifest(child.digest):
-                    continue
-                child_manifest = source.fetch_manifest(child)
-                if child_manifest.digest != child.digest:
-                    raise DigestMismatchError(f"{source.description}: child {child.digest} arrived as {child_manifest.digest}")
-                self._copy_manifest(source, sink, child_manifest, top=False, stats=stats)
-        else:
-            futures = [self._ensure_blob(source, sink, d) for d in parsed.blobs]
-            first_error: Optional[BaseException] = None
-            for d, fut in zip(parsed.blobs, futures):
-                try:
-                    how = fut.result()
-                except BaseException as exc:  # collected, re-raised below after all blobs settle
-                    first_error = first_error or exc
-                    continue
-                if how == "present":
-                    stats.blobs_present += 1
-                elif how == "mounted":
-                    stats.blobs_mounted += 1
-                elif how == "copied":
-                    stats.blobs_copied += 1
-                    stats.bytes_copied += d.size
-            if first_error is not None:
-                raise first_error
-        sink.put_manifest(manifest, top=top)
-        stats.manifests_pushed += 1
+    def _copy_graph(self, source: ImageSource, sink: ImageSink, top: FetchedManifest, stats: CopyStats) -> None:
+        """Every manifest the sink lacks, bottom-up: each one's blobs, then the manifest itself."""
+
+        def missing(child: Descriptor) -> Optional[FetchedManifest]:
+            return None if sink.has_manifest(child.digest) else source.fetch_manifest(child)
+
+        for node in walk_manifests(top, missing, children_first=True, description=source.description):
+            self._copy_blobs(source, sink, node.blobs, stats)
+            sink.put_manifest(node.manifest, top=node.top)
+            stats.manifests_pushed += 1
+
+    def _copy_blobs(self, source: ImageSource, sink: ImageSink, blobs: Sequence[Descriptor], stats: CopyStats) -> None:
+        """An image's config and layers, in parallel; the first failure is raised once all have settled."""
+        futures = [self._ensure_blob(source, sink, d) for d in blobs]
+        first_error: Optional[BaseException] = None
+        for d, fut in zip(blobs, futures):
+            try:
+                how = fut.result()
+            except BaseException as exc:  # collected, re-raised below after all blobs settle
+                first_error = first_error or exc
+                continue
+            if how == "present":
+                stats.blobs_present += 1
+            elif how == "mounted":
+                stats.blobs_mounted += 1
+            elif how == "copied":
+                stats.blobs_copied += 1
+                stats.bytes_copied += d.size
+        if first_error is not None:
+            raise first_error
 
     def _ensure_blob(self, source: ImageSource, sink: ImageSink, d: Descriptor) -> "Future[str]":
         owner, fut = self._inflight.claim((sink.blob_scope, str(d.digest)))

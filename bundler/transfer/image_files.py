@@ -21,6 +21,7 @@ import zstandard
 from bundler.oci.digest import Readable
 from bundler.base.errors import IntegrityError, UsageError
 from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.platform import Platform, choose_child
 from bundler.registry.client import FetchedManifest
 from bundler.transfer.transports import ImageSource
 
@@ -118,14 +119,13 @@ def open_image(source: ImageSource, manifest: Optional[FetchedManifest] = None, 
     manifest = manifest or source.resolve()
     if is_index(manifest.media_type):
         parsed = parse_manifest(manifest.raw, manifest.media_type)
-        os_, _, arch = platform.partition("/")
-        chosen = [c for c in parsed.children if c.platform and c.platform.os == os_ and c.platform.architecture == arch]
-        if not chosen and len(parsed.children) == 1:
-            chosen = list(parsed.children)
-        if not chosen:
+        chosen = choose_child(parsed.children, Platform.parse(platform))
+        if chosen is None and len(parsed.children) == 1:
+            chosen = parsed.children[0]
+        if chosen is None:
             have = ", ".join(str(c.platform) for c in parsed.children if c.platform)
             raise UsageError(f"{source.description} has no {platform} image (it has: {have or 'none'})", hint="choose another --platform")
-        manifest = source.fetch_manifest(chosen[0])
+        manifest = source.fetch_manifest(chosen)
     parsed = parse_manifest(manifest.raw, manifest.media_type)
     assert parsed.config is not None
     with source.open_blob(parsed.config, 0) as f:

@@ -356,6 +356,86 @@ def make_index(
 
 
 # --------------------------------------------------------------------------------------
+# sigstore: cosign signatures and OCI 1.1 referrers
+# --------------------------------------------------------------------------------------
+COSIGN_SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
+COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+
+def cosign_tag(digest: str) -> str:
+    """cosign's tag of the signature of ``digest``: ``sha256-<hex>.sig``."""
+    return digest.replace(":", "-") + ".sig"
+
+
+def simple_signing_payload(digest: str, docker_reference: str) -> bytes:
+    """The payload ``cosign sign`` signs (compact JSON, as cosign writes it)."""
+    doc = {
+        "critical": {
+            "identity": {"docker-reference": docker_reference},
+            "image": {"docker-manifest-digest": digest},
+            "type": "cosign container image signature",
+        },
+        "optional": None,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def make_cosign_signature(payloads: Sequence[Tuple[bytes, bytes]]) -> Image:
+    """A cosign signature manifest as ``cosign sign`` pushes it: an OCI manifest with one simple-signing layer
+    per (payload, DER signature), the base64 signature in the layer's annotation, and a config whose
+    ``rootfs.diff_ids`` are the payload digests."""
+    layers = [Blob.of(payload, COSIGN_SIMPLESIGNING) for payload, _ in payloads]
+    cfg = {
+        "architecture": "",
+        "config": {},
+        "created": "0001-01-01T00:00:00Z",
+        "history": [{"created": "0001-01-01T00:00:00Z"}],
+        "os": "",
+        "rootfs": {"type": "layers", "diff_ids": [b.digest for b in layers]},
+    }
+    config = Blob.of(_canonical_json(cfg), OCI_CONFIG)
+    descs = []
+    for blob, (_, signature) in zip(layers, payloads):
+        d = blob.descriptor()
+        d["annotations"] = {COSIGN_SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}
+        descs.append(d)
+    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.descriptor(), "layers": descs}
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    return Image(raw, OCI_MANIFEST, sha256_digest(raw), config, layers, {})
+
+
+def make_referrer(subject: Manifestish, *, artifact_type: str, payload: bytes, payload_type: str) -> Image:
+    """An OCI 1.1 artifact manifest whose ``subject`` is ``subject`` (what cosign's OCI 1.1 mode and oras
+    attach): empty config, one layer with ``payload``."""
+    empty = Blob.of(b"{}", OCI_EMPTY)
+    layer = Blob.of(payload, payload_type)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty.descriptor(),
+        "layers": [layer.descriptor()],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": subject.size},
+    }
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    return Image(raw, OCI_MANIFEST, sha256_digest(raw), empty, [layer], {})
+
+
+def make_referrers_index(referrers: Sequence[Image]) -> ImageIndex:
+    """The OCI 1.1 referrers fallback: an index of ``referrers`` (pushed at tag ``sha256-<hex>`` of the subject)."""
+    entries = []
+    for r in referrers:
+        entry: Dict[str, Any] = {"mediaType": r.media_type, "digest": r.digest, "size": r.size}
+        artifact_type = r.manifest.get("artifactType")
+        if artifact_type:
+            entry["artifactType"] = artifact_type
+        entries.append(entry)
+    raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, separators=(",", ":")).encode()
+    return ImageIndex(raw, OCI_INDEX, sha256_digest(raw), list(referrers))
+
+
+# --------------------------------------------------------------------------------------
 # OCI layout
 # --------------------------------------------------------------------------------------
 def write_oci_layout(

@@ -6,7 +6,7 @@ Owns the catalog planner (`plan_catalog`, PROTOCOL-NOTES §5 "Catalogs" and "The
    plan reads the catalog from there, so nothing is downloaded twice);
 2. recognise the catalog by its labels — `operators.operatorframework.io.index.configs.v1` (file-based
    catalog directory) or `…index.database.v1` (sqlite) — and read it into one model
-   (`catalog_fbc.load_fbc`, `catalog_sqlite.load_sqlite`);
+   (`fbc.load_fbc`, `sqlite.load_sqlite`);
 3. `select` what the config asks for (heads only, `full`, packages / channels / version ranges,
    `defaultChannel`, dependencies) — unknown names are `ConfigError`s with close matches;
 4. collect every image the selected bundles need: the bundle image, `relatedImages`, and what the CSV names
@@ -16,7 +16,7 @@ Owns the catalog planner (`plan_catalog`, PROTOCOL-NOTES §5 "Catalogs" and "The
    in the report, and anything still unreadable is listed as unresolved — nothing is dropped silently;
 5. pin every image by digest (tags resolved with a manifest HEAD, GET when HEAD gives no digest);
 6. the catalog image: copied digest-exact when unfiltered (`full`, or no packages), else a pruned image
-   built in the layout (`catalog_build`) whose `/configs` (or `index.db`) holds exactly the selection.
+   built in the layout (`build`) whose `/configs` (or `index.db`) holds exactly the selection.
 
 Kinds: `operator` for bundles and related images (target repository = source path without host,
 tag = the source tag, or `digest_tag(digest)` for digest-only references), `catalog` for the index image.
@@ -32,20 +32,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from bundler.openshift.catalog.build import build_pruned_image
-from bundler.openshift.catalog.fbc import (
+from bundler.openshift.catalog.fbc import csv_images, load_fbc, parse_csv_document
+from bundler.openshift.catalog.model import (
     FORMAT_SQLITE,
-    Bundle,
     DeclarativeConfig,
     InvalidCatalogError,
+    OperatorBundle,
     RelatedImage,
-    Selection,
-    csv_images,
-    load_fbc,
-    parse_csv_document,
-    render_fbc,
-    render_fbc_files,
-    select,
 )
+from bundler.openshift.catalog.render import render_fbc, render_fbc_files
+from bundler.openshift.catalog.select import Selection, select
 from bundler.openshift.catalog.sqlite import load_sqlite, prune_sqlite
 from bundler.transfer.copy import Copier
 from bundler.oci.digest import Digest
@@ -53,7 +49,8 @@ from bundler.base.errors import BundlerError, ImageNotFoundError, InvalidReferen
 from bundler.transfer.image_files import ImageRef, extract_file, normalise, open_image, read_files
 from bundler.openshift.image_set import CatalogSpec
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.graph import walk_manifests
+from bundler.oci.media import Descriptor
 from bundler.oci.planned import ImageFacts, PlannedImage, digest_tag
 from bundler.oci.reference import Reference
 from bundler.registry.client import FetchedManifest, Registries
@@ -88,7 +85,7 @@ MAX_CATALOG_BYTES = 4 << 30
 MAX_BUNDLE_MANIFEST_BYTES = 64 << 20
 RESOLVE_WORKERS = 8
 
-CsvLoader = Callable[[Bundle], Optional[Mapping[str, Any]]]
+CsvLoader = Callable[[OperatorBundle], Optional[Mapping[str, Any]]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,7 +222,7 @@ def collect_images(selection: Selection, *, bundle_csv: Optional[CsvLoader] = No
     return out
 
 
-def _collect_bundle(b: Bundle, out: CollectedImages, bundle_csv: Optional[CsvLoader]) -> None:
+def _collect_bundle(b: OperatorBundle, out: CollectedImages, bundle_csv: Optional[CsvLoader]) -> None:
     known: Set[str] = set()
 
     def add(ref: Reference, role: str, name: str, recovered: str = "") -> bool:
@@ -288,7 +285,7 @@ def _collect_bundle(b: Bundle, out: CollectedImages, bundle_csv: Optional[CsvLoa
 
 
 def _bundle_image_csv(registries: Registries, platform: str) -> CsvLoader:
-    def load(bundle: Bundle) -> Optional[Mapping[str, Any]]:
+    def load(bundle: OperatorBundle) -> Optional[Mapping[str, Any]]:
         ref = Reference.parse(bundle.image)
         src = RegistryRepository(registries.client(ref.registry), ref)
         image = open_image(src, platform=platform)
@@ -424,19 +421,14 @@ def _read_catalog(image: ImageRef, workdir: Path, where: str) -> _Content:
 
 
 def _layout_bytes(layout: Layout, top: Descriptor) -> int:
-    seen: Dict[str, int] = {str(top.digest): top.size}
-    stack = [top]
-    while stack:
-        d = stack.pop()
-        parsed = parse_manifest(layout.read_blob(d.digest), d.media_type)
-        children = list(parsed.children) if is_index(d.media_type) else []
-        for c in children:
-            if str(c.digest) not in seen:
-                seen[str(c.digest)] = c.size
-                stack.append(c)
-        for b in parsed.blobs:
-            seen.setdefault(str(b.digest), b.size)
-    return sum(seen.values())
+    """Bytes of every manifest and blob of an image in the layout, each counted once."""
+    source = LayoutImage(layout, None)
+    sizes: Dict[str, int] = {}
+    for node in walk_manifests(source.fetch_manifest(top), source.fetch_manifest, description=f"image {top.digest} in the work layout"):
+        sizes[str(node.manifest.digest)] = len(node.manifest.raw)
+        for b in node.blobs:
+            sizes.setdefault(str(b.digest), b.size)
+    return sum(sizes.values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,15 +445,7 @@ def plan_catalog(
     platform: str = "linux/amd64",
 ) -> CatalogPlan:
     """Plan one catalog entry of an image-set config (see the module docstring)."""
-    ref = Reference.parse(spec.catalog)
-    client = registries.client(ref.registry)
-    top: FetchedManifest = RegistryRepository(client, ref).resolve()
-    pinned = Reference(ref.registry, ref.repository, digest=top.digest)
-    log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
-    copier.copy(RegistryRepository(client, pinned), LayoutImage(layout, None), expected=top.digest)
-    local = LayoutImage(layout, None)
-    image = open_image(local, top, platform=platform)
-
+    ref, top, image = _copy_catalog_image(spec, registries=registries, layout=layout, copier=copier, platform=platform)
     with tempfile.TemporaryDirectory(prefix="ocpb-catalog-") as tmp:
         workdir = Path(tmp)
         content = _read_catalog(image, workdir, spec.catalog)
@@ -470,85 +454,134 @@ def plan_catalog(
         tags = {str(u.reference): u.reference for u in collected.uses if u.reference.digest is None}
         digests = resolve_digests(list(tags.values()), registries) if tags else {}
         images = _planned(collected.uses, digests, spec.catalog)
-
-        target_repo = spec.target_catalog or ref.repository
-        mode = "filtered" if spec.packages else ("full" if spec.full else "heads-only")
-        notes = list(selection.notes)
-        report = CatalogReport(
-            catalog=spec.catalog,
-            digest=str(top.digest),
-            format=content.format,
-            platform=platform,
-            mode=mode,
-            target="",
-            pruned=selection.pruned,
-            packages=len(selection.channels),
-            channels=selection.channel_count(),
-            bundles=len(selection.bundle_keys()),
-            images=len(images),
-            catalog_bundles=len(content.model.bundles),
-            selection=selection.to_json(),
-            dependencies=list(selection.dependencies),
-            recovered=list(collected.recovered),
-            unresolved=list(collected.unresolved),
-            notes=notes,
-        )
+        report = _catalog_report(spec, top, content, selection, collected, images, platform)
         if not selection.pruned:
-            tag = spec.target_tag or ref.tag or digest_tag(str(top.digest))
-            catalog_image = PlannedImage(
-                source=f"{ref.name}@{top.digest}",
-                kind="catalog",
-                target_repository=target_repo,
-                target_tag=tag,
-                digest=str(top.digest),
-                annotations={"format": content.format, "mode": mode},
-                facts=ImageFacts(catalog=spec.catalog, pruned=False),
-            )
-            if mode == "heads-only":
-                notes.append(
-                    f"the catalog is carried unchanged (digest-exact): it lists {len(content.model.bundles)} bundles, "
-                    f"of which the {report.bundles} channel heads (and their dependencies) are carried"
-                )
+            catalog_image = _carried_unchanged(spec, ref, top, content, report)
         else:
-            explicit_tag = spec.target_tag or ref.tag
-            ref_name = f"{PRUNED_REF_PREFIX}{target_repo}:{explicit_tag or digest_tag(str(top.digest), prefix='from')}"
-            if content.format == FORMAT_SQLITE:
-                assert content.db_file is not None
-                pruned_db = workdir / "pruned.db"
-                prune_sqlite(content.db_file, pruned_db, selection)
-                files: Dict[str, Any] = {content.root: pruned_db}
-                opaque: List[str] = []
-            else:
-                prefix = content.root + "/" if content.root else ""
-                files = {prefix + name: data for name, data in render_fbc_files(selection).items()}
-                opaque = [content.root] if content.root else []
-            original = Descriptor(media_type=top.media_type, digest=top.digest, size=len(top.raw))
-            built = build_pruned_image(
-                layout,
-                original,
-                files=files,
-                opaque_dirs=opaque,
-                ref_name=ref_name,
-                drop_cache=content.format != FORMAT_SQLITE,
-                notes=notes,
-            )
-            new_digest = str(built.descriptor.digest)
-            tag = explicit_tag or digest_tag(new_digest)
-            report.pruned_digest = new_digest
-            report.catalog_bytes = _layout_bytes(layout, built.descriptor)
-            catalog_image = PlannedImage(
-                source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `facts.layout_ref`
-                kind="catalog",
-                target_repository=target_repo,
-                target_tag=tag,
-                digest=new_digest,
-                in_layout=True,
-                annotations={"format": content.format, "original-digest": str(top.digest), "mode": mode},
-                facts=ImageFacts(catalog=spec.catalog, layout_ref=ref_name, pruned=True),
-            )
-        report.target = f"{target_repo}:{tag}"
+            catalog_image = _pruned_catalog(spec, ref, top, content, selection, report, layout=layout, workdir=workdir)
+        report.target = f"{catalog_image.target_repository}:{catalog_image.target_tag}"
     log.info(
         "catalog %s: %d packages, %d channels, %d bundles, %d images%s",
         spec.catalog, report.packages, report.channels, report.bundles, report.images, f", {len(report.recovered)} recovered" if report.recovered else "",
     )
     return CatalogPlan(catalog_image=catalog_image, images=tuple(images), report=report)
+
+
+def _copy_catalog_image(
+    spec: CatalogSpec, *, registries: Registries, layout: Layout, copier: Copier, platform: str
+) -> Tuple[Reference, FetchedManifest, ImageRef]:
+    """Resolve the index image and copy it digest-exact into the work layout, where the plan reads it."""
+    ref = Reference.parse(spec.catalog)
+    client = registries.client(ref.registry)
+    top: FetchedManifest = RegistryRepository(client, ref).resolve()
+    pinned = Reference(ref.registry, ref.repository, digest=top.digest)
+    log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
+    copier.copy(RegistryRepository(client, pinned), LayoutImage(layout, None), expected=top.digest)
+    return ref, top, open_image(LayoutImage(layout, None), top, platform=platform)
+
+
+def _mode(spec: CatalogSpec) -> str:
+    return "filtered" if spec.packages else ("full" if spec.full else "heads-only")
+
+
+def _catalog_report(
+    spec: CatalogSpec,
+    top: FetchedManifest,
+    content: _Content,
+    selection: Selection,
+    collected: CollectedImages,
+    images: List[PlannedImage],
+    platform: str,
+) -> CatalogReport:
+    """The report of one catalog, without its target (known once the catalog image is planned)."""
+    return CatalogReport(
+        catalog=spec.catalog,
+        digest=str(top.digest),
+        format=content.format,
+        platform=platform,
+        mode=_mode(spec),
+        target="",
+        pruned=selection.pruned,
+        packages=len(selection.channels),
+        channels=selection.channel_count(),
+        bundles=len(selection.bundle_keys()),
+        images=len(images),
+        catalog_bundles=len(content.model.bundles),
+        selection=selection.to_json(),
+        dependencies=list(selection.dependencies),
+        recovered=list(collected.recovered),
+        unresolved=list(collected.unresolved),
+        notes=list(selection.notes),
+    )
+
+
+def _carried_unchanged(
+    spec: CatalogSpec, ref: Reference, top: FetchedManifest, content: _Content, report: CatalogReport
+) -> PlannedImage:
+    """An unfiltered catalog (`full`, or no packages): the index image as it is, digest-exact."""
+    mode = _mode(spec)
+    if mode == "heads-only":
+        report.notes.append(
+            f"the catalog is carried unchanged (digest-exact): it lists {len(content.model.bundles)} bundles, "
+            f"of which the {report.bundles} channel heads (and their dependencies) are carried"
+        )
+    return PlannedImage(
+        source=f"{ref.name}@{top.digest}",
+        kind="catalog",
+        target_repository=spec.target_catalog or ref.repository,
+        target_tag=spec.target_tag or ref.tag or digest_tag(str(top.digest)),
+        digest=str(top.digest),
+        annotations={"format": content.format, "mode": mode},
+        facts=ImageFacts(catalog=spec.catalog, pruned=False),
+    )
+
+
+def _pruned_catalog(
+    spec: CatalogSpec,
+    ref: Reference,
+    top: FetchedManifest,
+    content: _Content,
+    selection: Selection,
+    report: CatalogReport,
+    *,
+    layout: Layout,
+    workdir: Path,
+) -> PlannedImage:
+    """A filtered catalog: a new image built in the layout whose catalog holds exactly the selection."""
+    target_repo = spec.target_catalog or ref.repository
+    explicit_tag = spec.target_tag or ref.tag
+    ref_name = f"{PRUNED_REF_PREFIX}{target_repo}:{explicit_tag or digest_tag(str(top.digest), prefix='from')}"
+    files: Dict[str, Any]
+    if content.format == FORMAT_SQLITE:
+        assert content.db_file is not None
+        pruned_db = workdir / "pruned.db"
+        prune_sqlite(content.db_file, pruned_db, selection)
+        files = {content.root: pruned_db}
+        opaque: List[str] = []
+    else:
+        prefix = content.root + "/" if content.root else ""
+        files = {prefix + name: data for name, data in render_fbc_files(selection).items()}
+        opaque = [content.root] if content.root else []
+    original = Descriptor(media_type=top.media_type, digest=top.digest, size=len(top.raw))
+    built = build_pruned_image(
+        layout,
+        original,
+        files=files,
+        opaque_dirs=opaque,
+        ref_name=ref_name,
+        drop_cache=content.format != FORMAT_SQLITE,
+        notes=report.notes,
+    )
+    new_digest = str(built.descriptor.digest)
+    report.pruned_digest = new_digest
+    report.catalog_bytes = _layout_bytes(layout, built.descriptor)
+    return PlannedImage(
+        source=spec.catalog,  # what it stands in for; the bytes are in the work layout under `facts.layout_ref`
+        kind="catalog",
+        target_repository=target_repo,
+        target_tag=explicit_tag or digest_tag(new_digest),
+        digest=new_digest,
+        in_layout=True,
+        annotations={"format": content.format, "original-digest": str(top.digest), "mode": _mode(spec)},
+        facts=ImageFacts(catalog=spec.catalog, layout_ref=ref_name, pruned=True),
+    )

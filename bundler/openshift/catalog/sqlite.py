@@ -22,22 +22,22 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
-from bundler.openshift.catalog.fbc import (
+from bundler.openshift.catalog.model import (
     FORMAT_SQLITE,
     GVK,
-    Bundle,
     Channel,
     ChannelEntry,
     DeclarativeConfig,
     InvalidCatalogError,
+    OperatorBundle,
     Package,
     RelatedImage,
-    Selection,
-    selected_head,
 )
+from bundler.openshift.catalog.select import Selection, selected_head
 
 log = logging.getLogger(__name__)
 
@@ -90,70 +90,116 @@ def _load(conn: sqlite3.Connection) -> DeclarativeConfig:
     model = DeclarativeConfig(source_format=FORMAT_SQLITE)
     for name, default in conn.execute("SELECT name, default_channel FROM package ORDER BY name"):
         model.packages[name] = Package(name, default or None)
+    rows, has_replaces = _bundle_rows(conn)
+    entries = _channel_entries(conn, rows)
+    facts = _bundle_facts(conn, tables, entries.by_id)
+    _add_bundles(model, rows, entries, facts, has_replaces=has_replaces)
+    _add_channels(conn, model, rows, entries)
+    return model
 
+
+_BundleRow = Tuple[Any, ...]
+"""(name, bundlepath, version, skiprange, csv, replaces, skips) of `operatorbundle`; absent columns empty."""
+
+
+def _bundle_rows(conn: sqlite3.Connection) -> Tuple[Dict[str, _BundleRow], bool]:
+    """The `operatorbundle` rows by name, and whether the table records replaces/skips itself."""
     ob_cols = set(_columns(conn, "operatorbundle"))
     sel = ["name", "bundlepath" if "bundlepath" in ob_cols else "''", "version" if "version" in ob_cols else "''",
            "skiprange" if "skiprange" in ob_cols else "NULL", "csv" if "csv" in ob_cols else "NULL",
            "replaces" if "replaces" in ob_cols else "NULL", "skips" if "skips" in ob_cols else "NULL"]
-    rows: Dict[str, Tuple[Any, ...]] = {r[0]: r for r in conn.execute(f"SELECT {', '.join(sel)} FROM operatorbundle")}
-    has_replaces = "replaces" in ob_cols and "skips" in ob_cols
+    rows: Dict[str, _BundleRow] = {r[0]: r for r in conn.execute(f"SELECT {', '.join(sel)} FROM operatorbundle")}
+    return rows, "replaces" in ob_cols and "skips" in ob_cols
 
-    entries = conn.execute(
+
+@dataclass
+class _Entries:
+    """What the `channel_entry` table says about the bundles the catalog holds."""
+
+    by_id: Dict[int, Tuple[Any, ...]]
+    bundle_package: Dict[str, str] = field(default_factory=dict)
+    membership: Dict[Tuple[str, str], Dict[str, int]] = field(default_factory=dict)
+    """(package, channel) -> bundle -> its greatest depth in the channel."""
+    upgrades: Dict[str, Tuple[Optional[str], Tuple[str, ...]]] = field(default_factory=dict)
+    """bundle -> (replaces, skips) as computed from the entries (migration 007's query)."""
+
+
+def _channel_entries(conn: sqlite3.Connection, rows: Dict[str, _BundleRow]) -> _Entries:
+    found = conn.execute(
         "SELECT entry_id, channel_name, package_name, operatorbundle_name, replaces, depth FROM channel_entry"
     ).fetchall()
-    by_id = {e[0]: e for e in entries}
-    bundle_package: Dict[str, str] = {}
+    entries = _Entries(by_id={e[0]: e for e in found})
     # bundle -> [(depth, replacee name)] across its channel entries (migration 007's query)
     replacees: Dict[str, List[Tuple[int, Optional[str]]]] = {}
-    membership: Dict[Tuple[str, str], Dict[str, int]] = {}
-    for _entry_id, ch, pkg, bname, rep, depth in entries:
+    for _entry_id, ch, pkg, bname, rep, depth in found:
         if bname not in rows:
             continue  # a skipped version that the catalog does not hold: not a bundle
-        bundle_package.setdefault(bname, pkg)
-        replacee = by_id[rep][3] if rep is not None and rep in by_id else None
+        entries.bundle_package.setdefault(bname, pkg)
+        replacee = entries.by_id[rep][3] if rep is not None and rep in entries.by_id else None
         replacees.setdefault(bname, []).append((depth or 0, replacee))
-        m = membership.setdefault((pkg, ch), {})
+        m = entries.membership.setdefault((pkg, ch), {})
         m[bname] = max(m.get(bname, -1), depth or 0)
-
-    computed: Dict[str, Tuple[Optional[str], Tuple[str, ...]]] = {}
     for bname, reps in replacees.items():
         names: List[str] = []
         for _, r in sorted(reps, key=lambda x: x[0]):
             if r and r not in names:
                 names.append(r)
-        computed[bname] = (names[0] if names else None, tuple(names[1:]))
+        entries.upgrades[bname] = (names[0] if names else None, tuple(names[1:]))
+    return entries
 
+
+@dataclass
+class _BundleFacts:
+    """Per bundle name: related images, provided and required APIs, required packages."""
+
+    related: Dict[str, List[RelatedImage]]
+    provided: Dict[str, Set[GVK]]
+    required: Dict[str, Set[GVK]]
+    required_packages: Dict[str, List[Tuple[str, str]]]
+
+
+def _json_value(value: Any) -> Any:
+    try:
+        return json.loads(value or "{}")
+    except ValueError:
+        return None
+
+
+def _gvk_of(v: Dict[str, Any]) -> GVK:
+    return (str(v.get("group", "")), str(v.get("version", "")), str(v.get("kind", "")))
+
+
+def _bundle_facts(conn: sqlite3.Connection, tables: Set[str], by_id: Dict[int, Tuple[Any, ...]]) -> _BundleFacts:
     related: Dict[str, List[RelatedImage]] = {}
     if "related_image" in tables:
         for image, bname in conn.execute("SELECT image, operatorbundle_name FROM related_image"):
             related.setdefault(bname, []).append(RelatedImage("", (_text(image) or "").strip()))
-
     provided, required = _apis(conn, tables, by_id)
     req_pkgs: Dict[str, List[Tuple[str, str]]] = {}
     if "dependencies" in tables and {"type", "value", "operatorbundle_name"} <= set(_columns(conn, "dependencies")):
         for dtype, value, bname in conn.execute("SELECT type, value, operatorbundle_name FROM dependencies"):
-            try:
-                v = json.loads(value or "{}")
-            except ValueError:
-                continue
+            v = _json_value(value)
             if dtype == "olm.gvk" and isinstance(v, dict):
-                required.setdefault(bname, set()).add((str(v.get("group", "")), str(v.get("version", "")), str(v.get("kind", ""))))
+                required.setdefault(bname, set()).add(_gvk_of(v))
             elif dtype == "olm.package" and isinstance(v, dict):
                 req_pkgs.setdefault(bname, []).append((str(v.get("packageName", "")), str(v.get("version", "") or "")))
     if "properties" in tables and {"type", "value", "operatorbundle_name"} <= set(_columns(conn, "properties")):
         for ptype, value, bname in conn.execute("SELECT type, value, operatorbundle_name FROM properties"):
             if ptype != "olm.gvk":
                 continue
-            try:
-                v = json.loads(value or "{}")
-            except ValueError:
-                continue
+            v = _json_value(value)
             if isinstance(v, dict):
-                provided.setdefault(bname, set()).add((str(v.get("group", "")), str(v.get("version", "")), str(v.get("kind", ""))))
+                provided.setdefault(bname, set()).add(_gvk_of(v))
+    return _BundleFacts(related, provided, required, req_pkgs)
 
+
+def _add_bundles(
+    model: DeclarativeConfig, rows: Dict[str, _BundleRow], entries: _Entries, facts: _BundleFacts, *, has_replaces: bool
+) -> None:
+    """One `OperatorBundle` per row that is in some channel; replaces/skips from the row when it has them."""
     for bname, (_name, bundlepath, version, _skiprange, csv, rep_col, skips_col) in rows.items():
         bundlepath, version, csv, rep_col, skips_col = (_text(v) for v in (bundlepath, version, csv, rep_col, skips_col))
-        pkg = bundle_package.get(bname)
+        pkg = entries.bundle_package.get(bname)
         if pkg is None or pkg not in model.packages:
             log.warning("index database: bundle %s is in no channel; OLM cannot install it, so it is ignored", bname)
             continue
@@ -161,32 +207,33 @@ def _load(conn: sqlite3.Connection) -> DeclarativeConfig:
         if not version_text and csv:
             with contextlib.suppress(ValueError, AttributeError):
                 version_text = str(json.loads(csv).get("spec", {}).get("version") or "")
-        model.bundles[(pkg, bname)] = Bundle(
+        model.bundles[(pkg, bname)] = OperatorBundle(
             package=pkg,
             name=bname,
             image=(bundlepath or "").strip(),
             version_text=version_text,
-            related_images=tuple(related.get(bname, ())),
-            provided_gvks=frozenset(provided.get(bname, ())),
-            required_gvks=frozenset(required.get(bname, ())),
-            required_packages=tuple(req_pkgs.get(bname, ())),
+            related_images=tuple(facts.related.get(bname, ())),
+            provided_gvks=frozenset(facts.provided.get(bname, ())),
+            required_gvks=frozenset(facts.required.get(bname, ())),
+            required_packages=tuple(facts.required_packages.get(bname, ())),
             csv_json=csv or None,
         )
         if has_replaces:
-            computed[bname] = (rep_col or None, tuple(s for s in (skips_col or "").split(",") if s))
+            entries.upgrades[bname] = (rep_col or None, tuple(s for s in (skips_col or "").split(",") if s))
 
+
+def _add_channels(conn: sqlite3.Connection, model: DeclarativeConfig, rows: Dict[str, _BundleRow], entries: _Entries) -> None:
     for ch_name, pkg_name, head in conn.execute("SELECT name, package_name, head_operatorbundle_name FROM channel"):
         pkg = model.packages.get(pkg_name)
         if pkg is None:
             continue
         ch = pkg.channels[ch_name] = Channel(pkg_name, ch_name, declared_head=head or None)
-        members = membership.get((pkg_name, ch_name), {})
+        members = entries.membership.get((pkg_name, ch_name), {})
         for bname in sorted(members, key=lambda n: -members[n]):  # oldest (deepest) first, like FBC entries
             if (pkg_name, bname) not in model.bundles:
                 continue
-            replaces, skips = computed.get(bname, (None, ()))
+            replaces, skips = entries.upgrades.get(bname, (None, ()))
             ch.entries[bname] = ChannelEntry(bname, replaces, skips, _text(rows[bname][3]) or None)
-    return model
 
 
 def _text(value: Any) -> Optional[str]:

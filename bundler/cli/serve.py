@@ -1,0 +1,112 @@
+"""`ocp-bundler serve`: a bundle as a read-only registry, in the foreground, with an access summary."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Optional, Tuple
+
+import click
+
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json
+
+
+@click.command("serve", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--base", "bases", multiple=True, type=click.Path(path_type=Path), help="An earlier bundle an incremental bundle leaves blobs to (repeatable).")
+@click.option("--listen", default="127.0.0.1:5000", show_default=True, metavar="HOST:PORT", help="Address to serve on (0.0.0.0:PORT for every interface; port 0 picks one).")
+@click.option("--prefix", default="", help="Repository prefix, as unpack would use it: images appear at PREFIX/<repository>.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="Serve HTTPS with this certificate (PEM, leaf first).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="The certificate's private key (PEM).")
+@click.option("--key", type=click.Path(path_type=Path), help="Public key the bundle must be signed with.")
+@click.option("--require-signature", is_flag=True, help="Refuse to serve unless the bundle is signed and the signature matches --key.")
+@click.option("--no-verify", is_flag=True, help="Serve without verifying the volumes first (NOT recommended; a loud warning is printed).")
+@click.option(
+    "--systemd-unit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a systemd service unit that runs this same serve command at boot, then exit without serving.",
+)
+@common_options
+@command_body
+def serve(
+    directory: Path,
+    bases: Tuple[Path, ...],
+    listen: str,
+    prefix: str,
+    tls_cert: Optional[Path],
+    tls_key: Optional[Path],
+    key: Optional[Path],
+    require_signature: bool,
+    no_verify: bool,
+    systemd_unit: Optional[Path],
+    verbose: int,
+    as_json: bool,
+) -> None:
+    """Serve a bundle as a read-only registry, reading blobs in place from its volumes.
+
+    Images appear at the names unpack would give them (with --prefix). Pull with podman, skopeo, crane,
+    a cluster's CRI-O or `ocp-bundler copy`; pushes are refused (405). The bundle is verified first
+    (signature and every volume) unless --no-verify. Stop with Ctrl-C (or SIGTERM): a summary follows.
+
+    \b
+    Examples:
+      ocp-bundler serve /media/usb --key bundle.pub --listen 0.0.0.0:5000
+      skopeo copy --all --src-tls-verify=false docker://HOST:5000/ocp4/openshift4:4.4.5-x86_64 oci:/tmp/x
+      ocp-bundler serve /media/usb2 --base /media/usb --tls-cert mirror.crt --tls-key mirror.key --listen :8443
+      ocp-bundler serve /media/usb --key bundle.pub --listen 0.0.0.0:5000 --systemd-unit ocp-bundler-serve.service
+    """
+    import logging
+
+    if systemd_unit is not None:
+        from bundler.base.fsutil import atomic_write
+        from bundler.flows.serve import systemd_unit_text
+
+        args = [str(directory.resolve()), "--listen", listen]
+        for base in bases:
+            args += ["--base", str(base.resolve())]
+        for flag, value in (("--prefix", prefix), ("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--key", key)):
+            if value:
+                args += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
+        args += ["--require-signature"] if require_signature else []
+        args += ["--no-verify"] if no_verify else []
+        atomic_write(systemd_unit, systemd_unit_text(args).encode())
+        click.echo(f"wrote {systemd_unit}: sudo cp {systemd_unit} /etc/systemd/system/ && sudo systemctl daemon-reload && sudo systemctl enable --now {systemd_unit.name}")
+        return
+
+    from bundler.flows.serve import ServeOptions, missing_note, open_server, summary
+
+    log = logging.getLogger("bundler.serve")
+    if no_verify:
+        log.warning("serving %s WITHOUT verifying it (--no-verify): damaged or altered content may be served", directory)
+    else:
+        from bundler.bundle.verify import verify_bundle
+
+        for path in (directory, *bases):
+            progress = CliProgress("verify", enabled=not as_json)
+            try:
+                verify_bundle(path, key=key, require_signature=require_signature, progress=progress)
+            finally:
+                progress.close()
+    options = ServeOptions(listen=listen, prefix=prefix, bases=bases, tls_cert=tls_cert, tls_key=tls_key)
+    server = open_server(directory, options)
+    for note in missing_note(server.index):
+        click.echo(f"warning: {note}", err=True)
+
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    images = sum(len(tags) for tags in server.index.tags.values())
+    if as_json:
+        emit_json({"url": server.url, "repositories": len(server.index.tags), "images": images})
+    else:
+        click.echo(f"serving {images} images in {len(server.index.tags)} repositories of {directory} at {server.url} (read-only); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    if not as_json:
+        click.echo(f"stopped: {summary(server.stats)}")

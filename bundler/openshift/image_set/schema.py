@@ -1,0 +1,449 @@
+"""The table-driven validation framework the image-set formats are written in.
+
+It owns reading YAML with line numbers and duplicate-key detection, where a value sits in the document
+(`Loc`: ``mirror.operators[0].packages[2].channels[0].minVersion`` and a line), and the converters:
+scalars, lists, and mappings described by tables of `Field`s (YAML key -> attribute name + converter)
+plus tables of fields known but not supported, and of fields accepted and ignored with a warning.
+Every problem is a `ConfigError` naming the file, the path, what was expected and, for unknown fields,
+the closest known one. It knows no format: `sections`, `native` and `oc_mirror` are written with it.
+
+Image references get a syntactic check only (``host/path`` with a tag or a digest), in the one grammar
+of `bundler.oci.reference`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+import yaml
+
+from bundler.base.errors import ConfigError
+from bundler.oci.reference import HOST_RE, QUALIFIED_REFERENCE_RE, is_registry_host
+from bundler.openshift.image_set.model import API_VERSION, KIND, OC_MIRROR_KIND, Version
+
+log = logging.getLogger(__name__)
+
+
+class YamlMap(Dict[Any, Any]):
+    """A YAML mapping that remembers the line of each key."""
+
+    def __init__(self, line: Optional[int]) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: Dict[Any, int] = {}
+
+
+class YamlSeq(List[Any]):
+    """A YAML sequence that remembers the line of each item."""
+
+    def __init__(self, line: Optional[int]) -> None:
+        super().__init__()
+        self.line = line
+        self.item_lines: List[int] = []
+
+
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]
+    pass
+
+
+def _construct_map(loader: Any, node: Any) -> YamlMap:
+    explicit = {id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
+    loader.flatten_mapping(node)
+    result = YamlMap(node.start_mark.line + 1)
+    explicit_keys: set[Any] = set()
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found an unhashable key", key_node.start_mark
+            ) from None
+        is_explicit = id(key_node) in explicit
+        if is_explicit and key in explicit_keys:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r} (first at line {result.key_lines[key]})",
+                key_node.start_mark,
+            )
+        if is_explicit:
+            explicit_keys.add(key)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_seq(loader: Any, node: Any) -> YamlSeq:
+    result = YamlSeq(node.start_mark.line + 1)
+    for child in node.value:
+        result.append(loader.construct_object(child, deep=True))
+        result.item_lines.append(child.start_mark.line + 1)
+    return result
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+def load_document(text: str, source_name: str) -> Any:
+    try:
+        documents = [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = exc.problem or exc.context or "cannot parse"
+        context = f" ({exc.context})" if exc.context and exc.problem else ""
+        raise ConfigError(f"{source_name}: {where}invalid YAML: {problem}{context}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source_name}: invalid YAML: {exc}") from exc
+    if not documents:
+        raise ConfigError(
+            f"{source_name}: the file is empty: expected an image-set config "
+            f"(apiVersion: {API_VERSION}, kind: {KIND}) or an oc-mirror {OC_MIRROR_KIND}"
+        )
+    if len(documents) > 1:
+        raise ConfigError(f"{source_name}: holds {len(documents)} YAML documents: expected exactly one")
+    return documents[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation machinery: locations, context, converters, record tables
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where a value sits in the document: a path like `mirror.operators[0].catalog` and a line."""
+
+    path: str
+    line: Optional[int]
+
+    def key(self, key: str, line: Optional[int]) -> Loc:
+        return Loc(f"{self.path}.{key}" if self.path else key, line if line is not None else self.line)
+
+    def index(self, index: int, line: Optional[int]) -> Loc:
+        return Loc(f"{self.path}[{index}]", line if line is not None else self.line)
+
+    def __str__(self) -> str:
+        return self.path or "top level"
+
+
+class Ctx:
+    def __init__(self, source_name: str, base_dir: Optional[Path]) -> None:
+        self.source_name = source_name
+        self.base_dir = base_dir
+        self.warnings: List[str] = []
+
+    def fail(self, loc: Loc, message: str) -> NoReturn:
+        line = f" [line {loc.line}]" if loc.line is not None else ""
+        raise ConfigError(f"{self.source_name}: {loc}: {message}{line}")
+
+    def warn(self, loc: Loc, message: str) -> None:
+        text = f"{self.source_name}: {loc}: {message}"
+        log.debug("image-set warning: %s", text)
+        self.warnings.append(text)
+
+
+Converter = Callable[[Ctx, Any, Loc], Any]
+
+
+def describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})" if value else "an empty string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value})"
+
+
+def expect_str(ctx: Ctx, value: Any, loc: Loc, what: str) -> str:
+    if isinstance(value, str):
+        if not value.strip():
+            ctx.fail(loc, f"expected {what}, got an empty string")
+        return value
+    hint = ""
+    if isinstance(value, (bool, int, float)):
+        hint = "; quote it so YAML keeps it as text (write '4.10', not 4.10)"
+    ctx.fail(loc, f"expected {what}, got {describe(value)}{hint}")
+
+
+def text_value(what: str, pattern: Optional[re.Pattern[str]] = None) -> Converter:
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> str:
+        text = expect_str(ctx, value, loc, what)
+        if pattern is not None and not pattern.fullmatch(text):
+            ctx.fail(loc, f"expected {what}, got {text!r}")
+        return text
+
+    return convert
+
+
+def boolean(ctx: Ctx, value: Any, loc: Loc) -> bool:
+    if not isinstance(value, bool):
+        ctx.fail(loc, f"expected true or false, got {describe(value)}")
+    return value
+
+
+def positive_int(what: str) -> Converter:
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            ctx.fail(loc, f"expected {what} (a whole number greater than 0), got {describe(value)}")
+        return value
+
+    return convert
+
+
+def version_text(ctx: Ctx, value: Any, loc: Loc) -> str:
+    text = expect_str(ctx, value, loc, "a version like 4.8.0 or 4.14.0-rc.1")
+    try:
+        Version.parse(text)
+    except ValueError:
+        ctx.fail(loc, f"expected a version like 4.8.0 or 4.14.0-rc.1 (major.minor.patch), got {text!r}")
+    return text
+
+
+def choice(choices: Mapping[str, str], what: str) -> Converter:
+    """A string from `choices` (accepted spelling -> canonical value), case-insensitive."""
+
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> str:
+        canonical = sorted(set(choices.values()))
+        text = expect_str(ctx, value, loc, f"{what}: one of {', '.join(canonical)}")
+        if text.lower() in choices:
+            return choices[text.lower()]
+        ctx.fail(loc, f"unknown {what} {text!r}{suggestion(text, choices)}: expected one of {', '.join(canonical)}")
+
+    return convert
+
+
+_REFERENCE_EXAMPLE = "registry.example.com/org/repo:tag or registry.example.com/org/repo@sha256:<64 hex>"
+
+
+def image_reference(what: str) -> Converter:
+    """A light syntactic check of an image reference: `host/path` with a tag and/or a digest."""
+
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> str:
+        text = expect_str(ctx, value, loc, f"{what} ({_REFERENCE_EXAMPLE})")
+        if text.startswith("docker://"):
+            text = text[len("docker://") :]
+        if re.match(r"(oci|file|dir|oci-archive|docker-archive):", text):
+            ctx.fail(
+                loc, f"{text!r}: images on disk are not supported yet: give a registry reference ({_REFERENCE_EXAMPLE})"
+            )
+        first, slash, _ = text.partition("/")
+        if not slash or not is_registry_host(first):
+            full = f"docker.io/{text}" if slash else f"docker.io/library/{text}"
+            ctx.fail(loc, f"{text!r} names no registry host: write it in full, e.g. {full}")
+        match = QUALIFIED_REFERENCE_RE.fullmatch(text)
+        if match is None:
+            repository = repository_of(text)
+            detail = ""
+            if text != text.strip():
+                detail = ": remove the surrounding spaces"
+            elif repository != repository.lower():
+                detail = ": repository paths must be lowercase"
+            elif "@" in text:
+                detail = ": a digest is sha256: followed by 64 lowercase hex digits"
+            ctx.fail(loc, f"expected {what} like {_REFERENCE_EXAMPLE}, got {text!r}{detail}")
+        if match.group("tag") is None and match.group("digest") is None:
+            ctx.fail(
+                loc, f"{text!r} has neither a tag nor a digest: add one, e.g. {text}:latest or {text}@sha256:<64 hex>"
+            )
+        return text
+
+    return convert
+
+
+def repository_of(reference: str) -> str:
+    """The repository path of `host/path[:tag][@digest]`, without host, tag and digest."""
+    path = reference.split("@", 1)[0].partition("/")[2]
+    head, slash, last = path.rpartition("/")
+    return head + slash + last.split(":", 1)[0]
+
+
+def registry_host(ctx: Ctx, value: Any, loc: Loc) -> str:
+    what = "a registry host[:port] like registry.example.com:8443"
+    text = expect_str(ctx, value, loc, what)
+    if "://" in text:
+        ctx.fail(loc, f"expected {what} without a scheme, got {text!r}")
+    if "/" in text:
+        ctx.fail(loc, f"expected {what} without a path, got {text!r}: put repository paths in target.prefix")
+    if not HOST_RE.fullmatch(text):
+        ctx.fail(loc, f"expected {what}, got {text!r}")
+    return text
+
+
+def http_url(ctx: Ctx, value: Any, loc: Loc) -> str:
+    what = "an http(s) URL like https://api.openshift.com/api/upgrades_info/v1/graph"
+    text = expect_str(ctx, value, loc, what)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        ctx.fail(loc, f"expected {what}, got {text!r}")
+    return text
+
+
+def directory_path(ctx: Ctx, value: Any, loc: Loc) -> Path:
+    path = Path(expect_str(ctx, value, loc, "a directory path")).expanduser()
+    if not path.is_absolute() and ctx.base_dir is not None:
+        path = ctx.base_dir / path
+    return path
+
+
+def list_of(item: Converter, what: str) -> Converter:
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> Tuple[Any, ...]:
+        if not isinstance(value, list):
+            ctx.fail(loc, f"expected a list of {what}, got {describe(value)}")
+        lines = value.item_lines if isinstance(value, YamlSeq) else []
+        return tuple(
+            item(ctx, element, loc.index(i, lines[i] if i < len(lines) else None)) for i, element in enumerate(value)
+        )
+
+    return convert
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a YAML mapping: the attribute it becomes and how its value is converted."""
+
+    attribute: str
+    convert: Converter
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Record:
+    """A validated mapping: converted values keyed by attribute, and where each key was."""
+
+    values: Dict[str, Any]
+    loc: Loc
+    mapping: YamlMap
+
+    def at(self, key: str) -> Loc:
+        return self.loc.key(key, self.mapping.key_lines.get(key))
+
+
+# Spellings from older oc-mirror documents and common slips, pointed at what replaced them.
+_RENAMED: Mapping[str, str] = {
+    "startingVersion": "minVersion",
+    "headsOnly": "full",
+    "skipDeps": "skipDependencies",
+    "ocp": "platform",
+    "repos": "repositories",
+}
+
+
+def suggestion(key: str, candidates: Iterable[str]) -> str:
+    names = list(candidates)
+    if key in _RENAMED and _RENAMED[key] in names:
+        note = " (headsOnly: true is full: false)" if key == "headsOnly" else ""
+        return f" (did you mean '{_RENAMED[key]}'?{note})"
+    lowered = {name.lower(): name for name in names}
+    if key.lower() in lowered:
+        return f" (did you mean '{lowered[key.lower()]}'?)"
+    close = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{lowered[close[0]]}'?)"
+    return ""
+
+
+def _is_unset(value: Any) -> bool:
+    """An explicitly empty value that requests nothing (`helm: {}`, `kubeVirtContainer: false`)."""
+    return value is None or value is False or value == {} or value == []
+
+
+def mapping_of(
+    fields: Mapping[str, Field],
+    build: Callable[[Ctx, Record], Any],
+    *,
+    unsupported: Optional[Mapping[str, str]] = None,
+    ignored: Optional[Mapping[str, str]] = None,
+) -> Converter:
+    """A converter for a YAML mapping described by tables.
+
+    `fields`: YAML key -> `Field`. `unsupported`: keys we know but cannot honour yet -> why (an error
+    unless the value is empty). `ignored`: keys accepted and ignored -> the warning to record.
+    Anything else is an unknown field, reported with the closest known key.
+    """
+    unsupported = unsupported or {}
+    ignored = ignored or {}
+    known = [*fields, *unsupported, *ignored]
+
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> Any:
+        if not isinstance(value, dict):
+            ctx.fail(loc, f"expected a mapping with fields {', '.join(fields)}, got {describe(value)}")
+        mapping = value if isinstance(value, YamlMap) else YamlMap(loc.line)
+        if mapping is not value:
+            mapping.update(value)
+        for key, raw in mapping.items():
+            key_loc = Loc(loc.path, mapping.key_lines.get(key, loc.line))
+            if not isinstance(key, str):
+                ctx.fail(key_loc, f"field names must be strings, got {describe(key)}")
+            if key in fields:
+                continue
+            if key in ignored:
+                ctx.warn(loc.key(key, key_loc.line), ignored[key])
+            elif key in unsupported:
+                if not _is_unset(raw):
+                    ctx.fail(loc.key(key, key_loc.line), f"'{key}' is not supported by ocp-bundler: {unsupported[key]}")
+            else:
+                ctx.fail(key_loc, f"unknown field '{key}'{suggestion(key, known)}")
+        values: Dict[str, Any] = {}
+        for key, spec in fields.items():
+            raw = mapping.get(key)
+            if raw is None:
+                if spec.required:
+                    ctx.fail(loc, f"missing required field '{key}'")
+                continue
+            values[spec.attribute] = spec.convert(ctx, raw, loc.key(key, mapping.key_lines.get(key)))
+        return build(ctx, Record(values, loc, mapping))
+
+    return convert
+
+
+def values_of(ctx: Ctx, record: Record) -> Dict[str, Any]:
+    return record.values
+
+
+def check_range(ctx: Ctx, record: Record) -> None:
+    low, high = record.values.get("min_version"), record.values.get("max_version")
+    if low is not None and high is not None and Version.parse(low) > Version.parse(high):
+        ctx.fail(record.at("maxVersion"), f"minVersion {low} is greater than maxVersion {high}")
+
+
+def check_unique(ctx: Ctx, record: Record, key: str, attribute: Callable[[Any], str], what: str) -> None:
+    """Fail when two items of the list at `key` share `attribute` (two entries for one package...)."""
+    items: Sequence[Any] = record.values.get(key, ())  # the YAML key and the attribute are the same here
+    raw = record.mapping.get(key)
+    lines = raw.item_lines if isinstance(raw, YamlSeq) else []
+    seen: Dict[str, int] = {}
+    for index, item in enumerate(items):
+        value = attribute(item)
+        if value in seen:
+            line = lines[index] if index < len(lines) else None
+            ctx.fail(
+                record.at(key).index(index, line), f"{what} {value!r} is listed twice (also at index {seen[value]})"
+            )
+        seen[value] = index
+
+
+def dedupe(ctx: Ctx, items: Iterable[str], loc: Loc, what: str) -> Tuple[str, ...]:
+    result: List[str] = []
+    for item in items:
+        if item in result:
+            ctx.warn(loc, f"{what} {item!r} is listed more than once; carrying it once")
+        else:
+            result.append(item)
+    return tuple(result)
+
