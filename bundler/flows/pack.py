@@ -82,6 +82,25 @@ class ImageGraph:
         return sum(self.sizes().values())
 
 
+class _Resolved:
+    """An image already resolved at plan time, as an `ImageSource`: manifests from memory, blobs from its source."""
+
+    def __init__(self, graph: ImageGraph) -> None:
+        self.graph = graph
+        self.description = graph.source.description
+        self._manifests = {m.digest: m for m in graph.manifests}
+
+    def resolve(self) -> FetchedManifest:
+        return self.graph.manifests[0]
+
+    def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
+        found = self._manifests.get(descriptor.digest)
+        return found if found is not None else self.graph.source.fetch_manifest(descriptor)
+
+    def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
+        return self.graph.source.open_blob(descriptor, offset)
+
+
 @dataclass
 class PackedImage:
     planned: PlannedImage
@@ -164,8 +183,16 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
     planned_at = time.monotonic()
     images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
-    images += _signatures(options, plan, images, registries=registries, open_image=lambda i: _source_for(i, registries, layout),
-                          carry=lambda found: _resolve(found, registries=registries, layout=layout, workers=fill_workers(options.workers)))
+    resolved = {id(i.planned): i.graph for i in images if i.graph is not None}
+
+    def open_image(img: PlannedImage) -> ImageSource:
+        graph = resolved.get(id(img))
+        return _Resolved(graph) if graph is not None else _source_for(img, registries, layout)
+
+    images += _signatures(
+        options, plan, images, registries=registries, open_image=open_image,
+        carry=lambda found: _resolve(found, registries=registries, layout=layout, workers=fill_workers(options.workers)),
+    )
     log.info("planned %d images in %.2fs, resolved their manifests in %.2fs", len(images), planned_at - started, time.monotonic() - planned_at)
     if options.dry_run:
         total = _unique_bytes(images)
@@ -246,7 +273,7 @@ def _signatures(
         found_images: List[PlannedImage] = []
     else:
         done = [(i.planned, i.digest) for i in images if i.digest and i.status != "failed"]
-        found = find_signatures(signatures.subjects(done, open_image=open_image), registries=registries, workers=options.workers)
+        found = find_signatures(signatures.subjects(done, open_image=open_image), registries=registries, workers=fill_workers(options.workers))
         plan.reports.signatures = found.report
         found_images = list(found.images)
         carried = carry(found_images)
