@@ -50,7 +50,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urljoin
 
 import urllib3
@@ -508,6 +508,7 @@ def main() -> None:
     ap.add_argument("--link-images", type=int, default=60, help="release-like images for the link run (default 60)")
     ap.add_argument("--link-mb", type=int, default=300, help="MB of distinct blobs for the link run (default 300)")
     ap.add_argument("--link-skopeo", action="store_true", help="also time skopeo copy over the link (slow)")
+    ap.add_argument("--link-only", action="store_true", help="only the link run (and --rss-blob-mb): no skopeo, verify or unpack")
     ap.add_argument("--rss-blob-mb", type=int, default=0, help="also pack one image with a layer of this many MB, for peak RSS (e.g. 1024)")
     ap.add_argument("--dir", type=Path, default=None, help="where to make the temp dir (default $TMPDIR)")
     ap.add_argument("--json-out", type=Path, default=None)
@@ -542,6 +543,16 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
     load_before = os.getloadavg()
     tree_before = tree_state()
     runner = Runner(work, env)
+    if args.link_only:
+        with RegistryServer("plain", workdir=work / "reg-src") as src:
+            pusher = Pusher(src.url)
+            link_only = run_link(args, runner, pusher, src, ocpb, work)
+            rss_big = run_rss_blob(args, runner, pusher, src, ocpb, work) if args.rss_blob_mb else None
+        print(f"\n{ROOT} at {tree_state()['commit'][:12]}; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
+        print(json.dumps({"link": link_only, "rss_blob": rss_big}, indent=1))
+        if args.json_out:
+            args.json_out.write_text(json.dumps({"link": link_only, "rss_blob": rss_big, "load_average": {"before": load_before, "after": os.getloadavg()}}, indent=2))
+        return
     with RegistryServer("plain", workdir=work / "reg-src") as src, RegistryServer("plain", workdir=work / "reg-ours") as reg_ours, RegistryServer(
         "plain", workdir=work / "reg-skopeo"
     ) as reg_skopeo, RegistryServer("plain", workdir=work / "reg-limit") as reg_limit:
@@ -630,6 +641,7 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
         inc_bundle_bytes = (inc_json.get("bundle") or {}).get("totalBytes", 0)
 
         # ---- pack over a simulated internet link; pack of one very large layer (peak RSS)
+        link: Optional[Dict[str, Any]]
         link = run_link(args, runner, pusher, src, ocpb, work) if args.link else None
         rss_big = run_rss_blob(args, runner, pusher, src, ocpb, work) if args.rss_blob_mb else None
 
