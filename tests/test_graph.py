@@ -9,7 +9,7 @@ import pytest
 
 from bundler.base.errors import DigestMismatchError
 from bundler.oci.digest import Digest
-from bundler.oci.graph import walk_manifests
+from bundler.oci.graph import graph_sizes, walk_manifests
 from bundler.oci.media import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, FetchedManifest
 
 
@@ -50,6 +50,7 @@ def test_parents_first_or_children_first_each_manifest_once() -> None:
     post = list(walk_manifests(top, Store(a, b, inner).fetch, children_first=True))
     assert [n.manifest.digest for n in post] == [a.digest, b.digest, inner.digest, top.digest]
     assert [n.top for n in post] == [False, False, False, True]
+    assert [n.depth for n in post] == [2, 3, 2, 1]
     assert [len(n.blobs) for n in post] == [2, 2, 0, 0] and len(post[-1].children) == 3
 
 
@@ -65,3 +66,12 @@ def test_fetch_none_prunes_and_a_wrong_child_is_an_error() -> None:
         return b
     with pytest.raises(DigestMismatchError, match="child .* arrived as"):
         list(walk_manifests(_index(a), wrong))
+
+
+def test_graph_sizes_count_each_blob_once() -> None:
+    a, b = _image("a"), _image("b")
+    top = _index(a, b, a)  # `a` twice: its blobs once
+    sizes = graph_sizes(top, Store(a, b).fetch)
+    assert len(sizes) == 3 + 2 * 2  # three manifests, two configs, two layers
+    assert sizes[str(top.digest)] == len(top.raw)
+    assert len(graph_sizes(top, Store(a, b).fetch, manifests=False)) == 4

@@ -159,3 +159,32 @@ def test_systemd_unit_runs_the_same_serve(packed: Tuple[Path, List[Entry]], tmp_
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert f" serve {packed[0].resolve()} --listen 0.0.0.0:5000" in exec_start and f"--key {signing_key[1].resolve()}" in exec_start
     assert "[Install]" in text and "WantedBy=multi-user.target" in text
+
+
+def test_cluster_resources_for_the_served_address(packed: Tuple[Path, List[Entry]], tmp_path: Path) -> None:
+    import yaml
+
+    env = {**os.environ, "OCPB_DEBUG_LOG": os.devnull}
+    resources = tmp_path / "resources"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bundler.cli", "serve", str(packed[0]), "--no-verify", "--listen", "127.0.0.1:0",
+         "--advertise", "edge1.example.com:5000", "--prefix", PREFIX, "--resources-dir", str(resources)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert first.startswith("cluster resources for edge1.example.com:5000"), first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    idms = yaml.safe_load((resources / "imageDigestMirrorSet-0.yaml").read_text())
+    mirrors = {m for entry in idms["spec"]["imageDigestMirrors"] for m in entry["mirrors"]}
+    assert mirrors and all(m.startswith(f"edge1.example.com:5000/{PREFIX}/") for m in mirrors)
+    assert list(resources.glob("catalogSource-*.yaml"))
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "bundler.cli", "serve", str(packed[0]), "--no-verify", "--listen", "0.0.0.0:0", "--resources-dir", str(tmp_path / "r2")],
+        capture_output=True, env=env, cwd=ROOT, timeout=60,
+    )
+    assert refused.returncode == 2 and b"--advertise" in refused.stderr

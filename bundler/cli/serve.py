@@ -23,6 +23,17 @@ from bundler.cli.support import CONTEXT, CliProgress, command_body, common_optio
 @click.option("--require-signature", is_flag=True, help="Refuse to serve unless the bundle is signed and the signature matches --key.")
 @click.option("--no-verify", is_flag=True, help="Serve without verifying the volumes first (NOT recommended; a loud warning is printed).")
 @click.option(
+    "--resources-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the cluster resources (IDMS/ITMS or ICSP, CatalogSources, ...) for pulls from this server, as unpack does.",
+)
+@click.option(
+    "--advertise",
+    metavar="HOST:PORT",
+    help="The name clusters reach this server by, for --resources-dir. Default: the --listen address (required when it is 0.0.0.0).",
+)
+@click.option("--icsp", is_flag=True, help="With --resources-dir: ImageContentSourcePolicy (OCP 4.4-4.12) instead of IDMS/ITMS.")
+@click.option(
     "--systemd-unit",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write a systemd service unit that runs this same serve command at boot, then exit without serving.",
@@ -39,6 +50,9 @@ def serve(
     key: Optional[Path],
     require_signature: bool,
     no_verify: bool,
+    resources_dir: Optional[Path],
+    advertise: Optional[str],
+    icsp: bool,
     systemd_unit: Optional[Path],
     verbose: int,
     as_json: bool,
@@ -55,6 +69,7 @@ def serve(
       skopeo copy --all --src-tls-verify=false docker://HOST:5000/ocp4/openshift4:4.4.5-x86_64 oci:/tmp/x
       ocp-bundler serve /media/usb2 --base /media/usb --tls-cert mirror.crt --tls-key mirror.key --listen :8443
       ocp-bundler serve /media/usb --key bundle.pub --listen 0.0.0.0:5000 --systemd-unit ocp-bundler-serve.service
+      ocp-bundler serve /media/usb --listen 0.0.0.0:5000 --advertise edge1.example.com:5000 --resources-dir ./resources
     """
     import logging
 
@@ -90,6 +105,17 @@ def serve(
                 progress.close()
     options = ServeOptions(listen=listen, prefix=prefix, bases=bases, tls_cert=tls_cert, tls_key=tls_key)
     server = open_server(directory, options)
+    if resources_dir is not None:
+        from bundler.base.errors import UsageError
+        from bundler.flows.serve import write_served_resources
+
+        name = advertise or server.address
+        if name.startswith(("0.0.0.0:", "[::]:", ":")):
+            server.httpd.server_close()
+            raise UsageError("--resources-dir needs the name clusters reach this server by", hint="add --advertise HOST:PORT")
+        written = write_served_resources(directory, registry=name, prefix=prefix, out_dir=resources_dir, icsp=icsp)
+        if not as_json:
+            click.echo(f"cluster resources for {name} in {resources_dir} (see README.txt there); {written.changes.summary()}")
     for note in missing_note(server.index):
         click.echo(f"warning: {note}", err=True)
 

@@ -167,10 +167,13 @@ def _render(result: UnpackResult, as_json: bool) -> None:
             if image.status == "would-push":
                 total += size
             click.echo(f"  {image.status:<10} {image.target}  {image.digest}  {human_bytes(size) if image.size is not None else ''}")
-        click.echo(f"{result.count('would-push')} to push (up to {human_bytes(total)} before de-duplication), {result.count('present')} already present")
+            if image.status == "refused":
+                click.echo(f"             {image.error}")
+        refused = f", {result.count('refused')} that {result.registry_kind} refuses (not pushed)" if result.count("refused") else ""
+        click.echo(f"{result.count('would-push')} to push (up to {human_bytes(total)} before de-duplication), {result.count('present')} already present{refused}")
         return
     for image in result.images:
-        if image.status in ("failed", "mismatch"):
+        if image.status in ("failed", "refused", "mismatch"):
             click.echo(f"  {image.status:<8} {image.target}: {image.error}")
     click.echo(f"bundle {result.bundle_id}: verification {result.verification}")
     click.echo(

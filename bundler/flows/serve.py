@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 
 from bundler.base.errors import BundlerError, UsageError
 from bundler.bundle.manifest import Part
@@ -31,6 +31,9 @@ from bundler.bundle.volumes import Bundle
 from bundler.oci.digest import Digest
 from bundler.oci.graph import walk_manifests
 from bundler.oci.media import Descriptor, FetchedManifest, detect_media_type
+
+if TYPE_CHECKING:
+    from bundler.openshift.resources import ResourcesResult
 
 log = logging.getLogger(__name__)
 
@@ -474,3 +477,18 @@ def systemd_unit_text(serve_args: Sequence[str]) -> str:
         "[Install]\n"
         "WantedBy=multi-user.target\n"
     )
+
+
+def write_served_resources(
+    directory: Path, *, registry: str, prefix: str, out_dir: Path, icsp: bool = False, fresh: bool = False
+) -> "ResourcesResult":
+    """The cluster resources for images pulled from a served bundle at `registry` (`host:port`, the name
+    the cluster uses): the same files unpack writes, with the same names and day-2 rules."""
+    from bundler.flows.unpack.plan import make_targets
+    from bundler.flows.unpack.resources import write_resources
+
+    bundle = Bundle.open(directory)
+    host = registry.strip("/")
+    targets = make_targets(bundle.manifest.images, host=host, prefix=prefix.strip("/"))
+    registry_path = host + (f"/{prefix.strip('/')}" if prefix.strip("/") else "")
+    return write_resources(bundle, targets, registry_path=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh)

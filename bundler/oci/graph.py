@@ -10,12 +10,12 @@ decides what to do with them (copy, count, check). The fetch callable may return
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from bundler.base.errors import DigestMismatchError
 from bundler.oci.media import Descriptor, FetchedManifest, ParsedManifest, is_index, parse_manifest
 
-__all__ = ["Fetch", "ManifestNode", "walk_manifests"]
+__all__ = ["Fetch", "ManifestNode", "graph_sizes", "walk_manifests"]
 
 #: Fetch a child manifest by its descriptor; None leaves it (and what is below it) out of the walk.
 Fetch = Callable[[Descriptor], Optional[FetchedManifest]]
@@ -27,8 +27,12 @@ class ManifestNode:
 
     manifest: FetchedManifest
     parsed: ParsedManifest
-    top: bool
-    """True for the top-level manifest the walk started from."""
+    depth: int
+    """1 for the top-level manifest the walk started from, 2 for its children, and so on."""
+
+    @property
+    def top(self) -> bool:
+        return self.depth == 1
 
     @property
     def children(self) -> Tuple[Descriptor, ...]:
@@ -53,8 +57,8 @@ def walk_manifests(
     """
     seen: Set[str] = {str(top.digest)}
 
-    def node(manifest: FetchedManifest, is_top: bool) -> ManifestNode:
-        return ManifestNode(manifest, parse_manifest(manifest.raw, manifest.media_type), is_top)
+    def node(manifest: FetchedManifest, depth: int) -> ManifestNode:
+        return ManifestNode(manifest, parse_manifest(manifest.raw, manifest.media_type), depth)
 
     def fetch_children(parent: ManifestNode) -> List[FetchedManifest]:
         out: List[FetchedManifest] = []
@@ -71,19 +75,31 @@ def walk_manifests(
         return out
 
     if not children_first:
-        stack: List[ManifestNode] = [node(top, True)]
+        stack: List[ManifestNode] = [node(top, 1)]
         while stack:
             current = stack.pop()
             yield current
-            stack.extend(node(m, False) for m in reversed(fetch_children(current)))
+            stack.extend(node(m, current.depth + 1) for m in reversed(fetch_children(current)))
         return
 
     # Post-order: a node is yielded once all of its children have been.
-    pending: List[Tuple[ManifestNode, bool]] = [(node(top, True), False)]
+    pending: List[Tuple[ManifestNode, bool]] = [(node(top, 1), False)]
     while pending:
         current, expanded = pending.pop()
         if expanded:
             yield current
             continue
         pending.append((current, True))
-        pending.extend((node(m, False), False) for m in reversed(fetch_children(current)))
+        pending.extend((node(m, current.depth + 1), False) for m in reversed(fetch_children(current)))
+
+
+def graph_sizes(top: FetchedManifest, fetch: Fetch, *, manifests: bool = True, description: str = "image") -> Dict[str, int]:
+    """Digest -> size of every blob the graph below `top` is made of, each once: configs and layers, and
+    (with `manifests`) the manifests themselves. What an image weighs in a layout, a bundle or a registry."""
+    sizes: Dict[str, int] = {}
+    for node in walk_manifests(top, fetch, description=description):
+        if manifests:
+            sizes[str(node.manifest.digest)] = len(node.manifest.raw)
+        for blob in node.blobs:
+            sizes.setdefault(str(blob.digest), blob.size)
+    return sizes

@@ -4,9 +4,9 @@ Follows the distribution reference grammar (docker/distribution `reference/regex
 defaults containers/image applies: a first component without `.` or `:` (and not `localhost`) is a path on
 `docker.io`, and a single-component Docker Hub path lives under `library/`.
 
-The grammar's pieces (`HOST`, `REPOSITORY`, `TAG`, `DIGEST` and their anchored `*_RE` forms) are the one
-copy in the project: the image-set schema, the cluster resources and the samples planner compose theirs
-from these.
+The grammar's pieces (`HOST`, `REPOSITORY`, `TAG`, `DIGEST`, `QUALIFIED_REFERENCE_RE`, `is_registry_host`)
+are the one copy in the project: the image-set schema, the cluster resources and the samples planner
+compose theirs from these.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bundler.base.errors import InvalidReferenceError
 
 DOCKER_HUB = "docker.io"
 
-# The grammar, as unanchored patterns to compose; the `*_RE` below match whole strings.
+# The grammar, as unanchored patterns to compose (match whole strings with `re.fullmatch`).
 PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY = rf"{PATH_COMPONENT}(?:/{PATH_COMPONENT})*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -28,10 +28,9 @@ HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:.]+\])(?
 TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 DIGEST = r"(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})"
 
-HOST_RE = re.compile(rf"^{HOST}\Z")
-REPOSITORY_RE = re.compile(rf"^{REPOSITORY}\Z")
-TAG_RE = re.compile(rf"^{TAG}\Z")
-DIGEST_RE = re.compile(rf"^{DIGEST}\Z")
+_PATH_RE = re.compile(rf"^{REPOSITORY}\Z")
+_HOST_RE = re.compile(rf"^{HOST}\Z")
+_TAG_RE = re.compile(rf"^{TAG}\Z")
 #: `host/path[:tag][@digest]` with the host spelled out; groups `host`, `repository`, `tag`, `digest`.
 QUALIFIED_REFERENCE_RE = re.compile(
     rf"^(?P<host>{HOST})/(?P<repository>{REPOSITORY})(?::(?P<tag>{TAG}))?(?:@(?P<digest>{DIGEST}))?\Z"
@@ -70,7 +69,7 @@ class Reference:
         colon = text.rfind(":")
         if colon > slash:
             text, tag = text[:colon], text[colon + 1 :]
-            if not TAG_RE.match(tag):
+            if not _TAG_RE.match(tag):
                 raise InvalidReferenceError(f"invalid image reference {original!r}: bad tag {tag!r}")
         first, sep, rest = text.partition("/")
         if sep and is_registry_host(first):
@@ -79,11 +78,11 @@ class Reference:
             registry, path = DOCKER_HUB, text
         if registry in ("index.docker.io", "registry-1.docker.io"):
             registry = DOCKER_HUB
-        if not HOST_RE.match(registry):
+        if not _HOST_RE.match(registry):
             raise InvalidReferenceError(f"invalid image reference {original!r}: bad registry host {registry!r}")
         if registry == DOCKER_HUB and "/" not in path:
             path = f"library/{path}"
-        if not path or not REPOSITORY_RE.match(path):
+        if not path or not _PATH_RE.match(path):
             raise InvalidReferenceError(
                 f"invalid image reference {original!r}",
                 hint="expected HOST[:PORT]/PATH[:TAG][@sha256:DIGEST] with a lowercase path",
@@ -120,4 +119,4 @@ class Reference:
 
 
 def is_valid_tag(tag: str) -> bool:
-    return bool(TAG_RE.match(tag))
+    return bool(_TAG_RE.match(tag))

@@ -43,7 +43,7 @@ import yaml
 from bundler.base.compat import frozen_keyword_only
 from bundler.base.errors import DiskSpaceError, InvalidReferenceError, UsageError
 from bundler.base.fsutil import atomic_write
-from bundler.oci.reference import DIGEST_RE, HOST, REPOSITORY, TAG_RE
+from bundler.oci.reference import DIGEST, HOST, REPOSITORY, TAG
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ _PREVIOUS_FILE_LIMIT = 64 * 1024 * 1024
 # host, and a registry optionally followed by a path prefix.
 _REPOSITORY_RE = re.compile(rf"^{HOST}/{REPOSITORY}\Z")
 _REGISTRY_RE = re.compile(rf"^{HOST}(?:/{REPOSITORY})?\Z")
+_TAG_RE = re.compile(rf"^{TAG}\Z")
+_DIGEST_RE = re.compile(rf"^{DIGEST}\Z")
 _DNS1123_LABEL_RE = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
 
 @frozen_keyword_only
@@ -359,13 +361,13 @@ def _check_options(options: ResourcesOptions) -> str:
 def _parse_reference(reference: str, *, what: str) -> _Reference:
     """Split `host/path[:tag][@digest]`; docker.io defaults as `docker pull` applies them."""
     name, at, digest = reference.partition("@")
-    if at and not DIGEST_RE.match(digest):
+    if at and not _DIGEST_RE.match(digest):
         raise InvalidReferenceError(f"{what} {reference!r} has an invalid digest")
     tag: str | None = None
     slash, colon = name.rfind("/"), name.rfind(":")
     if colon > slash:
         name, tag = name[:colon], name[colon + 1 :]
-        if not TAG_RE.match(tag):
+        if not _TAG_RE.match(tag):
             raise InvalidReferenceError(f"{what} {reference!r} has an invalid tag")
     first, sep, _ = name.partition("/")
     if not sep or not ("." in first or ":" in first or first == "localhost"):
@@ -394,7 +396,7 @@ def _plan(images: Sequence[MirroredImage], *, registry: str, options: ResourcesO
             raise UsageError(
                 f"{label}: unknown kind {image.kind!r}", hint=f"use one of {', '.join(sorted(IMAGE_KINDS))}"
             )
-        if not DIGEST_RE.match(image.digest):
+        if not _DIGEST_RE.match(image.digest):
             raise UsageError(f"{label}: digest {image.digest!r} is not sha256:<64 hex> or sha512:<128 hex>")
         source = _parse_reference(image.source, what=f"{image.kind} source")
         target = _parse_reference(image.target, what=f"{image.kind} target")
@@ -573,7 +575,7 @@ def _samples_patch(plan: _Plan, *, registry: str) -> bytes:
 def _signature_files(signatures: Sequence[ReleaseSignature]) -> dict[str, bytes]:
     by_digest: defaultdict[str, dict[int, bytes]] = defaultdict(dict)
     for signature in signatures:
-        if not DIGEST_RE.match(signature.digest):
+        if not _DIGEST_RE.match(signature.digest):
             raise UsageError(f"release signature digest {signature.digest!r} is not sha256:<64 hex>")
         if isinstance(signature.index, bool) or not isinstance(signature.index, int) or signature.index < 1:
             raise UsageError(f"release signature {signature.digest} has index {signature.index!r}; expected >= 1")

@@ -9,13 +9,14 @@ bounded retries by predicate: connection errors, 429 (honouring Retry-After) and
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import urllib3
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 #: Blobs larger than this are uploaded in chunks so a failure resumes instead of restarting.
 CHUNKED_UPLOAD_THRESHOLD = 256 << 20
 UPLOAD_CHUNK_SIZE = 64 << 20
+#: Repositories one shared token may cover (`RegistryClient.share_tokens`).
+MAX_TOKEN_REPOSITORIES = 25
+#: Blobs up to this size go in the upload's first request (`?digest=` and the body: Quay answers 201).
+MONOLITHIC_POST_LIMIT = 32 << 20
 
 
 
@@ -122,6 +127,39 @@ class RegistryClient:
         #: where each blob is known to exist on this registry (for cross-repository mounts)
         self.known_blobs: Dict[str, str] = {}
         self._known_lock = threading.Lock()
+        #: repository -> the scopes of the one token that serves it and the other repositories of its group
+        self._token_groups: Dict[str, Tuple[str, ...]] = {}
+        #: whether a POST with `?digest=` and the body completes an upload (Quay: 201); None until known
+        self.monolithic_post: Optional[bool] = None
+
+    def share_tokens(self, groups: Iterable[Sequence[str]], *, most: int = MAX_TOKEN_REPOSITORIES) -> None:
+        """Ask one token for several repositories (repeated `scope=` parameters, `pull,push` each).
+
+        Any request about repositories of one group (pull or push, a mount between two of them) then uses
+        that group's token, so a run over many repositories asks the token service once per group instead
+        of once per repository and action. Groups are cut into slices of at most `most` repositories (a
+        token lists every repository: its size grows with them, and so does the request header)."""
+        for group in groups:
+            repos = sorted(dict.fromkeys(group))
+            for i in range(0, len(repos), max(1, most)):
+                part = repos[i : i + most]
+                scopes = tuple(f"repository:{r}:pull,push" for r in part)
+                for repo in part:
+                    self._token_groups[repo] = scopes
+
+    def _widen(self, scopes: Tuple[str, ...]) -> Tuple[str, ...]:
+        """The scopes of the shared token that covers every one of `scopes`, else `scopes` unchanged."""
+        group: Optional[Tuple[str, ...]] = None
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            repo, _, actions = rest.rpartition(":")
+            if kind != "repository" or not set(actions.split(",")) <= {"pull", "push"}:
+                return scopes
+            mine = self._token_groups.get(repo)
+            if mine is None or (group is not None and mine is not group):
+                return scopes
+            group = mine
+        return group if group is not None else scopes
 
     # -- plumbing ------------------------------------------------------------------------------------------
 
@@ -159,6 +197,7 @@ class RegistryClient:
             return None
         realm = ch.params.get("realm", "")
         service = ch.params.get("service", "")
+        scopes = self._widen(scopes)
         key = (realm, service, tuple(sorted(scopes)))
         tokens = self._shared.tokens
         if force_refresh:
@@ -200,7 +239,7 @@ class RegistryClient:
         try:
             obj = json.loads(data)
             token = obj.get("token") or obj.get("access_token")
-            expires_in = float(obj.get("expires_in") or 60)
+            expires_in = float(obj.get("expires_in") or jwt_lifetime(str(token or "")) or 60)
         except (ValueError, AttributeError, TypeError):
             raise RegistryError(f"{self.host}: token service returned something that is not a token", url=redact(realm)) from None
         if not token:
@@ -287,6 +326,21 @@ class RegistryClient:
         return RegistryError(f"{self.host}: {what} failed ({detail})", status=status, codes=codes, url=redact(url), temporary=temporary)
 
     # -- API -----------------------------------------------------------------------------------------------
+
+    def use_scheme(self, scheme: str) -> None:
+        """Speak `scheme` ("http" or "https") to this host: the caller already knows (no TLS probe)."""
+        if scheme in ("http", "https") and (scheme == "https" or self.insecure):
+            self._state.scheme = scheme
+
+    def learn_challenge(self) -> None:
+        """One unauthenticated `GET /v2/` to learn how this registry wants to be asked (its 401 challenge),
+        so that parallel first requests do not each collect a 401 first."""
+        if self._state.challenge is not None:
+            return
+        url = self._base() + "/v2/"
+        resp = send_with_retries(self._pool(), self._opts, "GET", url, {"User-Agent": USER_AGENT}, None, what="API check", host=self.host)
+        if resp.status == 401:
+            self._state.challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
 
     def ping(self) -> None:
         """Check that the registry answers the API (authenticating if it asks)."""
@@ -431,6 +485,10 @@ class RegistryClient:
         start = f"/v2/{repo}/blobs/uploads/"
         if mount_from:
             start += "?" + urlencode({"mount": str(digest), "from": mount_from})
+        elif self.monolithic_post and descriptor.size <= MONOLITHIC_POST_LIMIT:
+            how = self._post_monolithic(repo, descriptor, opener, scopes, on_bytes)
+            if how is not None:
+                return how
         attempt = 0
         while True:
             attempt += 1
@@ -456,6 +514,41 @@ class RegistryClient:
                 self._sleep(attempt, None, f"upload of {digest.short} to {repo}: {exc}")
         self.remember_blob(digest, repo)
         return "uploaded"
+
+    def _post_monolithic(
+        self,
+        repo: str,
+        d: Descriptor,
+        opener: Callable[[int], ContextManager[Readable]],
+        scopes: Tuple[str, ...],
+        on_bytes: Optional[Callable[[int], None]],
+    ) -> Optional[str]:
+        """The whole upload in one request (`POST ?digest=` with the body; distribution spec "single POST"):
+        "uploaded" when the registry answers 201, None when it did not complete it (the caller uploads the
+        usual way; a registry that ignored the body is not asked this way again)."""
+        url = f"/v2/{repo}/blobs/uploads/?" + urlencode({"digest": str(d.digest)})
+
+        def body() -> Iterator[bytes]:
+            return _chunks(opener, 0, d.size, on_bytes)
+
+        resp = self.request(
+            "POST",
+            url,
+            scopes=scopes,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(d.size)},
+            body=body,
+            what=f"upload of {d.digest.short}",
+        )
+        if resp.status == 201:
+            self._check_upload_done(resp, repo, d, url)
+            self.remember_blob(d.digest, repo)
+            return "uploaded"
+        if resp.status == 202:
+            log.debug("%s completes no upload in its first request: uploading in two steps from now on", self.host)
+            self.monolithic_post = False
+        elif resp.status in (401, 403):
+            raise self._fail(resp, f"upload of {d.digest.short} to {repo}", url, repo=repo)
+        return None
 
     def _location(self, resp: urllib3.BaseHTTPResponse, base_path: str) -> str:
         loc = resp.headers.get("Location")
@@ -610,6 +703,22 @@ def _chunks(opener: Callable[[int], ContextManager[Readable]], offset: int, leng
 
 def _with_query(url: str, params: Dict[str, str]) -> str:
     return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
+def jwt_lifetime(token: str) -> Optional[float]:
+    """`exp - iat` of a JWT's claims (read, not verified: only to know when to ask again), else None.
+
+    Quay's token service answers without `expires_in` (the distribution spec's default is 60 s) but its
+    tokens live an hour: without this a long run would ask for a new token every minute."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return lifetime if lifetime > 0 else None
 
 
 def _repo_of(scopes: Sequence[str]) -> str:

@@ -34,6 +34,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -127,12 +128,32 @@ class RealQuay:
         except subprocess.TimeoutExpired:
             self.stop()
             raise RealQuayError("real Quay did not start within %ds" % self.start_timeout)
-        if done.returncode != 0:
+        if done.returncode != 0 and not self._late_start(done.stdout):
             out = done.stdout.decode("utf-8", "replace")[-3000:]
             self.stop()
             raise RealQuayError("real Quay failed to start (exit %d):\n%s" % (done.returncode, out))
         self._initialise()
         return self
+
+    def _late_start(self, output: bytes, wait: float = 120.0) -> bool:
+        """start.sh gives gunicorn ~10 s to write its pid file, which it does only after loading the whole
+        app (preload_app): on a loaded machine that takes longer and start.sh reports "gunicorn died" while
+        it is still starting. Wait for ``GET /v2/`` to answer 401 instead; True when it does."""
+        if b"gunicorn died" not in output:
+            return False
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/v2/")
+                status = conn.getresponse().status
+                conn.close()
+                if status in (200, 401):
+                    return True
+            except OSError:
+                pass
+            time.sleep(1.0)
+        return False
 
     def _initialise(self) -> None:
         status, body = self.api(

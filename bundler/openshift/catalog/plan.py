@@ -49,7 +49,7 @@ from bundler.base.errors import BundlerError, ImageNotFoundError, InvalidReferen
 from bundler.transfer.image_files import ImageRef, extract_file, normalise, open_image, read_files
 from bundler.openshift.image_set import CatalogSpec
 from bundler.layout.store import Layout
-from bundler.oci.graph import walk_manifests
+from bundler.oci.graph import graph_sizes
 from bundler.oci.media import Descriptor
 from bundler.oci.planned import ImageFacts, PlannedImage, digest_tag
 from bundler.oci.reference import Reference
@@ -423,12 +423,7 @@ def _read_catalog(image: ImageRef, workdir: Path, where: str) -> _Content:
 def _layout_bytes(layout: Layout, top: Descriptor) -> int:
     """Bytes of every manifest and blob of an image in the layout, each counted once."""
     source = LayoutImage(layout, None)
-    sizes: Dict[str, int] = {}
-    for node in walk_manifests(source.fetch_manifest(top), source.fetch_manifest, description=f"image {top.digest} in the work layout"):
-        sizes[str(node.manifest.digest)] = len(node.manifest.raw)
-        for b in node.blobs:
-            sizes.setdefault(str(b.digest), b.size)
-    return sum(sizes.values())
+    return sum(graph_sizes(source.fetch_manifest(top), source.fetch_manifest, description=f"image {top.digest} in the work layout").values())
 
 
 # --------------------------------------------------------------------------------------------------

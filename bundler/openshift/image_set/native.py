@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Mapping, Optional
 
-from bundler.oci.reference import REPOSITORY_RE, TAG
+from bundler.oci.reference import REPOSITORY, TAG
 from bundler.openshift.image_set.model import (
     API_VERSION,
     GIB,
@@ -69,9 +69,9 @@ OWN_TOP: Mapping[str, Field] = {
             {
                 "registry": Field("registry", registry_host),
                 "releaseRepository": Field(
-                    "release_repository", text_value("a repository path like ocp4/openshift4", REPOSITORY_RE)
+                    "release_repository", text_value("a repository path like ocp4/openshift4", re.compile(REPOSITORY))
                 ),
-                "prefix": Field("prefix", text_value("a repository path prefix like mirror/ocp", REPOSITORY_RE)),
+                "prefix": Field("prefix", text_value("a repository path prefix like mirror/ocp", re.compile(REPOSITORY))),
             },
             lambda ctx, r: TargetSpec(**r.values),
         ),

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from bundler.base.errors import ConfigError
-from bundler.oci.reference import HOST_RE, QUALIFIED_REFERENCE_RE, is_registry_host
+from bundler.oci.reference import HOST, QUALIFIED_REFERENCE_RE, is_registry_host
 from bundler.openshift.image_set.model import API_VERSION, KIND, OC_MIRROR_KIND, Version
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def registry_host(ctx: Ctx, value: Any, loc: Loc) -> str:
         ctx.fail(loc, f"expected {what} without a scheme, got {text!r}")
     if "/" in text:
         ctx.fail(loc, f"expected {what} without a path, got {text!r}: put repository paths in target.prefix")
-    if not HOST_RE.fullmatch(text):
+    if not re.fullmatch(HOST, text):
         ctx.fail(loc, f"expected {what}, got {text!r}")
     return text
 

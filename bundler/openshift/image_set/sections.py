@@ -10,7 +10,7 @@ import dataclasses
 import re
 from typing import Any, Mapping, Optional, Tuple
 
-from bundler.oci.reference import REPOSITORY_RE, TAG_RE
+from bundler.oci.reference import REPOSITORY, TAG
 from bundler.openshift.image_set.model import (
     ARCHITECTURE_ALIASES,
     PLATFORM_TYPES,
@@ -112,9 +112,9 @@ _CATALOG_FIELDS_BASE: Mapping[str, Field] = {
     "full": Field("full", boolean),
     "skipDependencies": Field("skip_dependencies", boolean),
     "targetCatalog": Field(
-        "target_catalog", text_value("a repository path like olm/redhat-operator-index", REPOSITORY_RE)
+        "target_catalog", text_value("a repository path like olm/redhat-operator-index", re.compile(REPOSITORY))
     ),
-    "targetTag": Field("target_tag", text_value("an image tag like v4.14", TAG_RE)),
+    "targetTag": Field("target_tag", text_value("an image tag like v4.14", re.compile(TAG))),
 }
 
 MIN_BUNDLE = "not supported yet; select bundles by minVersion/maxVersion instead"

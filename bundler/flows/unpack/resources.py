@@ -1,0 +1,76 @@
+"""The cluster resources unpack writes for the registry actually used: the inputs of
+`bundler.openshift.resources` (mirrored images, catalogs with unique DNS-1123 names, the bundle's release
+signatures) and the writing itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+
+from bundler.base.errors import UsageError
+from bundler.flows.unpack.model import OpenBundle, Target
+from bundler.oci.reference import Reference
+
+if TYPE_CHECKING:
+    from bundler.openshift.resources import CatalogInfo, MirroredImage, ReleaseSignature, ResourcesResult
+
+_SIGNATURE_FILE = re.compile(r"^signatures/(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})-([1-9][0-9]*)$")
+
+
+def write_resources(bundle: OpenBundle, targets: Sequence[Target], *, registry_path: str, out_dir: Path, icsp: bool, fresh: bool = False) -> "ResourcesResult":
+    """Write the cluster resources into `out_dir` for images mirrored at `registry_path`."""
+    from bundler.openshift.resources import ResourcesOptions, write_cluster_resources
+
+    images, catalogs = resource_inputs(targets)
+    try:
+        return write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh))
+    except UsageError as exc:
+        raise type(exc)(f"every image is in {registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
+
+
+def signatures(bundle: OpenBundle) -> List["ReleaseSignature"]:
+    """Release signatures the bundle carries (`signatures/<alg>-<hex>-<N>`)."""
+    from bundler.openshift.resources import ReleaseSignature
+
+    out: List[ReleaseSignature] = []
+    for entry in bundle.manifest.files:
+        name = entry.name
+        match = _SIGNATURE_FILE.match(name)
+        if match is None:
+            continue
+        algorithm, encoded, index = match.groups()
+        out.append(ReleaseSignature(digest=f"{algorithm}:{encoded}", index=int(index), data=bundle.read_file(name)))
+    return out
+
+
+def resource_inputs(targets: Sequence[Target]) -> Tuple[List["MirroredImage"], List["CatalogInfo"]]:
+    """`MirroredImage`s for every target, `CatalogInfo`s for catalogs (DNS-1123 names, unique)."""
+    from bundler.openshift.resources import CatalogInfo, MirroredImage
+
+    images: List[MirroredImage] = []
+    catalogs: List[CatalogInfo] = []
+    names: Dict[str, int] = {}
+    for target in targets:
+        image = target.image
+        images.append(MirroredImage(source=image.source, target=target.text, kind=image.kind, digest=str(target.digest), tag=Reference.parse(image.source).tag))  # the source's own tag (an imagestream tag name is not it)
+        if image.kind != "catalog":
+            continue
+        last = target.repo.rsplit("/", 1)[-1]
+        name = dns1123_label(image.facts.catalog_name or last)
+        if name in names:
+            name = dns1123_label(f"{name[:50]}-{target.tag}")
+        while name in names:
+            names[name] += 1
+            name = dns1123_label(f"{name[:58]}-{names[name]}")
+        names[name] = 1
+        display = image.facts.display_name or f"{last}:{target.tag}"
+        catalogs.append(CatalogInfo(name=name, source=image.source, target=target.text, display_name=display))
+    return images, catalogs
+
+
+def dns1123_label(text: str) -> str:
+    """A Kubernetes object name (DNS-1123 label) made from `text`."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return label or "catalog"
