@@ -271,3 +271,22 @@ def test_referrers_from_the_api_of_a_real_quay(real_quay: Any, fresh_registry_pl
     tag = "ocpb-ref-" + sbom.digest.replace(":", "-")[:47]
     assert skopeo.digest(f"{mirror.host}/sigref/app:{tag}") == sbom.digest
     assert skopeo.digest(f"{mirror.host}/sigref/app:v1") == app.digest
+
+
+def test_signatures_land_next_to_their_images_in_a_real_quay(upstream: Upstream, real_quay: Any, tmp_path: Path, skopeo: Any) -> None:
+    """The far side is Quay: organisations are made, the .sig tags are pushed beside their images, digest-exact."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"apiVersion: ocp-bundler.io/v1alpha1\nkind: ImageSet\nadditionalImages:\n  - {upstream.host}/{upstream.app_repo}:v1\n")
+    pack(PackOptions(config=config, out_dir=tmp_path / "b", work_dir=tmp_path / "w"), registries=_registries(upstream.host))
+    real_quay.create_org("sigquay")
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {real_quay.host: real_quay.auth_entry()}}))
+    unpack_bundle(
+        tmp_path / "b",
+        options=UnpackOptions(registry=real_quay.host, prefix="sigquay", registry_kind="plain", authfile=authfile,
+                              transport=TransportOptions(insecure_hosts=frozenset({real_quay.host})), state_dir=tmp_path / "state", write_resources=False),
+    )
+    tags = real_quay.tags("sigquay", upstream.app_repo)
+    assert tags["v1"] == upstream.app.digest
+    assert tags[cosign_tag(upstream.app.digest)] == upstream.app_sig.digest
+    assert tags[cosign_tag(upstream.child.digest)] == upstream.child_sig.digest

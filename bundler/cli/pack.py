@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Resolve everything and print what would be packed, with sizes; check free space; write no bundle.")
 @click.option("--graph-url", help="Update-graph (Cincinnati) endpoint for release channels.")
 @click.option("--signature-store", help="Where release signatures are fetched from.")
+@click.option("--graph-data-url", help="Where the update-graph data (graph: true) is fetched from. Default: api.openshift.com's graph-data.")
+@click.option("--graph-base-image", metavar="REF", help="Base of the update-graph data image (needs bash and cp). Default: registry.access.redhat.com/ubi9/ubi:latest.")
 @click.option("--remove-signatures", is_flag=True, help="Leave sigstore signatures (cosign .sig tags, OCI 1.1 referrers) out of the bundle.")
 @click.option("--release-key", "release_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Check every release's signatures against this public key (cosign PEM or OpenPGP); repeatable.")
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 @command_body
 def pack(
     config: Path, out_dir: Path, work_dir: Optional[Path], volume_size: Optional[str], sign_key: Optional[Path], base: Optional[Path],
-    dry_run: bool, graph_url: Optional[str], signature_store: Optional[str], remove_signatures: bool, release_keys: Tuple[Path, ...],
+    dry_run: bool, graph_url: Optional[str], signature_store: Optional[str],
+    graph_data_url: Optional[str], graph_base_image: Optional[str], remove_signatures: bool, release_keys: Tuple[Path, ...],
     authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, verbose: int, as_json: bool,
 ) -> None:
     """Resolve an image-set config and stream every image straight into a signed bundle.
@@ -65,7 +68,7 @@ def pack(
             PackOptions(
                 config=config, out_dir=out_dir, work_dir=work_dir, volume_size=size, sign_key=sign_key, base=base,
                 dry_run=dry_run, workers=workers, graph_url=graph_url, signature_store=signature_store,
-                remove_signatures=remove_signatures, release_keys=tuple(release_keys), progress=progress,
+                graph_data_url=graph_data_url, graph_base_image=graph_base_image, remove_signatures=remove_signatures, release_keys=tuple(release_keys), progress=progress,
             ),
             registries=registries,
         )
@@ -98,6 +101,9 @@ def pack(
         )
         for rec in cat.recovered:
             click.echo(f"  recovered (value: instead of image: in the CSV): {rec.to_json()}")
+    graph = result.plan.reports.graph
+    if graph is not None:
+        click.echo(f"Update graph: {graph.files} files ({human_bytes(graph.data_bytes)}) from {graph.data_url}, built on {graph.base_image} as {graph.digest}")
     sigs = result.plan.reports.signatures
     if sigs is not None:
         click.echo(sigs.summary())

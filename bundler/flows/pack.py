@@ -58,6 +58,10 @@ class PackOptions:
     workers: int = 8
     graph_url: Optional[str] = None
     signature_store: Optional[str] = None
+    graph_data_url: Optional[str] = None
+    """Where the update-graph data tarball is fetched from for `graph: true`."""
+    graph_base_image: Optional[str] = None
+    """The image the update-graph data image is built on (it needs bash and cp)."""
     remove_signatures: bool = False
     """Leave sigstore signatures (cosign `.sig` tags, OCI 1.1 referrers) out."""
     release_keys: Tuple[Path, ...] = ()
@@ -180,7 +184,8 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
         base = load_base_manifest(options.base)  # a bad --base fails now, not after planning
     # Planning's own reads are not counted: the progress totals come from the plan, so they never grow.
     with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers)) as copier:
-        plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store)
+        plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store,
+                          graph_data_url=options.graph_data_url, graph_base_image=options.graph_base_image)
     planned_at = time.monotonic()
     images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
     resolved_at = time.monotonic()

@@ -1,6 +1,7 @@
 """Image-set config → the list of images to carry (`PlannedImage`s), all pinned by digest where known.
 
-Owns the orchestration of the planners: release payload and signatures (`release`), sample imagestreams
+Owns the orchestration of the planners: release payload and signatures (`release`), the update-graph
+data image (`graph_image`, for `graph: true`), sample imagestreams
 (`samples`), operator catalogs (`catalog`), additional images and the images that run Quay on the far side
 (here). It de-duplicates by target and keeps each planner's report for the pack summary.
 """
@@ -8,6 +9,7 @@ Owns the orchestration of the planners: release payload and signatures (`release
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
     from bundler.openshift.release import ReleaseInfo
     from bundler.openshift.samples import SamplesReport
+    from bundler.openshift.graph_image import GraphImageReport
     from bundler.openshift.sigstore import SignatureReport
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class PlanReports:
     samples: Optional[SamplesSummary] = None
     catalogs: Optional[List[CatalogReport]] = None
     signatures: Optional[SignatureReport] = None
+    graph: Optional[GraphImageReport] = None
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -70,6 +74,8 @@ class PlanReports:
             out["catalogs"] = [c.to_json() for c in self.catalogs]
         if self.signatures is not None:
             out["signatures"] = self.signatures.to_json()
+        if self.graph is not None:
+            out["graph"] = self.graph.to_json()
         return out
 
 
@@ -100,10 +106,20 @@ class Plan:
         return list(seen.values())
 
 
-def plan_plain_image(reference: str, *, kind: str, annotations: Optional[Mapping[str, str]] = None) -> PlannedImage:
-    """An image carried as it is: same repository path on the mirror, its tag (or a digest tag)."""
+def plan_plain_image(
+    reference: str,
+    *,
+    kind: str,
+    annotations: Optional[Mapping[str, str]] = None,
+    target_repository: Optional[str] = None,
+    target_tag: Optional[str] = None,
+) -> PlannedImage:
+    """An image carried as it is: same repository path on the mirror, its tag (or a digest tag), unless
+    `target_repository` / `target_tag` (oc-mirror's `targetRepo` / `targetTag`) say otherwise."""
     ref = Reference.parse(reference)
-    if ref.tag:
+    if target_tag:
+        tag = target_tag
+    elif ref.tag:
         tag = ref.tag
     elif ref.digest is not None:
         tag = digest_tag(str(ref.digest))
@@ -112,11 +128,74 @@ def plan_plain_image(reference: str, *, kind: str, annotations: Optional[Mapping
     return PlannedImage(
         source=str(ref) if (ref.tag or ref.digest) else f"{ref}:latest",
         kind=kind,
-        target_repository=ref.repository,
+        target_repository=target_repository or ref.repository,
         target_tag=tag,
         digest=str(ref.digest) if ref.digest else None,
         annotations=dict(annotations or {}),
     )
+
+
+def is_blocked(image: PlannedImage, patterns: Sequence[str]) -> Optional[str]:
+    """The `blockedImages` entry that blocks `image`, if any: an entry equal to its source (or the source's
+    repository), or a regular expression found in its source or its target (`repository:tag`), as oc-mirror
+    matches them."""
+    source = image.source
+    target = f"{image.target_repository}:{image.target_tag}"
+    repository = Reference.parse(source).name
+    for pattern in patterns:
+        if pattern in (source, repository):
+            return pattern
+        try:
+            if re.search(pattern, source) or re.search(pattern, target):
+                return pattern
+        except re.error:  # checked when the config was read; an exact name then
+            continue
+    return None
+
+
+def drop_blocked(images: Sequence[PlannedImage], patterns: Sequence[str]) -> Tuple[List[PlannedImage], List[str]]:
+    """(images still carried, one line per image left out by `blockedImages`)."""
+    kept: List[PlannedImage] = []
+    dropped: List[str] = []
+    for image in images:
+        pattern = is_blocked(image, patterns) if patterns else None
+        if pattern is None:
+            kept.append(image)
+        else:
+            dropped.append(f"{image.kind} image {image.source} is blocked by blockedImages entry {pattern!r}: not carried")
+    return kept, dropped
+
+
+def platform_choice(
+    reference: str, platforms: Sequence[Tuple[str, str]], *, registries: Registries
+) -> Tuple[bool, Optional[str]]:
+    """Whether the image at `reference` runs on one of `platforms` ((os, Go architecture) pairs), and a note.
+
+    A manifest list with at least one matching child is carried whole, every child, so its digest (the one
+    clusters and catalogs pull by) stays the same; the note says how many children came along anyway. A
+    single image is judged by its config's os/architecture."""
+    from bundler.oci.media import is_index, parse_manifest
+    from bundler.oci.platform import go_arch
+    from bundler.transfer.image_files import open_image
+
+    wanted = {(o, go_arch(a)) for o, a in platforms}
+    ref = Reference.parse(reference)
+    source = RegistryRepository(registries.client(ref.registry), ref)
+    top = source.resolve()
+    parsed = parse_manifest(top.raw, top.media_type)
+    if is_index(top.media_type):
+        have = [(c.platform.os, go_arch(c.platform.architecture)) for c in parsed.children if c.platform is not None]
+        matching = [p for p in have if p in wanted]
+        if not matching:
+            return False, f"{reference}: none of its platforms ({', '.join(sorted({f'{o}/{a}' for o, a in have}))}) is listed in platforms: not carried"
+        extra = len(have) - len(matching)
+        note = f"{reference}: a manifest list carried whole (digest-exact), including {extra} child(ren) outside platforms" if extra else None
+        return True, note
+    config = open_image(source, top).config
+    have_one = (str(config.get("os", "")), go_arch(str(config.get("architecture", ""))))
+    if have_one in wanted:
+        return True, None
+    return False, f"{reference}: a {have_one[0]}/{have_one[1]} image, not listed in platforms: not carried"
 
 
 def build_plan(
@@ -127,6 +206,8 @@ def build_plan(
     copier: Copier,
     graph_url: Optional[str] = None,
     signature_store: Optional[str] = None,
+    graph_data_url: Optional[str] = None,
+    graph_base_image: Optional[str] = None,
 ) -> Plan:
     """Resolve everything the config names. Network access: manifests and small files only, no layers."""
     plan = Plan(warnings=list(image_set.warnings))
@@ -142,7 +223,7 @@ def build_plan(
     if rel.images or rel.channels:
         from bundler.openshift import release
 
-        kwargs: Dict[str, Any] = {"registries": registries, "graph_url": graph_url, "stage": stage}
+        kwargs: Dict[str, Any] = {"registries": registries, "graph_url": graph_url, "stage": stage, "kubevirt": rel.kubevirt_container}
         if signature_store:
             kwargs["signature_store"] = signature_store
         release_plan = release.plan_releases(rel, **kwargs)
@@ -152,6 +233,15 @@ def build_plan(
                 plan.files[f"signatures/{digest.replace(':', '-')}-{i}"] = data
         plan.reports.releases = list(release_plan.releases)
         plan.warnings.extend(release_plan.warnings)
+        if rel.graph_data:
+            from bundler.openshift import graph_image
+
+            graph, plan.reports.graph = graph_image.plan_graph_image(
+                layout=layout, stage=stage, options=registries.options, data_url=graph_data_url, base_image=graph_base_image
+            )
+            plan.add([graph])
+    elif rel.graph_data:
+        plan.warnings.append("graph: true needs a release (platform.release or channels): no update-graph image is built")
     sam = image_set.samples
     if sam.from_release or sam.directory or sam.images:
         from bundler.openshift import samples
@@ -173,9 +263,21 @@ def build_plan(
             cplan = catalog.plan_catalog(spec, registries=registries, layout=layout, copier=copier)
             plan.add([cplan.catalog_image, *cplan.images])
             plan.reports.catalogs.append(cplan.report)
-    for ref in image_set.additional_images:
-        plan.add([plan_plain_image(ref, kind="additional")])
+    blocked = image_set.blocked_images
+    for extra in image_set.additional:
+        image = plan_plain_image(extra.name, kind="additional", target_repository=extra.target_repository, target_tag=extra.target_tag)
+        if extra.platforms and is_blocked(image, blocked) is None:
+            wanted = [(p.partition("/")[0], p.partition("/")[2]) for p in extra.platforms]
+            keep, note = platform_choice(extra.name, wanted, registries=registries)
+            if note:
+                plan.warnings.append(note)
+            if not keep:
+                continue
+        plan.add([image])
     for ref in image_set.registry_images.images():
         plan.add([plan_plain_image(ref, kind="registry")])
+    if blocked:
+        plan.images, dropped = drop_blocked(plan.images, blocked)
+        plan.warnings.extend(dropped)
     return plan
 

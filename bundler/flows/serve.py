@@ -31,6 +31,7 @@ from bundler.bundle.volumes import Bundle
 from bundler.oci.digest import Digest
 from bundler.oci.graph import walk_manifests
 from bundler.oci.media import Descriptor, FetchedManifest, detect_media_type
+from bundler.oci.reference import REPOSITORY
 
 if TYPE_CHECKING:
     from bundler.openshift.resources import ResourcesResult
@@ -40,8 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BundleIndex", "ServeOptions", "ServeStats", "RegistryServer", "index_bundles", "parse_listen"]
 
 CHUNK = 1 << 20
-_NAME = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-_ROUTE = re.compile(rf"^/v2/(?P<name>{_NAME})/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]+)$")
+_ROUTE = re.compile(rf"^/v2/(?P<name>{REPOSITORY})/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 

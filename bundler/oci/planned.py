@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
 #: Image kinds as recorded in the bundle manifest.
-KINDS = ("release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature")
+KINDS = ("release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph")
 
 #: The bundle manifest records `ImageFacts` as these annotation keys, beside the free-form annotations.
 LAYOUT_REF = "layout-ref"

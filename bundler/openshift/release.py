@@ -12,6 +12,10 @@ Owns:
 * naming the targets the way ``oc adm release mirror --to=<repo>`` does: the release as
   ``<repo>:<version>-<arch>`` and each component as ``<repo>:<version>-<arch>-<component>``, arch in the
   release's spelling (``x86_64``, ``aarch64``, ``ppc64le``, ``s390x``, ``multi``);
+* with `kubevirt`, the KubeVirt container disk of the release's architecture (every architecture for a
+  ``multi`` payload) from ``release-manifests/0000_50_installer_coreos-bootimages.yaml`` (a ConfigMap whose
+  ``data.stream`` JSON names ``architectures.<arch>.images.kubevirt.digest-ref``), planned as the component
+  ``kube-virt-container`` (``kube-virt-container-<arch>`` when there are several), as oc-mirror names it;
 * the release signatures of every planned release digest (`bundler.openshift.release_signatures`) when asked;
 * `check_components`: a HEAD of every component, in parallel, reporting all missing ones at once.
 
@@ -55,6 +59,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_REFERENCES = "release-manifests/image-references"
 RELEASE_METADATA = "release-manifests/release-metadata"
+#: The ConfigMap naming the RHCOS boot images, among them the KubeVirt container disk per architecture.
+BOOT_IMAGES = "release-manifests/0000_50_installer_coreos-bootimages.yaml"
+KUBEVIRT_COMPONENT = "kube-virt-container"
 IMAGESTREAM_API_VERSION = "image.openshift.io/v1"
 SAMPLES_OPERATOR_COMPONENT = "cluster-samples-operator"
 #: release-metadata ``metadata`` key that marks a multi-architecture (manifest list) payload.
@@ -80,6 +87,9 @@ class ReleaseInfo:
     channels: Tuple[str, ...] = ()
     previous: Tuple[str, ...] = ()
     """Versions release-metadata says can update to this one."""
+    kubevirt: Mapping[str, str] = field(default_factory=dict)
+    """Boot-images architecture (x86_64, s390x, …) -> the KubeVirt container disk's digest pull spec; read
+    only when asked for (`kubeVirtContainer`)."""
 
     @property
     def target_tag(self) -> str:
@@ -217,6 +227,35 @@ def parse_release_metadata(raw: bytes, *, image: str) -> Mapping[str, Any]:
     return doc
 
 
+def parse_kubevirt(raw: bytes, *, image: str) -> Dict[str, str]:
+    """Architecture -> KubeVirt container disk (digest pull spec) from the boot-images ConfigMap: its
+    `data.stream` is JSON with `architectures.<arch>.images.kubevirt.digest-ref`."""
+    what = f"release image {image}: {BOOT_IMAGES}"
+    doc = _load_document(raw, what)
+    data = doc.get("data") if isinstance(doc, dict) else None
+    stream_text = data.get("stream") if isinstance(data, dict) else None
+    if not isinstance(stream_text, str):
+        raise IntegrityError(f"{what} has no data.stream")
+    try:
+        stream = json.loads(stream_text)
+    except ValueError:
+        raise IntegrityError(f"{what}: data.stream is not JSON") from None
+    found: Dict[str, str] = {}
+    architectures = stream.get("architectures") if isinstance(stream, dict) else None
+    for arch, body in (architectures or {}).items() if isinstance(architectures, dict) else ():
+        kubevirt = ((body or {}).get("images") or {}).get("kubevirt") if isinstance(body, dict) else None
+        digest_ref = kubevirt.get("digest-ref") if isinstance(kubevirt, dict) else None
+        if isinstance(digest_ref, str) and digest_ref:
+            try:
+                ref = Reference.parse(digest_ref)
+            except UsageError as exc:
+                raise IntegrityError(f"{what}: architecture {arch}: {exc}") from None
+            if ref.digest is None:
+                raise IntegrityError(f"{what}: the KubeVirt image of {arch} is not pinned by digest ({digest_ref})")
+            found[str(arch)] = str(ref)
+    return found
+
+
 def _read_file(image: Any, path: str, what: str) -> Optional[bytes]:
     buf = _LimitedBuffer(MAX_MANIFEST_FILE_BYTES, what)
     member = extract_file(image, path, buf)
@@ -231,11 +270,13 @@ def read_release(
     preferred_arch: str = "amd64",
     expected_version: Optional[str] = None,
     channels: Sequence[str] = (),
+    kubevirt: bool = False,
 ) -> ReleaseInfo:
     """Read one release image from any `ImageSource` (a registry repository, a layout image, a bundle).
 
     `reference` names the image for messages and for `ReleaseInfo.source` (its registry/repository).
-    `preferred_arch` (Go name) is the child read from a multi-architecture manifest list.
+    `preferred_arch` (Go name) is the child read from a multi-architecture manifest list. `kubevirt`:
+    also read the KubeVirt container disks from the boot-images ConfigMap.
     """
     try:
         top = source.resolve()
@@ -270,6 +311,10 @@ def read_release(
     if (meta_block or {}).get(MULTI_ARCH_METADATA_KEY) == "multi":
         arch = "multi"
     previous = metadata.get("previous")
+    kubevirt_images: Dict[str, str] = {}
+    if kubevirt:
+        raw_boot = _read_file(image, BOOT_IMAGES, f"{reference}: {BOOT_IMAGES}")
+        kubevirt_images = parse_kubevirt(raw_boot, image=reference) if raw_boot is not None else {}
     name = Reference.parse(reference).name
     info = ReleaseInfo(
         version=version,
@@ -281,6 +326,7 @@ def read_release(
         target_repository=repository,
         channels=tuple(channels),
         previous=tuple(str(p) for p in previous) if isinstance(previous, list) else (),
+        kubevirt=kubevirt_images,
     )
     for tag in [info.target_tag, *(info.component_tag(c) for c in components)]:
         if not is_valid_tag(tag):
@@ -312,6 +358,20 @@ def release_images(info: ReleaseInfo) -> List[PlannedImage]:
                 target_tag=info.component_tag(component),
                 digest=str(ref.digest),
                 annotations={**common, "component": component, "release": info.digest},
+            )
+        )
+    wanted = sorted(info.kubevirt) if info.arch == "multi" else [a for a in sorted(info.kubevirt) if a == info.arch]
+    for arch in wanted:
+        ref = Reference.parse(info.kubevirt[arch])
+        name = KUBEVIRT_COMPONENT if len(wanted) == 1 else f"{KUBEVIRT_COMPONENT}-{arch}"
+        images.append(
+            PlannedImage(
+                source=str(ref),
+                kind="release-component",
+                target_repository=info.target_repository,
+                target_tag=info.component_tag(name),
+                digest=str(ref.digest),
+                annotations={**common, "component": name, "release": info.digest},
             )
         )
     return images
@@ -366,6 +426,7 @@ def plan_releases(
     signature_store: Optional[str] = None,
     workers: int = 8,
     stage: Optional[Callable[[str], ImageSource]] = None,
+    kubevirt: bool = False,
 ) -> ReleasePlan:
     """Resolve `spec` to release payloads and plan every image (release + components) to carry.
 
@@ -388,6 +449,7 @@ def plan_releases(
             preferred_arch=w.preferred_arch,
             expected_version=w.expected_version,
             channels=w.channels,
+            kubevirt=kubevirt,
         )
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(wanted)))) as pool:
@@ -409,11 +471,13 @@ def plan_releases(
     releases = sorted(by_digest.values(), key=lambda i: (_version_key(i.version), i.arch))
 
     images: List[PlannedImage] = []
+    warnings: List[str] = []
     for info in releases:
         images.extend(release_images(info))
+        if kubevirt and not any(i.annotations.get("component", "").startswith(KUBEVIRT_COMPONENT) for i in images if i.annotations.get("release") == info.digest):
+            warnings.append(f"release {info.version} ({info.arch}) names no KubeVirt container image for its architecture; kubeVirtContainer carries nothing for it")
 
     signatures: Dict[str, List[bytes]] = {}
-    warnings: List[str] = []
     if spec.signatures:
         signatures = fetch_all(
             [i.digest for i in releases],

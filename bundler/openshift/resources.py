@@ -11,6 +11,8 @@ Owns everything `unpack` leaves in its cluster-resources directory once the imag
   (`imageContentSources`) for the release repositories;
 * `samples-operator-patch.yaml` (only when sample images were mirrored);
 * `release-signatures-<algo>-<hex>.yaml`, one ConfigMap per release digest;
+* `updateService.yaml` (the OpenShift Update Service's `UpdateService`) when the update-graph data image
+  was mirrored;
 * `mapping.txt` (`source=target`, one line per image) and `README.txt` (what to apply on which cluster).
 
 All files are rendered deterministically and written atomically.
@@ -58,7 +60,9 @@ __all__ = [
     "write_cluster_resources",
 ]
 
-IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature"})
+IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph"})
+#: The update-graph data image: built by pack, no upstream to mirror; it is named by the UpdateService.
+GRAPH_KIND = "graph"
 RELEASE_KINDS = frozenset({"release", "release-component"})
 # Kinds that are always pulled by digest in a cluster (or, for catalogs, through a CatalogSource that
 # names the mirror directly): they never get tag mirrors, whatever their source reference looks like.
@@ -75,6 +79,9 @@ README_FILE = "README.txt"
 INSTALL_CONFIG_FILE = "install-config-snippet.yaml"
 INSTALL_CONFIG_LEGACY_FILE = "install-config-snippet-legacy.yaml"
 SAMPLES_PATCH_FILE = "samples-operator-patch.yaml"
+UPDATE_SERVICE_FILE = "updateService.yaml"
+UPDATE_SERVICE_NAME = "update-service"
+UPDATE_SERVICE_NAMESPACE = "openshift-update-service"
 # Everything this module may write; stale files matching these (from an earlier run) are removed.
 _OWNED_PATTERNS = (
     "imageDigestMirrorSet-*.yaml",
@@ -85,6 +92,7 @@ _OWNED_PATTERNS = (
     INSTALL_CONFIG_FILE,
     INSTALL_CONFIG_LEGACY_FILE,
     SAMPLES_PATCH_FILE,
+    UPDATE_SERVICE_FILE,
 )
 
 # Mirror-set files: in a cumulative run only these are ever stale (the other flavour, or surplus chunks).
@@ -232,6 +240,8 @@ class _Plan:
     samples: list[tuple[_Reference, _Reference, str]] = field(default_factory=list)
     samples_carried: bool = False  # an earlier run in the directory mirrored samples
     warnings: set[str] = field(default_factory=set)
+    graph_images: list[str] = field(default_factory=list)  # `<mirror repository>@<digest>` of graph-data images
+    release_targets: set[str] = field(default_factory=set)  # mirror repositories holding release images
 
 
 def write_cluster_resources(
@@ -291,6 +301,7 @@ def write_cluster_resources(
     if plan.samples or plan.samples_carried:
         documents[SAMPLES_PATCH_FILE] = _samples_patch(plan, registry=registry)
     documents.update(_signature_files(signatures))
+    documents.update(_update_service_files(plan))
     documents[MAPPING_FILE] = "".join(f"{line}\n" for line in sorted(plan.mapping)).encode("utf-8")
     for name, data in documents.items():
         if name.endswith(".yaml") and len(data) > options.max_bytes:
@@ -414,6 +425,11 @@ def _plan(images: Sequence[MirroredImage], *, registry: str, options: ResourcesO
         if source.tag is not None and image.tag is not None and source.tag != image.tag:
             raise UsageError(f"{label}: tag {image.tag!r} differs from the source's tag {source.tag!r}")
 
+        if image.kind == GRAPH_KIND:
+            plan.graph_images.append(f"{target.repository}@{image.digest}")
+            continue
+        if image.kind == "release":
+            plan.release_targets.add(target.repository)
         by_tag = image.kind not in _DIGEST_ONLY_KINDS and (image.tag is not None or source.digest is None)
         if not by_tag or options.digest_mirrors_for_tagged:
             plan.digest_mirrors[source.repository].add(target.repository)
@@ -572,6 +588,34 @@ def _samples_patch(plan: _Plan, *, registry: str) -> bytes:
     return header.encode("utf-8") + _dump(patch)
 
 
+def _update_service_files(plan: _Plan) -> dict[str, bytes]:
+    """The OpenShift Update Service's `UpdateService` (updateservice.operator.openshift.io/v1), when a
+    graph-data image was mirrored: the releases repository and the graph-data image by digest."""
+    if not plan.graph_images:
+        return {}
+    if len(plan.release_targets) != 1:
+        plan.warnings.add(
+            f"{UPDATE_SERVICE_FILE} not written: the UpdateService needs exactly one release repository, "
+            f"this bundle has {len(plan.release_targets)}; write it by hand with graphDataImage {plan.graph_images[-1]}"
+        )
+        return {}
+    header = (
+        "# For the OpenShift Update Service operator (install it from the mirrored catalog first), then point\n"
+        "# the cluster at it: oc patch clusterversion version --type merge -p '{\"spec\":{\"upstream\":\"<policy engine URI>\"}}'\n"
+    )
+    return {
+        UPDATE_SERVICE_FILE: header.encode("utf-8")
+        + _dump(
+            {
+                "apiVersion": "updateservice.operator.openshift.io/v1",
+                "kind": "UpdateService",
+                "metadata": {"name": UPDATE_SERVICE_NAME, "namespace": UPDATE_SERVICE_NAMESPACE},
+                "spec": {"replicas": 2, "releases": next(iter(plan.release_targets)), "graphDataImage": plan.graph_images[-1]},
+            }
+        )
+    }
+
+
 def _signature_files(signatures: Sequence[ReleaseSignature]) -> dict[str, bytes]:
     by_digest: defaultdict[str, dict[int, bytes]] = defaultdict(dict)
     for signature in signatures:
@@ -668,6 +712,12 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
         lines += [
             "All versions: release signatures, so the cluster-version operator can verify the release:",
             *(f"  oc apply -f {name}" for name in signatures),
+            "",
+        ]
+    if UPDATE_SERVICE_FILE in documents:
+        lines += [
+            "OpenShift Update Service (after installing its operator): the update graph from the mirror:",
+            f"  oc apply -f {UPDATE_SERVICE_FILE}",
             "",
         ]
     if SAMPLES_PATCH_FILE in documents:

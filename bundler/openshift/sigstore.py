@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from bundler.base.errors import IntegrityError, UsageError
+from bundler.base.errors import IntegrityError, RegistryError, UsageError
 from bundler.oci.digest import Digest
 from bundler.oci.planned import PlannedImage, digest_tag
 from bundler.oci.reference import Reference
@@ -155,8 +155,13 @@ def find_signatures(subjects: Sequence[Subject], *, registries: Registries, work
         head = client.head_manifest(ref.repository, sig)
         if head is not None:
             planned(sig, head.digest, SCHEME_COSIGN, sig)
-        referrers = None if api.get(ref.registry) is False else client.get_referrers(ref.repository, Digest.parse(s.digest))
-        api.setdefault(ref.registry, referrers is not None)
+        referrers = None
+        if api.get(ref.registry) is not False:
+            try:
+                referrers = client.get_referrers(ref.repository, Digest.parse(s.digest))
+            except RegistryError as exc:  # an API we may not use is an API we do not have: the tag schema remains
+                log.debug("referrers of %s@%s: %s; using the referrers tag instead", s.repository, s.digest, exc)
+            api.setdefault(ref.registry, referrers is not None)
         if referrers is not None:
             for d in referrers:
                 if head is not None and head.digest == d.digest:

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
+import yaml
+
 from tests.infra.images import (
     Image,
     ImageIndex,
@@ -281,6 +283,7 @@ def release_image(
     version: str = "",
     seed: str = "",
     as_list: bool = True,
+    extra_files: Optional[Mapping[str, bytes]] = None,
 ) -> Manifestish:
     """A release image whose last layer holds release-manifests/image-references and release-metadata: a
     manifest list (Docker by default; `arch="multi"`: amd64 + arm64 children), or with `as_list=False` the
@@ -290,6 +293,7 @@ def release_image(
     if metadata is not None:
         files["release-manifests/release-metadata"] = metadata if isinstance(metadata, bytes) else json.dumps(metadata, indent=2).encode()
     files["release-manifests/0000_00_cluster-version-operator_00_namespace.yaml"] = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: openshift-cluster-version\n"
+    files.update(extra_files or {})
     base = make_layer({"usr/bin/cluster-version-operator": b"\x7fELF cvo " + seed.encode(), "release-manifests/image-references": b"stale, older layer"})
     labels = {"io.openshift.release": version} if version else None
     archs = ["amd64", "arm64"] if arch == "multi" else [GO_ARCH.get(arch, arch)]
@@ -345,6 +349,7 @@ def build_release(
     as_list: bool = True,
     samples_registry: Optional[str] = None,
     seed: str = "",
+    extra_files: Optional[Mapping[str, bytes]] = None,
 ) -> ReleaseFixture:
     """Push a synthetic release and its components; return where everything is.
 
@@ -388,7 +393,7 @@ def build_release(
         refs[name] = f"{host}/{component_repo}@{image.digest}"
     references: Union[Mapping[str, Any], bytes] = references_override if references_override is not None else image_references(version, refs)
     metadata = release_metadata(version, previous=previous, multi=arch == "multi") if with_metadata else None
-    release = release_image(references, metadata, arch=arch, docker=docker, version=version, seed=seed, as_list=as_list)
+    release = release_image(references, metadata, arch=arch, docker=docker, version=version, seed=seed, as_list=as_list, extra_files=extra_files)
     tag = tag or f"{version}-{arch}"
     digest = push(registry_url, repo, release, tag=tag)
     return ReleaseFixture(
@@ -400,6 +405,26 @@ def build_release(
 # --------------------------------------------------------------------------------------------------
 # Loopback HTTP: update graph and static files (signature store)
 # --------------------------------------------------------------------------------------------------
+
+
+def boot_images(kubevirt: Mapping[str, str]) -> bytes:
+    """release-manifests/0000_50_installer_coreos-bootimages.yaml as payloads ship it: a ConfigMap whose
+    data.stream JSON names, per architecture, the KubeVirt container disk (`images.kubevirt.digest-ref`)."""
+    architectures: Dict[str, Any] = {}
+    for arch in ("x86_64", "aarch64", "ppc64le", "s390x"):
+        body: Dict[str, Any] = {"artifacts": {"qemu": {"release": "421.94.0", "formats": {}}}}
+        if arch in kubevirt:
+            repo = kubevirt[arch].split("@", 1)[0]
+            body["images"] = {"kubevirt": {"release": "421.94.0", "image": repo, "digest-ref": kubevirt[arch]}}
+        architectures[arch] = body
+    stream = {"stream": "rhcos-4.21", "metadata": {"last-modified": "2026-01-01T00:00:00Z", "generator": "plume"}, "architectures": architectures}
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "coreos-bootimages", "namespace": "openshift-machine-config-operator"},
+        "data": {"releaseVersion": "4.21.0", "stream": json.dumps(stream, indent=2)},
+    }
+    return yaml.safe_dump(doc).encode()
 
 
 def graph_document(nodes: Sequence[Tuple[str, str]], edges: Sequence[Tuple[int, int]] = ()) -> Dict[str, Any]:
@@ -511,7 +536,7 @@ def signature_store(digests_to_signatures: Mapping[str, Sequence[bytes]], *, bas
 __all__ = [
     "FIXTURES", "GraphServer", "ImageIndex", "RELEASE_IMAGE_MARKER", "RELEASE_VERSION_MARKER", "ReleaseFixture",
     "SIGNATURE_FIXTURE", "SIGNATURE_FIXTURE_DIGEST", "StaticServer", "build_release", "cli_artifacts_image", "cli_image",
-    "component_names", "fake_binary", "fixtures_available", "graph_document", "image_references", "installer_artifacts_image",
+    "boot_images", "component_names", "fake_binary", "fixtures_available", "graph_document", "image_references", "installer_artifacts_image",
     "installer_image", "plain_component_image", "push_sample_images", "rehost_imagestream", "release_image", "release_metadata",
     "sample_references", "samples_imagestream_files", "samples_operator_image", "signature_store", "stamped",
 ]

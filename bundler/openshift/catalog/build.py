@@ -1,6 +1,7 @@
 """Build a pruned catalog image in the work OCI layout, on top of the original index image.
 
-Owns the one place where ocp-bundler *makes* an image instead of copying one. The original image must
+Owns the one place where ocp-bundler *makes* an image instead of copying one (the update-graph data image,
+`bundler.openshift.graph_image`, is built here too, on its base image). The original image must
 already be in the layout (copied digest-exact). For each image manifest (each platform child of a list)
 the result is: the original layers, plus one new layer holding the pruned catalog; a new config (the
 layer's diff_id appended to `rootfs.diff_ids`, a history entry when the original has history, labels
@@ -184,21 +185,25 @@ def _put_json(layout: Layout, obj: Any) -> Tuple[bytes, Digest]:
     return raw, layout.put_bytes(raw)
 
 
-def _rebuild_image(layout: Layout, desc: Descriptor, layer: BuiltLayer, *, drop_cache: bool, notes: List[str]) -> Descriptor:
+def _rebuild_image(
+    layout: Layout, desc: Descriptor, layer: BuiltLayer, *, drop_cache: bool, notes: List[str], cmd: Optional[List[str]] = None, created_by: str = HISTORY_CREATED_BY
+) -> Descriptor:
     raw = layout.read_blob(desc.digest)
     manifest = json.loads(raw)
     media_type = desc.media_type or manifest.get("mediaType") or OCI_MANIFEST
     if media_type not in (OCI_MANIFEST, DOCKER_MANIFEST):
-        raise UnsupportedError(f"catalog image manifest {desc.digest.short} has media type {media_type!r}; cannot add a layer to it")
+        raise UnsupportedError(f"image manifest {desc.digest.short} has media type {media_type!r}; cannot add a layer to it")
     cfg_desc = manifest["config"]
     config = json.loads(layout.read_blob(Digest.parse(cfg_desc["digest"])))
     rootfs = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     rootfs.setdefault("diff_ids", []).append(layer.diff_id)
     if isinstance(config.get("history"), list) and config["history"]:
-        entry: Dict[str, Any] = {"created_by": HISTORY_CREATED_BY}
+        entry: Dict[str, Any] = {"created_by": created_by}
         if config.get("created"):
             entry["created"] = config["created"]
         config["history"].append(entry)
+    if cmd is not None:
+        config.setdefault("config", {})["Cmd"] = list(cmd)
     if drop_cache:
         inner = config.get("config") or {}
         for key in ("Cmd", "Entrypoint"):
@@ -224,8 +229,11 @@ def build_pruned_image(
     ref_name: str,
     drop_cache: bool = False,
     notes: Optional[List[str]] = None,
+    cmd: Optional[List[str]] = None,
+    created_by: str = HISTORY_CREATED_BY,
 ) -> BuiltImage:
-    """Add one layer with `files` on top of the image (or every platform image of the list) `original`."""
+    """Add one layer with `files` on top of the image (or every platform image of the list) `original`;
+    `cmd` replaces the image's command, `created_by` names the step in the config's history."""
     notes = notes if notes is not None else []
     scratch = layout.root / "ingest"  # the layout's scratch area, beside partial downloads
     scratch.mkdir(exist_ok=True)
@@ -241,7 +249,7 @@ def build_pruned_image(
         layout.write_blob(layer_desc, opener)
     built_notes: List[str] = []
     if not is_index(original.media_type):
-        top = _rebuild_image(layout, original, layer, drop_cache=drop_cache, notes=built_notes)
+        top = _rebuild_image(layout, original, layer, drop_cache=drop_cache, notes=built_notes, cmd=cmd, created_by=created_by)
         result = BuiltImage(top)
     else:
         raw = layout.read_blob(original.digest)
@@ -255,12 +263,12 @@ def build_pruned_image(
                 dropped.append(child)
                 continue
             if child.media_type not in (OCI_MANIFEST, DOCKER_MANIFEST):
-                raise UnsupportedError(f"catalog manifest list child {child.digest.short} has media type {child.media_type!r}")
-            new = _rebuild_image(layout, child, layer, drop_cache=drop_cache, notes=built_notes)
+                raise UnsupportedError(f"manifest list child {child.digest.short} has media type {child.media_type!r}")
+            new = _rebuild_image(layout, child, layer, drop_cache=drop_cache, notes=built_notes, cmd=cmd, created_by=created_by)
             children.append(new)
             entries.append({**entry, "digest": str(new.digest), "size": new.size})
         if not entries:
-            raise UnsupportedError(f"catalog manifest list {original.digest.short} has no platform image to rebuild")
+            raise UnsupportedError(f"manifest list {original.digest.short} has no platform image to rebuild")
         index["manifests"] = entries
         media_type = original.media_type if original.media_type in (OCI_INDEX, DOCKER_LIST) else OCI_INDEX
         idx_raw, idx_digest = _put_json(layout, index)

@@ -8,7 +8,8 @@ Two inputs are accepted (field reference: `manifests/image-set.schema.md`):
 
 * our own format, ``apiVersion: ocp-bundler.io/v1alpha1``, ``kind: ImageSet``;
 * oc-mirror's ``ImageSetConfiguration`` (``mirror.openshift.io/v1alpha2`` and ``v2alpha1``), unchanged.
-  What we do not support yet (Helm, blocked images, ...) is an error naming the field, never dropped.
+  What we do not support yet (Helm, ...) is an error naming the field, never dropped; field names are
+  matched case-insensitively there, as oc-mirror does, with a warning.
 
 Image references are checked against the one grammar of `bundler.oci.reference`.
 
@@ -41,6 +42,7 @@ from bundler.openshift.image_set.model import (
     OC_MIRROR_KIND,
     OC_MIRROR_V1ALPHA2,
     OC_MIRROR_V2ALPHA1,
+    AdditionalImage,
     CatalogSpec,
     ChannelFilter,
     ChannelSpec,
@@ -83,6 +85,7 @@ __all__ = [
     "OC_MIRROR_KIND",
     "OC_MIRROR_V1ALPHA2",
     "OC_MIRROR_V2ALPHA1",
+    "AdditionalImage",
     "CatalogSpec",
     "ChannelFilter",
     "ChannelSpec",
@@ -149,6 +152,7 @@ def parse_image_set(text: str, *, source_name: str, base_dir: Optional[Path] = N
             f"unsupported apiVersion {shown!r}{suggestion(str(api_version), _FORMATS)}: expected one of {accepted}",
         )
     fmt = _FORMATS[api_version]
+    ctx.case_insensitive = fmt.kind == OC_MIRROR_KIND
     kind = document.get("kind")
     kind_loc = root.key("kind", document.key_lines.get("kind"))
     if kind is None:

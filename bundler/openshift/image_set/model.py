@@ -125,6 +125,7 @@ class ReleaseSpec:
     graph_data: bool = False  # oc-mirror's `platform.graph`: the graph-data image was asked for
     signatures: bool = True  # carry the release signatures (ConfigMaps on the far side)
     repository: str = DEFAULT_RELEASE_REPOSITORY  # target repository for the payload
+    kubevirt_container: bool = False  # oc-mirror's `platform.kubeVirtContainer`: the KubeVirt container disk
 
     def is_empty(self) -> bool:
         return not self.images and not self.channels
@@ -202,6 +203,16 @@ class TargetSpec:
 
 
 @frozen_keyword_only
+class AdditionalImage:
+    """One additional image, and how it is named on the mirror (oc-mirror's `targetRepo` / `targetTag`)."""
+
+    name: str  # the source reference
+    target_repository: Optional[str] = None  # repository path on the mirror; None: the source's path
+    target_tag: Optional[str] = None  # tag on the mirror; None: the source's tag (or a digest tag)
+    platforms: Tuple[str, ...] = ()  # `os/architecture` (Go names); empty: whatever the image is
+
+
+@frozen_keyword_only
 class ImageSet:
     """A parsed, validated image-set config."""
 
@@ -210,11 +221,17 @@ class ImageSet:
     releases: ReleaseSpec = field(default_factory=ReleaseSpec)
     samples: SamplesSpec = field(default_factory=SamplesSpec)
     operators: Tuple[CatalogSpec, ...] = ()
-    additional_images: Tuple[str, ...] = ()
+    additional: Tuple[AdditionalImage, ...] = ()
+    blocked_images: Tuple[str, ...] = ()  # exact references or regular expressions, never carried
     registry_images: RegistryImagesSpec = field(default_factory=RegistryImagesSpec)
     target: TargetSpec = field(default_factory=TargetSpec)
     volume_size_hint: Optional[int] = None  # bytes
     warnings: Tuple[str, ...] = ()
+
+    @property
+    def additional_images(self) -> Tuple[str, ...]:
+        """The additional images' source references."""
+        return tuple(a.name for a in self.additional)
 
     def is_empty(self) -> bool:
         """True when the config selects nothing at all to carry (registry images count as content)."""

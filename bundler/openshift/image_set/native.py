@@ -1,7 +1,7 @@
 """Our own image-set format: ``apiVersion: ocp-bundler.io/v1alpha1``, ``kind: ImageSet``.
 
 It owns the table of our top-level fields (target, releases, samples, operators, additionalImages,
-registryImages, volumeSizeGiB) and how they become an `ImageSet`.
+blockedImages, registryImages, volumeSizeGiB) and how they become an `ImageSet`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from bundler.openshift.image_set.model import (
 from bundler.openshift.image_set.schema import (
     Ctx,
     Field,
-    Loc,
     Record,
     boolean,
     dedupe,
@@ -39,18 +38,12 @@ from bundler.openshift.image_set.schema import (
 from bundler.openshift.image_set.sections import (
     RELEASE_CHANNEL,
     architecture_list,
+    additional_image,
+    blocked_image,
     finish,
-    named_image,
     operator_catalogs,
+    unique_images,
 )
-
-def _image_entry(ctx: Ctx, value: Any, loc: Loc) -> str:
-    """An additional image: a reference string, or oc-mirror's `{name: <reference>}`."""
-    if isinstance(value, dict):
-        result: str = named_image("an image reference")(ctx, value, loc)
-        return result
-    return str(image_reference("an image reference")(ctx, value, loc))
-
 
 def _build_samples(ctx: Ctx, record: Record) -> SamplesSpec:
     return SamplesSpec(**record.values)
@@ -86,6 +79,7 @@ OWN_TOP: Mapping[str, Field] = {
                 "graphURL": Field("graph_url", http_url),
                 "graphData": Field("graph_data", boolean),
                 "signatures": Field("signatures", boolean),
+                "kubeVirtContainer": Field("kubevirt_container", boolean),
             },
             values_of,
         ),
@@ -103,7 +97,8 @@ OWN_TOP: Mapping[str, Field] = {
         ),
     ),
     "operators": Field("operators", operator_catalogs()),
-    "additionalImages": Field("additional_images", list_of(_image_entry, "image references")),
+    "additionalImages": Field("additional", list_of(additional_image, "image references")),
+    "blockedImages": Field("blocked_images", list_of(blocked_image, "image names or regular expressions")),
     "registryImages": Field(
         "registry_images",
         mapping_of(
@@ -147,9 +142,8 @@ def build_own(ctx: Ctx, record: Record) -> ImageSet:
             releases=releases,
             samples=samples,
             operators=values.get("operators", ()),
-            additional_images=dedupe(
-                ctx, values.get("additional_images", ()), record.at("additionalImages"), "additional image"
-            ),
+            additional=unique_images(ctx, values.get("additional", ()), record.at("additionalImages")),
+            blocked_images=values.get("blocked_images", ()),
             registry_images=values.get("registry_images", RegistryImagesSpec()),
             target=target,
             volume_size_hint=gib * GIB if gib is not None else None,

@@ -1,13 +1,14 @@
 """oc-mirror's ``ImageSetConfiguration`` (``mirror.openshift.io/v1alpha2`` and ``v2alpha1``), read unchanged.
 
 It owns the tables of both versions and how they become an `ImageSet`. What we do not support yet
-(Helm, blocked images, ...) is an error naming the field, never dropped.
+(Helm, ...) is an error naming the field and saying what to do instead, never dropped. Field names are
+matched case-insensitively, as oc-mirror's decoder does, with a warning.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bundler.oci.reference import PATH_COMPONENT
 from bundler.openshift.image_set.model import GIB, ImageSet, ReleaseSpec
@@ -17,7 +18,6 @@ from bundler.openshift.image_set.schema import (
     Field,
     Record,
     boolean,
-    dedupe,
     image_reference,
     list_of,
     mapping_of,
@@ -29,21 +29,32 @@ from bundler.openshift.image_set.sections import (
     MIN_BUNDLE,
     RELEASE_CHANNEL,
     architecture_list,
+    ADDITIONAL_IMAGE,
+    blocked_image,
     finish,
-    named_image,
     operator_catalogs,
+    platform_list,
+    unique_images,
 )
 
 _UNSUPPORTED_MIRROR: Mapping[str, str] = {
-    "helm": "Helm charts are not carried yet; list the chart's images under additionalImages instead",
-    "blockedImages": "images cannot be filtered out yet; remove the field and the images from the other sections",
+    "helm": (
+        "finding a chart's images means rendering its Go templates with helm's engine, which ocp-bundler does "
+        "not do; list the charts' images under additionalImages and carry the chart archives beside the bundle"
+    ),
     "samples": "oc-mirror does not implement it either; use the ocp-bundler format's samples section",
 }
+#: Fields of mirror.openshift.io/v2alpha1 met in a v1alpha2 document.
+_V2_ONLY = "a mirror.openshift.io/v2alpha1 field: set apiVersion: mirror.openshift.io/v2alpha1 to use it"
 
 _PLATFORM_FIELDS_V1ALPHA2: Mapping[str, Field] = {
     "channels": Field("channels", list_of(RELEASE_CHANNEL, "release channels")),
     "architectures": Field("architectures", architecture_list),
     "graph": Field("graph", boolean),
+}
+_MIRROR_FIELDS: Mapping[str, Field] = {
+    "additionalImages": Field("additional", list_of(ADDITIONAL_IMAGE, "images ({name: <reference>})")),
+    "blockedImages": Field("blocked_images", list_of(blocked_image, "images ({name: <reference or regular expression>})")),
 }
 
 
@@ -58,9 +69,7 @@ def _oc_mirror_fields(
         {
             "platform": Field("platform", mapping_of(platform_fields, values_of, unsupported=platform_unsupported)),
             "operators": Field("operators", operators),
-            "additionalImages": Field(
-                "additional_images", list_of(named_image("an image reference"), "images ({name: <reference>})")
-            ),
+            **_MIRROR_FIELDS,
         },
         values_of,
         unsupported=_UNSUPPORTED_MIRROR,
@@ -75,7 +84,7 @@ def _oc_mirror_fields(
 
 OC_MIRROR_V1ALPHA2_FIELDS = _oc_mirror_fields(
     platform_fields=_PLATFORM_FIELDS_V1ALPHA2,
-    platform_unsupported={},
+    platform_unsupported={"release": _V2_ONLY, "platforms": _V2_ONLY, "kubeVirtContainer": _V2_ONLY},
     operators=operator_catalogs(
         package_unsupported={"minBundle": MIN_BUNDLE},
         channel_unsupported={"minBundle": MIN_BUNDLE},
@@ -95,21 +104,22 @@ OC_MIRROR_V2ALPHA1_FIELDS = _oc_mirror_fields(
     platform_fields={
         **_PLATFORM_FIELDS_V1ALPHA2,
         "release": Field("release", image_reference("a release image reference")),
+        "platforms": Field("platforms", platform_list),
+        "kubeVirtContainer": Field("kubevirt_container", boolean),
     },
-    platform_unsupported={
-        "kubeVirtContainer": (
-            "not extracted from the release yet; list the KubeVirt container image under additionalImages instead"
-        ),
-    },
+    platform_unsupported={},
     operators=operator_catalogs(
         package_unsupported={
-            "bundles": "selecting bundles by name is not supported yet; use minVersion/maxVersion",
-            "selectors": "label selectors on related images are not supported yet",
+            "bundles": "select bundles by minVersion/maxVersion instead of by name",
+            "selectors": "label selectors on related images are not read; select packages and channels instead",
         },
         catalog_unsupported={
             "targetCatalogSourceTemplate": (
-                "CatalogSource templates are not supported yet; ocp-bundler writes the CatalogSource itself"
+                "ocp-bundler writes the CatalogSource itself; edit the catalogSource-<name>.yaml unpack writes"
             ),
+        },
+        catalog_ignored={
+            "platforms": "accepted; operator images are carried with every platform (manifest lists stay digest-exact)",
         },
     ),
 )
@@ -119,11 +129,26 @@ def build_oc_mirror(ctx: Ctx, record: Record) -> ImageSet:
     mirror: Dict[str, Any] = record.values.get("mirror", {})
     platform: Dict[str, Any] = mirror.get("platform", {})
     release = platform.get("release")
+    architectures: Tuple[str, ...] = platform.get("architectures") or ("amd64",)
+    platforms: Tuple[str, ...] = platform.get("platforms", ())
+    if platforms:
+        platform_loc = record.at("mirror").key("platform", None)
+        if platform.get("architectures"):
+            ctx.fail(platform_loc, "platforms and architectures cannot be used together (as in oc-mirror): keep one")
+        wanted = tuple(dict.fromkeys(p.partition("/")[2] for p in platforms))
+        architectures = wanted if len(wanted) == 1 else ("multi",)
+        if len(wanted) > 1:
+            ctx.warn(
+                platform_loc.key("platforms", None),
+                f"the multi-architecture release payload is carried whole, every architecture, digest-exact "
+                f"(oc-mirror would push a sparse list of {', '.join(wanted)}, which most registries refuse)",
+            )
     releases = ReleaseSpec(
         images=(release,) if release else (),
         channels=platform.get("channels", ()),
-        architectures=platform.get("architectures") or ("amd64",),
+        architectures=architectures,
         graph_data=platform.get("graph", False),
+        kubevirt_container=platform.get("kubevirt_container", False),
     )
     archive_size: Optional[int] = record.values.get("archive_size")
     mirror_loc = record.at("mirror")
@@ -135,9 +160,8 @@ def build_oc_mirror(ctx: Ctx, record: Record) -> ImageSet:
             source_name=ctx.source_name,
             releases=releases,
             operators=mirror.get("operators", ()),
-            additional_images=dedupe(
-                ctx, mirror.get("additional_images", ()), mirror_loc.key("additionalImages", None), "additional image"
-            ),
+            additional=unique_images(ctx, mirror.get("additional", ()), mirror_loc.key("additionalImages", None)),
+            blocked_images=mirror.get("blocked_images", ()),
             volume_size_hint=archive_size * GIB if archive_size is not None else None,
         ),
     )

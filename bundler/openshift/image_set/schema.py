@@ -140,6 +140,8 @@ class Ctx:
         self.source_name = source_name
         self.base_dir = base_dir
         self.warnings: List[str] = []
+        self.case_insensitive = False
+        """Match field names regardless of case (oc-mirror's decoder does), with a warning."""
 
     def fail(self, loc: Loc, message: str) -> NoReturn:
         line = f" [line {loc.line}]" if loc.line is not None else ""
@@ -386,6 +388,8 @@ def mapping_of(
         mapping = value if isinstance(value, YamlMap) else YamlMap(loc.line)
         if mapping is not value:
             mapping.update(value)
+        if ctx.case_insensitive:
+            mapping = _canonical_keys(ctx, mapping, [*fields, *unsupported, *ignored], loc)
         for key, raw in mapping.items():
             key_loc = Loc(loc.path, mapping.key_lines.get(key, loc.line))
             if not isinstance(key, str):
@@ -396,7 +400,7 @@ def mapping_of(
                 ctx.warn(loc.key(key, key_loc.line), ignored[key])
             elif key in unsupported:
                 if not _is_unset(raw):
-                    ctx.fail(loc.key(key, key_loc.line), f"'{key}' is not supported by ocp-bundler: {unsupported[key]}")
+                    ctx.fail(loc.key(key, key_loc.line), f"'{key}' is not supported yet by ocp-bundler: {unsupported[key]}")
             else:
                 ctx.fail(key_loc, f"unknown field '{key}'{suggestion(key, known)}")
         values: Dict[str, Any] = {}
@@ -410,6 +414,25 @@ def mapping_of(
         return build(ctx, Record(values, loc, mapping))
 
     return convert
+
+
+def _canonical_keys(ctx: Ctx, mapping: YamlMap, known: Sequence[str], loc: Loc) -> YamlMap:
+    """`mapping` with each key that differs from a known field only in case renamed to it, with a warning;
+    a key given in two spellings is an error."""
+    by_lower = {name.lower(): name for name in known}
+    renamed = YamlMap(mapping.line)
+    for key, raw in mapping.items():
+        line = mapping.key_lines.get(key)
+        canonical = by_lower.get(key.lower()) if isinstance(key, str) and key not in known else None
+        if canonical is not None:
+            if canonical in mapping or canonical in renamed:
+                ctx.fail(loc.key(key, line), f"'{key}' and '{canonical}' are the same field (oc-mirror ignores case): keep one")
+            ctx.warn(loc.key(key, line), f"'{key}' read as '{canonical}' (oc-mirror matches field names regardless of case)")
+            key = canonical
+        renamed[key] = raw
+        if line is not None:
+            renamed.key_lines[key] = line
+    return renamed
 
 
 def values_of(ctx: Ctx, record: Record) -> Dict[str, Any]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from bundler.oci.reference import REPOSITORY, TAG
 from bundler.openshift.image_set.model import (
     ARCHITECTURE_ALIASES,
     PLATFORM_TYPES,
+    AdditionalImage,
     CatalogSpec,
     ChannelFilter,
     ChannelSpec,
@@ -117,7 +118,7 @@ _CATALOG_FIELDS_BASE: Mapping[str, Field] = {
     "targetTag": Field("target_tag", text_value("an image tag like v4.14", re.compile(TAG))),
 }
 
-MIN_BUNDLE = "not supported yet; select bundles by minVersion/maxVersion instead"
+MIN_BUNDLE = "select bundles by minVersion/maxVersion instead"
 
 
 def operator_catalogs(
@@ -151,6 +152,83 @@ def operator_catalogs(
 def named_image(what: str) -> Converter:
     """oc-mirror's `{name: <reference>}` entry."""
     return mapping_of({"name": Field("name", image_reference(what), required=True)}, lambda ctx, r: r.values["name"])
+
+
+_OS_RE = re.compile(r"[a-z0-9]+")
+
+
+def platform_entry(ctx: Ctx, value: Any, loc: Loc) -> str:
+    """One platform: oc-mirror's `{os, architecture}` or `os/architecture` text; `os/<Go architecture>`."""
+    what = "a platform like {os: linux, architecture: amd64} or linux/amd64 (os/architecture)"
+    if isinstance(value, dict):
+        record = mapping_of(
+            {
+                "os": Field("os", text_value("an operating system like linux", _OS_RE), required=True),
+                "architecture": Field("architecture", choice(ARCHITECTURE_ALIASES, "architecture"), required=True),
+            },
+            lambda c, r: f"{r.values['os']}/{r.values['architecture']}",
+        )
+        result: str = record(ctx, value, loc)
+        return result
+    text = text_value(what)(ctx, value, loc)
+    os_name, slash, arch = text.partition("/")
+    if not slash or not _OS_RE.fullmatch(os_name):
+        ctx.fail(loc, f"expected {what}, got {text!r}")
+    return f"{os_name}/{choice(ARCHITECTURE_ALIASES, 'architecture')(ctx, arch, loc)}"
+
+
+def platform_list(ctx: Ctx, value: Any, loc: Loc) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(list_of(platform_entry, "platforms")(ctx, value, loc)))
+
+
+def _additional_image(ctx: Ctx, record: Record) -> AdditionalImage:
+    return AdditionalImage(**record.values)
+
+
+ADDITIONAL_IMAGE = mapping_of(
+    {
+        "name": Field("name", image_reference("an image reference"), required=True),
+        "targetRepo": Field(
+            "target_repository", text_value("a repository path like mirror/ubi (no host, tag or digest)", re.compile(REPOSITORY))
+        ),
+        "targetTag": Field("target_tag", text_value("an image tag like v1", re.compile(TAG))),
+        "platforms": Field("platforms", platform_list),
+    },
+    _additional_image,
+)
+
+
+def additional_image(ctx: Ctx, value: Any, loc: Loc) -> AdditionalImage:
+    """An additional image: `{name, targetRepo, targetTag, platforms}` (oc-mirror), or a bare reference."""
+    if isinstance(value, dict):
+        result: AdditionalImage = ADDITIONAL_IMAGE(ctx, value, loc)
+        return result
+    return AdditionalImage(name=str(image_reference("an image reference")(ctx, value, loc)))
+
+
+def unique_images(ctx: Ctx, images: Tuple[AdditionalImage, ...], loc: Loc) -> Tuple[AdditionalImage, ...]:
+    """The additional images with exact repeats dropped (with a warning)."""
+    result: List[AdditionalImage] = []
+    for image in images:
+        if image in result:
+            ctx.warn(loc, f"additional image {image.name!r} is listed more than once; carrying it once")
+        else:
+            result.append(image)
+    return tuple(result)
+
+
+def blocked_image(ctx: Ctx, value: Any, loc: Loc) -> str:
+    """A `blockedImages` entry: `{name: …}` or text; an exact reference or a regular expression."""
+    if isinstance(value, dict):
+        name: str = mapping_of({"name": Field("name", text_value("an image name or regular expression"), required=True)}, lambda c, r: r.values["name"])(ctx, value, loc)
+        loc = loc.key("name", loc.line)
+    else:
+        name = text_value("an image name or regular expression")(ctx, value, loc)
+    try:
+        re.compile(name)
+    except re.error as exc:
+        ctx.fail(loc, f"{name!r} is not a valid regular expression ({exc}); escape it, or give the exact image reference")
+    return name
 
 
 def finish(ctx: Ctx, record: Record, image_set: ImageSet) -> ImageSet:
