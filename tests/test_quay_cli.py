@@ -53,7 +53,7 @@ def test_usage_errors_are_exit_2(tmp_path: Path) -> None:
     out = runner.invoke(main, ["quay", "down", "--purge", "--yes", "--data-dir", str(tmp_path)])
     if out.exit_code != 2:  # podman may be absent here: then that is the one-line error
         pytest.fail(out.output)
-    assert "does not look like a Quay data directory" in out.output or "podman is not installed" in out.output
+    assert "is not a Quay data directory made by ocp-bundler" in out.output or "podman is not installed" in out.output
     assert tmp_path.exists()
 
 

@@ -433,14 +433,18 @@ def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResu
 
         load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
     items, sources = _items(content)
-    plans = _assign(items, options.volume_size)
-    slots = _slots(plans)
-    fingerprint = _fingerprint(content.images, items, content.skipped, options.volume_size, content.base_id, fmt=2)
-    bundle_id = f"ocpb-{fingerprint[:32]}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _disk_error(exc, out_dir, options.volume_size) from None
+    # A lower bound first (the stored bytes alone, less what earlier runs already reserved), so a plan that
+    # cannot fit (or a manifest that lies about sizes) stops before its volumes are even laid out.
+    reserved = sum(p.stat().st_size for p in out_dir.glob(".bundle-*.tar.partial"))
+    check_space(out_dir, sum(i.stored_size for i in items) - reserved)
+    plans = _assign(items, options.volume_size)
+    slots = _slots(plans)
+    fingerprint = _fingerprint(content.images, items, content.skipped, options.volume_size, content.base_id, fmt=2)
+    bundle_id = f"ocpb-{fingerprint[:32]}"
     created = _finished_created(out_dir, bundle_id, plans)
     bytes_written, reused = 0, len(plans)
     if created is None:  # not already finished by an earlier run

@@ -22,15 +22,20 @@ On-disk format in short (spec: "bundle" section of the issue):
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, IntegrityError, UnsupportedError
+from bundler.base.jsonlimits import loads_bounded
+from bundler.base.safefile import UnsafeFileError, open_regular, read_regular
 from bundler.oci.planned import KINDS, ImageFacts
+from bundler.oci.reference import is_valid_repository_path, is_valid_tag
 
 SCHEMA_VERSION = 2
 """The newest version written and read; 1 (every volume with its sha256) is still read and written."""
@@ -45,6 +50,56 @@ _VOLUME_NAME = re.compile(r"^bundle-[0-9]{4,6}\.tar$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._+=@:,-]+(/[A-Za-z0-9._+=@:,-]+)*$")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_FILE_NAME = 200
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+"""Largest bundle-manifest.json read (about 200,000 blobs); a bigger one is refused before reading it."""
+MAX_SIGNATURE_BYTES = 64 * 1024
+MAX_SIZE = 1 << 48
+"""Largest size or offset accepted in a manifest (256 TiB): anything beyond is damage or a lie."""
+MAX_TEXT = 4096
+"""Longest free text (source reference, annotation value) accepted in a manifest."""
+
+_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
+_FIELDS = {
+    "document": ({"schemaVersion", "kind", "id", "created", "toolVersion", "baseId", "volumeSize", "images", "volumes", "files", "blobs"}, {"baseBlobs"}),
+    "image": ({"source", "digest", "mediaType", "size", "kind", "targetRepository", "targetTag"}, {"annotations", "totalSize"}),
+    "volume": ({"name", "size"}, {"sha256"}),  # sha256 required in schemaVersion 1 (checked by `volume`)
+    "part": ({"volume", "member", "offset", "length"}, set()),
+    "blob": ({"digest", "size", "mediaType", "encoding", "storedSize", "parts"}, set()),
+    "file": ({"name", "digest", "size", "encoding", "storedSize", "parts"}, set()),
+    "baseBlob": ({"digest", "size", "mediaType"}, set()),
+}
+"""Per object of the manifest: (required, optional) keys; any other key is refused (the schema's
+`additionalProperties: false`). `baseBlobs`, `annotations` and `totalSize` were optional in early files."""
+
+
+def read_bundle_file(path: Path, *, max_size: int) -> bytes:
+    """The bytes of a small file of a bundle directory (the manifest, its signature).
+
+    A bundle holds regular files only: a link, FIFO or device in its place, or a file over `max_size`,
+    is an `IntegrityError` (exit 3) naming it, raised before anything is read. `OSError` (missing,
+    unreadable) passes through for the caller to word."""
+    try:
+        return read_regular(path, max_size=max_size, what=path.name)
+    except UnsafeFileError as exc:
+        raise _unsafe(path, exc) from None
+
+
+def open_volume(path: Path) -> io.FileIO:
+    """Open a volume of a bundle for reading (unbuffered): a regular file, never a link, FIFO or device.
+
+    Raises `IntegrityError` (exit 3) naming what is there instead; `OSError` as it comes."""
+    try:
+        return open_regular(path, what=path.name)
+    except UnsafeFileError as exc:
+        raise _unsafe(path, exc) from None
+
+
+def _unsafe(path: Path, exc: UnsafeFileError) -> IntegrityError:
+    what = exc.reason if exc.reason.startswith("larger") else f"{exc.reason}, not a regular file"
+    return IntegrityError(
+        f"{path.name} in {path.parent} is {what}",
+        hint=f"a bundle holds regular files only: copy {path.name} from the source media",
+    )
 
 
 def volume_name(index: int) -> str:
@@ -234,7 +289,7 @@ class BundleManifest:
     @classmethod
     def from_bytes(cls, raw: bytes, *, where: str) -> "BundleManifest":
         try:
-            doc = json.loads(raw)
+            doc = loads_bounded(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise IntegrityError(f"{where} is not valid JSON ({exc})", hint="the bundle manifest was damaged or tampered with; copy it again") from None
         return _Reader(where).manifest(doc)
@@ -278,9 +333,17 @@ class _Reader:
             f"{self.where}: {path} {what}", hint="the bundle manifest is damaged, tampered with, or not written by ocp-bundler"
         )
 
-    def obj(self, v: Any, path: str) -> Dict[str, Any]:
+    def obj(self, v: Any, path: str, shape: Optional[str] = None) -> Dict[str, Any]:
         if not isinstance(v, dict):
             raise self.fail(path, "must be an object")
+        if shape is not None:
+            required, optional = _FIELDS[shape]
+            missing = sorted(required - v.keys())
+            if missing:
+                raise self.fail(path, f"lacks {', '.join(missing)}")
+            unknown = sorted(str(k)[:40] for k in v.keys() - required - optional)
+            if unknown:
+                raise self.fail(path, f"has unknown fields {', '.join(unknown[:5])}")
         return v
 
     def lst(self, v: Any, path: str) -> List[Any]:
@@ -288,16 +351,24 @@ class _Reader:
             raise self.fail(path, "must be a list")
         return v
 
-    def s(self, d: Dict[str, Any], key: str, path: str, *, empty: bool = False) -> str:
+    def s(self, d: Dict[str, Any], key: str, path: str, *, empty: bool = False, limit: int = MAX_TEXT) -> str:
         v = d.get(key)
         if not isinstance(v, str) or (not empty and not v):
             raise self.fail(f"{path}.{key}", "must be a non-empty string" if not empty else "must be a string")
+        if len(v) > limit:
+            raise self.fail(f"{path}.{key}", f"is longer than {limit} characters")
         return v
 
     def n(self, d: Dict[str, Any], key: str, path: str) -> int:
         v = d.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise self.fail(f"{path}.{key}", "must be a whole number ≥ 0")
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > MAX_SIZE:
+            raise self.fail(f"{path}.{key}", f"must be a whole number from 0 to {MAX_SIZE}")
+        return v
+
+    def media_type(self, d: Dict[str, Any], key: str, path: str, *, empty: bool) -> str:
+        v = self.s(d, key, path, empty=empty, limit=255)
+        if v and not _MEDIA_TYPE.match(v):
+            raise self.fail(f"{path}.{key}", f"is not a media type ({v[:80]!r})")
         return v
 
     def digest(self, d: Dict[str, Any], key: str, path: str) -> str:
@@ -313,13 +384,15 @@ class _Reader:
         version = doc.get("schemaVersion")
         if doc.get("kind") != KIND:
             raise self.fail("kind", f"must be {KIND!r} (this is not an ocp-bundler bundle manifest)")
-        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        exact_int = isinstance(version, int) and not isinstance(version, bool)
+        if isinstance(version, int) and exact_int and version > SCHEMA_VERSION:
             raise UnsupportedError(
                 f"{self.where} has schemaVersion {version}; this ocp-bundler reads versions {' and '.join(map(str, SCHEMA_VERSIONS))}",
                 hint="use the ocp-bundler version that wrote the bundle (or newer)",
             )
-        if version not in SCHEMA_VERSIONS or isinstance(version, bool):
-            raise self.fail("schemaVersion", f"must be one of {', '.join(map(str, SCHEMA_VERSIONS))}")
+        if not exact_int or version not in SCHEMA_VERSIONS:
+            raise self.fail("schemaVersion", f"must be the number {' or '.join(map(str, SCHEMA_VERSIONS))}")
+        self.obj(doc, "document", "document")
         bundle_id = self.s(doc, "id", "document")
         if not _ID.match(bundle_id):
             raise self.fail("id", "has characters outside A-Za-z0-9._:-")
@@ -330,7 +403,7 @@ class _Reader:
         names = [vol.name for vol in volumes]
         if len(set(names)) != len(names):
             raise self.fail("volumes", "lists a volume twice")
-        known = set(names)
+        known = {vol.name: vol.size for vol in volumes}
         blobs = tuple(self.stored_blob(x, f"blobs[{i}]", known) for i, x in enumerate(self.lst(doc.get("blobs"), "blobs")))
         if len({b.digest for b in blobs}) != len(blobs):
             raise self.fail("blobs", "lists a blob twice")
@@ -341,8 +414,8 @@ class _Reader:
         images = tuple(self.image(x, f"images[{i}]") for i, x in enumerate(self.lst(doc.get("images"), "images")))
         return BundleManifest(
             id=bundle_id,
-            created=self.s(doc, "created", "document"),
-            tool_version=self.s(doc, "toolVersion", "document"),
+            created=self.s(doc, "created", "document", limit=64),
+            tool_version=self.s(doc, "toolVersion", "document", limit=128),
             base_id=base_id,
             images=images,
             blobs=blobs,
@@ -354,7 +427,7 @@ class _Reader:
 
     def volume(self, v: Any, path: str, hashed: bool) -> BundleVolume:
         """A volume entry; `hashed` (version 1) requires its sha256, version 2 makes it optional."""
-        d = self.obj(v, path)
+        d = self.obj(v, path, "volume")
         name = self.s(d, "name", path)
         if not is_volume_name(name):
             raise self.fail(f"{path}.name", f"is not a volume name like bundle-0001.tar ({name[:80]!r})")
@@ -365,11 +438,11 @@ class _Reader:
             raise self.fail(f"{path}.sha256", "must be a sha256 digest")
         return BundleVolume(name, self.n(d, "size", path), sha)
 
-    def parts(self, d: Dict[str, Any], path: str, volumes: "set[str]", stored_size: int) -> Tuple[Part, ...]:
+    def parts(self, d: Dict[str, Any], path: str, volumes: Mapping[str, int], stored_size: int) -> Tuple[Part, ...]:
         out = []
         for i, x in enumerate(self.lst(d.get("parts"), f"{path}.parts")):
             pp = f"{path}.parts[{i}]"
-            p = self.obj(x, pp)
+            p = self.obj(x, pp, "part")
             vol = self.s(p, "volume", pp)
             if vol not in volumes:
                 raise self.fail(f"{pp}.volume", f"names {vol[:80]!r}, which is not in volumes")
@@ -379,7 +452,10 @@ class _Reader:
             offset = self.n(p, "offset", pp)
             if offset < TAR_BLOCK or offset % TAR_BLOCK:
                 raise self.fail(f"{pp}.offset", "must be a multiple of 512 after a tar header")
-            out.append(Part(vol, member, offset, self.n(p, "length", pp)))
+            length = self.n(p, "length", pp)
+            if offset + length > volumes[vol]:
+                raise self.fail(pp, f"ends at byte {offset + length}, beyond the end of {vol} ({volumes[vol]} bytes)")
+            out.append(Part(vol, member, offset, length))
         if sum(p.length for p in out) != stored_size:
             raise self.fail(f"{path}.parts", f"add up to {sum(p.length for p in out)} bytes, but storedSize is {stored_size}")
         return tuple(out)
@@ -390,49 +466,65 @@ class _Reader:
             raise self.fail(f"{path}.encoding", f"must be one of {', '.join(ENCODINGS)}")
         return enc
 
-    def stored_blob(self, v: Any, path: str, volumes: "set[str]") -> BundleBlob:
-        d = self.obj(v, path)
+    def stored_size(self, d: Dict[str, Any], path: str, size: int, encoding: str) -> int:
         stored = self.n(d, "storedSize", path)
+        if encoding == "raw" and stored != size:
+            raise self.fail(f"{path}.storedSize", f"is {stored}, but a raw-stored item's must equal its size {size}")
+        return stored
+
+    def stored_blob(self, v: Any, path: str, volumes: Mapping[str, int]) -> BundleBlob:
+        d = self.obj(v, path, "blob")
+        size = self.n(d, "size", path)
+        encoding = self.encoding(d, path)
+        stored = self.stored_size(d, path, size, encoding)
         return BundleBlob(
             digest=self.digest(d, "digest", path),
-            size=self.n(d, "size", path),
-            media_type=self.s(d, "mediaType", path, empty=True),
-            encoding=self.encoding(d, path),
+            size=size,
+            media_type=self.media_type(d, "mediaType", path, empty=True),
+            encoding=encoding,
             stored_size=stored,
             parts=self.parts(d, path, volumes, stored),
         )
 
-    def stored_file(self, v: Any, path: str, volumes: "set[str]") -> BundleFile:
-        d = self.obj(v, path)
+    def stored_file(self, v: Any, path: str, volumes: Mapping[str, int]) -> BundleFile:
+        d = self.obj(v, path, "file")
         name = self.s(d, "name", path)
         why = check_file_name(name)
         if why:
             raise self.fail(f"{path}.name", f"{why} ({name[:80]!r})")
-        stored = self.n(d, "storedSize", path)
+        size = self.n(d, "size", path)
+        encoding = self.encoding(d, path)
+        stored = self.stored_size(d, path, size, encoding)
         digest = self.digest(d, "digest", path)
         if not digest.startswith("sha256:"):
             raise self.fail(f"{path}.digest", "must be a sha256 digest")
         return BundleFile(
             name=name,
             digest=digest,
-            size=self.n(d, "size", path),
-            encoding=self.encoding(d, path),
+            size=size,
+            encoding=encoding,
             stored_size=stored,
             parts=self.parts(d, path, volumes, stored),
         )
 
     def base_blob(self, v: Any, path: str) -> BaseBlob:
-        d = self.obj(v, path)
-        return BaseBlob(self.digest(d, "digest", path), self.n(d, "size", path), self.s(d, "mediaType", path, empty=True))
+        d = self.obj(v, path, "baseBlob")
+        return BaseBlob(self.digest(d, "digest", path), self.n(d, "size", path), self.media_type(d, "mediaType", path, empty=True))
 
     def image(self, v: Any, path: str) -> BundleImage:
-        d = self.obj(v, path)
+        d = self.obj(v, path, "image")
         kind = self.s(d, "kind", path)
         if kind not in KINDS:
             raise self.fail(f"{path}.kind", f"must be one of {', '.join(KINDS)}")
         ann = self.obj(d.get("annotations", {}), f"{path}.annotations")
-        if not all(isinstance(k, str) and isinstance(x, str) for k, x in ann.items()):
-            raise self.fail(f"{path}.annotations", "must map strings to strings")
+        if not all(isinstance(k, str) and isinstance(x, str) and len(k) <= 255 and len(x) <= MAX_TEXT for k, x in ann.items()):
+            raise self.fail(f"{path}.annotations", f"must map names (up to 255 characters) to strings (up to {MAX_TEXT})")
+        repository = self.s(d, "targetRepository", path)
+        if not is_valid_repository_path(repository):
+            raise self.fail(f"{path}.targetRepository", f"is not a repository path like ocp4/openshift4 ({repository[:80]!r})")
+        tag = self.s(d, "targetTag", path)
+        if not is_valid_tag(tag):
+            raise self.fail(f"{path}.targetTag", f"is not a valid tag ({tag[:80]!r})")
         total = d.get("totalSize")
         if total is not None:
             total = self.n(d, "totalSize", path)
@@ -440,11 +532,11 @@ class _Reader:
         return BundleImage(
             source=self.s(d, "source", path),
             digest=self.digest(d, "digest", path),
-            media_type=self.s(d, "mediaType", path),
+            media_type=self.media_type(d, "mediaType", path, empty=False),
             size=self.n(d, "size", path),
             kind=kind,
-            target_repository=self.s(d, "targetRepository", path),
-            target_tag=self.s(d, "targetTag", path),
+            target_repository=repository,
+            target_tag=tag,
             annotations=free,
             total_size=total,
             facts=facts,

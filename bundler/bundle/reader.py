@@ -23,6 +23,7 @@ from bundler.registry.client import FetchedManifest
 from bundler.bundle.members import CHUNK, JOURNAL_NAME, STATE_NAME, StoredItem
 from bundler.bundle.manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
     SIGNATURE_NAME,
     TAR_BLOCK,
     BaseBlob,
@@ -32,6 +33,8 @@ from bundler.bundle.manifest import (
     BundleManifest,
     Part,
     is_volume_name,
+    open_volume,
+    read_bundle_file,
 )
 
 # --------------------------------------------------------------------------------------------------------
@@ -93,9 +96,11 @@ class _PartsReader:
         if f is None:
             path = self.directory / volume
             try:
-                f = open(path, "rb")
+                f = open_volume(path)
             except FileNotFoundError:
                 raise IntegrityError(f"{volume} is missing from {self.directory}", hint=f"copy {volume} from the source media") from None
+            except OSError as exc:
+                raise IntegrityError(f"{volume} in {self.directory} cannot be read ({exc.strerror or exc})", hint=f"fix its permissions, or copy {volume} from the source media") from None
             self._files[volume] = f
         return f
 
@@ -273,7 +278,7 @@ def read_manifest(directory: Path) -> Tuple[BundleManifest, bytes]:
         raise UsageError(f"{directory} is not a directory", hint="pass the directory that holds bundle-manifest.json and the volumes")
     path = directory / MANIFEST_NAME
     try:
-        raw = path.read_bytes()
+        raw = read_bundle_file(path, max_size=MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         volumes = sorted(p.name for p in directory.glob("bundle-*.tar") if is_volume_name(p.name))
         if (directory / STATE_NAME).exists() or (directory / JOURNAL_NAME).exists() or list(directory.glob(".bundle-*.tar.partial")):

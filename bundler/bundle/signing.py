@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bundler.base.errors import SignatureError, UsageError
+from bundler.base.jsonlimits import loads_bounded
+from bundler.base.safefile import read_regular
 
 ALGORITHM = "ed25519"
 
@@ -65,9 +67,12 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
         os.close(fd)
 
 
+MAX_KEY_BYTES = 64 * 1024
+
+
 def _read_key_file(path: Path, what: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_regular(path, max_size=MAX_KEY_BYTES, what=what, follow_links=True)
     except FileNotFoundError:
         raise UsageError(f"{what} {path} does not exist", hint="create a key pair with: ocp-bundler keygen --private bundle.key --public bundle.pub") from None
     except IsADirectoryError:
@@ -120,7 +125,7 @@ def signature_key_id(signature: bytes) -> str:
 
 def _parse_signature(signature: bytes) -> "tuple[bytes, str]":
     try:
-        doc = json.loads(signature)
+        doc = loads_bounded(signature)
     except (ValueError, UnicodeDecodeError):
         raise SignatureError("the signature file is not valid JSON: it was damaged or tampered with") from None
     if not isinstance(doc, dict) or doc.get("algorithm") != ALGORITHM:

@@ -31,12 +31,27 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import zstandard
 
 from bundler.bundle.volumes import CHUNK, STATE_NAME, Bundle, blob_role, read_manifest
-from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BundleBlob, BundleFile, BundleImage, BundleManifest, BundleVolume, is_volume_name, unsafe_member_reason
+from bundler.bundle.manifest import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+    TAR_BLOCK,
+    BundleBlob,
+    BundleFile,
+    BundleImage,
+    BundleManifest,
+    BundleVolume,
+    is_volume_name,
+    open_volume,
+    read_bundle_file,
+    unsafe_member_reason,
+)
 from bundler.oci.digest import Digest
 from bundler.base.errors import BundlerError, IntegrityError, SignatureError, UnsafeArchiveError, UsageError
 from bundler.oci.graph import walk_manifests
@@ -265,7 +280,7 @@ class TarScanner:
 def scan_volume(path: Path) -> TarScanner:
     """Scan one volume file's tar headers (the same checks verify makes, on their own)."""
     scanner = TarScanner(path.name)
-    with open(path, "rb", buffering=0) as f:
+    with open_volume(path) as f:
         pos = 0
         buf = bytearray(CHUNK)
         view = memoryview(buf)
@@ -287,6 +302,8 @@ def scan_volume(path: Path) -> TarScanner:
 class _VolumeOutcome:
     volume: BundleVolume
     present: bool = False
+    unreadable: Optional[str] = None
+    """Why a volume that is there cannot be read (not a regular file, permissions)."""
     size: int = 0
     sha256: Optional[str] = None
     scanner: Optional[TarScanner] = None
@@ -294,16 +311,20 @@ class _VolumeOutcome:
 
 
 def _check_volume(
-    directory: Path, volume: BundleVolume, segments: List[_Segment], helper: ThreadPoolExecutor, progress: Progress
+    directory: Path, volume: BundleVolume, segments: List[_Segment], helper: ThreadPoolExecutor, progress: Progress, limit: int
 ) -> _VolumeOutcome:
+    """Read one volume once (`limit`: a file larger than every recorded volume is not read at all)."""
     out = _VolumeOutcome(volume)
     path = directory / volume.name
     try:
-        f = open(path, "rb", buffering=0)
+        f = open_volume(path)
     except FileNotFoundError:
         return out
+    except IntegrityError as exc:
+        out.unreadable = f"{exc.message}: {exc.hint}"
+        return out
     except OSError as exc:
-        log.debug("cannot open %s: %s", path, exc)
+        out.unreadable = f"{volume.name} cannot be read ({exc.strerror or exc}): fix its permissions, or copy it again from the source media"
         return out
     out.present = True
     hasher: Any = hashlib.sha256() if volume.sha256 is not None else None  # version 2: the blobs' digests prove it
@@ -311,6 +332,8 @@ def _check_volume(
     out.scanner = scanner
     with f:
         out.size = os.fstat(f.fileno()).st_size
+        if out.size > limit:
+            return out  # it can be no recorded volume: judged by its size alone
         feed_blobs = out.size == volume.size
         buffers = [bytearray(CHUNK), bytearray(CHUNK)]
         pending: Optional[Future[None]] = None
@@ -376,7 +399,7 @@ def _finish_deferred(directory: Path, check: _ItemCheck) -> None:
     view = memoryview(buf)
     while check.next_part < len(parts) and check.error is None:
         part = parts[check.next_part]
-        with open(directory / part.volume, "rb", buffering=0) as f:
+        with open_volume(directory / part.volume) as f:
             f.seek(part.offset)
             left = part.length
             while left > 0:
@@ -437,28 +460,69 @@ def verify_bundle(
         directory = directory.parent
     if require_signature and key is None:
         raise UsageError("--require-signature needs the public key", hint="pass --key bundle.pub")
-    from bundler.bundle.signing import key_id, load_public_key, verify_signature
+    from bundler.bundle.signing import key_id, load_public_key
 
     public = load_public_key(key) if key is not None else None
+    head = _check_signature(directory, key, require_signature)
+    manifest, problems, warnings = head.manifest, head.problems, head.warnings
+    warnings.extend(_stray_files(directory, manifest))
+    workers = max(1, workers)
+    checks, outcomes = _read_volumes(directory, manifest, progress, workers)
+    bad_volumes = _judge_volumes(directory, manifest, outcomes, problems)
+    suppressed, verified = _judge_items(directory, checks, bad_volumes, workers, problems)
+    if not problems:
+        problems.extend(_graph_problems(directory, manifest, head.raw, verified))
+    if problems:
+        _raise(directory, problems, suppressed=suppressed)
+
+    for w in warnings:
+        log.warning("WARNING: %s", w)
+    return VerifyResult(
+        directory=directory,
+        bundle_id=manifest.id,
+        signed=head.signed,
+        key_id=key_id(public) if public is not None and head.signed else None,
+        warnings=tuple(warnings),
+        volumes_checked=len(manifest.volumes),
+        blobs_checked=len(manifest.blobs),
+        files_checked=len(manifest.files),
+        bytes=sum(out.size for out in outcomes),
+        seconds=time.monotonic() - started,
+    )
+
+
+@dataclass
+class _Head:
+    """The manifest as parsed, its bytes, and what the signature check found."""
+
+    manifest: BundleManifest
+    raw: bytes
+    signed: bool
+    problems: List[Problem]
+    warnings: List[str]
+
+
+def _check_signature(directory: Path, key: Optional[Path], require_signature: bool) -> _Head:
+    """Step 1: the signature over the manifest's bytes as stored, then the parsed manifest (or exit 3)."""
+    from bundler.bundle.signing import verify_signature
+
     warnings: List[str] = []
     problems: List[Problem] = []
-
-    # 1. signature, over the bytes as stored
     try:
         manifest, raw = read_manifest(directory)
         parse_error: Optional[BundlerError] = None
     except IntegrityError as exc:
         manifest, parse_error = None, exc
         try:
-            raw = (directory / MANIFEST_NAME).read_bytes()
-        except OSError:
+            raw = read_bundle_file(directory / MANIFEST_NAME, max_size=MAX_MANIFEST_BYTES)
+        except (OSError, IntegrityError):
             raise exc from None
     sig_path = directory / SIGNATURE_NAME
     signed = False
-    if sig_path.exists():
+    if os.path.lexists(sig_path):
         if key is not None:
             try:
-                verify_signature(raw, sig_path.read_bytes(), key)
+                verify_signature(raw, _read_signature(sig_path), key)
                 signed = True
             except SignatureError as exc:
                 problems.append(Problem("signature", f"{MANIFEST_NAME} does not match its signature {SIGNATURE_NAME}: the manifest was tampered with, or {key} is not the key it was signed with ({exc})"))
@@ -472,16 +536,32 @@ def verify_bundle(
         problems.append(Problem("manifest", f"{parse_error}"))
         _raise(directory, problems)
     assert manifest is not None
+    return _Head(manifest, raw, signed, problems, warnings)
 
-    # 2. what is on disk besides the listed volumes
+
+def _read_signature(path: Path) -> bytes:
+    try:
+        return read_bundle_file(path, max_size=MAX_SIGNATURE_BYTES)
+    except IntegrityError as exc:
+        raise SignatureError(str(exc)) from None
+    except OSError as exc:
+        raise SignatureError(f"{path.name} cannot be read ({exc.strerror or exc})") from None
+
+
+def _stray_files(directory: Path, manifest: BundleManifest) -> List[str]:
+    """Step 2: warnings about what is on disk besides the listed volumes."""
+    warnings: List[str] = []
     listed = {v.name for v in manifest.volumes}
     extra = sorted(p.name for p in directory.glob("bundle-*.tar") if is_volume_name(p.name) and p.name not in listed)
     if extra:
         warnings.append(f"volume files not listed in the manifest (ignored): {', '.join(extra)}")
     if (directory / STATE_NAME).exists():
         warnings.append(f"{STATE_NAME} is present: a later pack into this directory did not finish")
+    return warnings
 
-    # 3. every volume in one pass, volumes in parallel
+
+def _read_volumes(directory: Path, manifest: BundleManifest, progress: Progress, workers: int) -> Tuple[List[_ItemCheck], List[_VolumeOutcome]]:
+    """Step 3: every volume in one pass, volumes in parallel; blobs and files are hashed as they go by."""
     checks: List[_ItemCheck] = [_ItemCheck(b, _label(b)) for b in manifest.blobs] + [_ItemCheck(f, _label(f)) for f in manifest.files]
     segments: Dict[str, List[_Segment]] = {v.name: [] for v in manifest.volumes}
     for check in checks:
@@ -490,25 +570,33 @@ def verify_bundle(
     for segs in segments.values():
         segs.sort(key=lambda s: (s.start, s.length))
     progress.add_total(sum(v.size for v in manifest.volumes))
-    workers = max(1, workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool, ThreadPoolExecutor(
         max_workers=workers, thread_name_prefix="vhash"
     ) as helper:
-        futures = [pool.submit(_check_volume, directory, v, segments[v.name], helper, progress) for v in manifest.volumes]
+        limit = max((v.size for v in manifest.volumes), default=0)
+        futures = [pool.submit(_check_volume, directory, v, segments[v.name], helper, progress, limit) for v in manifest.volumes]
         outcomes: List[_VolumeOutcome] = []
         for v, fut in zip(manifest.volumes, futures):
             outcomes.append(fut.result())
             progress.item_done(v.name, "checked")
+    return checks, outcomes
 
+
+def _judge_volumes(directory: Path, manifest: BundleManifest, outcomes: Sequence[_VolumeOutcome], problems: List[Problem]) -> Set[str]:
+    """Each volume against its record: missing, swapped, truncated, grown, altered, or its members wrong.
+
+    Adds to `problems`; returns the volumes whose blobs cannot be judged."""
     bad_volumes: Set[str] = set()
     by_sha: Dict[str, str] = {}
     for v in manifest.volumes:
-        if v.sha256 is not None:
+        if v.sha256 is not None:  # version 2 volumes carry none: their blobs' digests prove them
             by_sha.setdefault(v.sha256, v.name)
-    bytes_read = 0
     for out in outcomes:
         v = out.volume
-        bytes_read += out.size
+        if out.unreadable is not None:
+            problems.append(Problem("volume", out.unreadable, v.name))
+            bad_volumes.add(v.name)
+            continue
         if not out.present:
             problems.append(Problem("volume", f"{v.name} is missing: copy it from the source media into {directory}", v.name))
             bad_volumes.add(v.name)
@@ -520,25 +608,36 @@ def verify_bundle(
             bad_volumes.add(v.name)
             continue
         if v.sha256 is not None and out.sha256 != v.sha256:
-            other = by_sha.get(out.sha256 or "")
-            if other is not None and other != v.name:
-                problems.append(Problem("volume", f"{v.name} holds the content of {other} (volumes swapped or renamed): give each file its right name, or re-copy {v.name}", v.name))
+            problem, unusable = _volume_mismatch(out, by_sha)
+            problems.append(problem)
+            if unusable:
                 bad_volumes.add(v.name)
-            elif out.size < v.size:
-                problems.append(Problem("volume", f"{v.name} is truncated: {out.size} of {v.size} bytes: re-copy {v.name}", v.name))
-                bad_volumes.add(v.name)
-            elif out.size > v.size:
-                problems.append(Problem("volume", f"{v.name} is {out.size} bytes, {out.size - v.size} more than recorded ({v.size}): re-copy {v.name}", v.name))
-                bad_volumes.add(v.name)
-            else:
-                problems.append(Problem("volume", f"{v.name} is altered (sha256 {out.sha256[7:23] if out.sha256 else '?'}…, expected {v.sha256[7:23]}…): re-copy {v.name}", v.name))
-                if out.scanner is not None:
-                    problems.extend(p for p in out.scanner.problems if p.category == "member")
+            elif out.scanner is not None:
+                problems.extend(p for p in out.scanner.problems if p.category == "member")
+            continue
+        if out.size != v.size:  # the content hashes right, so the record of its size is what lies
+            problems.append(Problem("manifest", f"{MANIFEST_NAME} records {v.name} as {v.size} bytes, but it is {out.size} bytes with the recorded sha256: the manifest was altered"))
+            bad_volumes.add(v.name)
             continue
         # intact volume: its members must be exactly what the manifest says
         problems.extend(_structure_problems(manifest, v, out))
+    return bad_volumes
 
-    # 4. blobs: finish split ones, then judge each
+
+def _volume_mismatch(out: _VolumeOutcome, by_sha: Mapping[str, str]) -> Tuple[Problem, bool]:
+    """What is wrong with a volume whose sha256 differs, and whether its blobs are beyond judging."""
+    v = out.volume
+    assert v.sha256 is not None
+    other = by_sha.get(out.sha256 or "")
+    if other is not None and other != v.name:
+        return Problem("volume", f"{v.name} holds the content of {other} (volumes swapped or renamed): give each file its right name, or re-copy {v.name}", v.name), True
+    if out.size != v.size:
+        return Problem("volume", _size_problem(v, out.size), v.name), True
+    return Problem("volume", f"{v.name} is altered (sha256 {out.sha256[7:23] if out.sha256 else '?'}…, expected {v.sha256[7:23]}…): re-copy {v.name}", v.name), False
+
+
+def _judge_items(directory: Path, checks: Sequence[_ItemCheck], bad_volumes: Set[str], workers: int, problems: List[Problem]) -> Tuple[int, Set[str]]:
+    """Step 4: finish split blobs, then judge each blob and file. Returns (how many could not be judged, digests verified)."""
     suppressed = 0
     live = []
     for check in checks:
@@ -560,25 +659,7 @@ def verify_bundle(
             continue
         volumes = sorted({p.volume for p in check.item.parts})
         problems.append(Problem("blob", f"{check.label}: {why}", volumes[0] if len(volumes) == 1 else None))
-    if not problems:
-        problems.extend(_graph_problems(directory, manifest, raw, verified))
-    if problems:
-        _raise(directory, problems, suppressed=suppressed)
-
-    for w in warnings:
-        log.warning("WARNING: %s", w)
-    return VerifyResult(
-        directory=directory,
-        bundle_id=manifest.id,
-        signed=signed,
-        key_id=key_id(public) if public is not None and signed else None,
-        warnings=tuple(warnings),
-        volumes_checked=len(manifest.volumes),
-        blobs_checked=len(manifest.blobs),
-        files_checked=len(manifest.files),
-        bytes=bytes_read,
-        seconds=time.monotonic() - started,
-    )
+    return suppressed, verified
 
 
 def _size_problem(v: BundleVolume, size: int) -> str:

@@ -385,7 +385,7 @@ def check_space(out_dir: Path, needed: int) -> None:
     free = free_space(out_dir)
     if free < needed:
         raise DiskSpaceError(
-            f"not enough free space in {out_dir}: the bundle needs {human_bytes(needed)} ({needed} bytes) more, {human_bytes(free)} is free",
+            f"not enough free space in {out_dir}: the bundle needs {human_bytes(needed)} ({needed} bytes) more, {human_bytes(free)} is free; nothing was pulled",
             hint="free space, choose another directory, or use a base bundle to write only what is new",
         )
 

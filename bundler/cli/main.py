@@ -71,7 +71,10 @@ def main() -> None:
 @registry_options
 @common_options
 @command_body
-def copy(source: str, destination: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, verbose: int, as_json: bool) -> None:
+def copy(
+    source: str, destination: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int,
+    timeout: float, retry_times: int, verbose: int, as_json: bool,
+) -> None:
     """Copy an image (a whole manifest list by default) digest-exactly.
 
     SOURCE and DESTINATION are docker://HOST/REPO[:TAG][@DIGEST] or oci:DIR[:REF].
@@ -85,7 +88,7 @@ def copy(source: str, destination: str, authfile: Optional[Path], ca_file: Optio
     from bundler.transfer.transports import check_pinned, open_sink, open_source, parse_location
 
     src_loc, dst_loc = parse_location(source), parse_location(destination)
-    registries = make_registries(authfile, ca_file, insecure, workers)
+    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times)
     progress = CliProgress("copy", enabled=not as_json)
     try:
         src = open_source(src_loc, registries)

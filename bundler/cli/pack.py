@@ -36,7 +36,7 @@ def pack(
     config: Path, out_dir: Path, work_dir: Optional[Path], volume_size: Optional[str], sign_key: Optional[Path], base: Optional[Path],
     dry_run: bool, graph_url: Optional[str], signature_store: Optional[str],
     graph_data_url: Optional[str], graph_base_image: Optional[str], remove_signatures: bool, release_keys: Tuple[Path, ...],
-    authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, verbose: int, as_json: bool,
+    authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int, verbose: int, as_json: bool,
 ) -> None:
     """Resolve an image-set config and stream every image straight into a signed bundle.
 
@@ -61,7 +61,7 @@ def pack(
     size = parse_size(volume_size, what="--volume-size") if volume_size else None
     if size is None:
         size = load_image_set(config).volume_size_hint or DEFAULT_VOLUME_SIZE
-    registries = make_registries(authfile, ca_file, insecure, workers)
+    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times)
     progress = CliProgress("pack", enabled=not as_json)
     try:
         result = run_pack(

@@ -41,6 +41,8 @@ def prune(
     ca_file: Optional[Path],
     insecure: Tuple[str, ...],
     workers: int,
+    timeout: float,
+    retry_times: int,
     verbose: int,
     as_json: bool,
 ) -> None:
@@ -58,7 +60,7 @@ def prune(
     from bundler.flows.prune import GC_HINT, PruneOptions
     from bundler.flows.prune import prune as run_prune
 
-    registries = make_registries(authfile, ca_file, insecure, workers)
+    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times)
     try:
         result = run_prune(PruneOptions(registry=registry, prefix=prefix, keep=keep, ledger=ledger, apply=apply), registries)
     finally:

@@ -15,6 +15,7 @@ import click
 
 from bundler.cli.support import CONTEXT, command_body, common_options, emit_json, option_group
 from bundler.base.errors import UsageError
+from bundler.base.safefile import read_regular
 
 if TYPE_CHECKING:
     from bundler.quay.bringup import QuayUpOptions
@@ -33,7 +34,7 @@ def _read_secret_file(path: Optional[Path], what: str) -> Optional[str]:
     if path is None:
         return None
     try:
-        text = path.read_text().strip()
+        text = read_regular(path, max_size=64 * 1024, what=f"{what} file", follow_links=True).decode("utf-8", "replace").strip()
     except OSError as exc:
         raise UsageError(f"cannot read {what} from {path}: {exc.strerror}") from None
     if not text:

@@ -15,13 +15,16 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple, Type, TypeVar
 
 import click
+from urllib3.exceptions import InsecureRequestWarning
 
 from bundler.base.errors import BundlerError, ExitCode
 from bundler.base.units import human_bytes as human_bytes  # re-exported for the command modules
+from bundler.registry.http import DEFAULT_RETRY_TIMES, DEFAULT_TIMEOUT, redact_text
 
 T = TypeVar("T")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -36,6 +39,21 @@ def debug_log_path() -> Path:
     return base / "ocp-bundler" / "debug.log"
 
 
+class RedactingFilter(logging.Filter):
+    """Removes query strings and URL credentials from every record before any handler writes it
+    (urllib3's own debug lines carry whole request lines: upload `_state`, pre-signed `X-Amz-Signature`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is logged as it is
+            return True
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def setup_logging(verbose: int) -> None:
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
@@ -44,6 +62,7 @@ def setup_logging(verbose: int) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    console.addFilter(RedactingFilter())
     root.addHandler(console)
     try:
         path = debug_log_path()
@@ -51,10 +70,15 @@ def setup_logging(verbose: int) -> None:
         fh = logging.FileHandler(path)
         fh.setLevel(logging.DEBUG)
         fh.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(name)s: %(message)s"))
+        fh.addFilter(RedactingFilter())
         root.addHandler(fh)
     except OSError:
         pass
-    logging.getLogger("urllib3").setLevel(logging.WARNING if verbose < 3 else logging.DEBUG)
+    # urllib3's own lines ("Connection pool is full, discarding connection", retries) are not for users:
+    # our messages say what failed. -vvv shows them, redacted like everything else.
+    logging.getLogger("urllib3").setLevel(logging.ERROR if verbose < 3 else logging.DEBUG)
+    # --insecure-registry already says TLS is not verified for that host; no warning per request.
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
 
 def run_command(verbose: int, fn: Callable[[], T]) -> T:
@@ -190,6 +214,21 @@ class CliProgress:
 
 def registry_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Flags every command that talks to registries shares."""
+    fn = click.option(
+        "--retry-times",
+        type=click.IntRange(0, 20),
+        default=DEFAULT_RETRY_TIMES,
+        show_default=True,
+        help="Retries of a request after connection errors, stalls, HTTP 429 and 5xx (with backoff).",
+    )(fn)
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(1, 3600),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        metavar="SECONDS",
+        help="Per attempt: a transfer moving under 1 KiB in this time is stalled; manifests and tokens must arrive in full within it.",
+    )(fn)
     fn = click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True, help="Parallel blob transfers.")(fn)
     fn = click.option(
         "--insecure-registry",
@@ -213,11 +252,23 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def make_registries(authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int) -> Any:
-    from bundler.registry.auth import CredentialStore
-    from bundler.registry.client import Registries, TransportOptions
+def make_transport(ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int) -> Any:
+    """The `TransportOptions` of the shared registry flags."""
+    from bundler.registry.http import TransportOptions
+    from bundler.registry.tls import TlsPolicy
 
-    return Registries(
-        credentials=CredentialStore(authfile),
-        options=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=min(64, max(32, workers * 4))),  # pack streams 4 blobs per worker
+    return TransportOptions(
+        tls=TlsPolicy.from_options(insecure=insecure, ca_file=ca_file),
+        read_timeout=timeout,
+        max_attempts=retry_times + 1,
+        pool_size=min(64, max(32, workers * 4)),  # pack streams 4 blobs per worker at once
     )
+
+
+def make_registries(
+    authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...], workers: int, timeout: float, retry_times: int
+) -> Any:
+    from bundler.registry.auth import CredentialStore
+    from bundler.registry.client import Registries
+
+    return Registries(credentials=CredentialStore(authfile), options=make_transport(ca_file, insecure, workers, timeout, retry_times))

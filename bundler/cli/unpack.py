@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import click
 
-from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, registry_options
+from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, make_transport, registry_options
 from bundler.base.errors import UsageError
 from bundler.base.units import human_bytes
 
@@ -96,6 +96,8 @@ def unpack(
     ca_file: Optional[Path],
     insecure: Tuple[str, ...],
     workers: int,
+    timeout: float,
+    retry_times: int,
     verbose: int,
     as_json: bool,
 ) -> None:
@@ -113,7 +115,6 @@ def unpack(
       ocp-bundler unpack /media/usb --registry quay.example:8443 --registry-kind quay --quay-token "$TOKEN"
       ocp-bundler unpack /media/usb --registry mirror.example:8443 --prefix ocp --dry-run
     """
-    from bundler.registry.client import TransportOptions
     from bundler.flows.unpack import UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, unpack_bundle
 
     if no_verify:
@@ -123,7 +124,7 @@ def unpack(
         registry=registry,
         prefix=prefix,
         authfile=authfile,
-        transport=TransportOptions(ca_file=ca_file, insecure_hosts=frozenset(insecure), pool_size=max(16, workers * 2)),
+        transport=make_transport(ca_file, insecure, workers, timeout, retry_times),
         workers=workers,
         dry_run=dry_run,
         verify=not no_verify,

@@ -4,7 +4,8 @@ One JSON-lines file per mirror registry (host, port and prefix) in `$XDG_STATE_H
 (default `~/.local/state/ocp-bundler/mirrors/`). Each line records one image of one bundle as it stands in
 the registry after an unpack: repository (with the prefix, without the host), tag, manifest digest and the
 bundle id. Lines are appended whole with a single write, so concurrent unpacks into one registry never
-interleave; `prune` rewrites the file atomically without the entries it deleted.
+interleave; `prune` rewrites the file atomically without the entries it deleted, re-reading it under the
+ledger's lock (which appends take too), so entries an unpack recorded while prune ran are kept.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import ContextManager, Iterable, List, Optional
 
 from bundler.base.errors import UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.base.lock import exclusive_lock, lock_path_for
 
-__all__ = ["LedgerEntry", "default_ledger_path", "read_ledger", "record", "rewrite_ledger"]
+__all__ = ["LedgerEntry", "default_ledger_path", "drop_from_ledger", "read_ledger", "record"]
 
 #: A ledger larger than this is not ours: refuse rather than read it into memory.
 LEDGER_LIMIT = 256 * 1024 * 1024
+LOCK_WAIT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,12 @@ def record(path: Path, entries: Iterable[LedgerEntry]) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        with _locked(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
     except OSError as exc:
         raise UsageError(f"cannot record the pushed images in {path}: {exc.strerror or exc}", hint="check the permissions of that directory") from exc
 
@@ -98,9 +102,17 @@ def read_ledger(path: Path) -> List[LedgerEntry]:
     return entries
 
 
-def rewrite_ledger(path: Path, entries: Iterable[LedgerEntry]) -> None:
-    """Replace the ledger at `path` with `entries` (atomically)."""
-    atomic_write(path, "".join(e.to_line() for e in entries).encode("utf-8"))
+def drop_from_ledger(path: Path, dropped: Iterable[LedgerEntry]) -> None:
+    """Remove the `dropped` entries (as read earlier) from the ledger at `path`, atomically; what was
+    recorded since that read stays."""
+    gone = set(dropped)
+    with _locked(path):
+        kept = [e for e in read_ledger(path) if e not in gone]
+        atomic_write(path, "".join(e.to_line() for e in kept).encode("utf-8"))
+
+
+def _locked(path: Path) -> "ContextManager[None]":
+    return exclusive_lock(lock_path_for(path), what=f"the mirror ledger {path}", wait=LOCK_WAIT_SECONDS)
 
 
 def _text(item: object, key: str) -> str:

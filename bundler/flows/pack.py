@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +26,13 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Map
 from bundler import __version__
 from bundler.transfer.copy import Copier, CopyOptions
 from bundler.oci.digest import Readable
-from bundler.base.errors import BundlerError, DigestMismatchError, DiskSpaceError, ImageNotFoundError, PartialFailureError
+from bundler.base.errors import BundlerError, DigestMismatchError, DiskSpaceError, ImageNotFoundError, PartialFailureError, UsageError
 from bundler.base.fsutil import atomic_write, free_space
+from bundler.base.lock import exclusive_lock
+from bundler.base.units import human_bytes
 from bundler.openshift.image_set import load_image_set
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.media import Descriptor, check_nesting, is_index, parse_manifest
 from bundler.flows.plan import Plan, build_plan
 from bundler.oci.planned import PlannedImage
 from bundler.base.progress import NullProgress, Progress
@@ -116,6 +120,7 @@ class PackedImage:
     error: Optional[str] = None
     blob_sizes: Dict[str, int] = field(default_factory=dict)
     graph: Optional[ImageGraph] = None
+    error_object: Optional[BundlerError] = None
 
     def to_json(self) -> Dict[str, Any]:
         p = self.planned
@@ -168,7 +173,46 @@ def default_work_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.ocp-bundler-work"
 
 
+LOCK_NAME = ".ocp-bundler.lock"
+
+
 def pack(options: PackOptions, *, registries: Registries) -> PackResult:
+    """Plan, pull and write the bundle. Two runs never write one `--out` (or work directory) at once: the
+    second stops with exit 2 naming the lock and the run holding it."""
+    _check_not_base(options)
+    if options.dry_run:
+        return _pack(options, registries=registries)
+    work_dir = options.work_dir or default_work_dir(options.out_dir)
+    with ExitStack() as stack:
+        for directory, what in ((options.out_dir, "the bundle directory"), (work_dir, "the work directory")):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create {what} {directory}: {exc.strerror or exc}") from None
+            stack.enter_context(exclusive_lock(directory / LOCK_NAME, what=f"{what} {directory}", hint="wait for the other pack to finish, or choose another --out"))
+        return _pack(options, registries=registries)
+
+
+def _check_not_base(options: PackOptions) -> None:
+    """An incremental bundle written over its own base would destroy what it depends on."""
+    if options.base is None:
+        return
+    base_dir = options.base if options.base.is_dir() or not options.base.exists() else options.base.parent
+    if _same_directory(base_dir, options.out_dir):
+        raise UsageError(
+            f"--out {options.out_dir} is the --base bundle's own directory: writing there would overwrite the base the new bundle depends on",
+            hint="write the incremental bundle to another directory",
+        )
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
     started = time.monotonic()
     image_set = load_image_set(options.config)
     if options.sign_key is not None and not options.dry_run:
@@ -220,7 +264,10 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     for img in images:
         img.status = "packed" if img.status == "planned" else img.status
     result = PackResult(False, images, plan, total_bytes=bundle.total_bytes, bundle=bundle, seconds=time.monotonic() - started, work_dir=work_dir)
-    atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
+    try:
+        atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
+    except OSError as exc:  # the bundle is complete; only the run's own report is lost
+        log.warning("WARNING: the bundle is complete, but %s could not be written: %s", work_dir / "pack-report.json", exc.strerror or exc)
     return result
 
 
@@ -302,7 +349,7 @@ def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Im
     if img.in_layout:
         return LayoutImage(layout, layout_ref(img))
     ref = Reference.parse(img.source)
-    return RegistryRepository(registries.client(ref.registry), ref)
+    return RegistryRepository(registries.client(ref.registry), ref, tag_must_agree=img.kind in ("additional", "registry"))
 
 
 def layout_ref(img: PlannedImage) -> str:
@@ -320,22 +367,24 @@ def _resolve(planned: List[PlannedImage], *, registries: Registries, layout: Lay
             if img.digest and str(top.digest) != img.digest:
                 raise DigestMismatchError(f"{src.description} is {top.digest}, expected {img.digest}")
             graph = ImageGraph(src, [top], {})
-            stack = [top]
+            stack = [(top, 1)]
             while stack:
-                m = stack.pop()
+                m, level = stack.pop()
                 parsed = parse_manifest(m.raw, m.media_type)
+                if is_index(m.media_type):
+                    check_nesting(level, src.description)
                 for c in parsed.children if is_index(m.media_type) else ():
                     child = src.fetch_manifest(c)
                     if child.digest != c.digest:
                         raise DigestMismatchError(f"{src.description}: child {c.digest} arrived as {child.digest}")
                     graph.manifests.append(child)
-                    stack.append(child)
+                    stack.append((child, level + 1))
                 graph.blobs.update({str(b.digest): b for b in parsed.blobs})
             status = "built" if img.in_layout else "planned"
             return PackedImage(img, status, str(top.digest), top.media_type, len(top.raw), graph.size(), blob_sizes=graph.sizes(), graph=graph)
         except BundlerError as exc:  # reported per image, never hidden
             log.debug("resolving %s failed", img.source, exc_info=True)
-            return PackedImage(img, "failed", error=str(exc))
+            return PackedImage(img, "failed", error=str(exc), error_object=exc)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="resolve") as pool:
         return list(pool.map(one, planned))
@@ -423,10 +472,10 @@ def _fill_catalog_bytes(plan: Plan, images: List[PackedImage]) -> None:
         report.bytes = sum(blobs.values())
 
 
-def _check_space(directory: Path, needed: int, *, what: str) -> None:
+def _check_space(directory: Path, needed: int, *, what: str, where: str = "--out") -> None:
     free = free_space(directory)
     if free < needed:
         raise DiskSpaceError(
-            f"{what} needs about {needed / 1024**3:.1f} GiB but {directory} has {free / 1024**3:.1f} GiB free",
-            hint="free space or choose another --out directory",
+            f"{what} needs {needed} bytes ({human_bytes(needed)}) but {directory} has {free} bytes ({human_bytes(free)}) free",
+            hint=f"free space or choose another {where} directory; nothing was pulled",
         )

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from bundler.base.errors import BundlerError, ImageNotFoundError, PartialFailureError, UsageError
 from bundler.bundle.manifest import BundleManifest
 from bundler.bundle.volumes import load_base_manifest
-from bundler.flows.ledger import LedgerEntry, latest_by_tag, optional_path, read_ledger, rewrite_ledger
+from bundler.flows.ledger import LedgerEntry, latest_by_tag, optional_path, read_ledger, drop_from_ledger
 from bundler.oci.media import is_index
 from bundler.flows.unpack import split_registry
 from bundler.registry.client import Registries, RegistryClient
@@ -141,7 +141,7 @@ def prune(options: PruneOptions, registries: Registries) -> PruneResult:
     if options.apply:
         settled = ("delete-tag", "delete-manifest")
         removed = {(a.repository, a.tag) for a in actions if (a.done and a.action in settled) or a.action == "gone"}
-        rewrite_ledger(ledger_path, [e for e in entries if (e.repository, e.tag) not in removed])
+        drop_from_ledger(ledger_path, [e for e in entries if (e.repository, e.tag) in removed])
         if result.failed:
             raise PrunePartialFailureError(
                 f"{len(result.failed)} of {len(actions)} deletions in {registry_path} failed: {result.failed[0].error}",

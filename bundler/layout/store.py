@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import IO, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Callable, ContextManager, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 from bundler.oci.digest import Digest, Readable, check, copy_verified
 from bundler.base.fsutil import atomic_write
@@ -41,7 +41,7 @@ BlobOpener = Callable[[int], ContextManager[Readable]]
 """Opens the source of a blob at a byte offset (the sink resumes from where its partial file ends)."""
 
 
-def _raise_disk_error(exc: OSError, where: Path) -> None:
+def _raise_disk_error(exc: OSError, where: Path) -> NoReturn:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         raise DiskSpaceError(f"no space left on the device holding {where}", hint="free space or choose another directory, then rerun") from None
     raise exc
@@ -132,17 +132,23 @@ class Layout:
             if self.has_blob(digest, size):
                 return 0
             ingest = self.root / "ingest"
-            ingest.mkdir(exist_ok=True)
             partial = ingest / f"{digest.algorithm}-{digest.encoded}.partial"
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-            with os.fdopen(fd, "r+b") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # another process may be writing it: wait for it
-                try:
-                    if self.has_blob(digest, size):
-                        return 0
-                    return self._fill(f, partial, descriptor, opener, on_bytes)
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            try:
+                ingest.mkdir(exist_ok=True)
+                fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                _raise_disk_error(exc, self.root)
+            try:
+                with os.fdopen(fd, "r+b") as f:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # another process may be writing it: wait for it
+                    try:
+                        if self.has_blob(digest, size):
+                            return 0
+                        return self._fill(f, partial, descriptor, opener, on_bytes)
+                    finally:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            except OSError as exc:  # also the buffer flushed on close
+                _raise_disk_error(exc, self.root)
 
     def _fill(
         self, f: IO[bytes], partial: Path, descriptor: Descriptor, opener: BlobOpener, on_bytes: Optional[Callable[[int], None]]
@@ -191,8 +197,11 @@ class Layout:
                 f"blob {digest} from the source does not match its digest", hint="the source served corrupted data; rerun to fetch it again"
             )
         final = self.blob_path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, final)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, final)
+        except OSError as exc:
+            _raise_disk_error(exc, self.root)
         return fetched
 
     def iter_blobs(self) -> Iterator[Tuple[Digest, int]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from bundler.base.errors import DigestMismatchError
-from bundler.oci.media import Descriptor, FetchedManifest, ParsedManifest, is_index, parse_manifest
+from bundler.oci.media import Descriptor, FetchedManifest, ParsedManifest, check_nesting, is_index, parse_manifest
 
 __all__ = ["Fetch", "ManifestNode", "graph_sizes", "walk_manifests"]
 
@@ -53,7 +53,8 @@ def walk_manifests(
     Parents come before their children, or after them with `children_first` (the order a sink needs:
     nothing is pushed before what it points at). Children are fetched lazily, as the walk reaches them.
     Raises `DigestMismatchError` when a child arrives with another digest than its parent named
-    (`description` names the image in that message).
+    (`description` names the image in that message), and `UnsupportedError` for manifest lists nested
+    deeper than `MAX_INDEX_NESTING` (nothing below that depth is fetched).
     """
     seen: Set[str] = {str(top.digest)}
 
@@ -62,6 +63,8 @@ def walk_manifests(
 
     def fetch_children(parent: ManifestNode) -> List[FetchedManifest]:
         out: List[FetchedManifest] = []
+        if parent.children:
+            check_nesting(parent.depth, description)
         for child in parent.children:
             if str(child.digest) in seen:
                 continue

@@ -6,13 +6,16 @@ descriptors it points at (config, layers, child manifests). Nothing here re-seri
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bundler.oci.digest import Digest
 from bundler.oci.platform import Platform
 from bundler.base.errors import IntegrityError, UnsupportedError
+from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
+
+#: Deepest nesting of manifest lists accepted (a list inside a list …). Real images use one or two levels.
+MAX_INDEX_NESTING = 16
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -126,7 +129,9 @@ def detect_media_type(raw: bytes, declared: Optional[str] = None) -> str:
             "Docker schema 1 manifests are not supported", hint="the image must be re-pushed with schema 2 or OCI"
         )
     try:
-        obj = json.loads(raw)
+        obj = loads_bounded(raw)
+    except JsonTooDeepError as exc:
+        raise IntegrityError(f"manifest JSON {exc}") from None
     except ValueError:
         raise IntegrityError("manifest is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -145,9 +150,20 @@ def detect_media_type(raw: bytes, declared: Optional[str] = None) -> str:
     raise UnsupportedError(f"unsupported manifest media type {declared or mt!r}")
 
 
+def check_nesting(level: int, where: str) -> None:
+    """Refuse a manifest list `level` lists deep (the top is level 1) beyond `MAX_INDEX_NESTING`."""
+    if level > MAX_INDEX_NESTING:
+        raise UnsupportedError(
+            f"{where}: manifest lists nested deeper than {MAX_INDEX_NESTING} levels",
+            hint="this is not an image an OCI runtime can use; check the source",
+        )
+
+
 def parse_manifest(raw: bytes, media_type: str) -> ParsedManifest:
     try:
-        obj = json.loads(raw)
+        obj = loads_bounded(raw)
+    except JsonTooDeepError as exc:
+        raise IntegrityError(f"manifest JSON {exc}") from None
     except ValueError:
         raise IntegrityError("manifest is not valid JSON") from None
     if not isinstance(obj, dict):

@@ -78,8 +78,10 @@ class Reference:
             registry, path = DOCKER_HUB, text
         if registry in ("index.docker.io", "registry-1.docker.io"):
             registry = DOCKER_HUB
-        if not _HOST_RE.match(registry):
-            raise InvalidReferenceError(f"invalid image reference {original!r}: bad registry host {registry!r}")
+        try:
+            registry = parse_host(registry)
+        except InvalidReferenceError as exc:
+            raise InvalidReferenceError(f"invalid image reference {original!r}: {exc.message}", hint=exc.hint) from None
         if registry == DOCKER_HUB and "/" not in path:
             path = f"library/{path}"
         if not path or not _PATH_RE.match(path):
@@ -118,5 +120,26 @@ class Reference:
         return out
 
 
+def parse_host(text: str) -> str:
+    """A registry `HOST[:PORT]` (IPv6 in brackets) checked: a valid name and a port from 1 to 65535.
+
+    The one check of host names and ports; `Reference.parse`, `--registry` and `--insecure-registry` use it."""
+    if text.startswith("["):  # [v6]:port
+        after = text.partition("]")[2]
+        port = after[1:] if after.startswith(":") else ""
+    else:
+        port = text.rpartition(":")[2] if ":" in text else ""
+    if port.isdigit() and not 1 <= int(port) <= 65535:
+        raise InvalidReferenceError(f"port {port} of registry {text!r} is out of range", hint="a port is a number from 1 to 65535")
+    if not _HOST_RE.match(text):
+        raise InvalidReferenceError(f"bad registry host {text!r}", hint="expected HOST or HOST:PORT, e.g. mirror.example.com:8443")
+    return text
+
+
 def is_valid_tag(tag: str) -> bool:
     return bool(_TAG_RE.match(tag))
+
+
+def is_valid_repository_path(path: str) -> bool:
+    """A repository path without host (`ocp4/openshift4`): lowercase components, at most 255 characters."""
+    return len(path) <= 255 and bool(_PATH_RE.match(path))

@@ -22,19 +22,17 @@ Nothing here talks to a registry or reads images; `bundler.openshift.release` do
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlencode, urlsplit
 
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
 
-from bundler.base.errors import RegistryError, RegistryUnreachableError, UsageError
+from bundler.base.errors import RegistryError, UsageError
+from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
 from bundler.openshift.image_set import ChannelSpec, Version
 from bundler.registry.http import RETRY_STATUSES as _RETRY_STATUSES
-from bundler.registry.http import USER_AGENT, HttpPools, TransportOptions, redact, send_with_retries, short_reason
+from bundler.registry.http import USER_AGENT, HttpPools, TransportOptions, redact, send_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +75,10 @@ class HttpFetcher:
         what = what or redact(url)
         hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
         host = urlsplit(url).netloc
-        resp = send_with_retries(self._pools.for_url(url), self.options, "GET", url, hdrs, None, what=what, host=host, preload=False)
-        try:
-            data = _read_limited(resp, max_bytes, what, url)
-        except (Urllib3Error, OSError) as exc:
-            raise RegistryUnreachableError(f"{what}: the answer broke off: {short_reason(exc)}", url=redact(url), temporary=True, hint="rerun") from None
-        finally:
-            resp.release_conn()
-        return HttpAnswer(resp.status, data, url)
-
-
-def _read_limited(resp: urllib3.BaseHTTPResponse, max_bytes: int, what: str, url: str) -> bytes:
-    chunks: List[bytes] = []
-    total = 0
-    while True:
-        chunk = resp.read(1 << 16)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > max_bytes:
-            raise RegistryError(f"{what}: answer larger than {max_bytes} bytes", url=redact(url))
-        chunks.append(chunk)
+        resp = send_with_retries(
+            self._pools.for_url(url), self.options, "GET", url, hdrs, None, what=what, host=host, preload=True, max_body=max_bytes
+        )
+        return HttpAnswer(resp.status, bytes(resp.data or b""), url)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,7 +178,9 @@ def parse_graph(raw: bytes, *, channel: str, arch: str, url: str = "") -> Update
     """Parse a Cincinnati graph document; nodes whose version is not semver are skipped (logged)."""
     where = f"update graph for {channel} ({arch}) from {redact(url) if url else 'the update service'}"
     try:
-        doc = json.loads(raw)
+        doc = loads_bounded(raw)
+    except JsonTooDeepError as exc:
+        raise RegistryError(f"{where}: {exc}", url=redact(url) if url else "") from None
     except ValueError:
         raise RegistryError(f"{where} is not JSON", url=redact(url) if url else "", hint="check --graph-url / graphURL") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):

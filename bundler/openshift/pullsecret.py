@@ -19,6 +19,9 @@ from typing import Any
 
 from bundler.base.errors import DiskSpaceError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
+from bundler.base.lock import exclusive_lock, lock_path_for
+from bundler.base.safefile import UnsafeFileError, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,23 @@ def add_registry_credentials(
     path = Path(path)
     if path.is_symlink():
         path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():  # refused before a lock file is made beside it
+        _read(path)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_error(error, path) from None
+    # Read, change and replace under one lock: parallel runs each add their entry, none is lost.
+    with exclusive_lock(lock_path_for(path), what=f"the pull secret {path}", wait=LOCK_WAIT_SECONDS):
+        _add_entry(path, registry=registry, username=username, password=password, email=email)
 
+
+MAX_PULL_SECRET_BYTES = 16 * 1024 * 1024
+LOCK_WAIT_SECONDS = 60.0
+"""How long a run waits for another run editing the same file (each edit takes milliseconds)."""
+
+
+def _add_entry(path: Path, *, registry: str, username: str, password: str, email: str | None) -> None:
     raw_text = _read(path)
     if raw_text is None or not raw_text.strip():
         document: dict[str, Any] = {}
@@ -100,11 +119,13 @@ def _check_arguments(*, registry: str, username: str, password: str, email: str 
 
 def _read(path: Path) -> str | None:
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, max_size=MAX_PULL_SECRET_BYTES, what="pull secret", follow_links=True)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a pull secret file") from None
+    except UnsafeFileError as exc:
+        if exc.reason == "a directory":
+            raise UsageError(f"{path} is a directory, not a pull secret file") from None
+        raise UsageError(exc.message, hint="give the pull secret or auth file itself") from None
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror or type(error).__name__}") from None
     try:
@@ -115,7 +136,9 @@ def _read(path: Path) -> str | None:
 
 def _parse(raw_text: str, path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(raw_text)
+        document = loads_bounded(raw_text)
+    except JsonTooDeepError as error:
+        raise UsageError(f"{path} is not a pull secret ({error})", hint='expected {"auths": {"<registry>": {"auth": "..."}}}') from None
     except json.JSONDecodeError as error:
         # Only position and reason: the exception's own text could quote the secret it failed on.
         raise UsageError(

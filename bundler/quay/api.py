@@ -30,10 +30,14 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from bundler import __version__
 from bundler.base.errors import AuthenticationError, RegistryError, RegistryUnreachableError, UsageError
+from bundler.base.jsonlimits import loads_bounded
+from bundler.registry.http import BodyTooLargeError, Progress, StalledError, discard, read_bounded
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"ocp-bundler/{__version__}"
+#: An API answer is read into memory: at most this.
+MAX_API_ANSWER_BYTES = 8 << 20
 CREATOR_TEAM = "mirror-creators"
 HEALTH_PATH = "/health/instance"
 
@@ -105,6 +109,7 @@ class QuayAPI:
         self.ca_file = ca_file
         self.insecure = insecure
         self.connect_to = connect_to
+        self.timeout = timeout
         if insecure and parts.scheme == "https":
             log.warning("not verifying the TLS certificate of %s", self.netloc)
         timeout_obj = urllib3.Timeout(connect=min(timeout, 15.0), read=timeout)
@@ -158,19 +163,24 @@ class QuayAPI:
             with warnings.catch_warnings():
                 if self.insecure:  # asked for explicitly; said once in the log instead of on every request
                     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                resp = self._pool.urlopen(method, path, body=data, headers=hdrs, redirect=False, preload_content=True, assert_same_host=False)
+                resp = self._pool.urlopen(method, path, body=data, headers=hdrs, redirect=False, preload_content=False, assert_same_host=False)
+            try:
+                raw = read_bounded(resp, MAX_API_ANSWER_BYTES, Progress(self.timeout, deadline=self.timeout))
+            except BodyTooLargeError as exc:
+                raise RegistryError(f"{method} {path}: Quay at {self.netloc} answered with a body {exc}", url=url) from None
+            finally:
+                discard(resp, drain=False)
         except urllib3.exceptions.SSLError as exc:
             raise RegistryUnreachableError(
                 f"TLS with {self.netloc} failed: {_short(exc)}",
                 url=url,
                 hint="pass the registry's CA (--ca-file), or check the host name matches its certificate",
             ) from None
-        except (Urllib3Error, OSError) as exc:
+        except (Urllib3Error, OSError, StalledError) as exc:
             raise RegistryUnreachableError(f"cannot reach Quay at {self.base_url}: {_short(exc)}", url=url, temporary=True, hint="check that it runs (ocp-bundler quay status) and the host and port") from None
-        raw = resp.data or b""
         parsed: Any
         try:
-            parsed = json.loads(raw) if raw else None
+            parsed = loads_bounded(raw) if raw else None
         except ValueError:
             parsed = raw.decode(errors="replace")
         log.debug("%s %s -> %d", method, path, resp.status)

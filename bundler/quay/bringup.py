@@ -53,6 +53,8 @@ from bundler.quay.certs import CertificatePaths, CertificateResult, ensure_certi
 from bundler.transfer.copy import Copier, CopyOptions
 from bundler.base.errors import AuthenticationError, BundlerError, IntegrityError, RegistryUnreachableError, UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.base.jsonlimits import loads_bounded
+from bundler.base.safefile import read_regular
 from bundler.layout.store import Layout
 from bundler.oci.media import Descriptor, is_index, parse_manifest
 from bundler.oci.platform import Platform, choose_child, host_platform
@@ -63,6 +65,7 @@ from bundler.quay.config import (
     QuaySecrets,
     S3StorageOptions,
     load_or_create_secrets,
+    load_secrets,
     render_config,
     save_secrets,
     server_hostname,
@@ -187,8 +190,47 @@ class QuayPaths:
     def certificates(self) -> CertificatePaths:
         return CertificatePaths.in_directories(self.ca_dir, self.config_dir)
 
-    def looks_like_ours(self) -> bool:
-        return self.secrets_file.exists() or self.state_file.exists()
+    def not_ours_because(self) -> Optional[str]:
+        """Why this directory is not a data directory `quay up` made (None when it is one).
+
+        It must hold what `quay up` creates first (config/, ca/, env/), nothing `quay up` never writes, and
+        either a `state.json` of this tool's shape or a `secrets.json` that parses as Quay's secrets."""
+        try:
+            entries = {p.name for p in self.root.iterdir()}
+        except OSError as exc:
+            return f"it cannot be listed ({exc.strerror or exc})"
+        missing = sorted(_FIRST_ENTRIES - entries)
+        if missing:
+            return f"it lacks {', '.join(missing)}"
+        foreign = sorted(e for e in entries - _DATA_ENTRIES if not e.startswith("."))
+        if foreign:
+            return f"it holds {', '.join(foreign[:5])}, which quay up never writes"
+        if _state_is_ours(self.state_file):
+            return None
+        try:
+            if self.secrets_file.is_file() and load_secrets(self.secrets_file) is not None:
+                return None
+        except BundlerError:
+            pass
+        return "neither its state.json nor its secrets.json is one quay up wrote"
+
+
+_FIRST_ENTRIES = frozenset({"config", "ca", "env"})
+_DATA_ENTRIES = frozenset({"config", "storage", "postgres", "ca", "env", "secrets.json", "state.json", "auth.json", "systemd", "tmp"})
+
+
+def _state_is_ours(path: Path) -> bool:
+    try:
+        obj = loads_bounded(read_regular(path, max_size=1 << 20, what="state file"))
+    except (OSError, ValueError, UsageError):
+        return False
+    return (
+        isinstance(obj, dict)
+        and obj.get("version") == STATE_VERSION
+        and not isinstance(obj.get("version"), bool)
+        and all(isinstance(obj.get(k), str) and obj.get(k) for k in ("name", "hostname", "server"))
+        and isinstance(obj.get("images"), dict)
+    )
 
 
 def default_data_dir() -> Path:
@@ -1127,8 +1169,9 @@ def quay_down(*, name: str = DEFAULT_NAME, data_dir: Optional[Path] = None, purg
     if purge:
         if paths is None:
             raise UsageError("--purge needs --data-dir")
-        if paths.root.exists() and not paths.looks_like_ours():
-            raise UsageError(f"{paths.root} does not look like a Quay data directory made by ocp-bundler (no secrets.json or state.json)", hint="check --data-dir; nothing was removed")
+        why = paths.not_ours_because() if paths.root.exists() else None
+        if why is not None:
+            raise UsageError(f"{paths.root} is not a Quay data directory made by ocp-bundler: {why}", hint="check --data-dir; nothing was removed")
     removed: List[str] = []
     pod = pm.pod_inspect(name)
     if pod is not None:

@@ -36,6 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bundler.base.errors import UsageError
 from bundler.base.fsutil import atomic_write
+from bundler.base.safefile import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +215,13 @@ def issue_server_certificate(
 # -- reading -------------------------------------------------------------------------------------------------
 
 
+MAX_PEM_BYTES = 1024 * 1024
+"""Largest certificate or key file read (a CA bundle of a few hundred certificates)."""
+
+
 def load_certificates(path: Path) -> List[x509.Certificate]:
     try:
-        data = path.read_bytes()
+        data = read_regular(path, max_size=MAX_PEM_BYTES, what="certificate file", follow_links=True)
     except FileNotFoundError:
         raise UsageError(f"certificate file {path} does not exist") from None
     marker = b"-----END CERTIFICATE-----"
@@ -232,7 +237,7 @@ def load_certificates(path: Path) -> List[x509.Certificate]:
 
 def load_private_key(path: Path) -> PrivateKey:
     try:
-        data = path.read_bytes()
+        data = read_regular(path, max_size=MAX_PEM_BYTES, what="key file", follow_links=True)
     except FileNotFoundError:
         raise UsageError(f"key file {path} does not exist") from None
     try:

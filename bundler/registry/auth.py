@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.base.errors import UsageError
+from bundler.base.safefile import UnsafeFileError, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,16 @@ def _normalise_key(key: str) -> str:
     return key
 
 
+MAX_AUTH_FILE_BYTES = 16 * 1024 * 1024
+"""Largest auth file read (a pull secret for hundreds of registries is a few KiB)."""
+
+
 class CredentialStore:
     """Looks up credentials for a registry (and repository) across the auth files in precedence order."""
 
     def __init__(self, authfile: Optional[Path] = None, *, files: Optional[Sequence[Path]] = None) -> None:
         if authfile is not None:
-            if not Path(authfile).is_file():
+            if not os.path.lexists(authfile):
                 raise UsageError(f"auth file {authfile} does not exist", hint="check --authfile")
             self.files: List[Path] = [Path(authfile)]
         else:
@@ -93,8 +98,13 @@ class CredentialStore:
     @staticmethod
     def _load(path: Path, *, explicit: bool) -> Optional[Dict[str, Any]]:
         try:
-            text = path.read_text()
+            text = read_regular(path, max_size=MAX_AUTH_FILE_BYTES, what="auth file", follow_links=True).decode("utf-8", "replace")
         except FileNotFoundError:
+            return None
+        except UnsafeFileError as exc:
+            if explicit:
+                raise UsageError(exc.message, hint="check --authfile") from None
+            log.warning("WARNING: ignoring %s", exc.message)
             return None
         except OSError as exc:
             if explicit:

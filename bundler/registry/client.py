@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -34,9 +33,27 @@ from bundler.base.errors import (
     AuthenticationError,
     DigestMismatchError,
     ImageNotFoundError,
+    IntegrityError,
     RegistryError,
 )
-from bundler.registry.http import RETRY_STATUSES, USER_AGENT, Body, HttpPools, backoff, send_with_retries, short_reason
+from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
+from bundler.registry.http import (
+    MAX_MANIFEST_BYTES,
+    RETRY_STATUSES,
+    SMALL_BODY_LIMIT,
+    USER_AGENT,
+    Body,
+    BodyTooLargeError,
+    HttpPools,
+    Progress,
+    StalledError,
+    backoff,
+    discard,
+    read_bounded,
+    read_some,
+    send_with_retries,
+    short_reason,
+)
 from bundler.registry.http import TransportOptions as TransportOptions  # re-exported: part of this module's API
 from bundler.registry.http import redact as redact
 from bundler.oci.media import ACCEPT, Descriptor, detect_media_type
@@ -46,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Blobs larger than this are uploaded in chunks so a failure resumes instead of restarting.
 CHUNKED_UPLOAD_THRESHOLD = 256 << 20
+#: Pages of a tag list followed at most (1,000 tags a page).
+MAX_TAG_PAGES = 1000
 UPLOAD_CHUNK_SIZE = 64 << 20
 #: Repositories one shared token may cover (`RegistryClient.share_tokens`).
 MAX_TOKEN_REPOSITORIES = 25
@@ -63,7 +82,7 @@ class ManifestHead:
 
 def _error_codes(data: bytes) -> Tuple[List[str], str]:
     try:
-        obj = json.loads(data)
+        obj = loads_bounded(data)
         errs = obj.get("errors") or []
         codes = [str(e.get("code", "")) for e in errs if isinstance(e, dict)]
         messages = [str(e.get("message", "")) for e in errs if isinstance(e, dict)]
@@ -123,7 +142,7 @@ class RegistryClient:
         self._opts = shared.options
         self._state = shared._state(host)
         self._once = dataclasses.replace(self._opts, max_attempts=1)
-        self.insecure = host in self._opts.insecure_hosts
+        self.insecure = shared.pools.is_insecure(host)
         #: where each blob is known to exist on this registry (for cross-repository mounts)
         self.known_blobs: Dict[str, str] = {}
         self._known_lock = threading.Lock()
@@ -164,7 +183,7 @@ class RegistryClient:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _pool(self) -> urllib3.PoolManager:
-        return self._shared.pools.insecure if self.insecure else self._shared.pools.secure
+        return self._shared.pools.manager
 
     def _base(self) -> str:
         st = self._state
@@ -178,7 +197,10 @@ class RegistryClient:
         if not self.insecure:
             return "https"
         try:
-            self._pool().request("GET", f"https://{self.host}/v2/", retries=False, timeout=urllib3.Timeout(connect=5, read=10))
+            resp = self._pool().request(
+                "GET", f"https://{self.host}/v2/", retries=False, redirect=False, preload_content=False, timeout=urllib3.Timeout(connect=5, read=10)
+            )
+            discard(resp)
             return "https"
         except (SSLError, ProtocolError, MaxRetryError) as exc:
             log.debug("%s: TLS probe failed (%s); using plain HTTP", self.host, exc)
@@ -224,8 +246,11 @@ class RegistryClient:
         realm_parts = urlsplit(realm)
         if creds is not None and (realm_parts.scheme == "https" or realm_parts.hostname == self.host.split(":")[0]):
             headers["Authorization"] = creds.basic_header()
-        pool = self._shared.pools.insecure if (self._shared.pools.is_insecure(realm) or self.insecure) else self._shared.pools.secure
-        resp = self._send_with_retries(pool, "GET", url, headers, None, what=f"token from {redact(realm)}")
+        # The token server gets the TLS the policy gives ITS host: a registry named insecure does not make
+        # the token server it points at insecure.
+        resp = send_with_retries(
+            self._pool(), self._opts, "GET", url, headers, None, what=f"token from {redact(realm)}", host=realm_parts.netloc or self.host
+        )
         data = resp.data
         if resp.status in (401, 403):
             raise AuthenticationError(
@@ -237,7 +262,7 @@ class RegistryClient:
         if resp.status != 200:
             raise RegistryError(f"{self.host}: token service answered HTTP {resp.status}", status=resp.status, url=redact(realm))
         try:
-            obj = json.loads(data)
+            obj = loads_bounded(data)
             token = obj.get("token") or obj.get("access_token")
             expires_in = float(obj.get("expires_in") or jwt_lifetime(str(token or "")) or 60)
         except (ValueError, AttributeError, TypeError):
@@ -246,20 +271,6 @@ class RegistryClient:
             raise RegistryError(f"{self.host}: token service returned no token", url=redact(realm))
         self._shared.tokens.put(key, str(token), expires_in)
         return str(token)
-
-    def _send_with_retries(
-        self,
-        pool: urllib3.PoolManager,
-        method: str,
-        url: str,
-        headers: Dict[str, str],
-        body: Body,
-        *,
-        what: str,
-        preload: bool = True,
-        redirect: bool = True,
-    ) -> urllib3.BaseHTTPResponse:
-        return send_with_retries(pool, self._opts, method, url, headers, body, what=what, host=self.host, preload=preload, redirect=redirect)
 
     def _sleep(self, attempt: int, retry_after: Optional[str], why: str) -> None:
         backoff(self._opts, attempt, retry_after, why)
@@ -275,11 +286,13 @@ class RegistryClient:
         preload: bool = True,
         what: str = "",
         retry: bool = True,
+        max_body: int = SMALL_BODY_LIMIT,
     ) -> urllib3.BaseHTTPResponse:
         """Send an authenticated request; answers 401 by authenticating once, then gives the answer back.
 
         `retry=False` sends it once: for requests that must not be repeated blindly (an upload chunk that
-        broke off may have been half appended; the caller asks the registry where the upload stands)."""
+        broke off may have been half appended; the caller asks the registry where the upload stands).
+        With `preload` the answer is read whole, at most `max_body` bytes (see `http.read_bounded`)."""
         url = path_or_url if "://" in path_or_url else self._base() + path_or_url
         what = what or f"{method} {redact(url)}"
         answered_challenge = False
@@ -290,12 +303,21 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             resp = send_with_retries(
-                self._pool(), self._opts if retry else self._once, method, url, hdrs, body, what=what, host=self.host, preload=preload
+                self._pool(),
+                self._opts if retry else self._once,
+                method,
+                url,
+                hdrs,
+                body,
+                what=what,
+                host=self.host,
+                preload=preload,
+                max_body=max_body,
             )
             if resp.status != 401:
                 return resp
             if not preload:
-                resp.drain_conn()
+                discard(resp)
             challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
             known = self._state.challenge
             if challenge is not None and not answered_challenge and (auth is None or known is None or known.scheme != challenge.scheme):
@@ -306,6 +328,15 @@ class RegistryClient:
                 refreshed = True  # the token may have expired early or lack a scope: fetch a new one once
                 continue
             return resp
+
+    def _small(self, resp: urllib3.BaseHTTPResponse) -> urllib3.BaseHTTPResponse:
+        """A streamed answer we only want the (error) body of: at most `SMALL_BODY_LIMIT` of it is read."""
+        try:
+            data = read_bounded(resp, SMALL_BODY_LIMIT, Progress(self._opts.read_timeout, deadline=self._opts.read_timeout))
+        except (BodyTooLargeError, StalledError, Urllib3Error, OSError):
+            data = b""
+        discard(resp, drain=False)
+        return urllib3.HTTPResponse(body=data, headers=resp.headers, status=resp.status, reason=resp.reason, preload_content=True)
 
     def _fail(self, resp: urllib3.BaseHTTPResponse, what: str, url: str, *, repo: str = "") -> RegistryError:
         data = resp.data if resp.data is not None else b""
@@ -350,7 +381,9 @@ class RegistryClient:
 
     def get_manifest(self, repo: str, ref: str) -> FetchedManifest:
         path = f"/v2/{repo}/manifests/{ref}"
-        resp = self.request("GET", path, scopes=_pull(repo), headers={"Accept": ACCEPT}, what=f"manifest {repo}:{ref}")
+        resp = self.request(
+            "GET", path, scopes=_pull(repo), headers={"Accept": ACCEPT}, what=f"manifest {repo}:{ref}", max_body=MAX_MANIFEST_BYTES
+        )
         if resp.status == 404:
             raise ImageNotFoundError(
                 f"image {self.host}/{repo}{'@' if ':' in ref else ':'}{ref} not found",
@@ -359,6 +392,13 @@ class RegistryClient:
         if resp.status != 200:
             raise self._fail(resp, f"manifest {repo}:{ref}", path, repo=repo)
         raw = bytes(resp.data)
+        where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
+        try:
+            loads_bounded(raw)
+        except JsonTooDeepError as exc:
+            raise IntegrityError(f"{where}: the registry served a manifest with {exc}", hint="this is not an image manifest; check the source") from None
+        except ValueError:
+            raise IntegrityError(f"{where}: the registry served a manifest that is not valid JSON", hint="the source is broken or truncated the answer; rerun, or check the source") from None
         media_type = detect_media_type(raw, resp.headers.get("Content-Type"))
         digest = Digest.of(raw)
         if ref.startswith("sha") and ":" in ref:
@@ -387,13 +427,20 @@ class RegistryClient:
         registry does not serve the API (it answers 404: a registry that has it never does, even for an
         unknown digest). An answer that is not an index is treated as no API too."""
         path = f"/v2/{repo}/referrers/{digest}"
-        resp = self.request("GET", path, scopes=_pull(repo), headers={"Accept": "application/vnd.oci.image.index.v1+json"}, what=f"referrers of {repo}@{digest.short}")
+        resp = self.request(
+            "GET",
+            path,
+            scopes=_pull(repo),
+            headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+            what=f"referrers of {repo}@{digest.short}",
+            max_body=MAX_MANIFEST_BYTES,
+        )
         if resp.status in (404, 405):
             return None
         if resp.status != 200:
             raise self._fail(resp, f"referrers of {repo}@{digest.short}", path, repo=repo)
         try:
-            obj = json.loads(bytes(resp.data))
+            obj = loads_bounded(bytes(resp.data))
         except ValueError:
             return None
         if not isinstance(obj, dict) or not isinstance(obj.get("manifests"), list):
@@ -414,19 +461,26 @@ class RegistryClient:
         """Every tag of `repo` (following `Link` pages); [] when the repository does not exist."""
         tags: List[str] = []
         path: Optional[str] = f"/v2/{repo}/tags/list?n=1000"
+        pages = 0
         while path:
+            pages += 1
+            if pages > MAX_TAG_PAGES:
+                raise RegistryError(f"{self.host}: the tag list of {repo} goes on for more than {MAX_TAG_PAGES} pages")
             resp = self.request("GET", path, scopes=_pull(repo), what=f"tag list of {repo}")
             if resp.status == 404:
                 return tags
             if resp.status != 200:
                 raise self._fail(resp, f"tag list of {repo}", path, repo=repo)
             try:
-                listed = json.loads(bytes(resp.data or b"{}")).get("tags") or []
+                listed = loads_bounded(bytes(resp.data or b"{}")).get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError(f"{self.host}: the tag list of {repo} is not JSON") from None
             tags.extend(str(t) for t in listed)
             link = resp.headers.get("Link", "")
             path = link.split(";", 1)[0].strip().strip("<>") if 'rel="next"' in link else None
+            if path and urlsplit(urljoin(self._base() + "/", path)).netloc != self.host:
+                # the next page on another host would get this registry's credentials: refuse
+                raise RegistryError(f"{self.host}: the tag list of {repo} points to another host for its next page", url=redact(path))
         return tags
 
     def delete_manifest(self, repo: str, ref: str) -> str:
@@ -461,14 +515,15 @@ class RegistryClient:
             if resp.status == 404:
                 raise ImageNotFoundError(f"blob {digest} not found in {self.host}/{repo}", hint="the image upstream is incomplete")
             if resp.status not in (200, 206):
-                resp.read()
-                raise self._fail(resp, f"blob {repo}@{digest.short}", path, repo=repo)
-            stream = _SafeStream(resp, self.host, digest)
+                raise self._fail(self._small(resp), f"blob {repo}@{digest.short}", path, repo=repo)
+            stream = _SafeStream(resp, self.host, digest, self._opts.read_timeout)
             if offset and resp.status == 200:
                 _discard(stream, offset)  # the server ignored Range: skip what we have
             yield stream
         finally:
-            resp.release_conn()
+            # a body read to its end frees the connection for the next request; one left half way (a stall,
+            # an error, a reader that stopped at the size it expected) may still be sending: close it
+            discard(resp, drain=getattr(resp, "length_remaining", None) == 0)
 
     def upload_blob(
         self,
@@ -666,16 +721,23 @@ class RegistryClient:
 
 
 class _SafeStream:
-    """A response body whose read errors are temporary `RegistryError`s (so callers resume)."""
+    """A response body whose read errors and stalls are temporary `RegistryError`s (so callers resume)."""
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse, host: str, digest: Digest) -> None:
+    def __init__(self, resp: urllib3.BaseHTTPResponse, host: str, digest: Digest, timeout: float) -> None:
         self._resp = resp
         self._host = host
         self._digest = digest
+        self._progress = Progress(timeout)
 
     def read(self, n: int = CHUNK_SIZE) -> bytes:
         try:
-            return self._resp.read(n)
+            return read_some(self._resp, n, self._progress)
+        except StalledError as exc:
+            raise RegistryError(f"{self._host}: download of {self._digest.short} stalled: {exc}", temporary=True) from None
+        except ReadTimeoutError:
+            raise RegistryError(
+                f"{self._host}: download of {self._digest.short} stalled: no bytes for {self._progress.timeout:g}s", temporary=True
+            ) from None
         except (ProtocolError, ReadTimeoutError, Urllib3Error, OSError) as exc:
             raise RegistryError(f"{self._host}: download of {self._digest.short} interrupted: {short_reason(exc)}", temporary=True) from None
 
@@ -714,7 +776,7 @@ def jwt_lifetime(token: str) -> Optional[float]:
     if len(parts) != 3:
         return None
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        claims = loads_bounded(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
         lifetime = float(claims["exp"]) - float(claims["iat"])
     except (ValueError, KeyError, TypeError):
         return None

@@ -9,7 +9,6 @@ paths are normalised (`./a/b` → `a/b`); links and devices are never followed o
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import posixpath
 import tarfile
@@ -18,8 +17,9 @@ from typing import IO, Callable, Dict, Iterator, List, Mapping, Optional, Set, T
 
 import zstandard
 
-from bundler.oci.digest import Readable
-from bundler.base.errors import IntegrityError, UsageError
+from bundler.oci.digest import Digest, Readable
+from bundler.base.errors import DigestMismatchError, IntegrityError, UsageError
+from bundler.base.jsonlimits import loads_bounded
 from bundler.oci.media import Descriptor, is_index, parse_manifest
 from bundler.oci.platform import Platform, choose_child
 from bundler.registry.client import FetchedManifest
@@ -28,6 +28,8 @@ from bundler.transfer.transports import ImageSource
 log = logging.getLogger(__name__)
 
 MAX_IN_MEMORY = 256 << 20
+#: An image config is read into memory: at most this (containers/image's limit).
+MAX_CONFIG_BYTES = 4 << 20
 
 
 class _ReadAdapter:
@@ -128,10 +130,14 @@ def open_image(source: ImageSource, manifest: Optional[FetchedManifest] = None, 
         manifest = source.fetch_manifest(chosen)
     parsed = parse_manifest(manifest.raw, manifest.media_type)
     assert parsed.config is not None
+    if parsed.config.size > MAX_CONFIG_BYTES:
+        raise IntegrityError(f"{source.description}: image config of {parsed.config.size} bytes is larger than {MAX_CONFIG_BYTES >> 20} MiB")
     with source.open_blob(parsed.config, 0) as f:
-        raw_config = _ReadAdapter(f).read()
+        raw_config = f.read(parsed.config.size + 1)  # one more than expected: a longer body is caught below
+    if len(raw_config) != parsed.config.size or Digest.of(raw_config) != parsed.config.digest:
+        raise DigestMismatchError(f"{source.description}: image config is not {parsed.config.digest} ({parsed.config.size} bytes)")
     try:
-        config = json.loads(raw_config)
+        config = loads_bounded(raw_config)
     except ValueError:
         raise IntegrityError(f"{source.description}: image config is not JSON") from None
     return ImageRef(source, manifest, parsed.layers, config if isinstance(config, dict) else {})

@@ -64,16 +64,40 @@ class ImageSink(Protocol):
 class RegistryRepository:
     """A repository in a registry, as a source (pull) or a sink (push)."""
 
-    def __init__(self, client: RegistryClient, reference: Reference) -> None:
+    def __init__(self, client: RegistryClient, reference: Reference, *, tag_must_agree: bool = False) -> None:
         self.client = client
         self.reference = reference
+        #: for a source reference someone wrote as `repo:tag@digest`: check the tag still names the digest
+        self.tag_must_agree = tag_must_agree
         self.repo = reference.repository
         self.description = str(reference)
         self.blob_scope = f"{client.host}/{self.repo}"
 
     # source
     def resolve(self) -> FetchedManifest:
-        return self.client.get_manifest(self.repo, self.reference.identifier)
+        ref = self.reference
+        if ref.tag and ref.digest is not None and self.tag_must_agree:
+            self._check_tag_agrees(ref.tag, ref.digest)
+        return self.client.get_manifest(self.repo, ref.identifier)
+
+    def _check_tag_agrees(self, tag: str, digest: Digest) -> None:
+        """`repo:tag@digest`: the digest is what is copied and the tag what it is called in the mirror, so a
+        tag that names other content at the source would make the mirror's tag lie. Refused; a tag the
+        source no longer has is only warned about (the digest still says exactly what to copy).
+
+        Only for references a person wrote (`copy`, `additionalImages`, `registryImages`): references
+        taken from catalogs and release payloads are pinned by their publisher and taken by digest, as
+        oc-mirror does (their tags move upstream, and checking each would cost a request per image)."""
+        head = self.client.head_manifest(self.repo, tag)
+        if head is None:
+            log.warning("warning: %s: the source has no tag %s any more; copying the pinned digest", self.description, tag)
+            return
+        current = head.digest or self.client.get_manifest(self.repo, tag).digest
+        if current != digest:
+            raise UsageError(
+                f"{self.description}: tag {tag} is {current} at the source, not the pinned {digest}",
+                hint=f"drop the tag to copy by digest, or pin {tag}'s current digest",
+            )
 
     def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
         return self.client.get_manifest(self.repo, str(descriptor.digest))
@@ -199,7 +223,7 @@ def parse_location(text: str) -> Location:
 def open_source(loc: Location, registries: Registries) -> Union[RegistryRepository, LayoutImage]:
     if loc.kind == "docker":
         assert loc.reference is not None
-        return RegistryRepository(registries.client(loc.reference.registry), loc.reference)
+        return RegistryRepository(registries.client(loc.reference.registry), loc.reference, tag_must_agree=True)
     assert loc.directory is not None
     return LayoutImage(Layout(loc.directory, create=False), loc.ref_name)
 

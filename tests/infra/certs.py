@@ -126,9 +126,11 @@ def make_tls_files(
     directory: PathLike,
     *,
     hosts: Sequence[str] = ("127.0.0.1", "::1", "localhost"),
+    expired: bool = False,
 ) -> TLSFiles:
     """Create a CA and a server certificate for ``hosts`` (IPs become IP SANs, the rest
-    DNS SANs) under ``directory``; return their paths."""
+    DNS SANs) under ``directory``; return their paths. ``expired``: the server
+    certificate's validity ended ten days ago."""
     out = Path(directory)
     (out / "ca").mkdir(parents=True, exist_ok=True)
 
@@ -143,7 +145,7 @@ def make_tls_files(
             sans.append(x509.DNSName(host))
 
     key = _new_key()
-    start = _now()
+    start = _now() - datetime.timedelta(days=20) if expired else _now()
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(hosts[0] if hosts else "localhost"))
@@ -151,7 +153,7 @@ def make_tls_files(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + _VALIDITY)
+        .not_valid_after(start + datetime.timedelta(days=10) if expired else start + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(

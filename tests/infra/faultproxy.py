@@ -15,6 +15,8 @@ rewritten to the proxy) unless a fault is chosen for it:
                 scripted truncate stays pending for the next matching request.
 ``"stall"``     sleep ``stall_seconds`` before forwarding (a client read timeout shorter
                 than that fires)
+``"blob_race"`` answer 400 ``DIGEST_INVALID`` + ``MANIFEST_BLOB_UNKNOWN`` (not forwarded): what
+                docker-registry answers a manifest PUT while another client rewrites a blob link
 ==============  =========================================================================
 
 Faults are chosen by scripts first (``proxy.script(kind, match=..., times=N)``, in the
@@ -53,7 +55,10 @@ HTTP_500 = "500"
 HTTP_429 = "429"
 TRUNCATE = "truncate"
 STALL = "stall"
+BLOB_RACE = "blob_race"
 FAULT_KINDS: Tuple[str, ...] = (RESET, HTTP_500, HTTP_429, TRUNCATE, STALL)
+"""The kinds drawn at random by default; `BLOB_RACE` is only injected when asked for."""
+ALL_KINDS: Tuple[str, ...] = FAULT_KINDS + (BLOB_RACE,)
 EXPIRED_TOKEN = "expired_token"
 
 Matcher = Callable[[str, str], bool]  # (method, request target incl. query) -> bool
@@ -98,7 +103,7 @@ class FaultProxy:
         upstream_timeout: float = 120.0,
     ) -> None:
         for kind in kinds:
-            if kind not in FAULT_KINDS:
+            if kind not in ALL_KINDS:
                 raise ValueError("unknown fault kind %r" % kind)
         parts = urlsplit(upstream if "://" in upstream else "http://" + upstream)
         self.upstream = "%s://%s" % (parts.scheme, parts.netloc)
@@ -119,7 +124,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._scripts: List[_Script] = []
-        self.counts: Dict[str, int] = {k: 0 for k in (*FAULT_KINDS, EXPIRED_TOKEN)}
+        self.counts: Dict[str, int] = {k: 0 for k in (*ALL_KINDS, EXPIRED_TOKEN)}
         self.log: List[Tuple[str, str, Optional[str], Optional[int]]] = []
         self._httpd: Optional[LoopbackHTTPServer] = None
         self._stop_event = threading.Event()
@@ -170,7 +175,7 @@ class FaultProxy:
     ) -> None:
         """Inject ``kind`` into the next ``times`` requests for which
         ``match(method, target)`` is true (``target`` = path + query)."""
-        if kind not in FAULT_KINDS:
+        if kind not in ALL_KINDS:
             raise ValueError("unknown fault kind %r" % kind)
         with self._lock:
             self._scripts.append(_Script(kind, match, times, stall_seconds))
@@ -194,7 +199,7 @@ class FaultProxy:
 
     @property
     def total_faults(self) -> int:
-        return sum(v for k, v in self.counts.items() if k in FAULT_KINDS)
+        return sum(v for k, v in self.counts.items() if k in ALL_KINDS)
 
     # -- internals used by the handler ----------------------------------------------
     def _decide(self, method: str, target: str) -> Optional[_Decision]:
@@ -333,9 +338,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             pass
 
     # -- responses made here ----------------------------------------------------------
-    def _reply_error(self, status: int, code: str, extra: Dict[str, str]) -> None:
+    def _reply_error(self, status: int, code: str, extra: Dict[str, str], *more_codes: str) -> None:
         self._discard_body()
-        data = json.dumps({"errors": [{"code": code, "message": "injected fault", "detail": None}]}).encode()
+        data = json.dumps({"errors": [{"code": c, "message": "injected fault", "detail": None} for c in (code, *more_codes)]}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -372,6 +377,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if kind == HTTP_429:
             fp._record(method, target, HTTP_429, 429)
             self._reply_error(429, "TOOMANYREQUESTS", {"Retry-After": str(fp.retry_after)})
+            return
+        if kind == BLOB_RACE:
+            fp._record(method, target, BLOB_RACE, 400)
+            self._reply_error(400, "DIGEST_INVALID", {}, "MANIFEST_BLOB_UNKNOWN")
             return
         if kind == STALL and decision is not None:
             fp.stopping.wait(decision.stall_seconds)

@@ -14,7 +14,7 @@ from bundler.base.progress import NullProgress, Progress
 from bundler.bundle.manifest import BundleImage, BundleManifest
 from bundler.oci.digest import Digest
 from bundler.oci.media import Descriptor
-from bundler.oci.reference import Reference
+from bundler.oci.reference import Reference, parse_host
 from bundler.registry.client import FetchedManifest, TransportOptions
 from bundler.transfer.copy import CopyStats
 from bundler.transfer.transports import ImageSource
@@ -317,6 +317,10 @@ def split_registry(registry: str, prefix: str = "") -> Tuple[str, str]:
         raise UsageError(f"registry {registry!r} is not host[:port]", hint="give it without scheme, e.g. mirror.example.com:8443")
     host, _, path = text.partition("/")
     joined = "/".join(p for p in (path.strip("/"), prefix.strip("/")) if p)
+    try:
+        parse_host(host)
+    except BundlerError as exc:
+        raise UsageError(f"--registry {registry!r}: {exc.message}", hint=exc.hint) from None
     try:
         ref = Reference.parse(f"{host}/{joined + '/' if joined else ''}x")
     except BundlerError:

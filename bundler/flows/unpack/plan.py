@@ -14,9 +14,9 @@ from bundler.base.progress import Progress
 from bundler.bundle.manifest import BundleImage
 from bundler.flows.unpack.model import Graph, OpenBundle, Target
 from bundler.oci.digest import Digest
-from bundler.oci.media import is_index, parse_manifest
+from bundler.oci.graph import walk_manifests
 from bundler.oci.reference import Reference
-from bundler.registry.client import FetchedManifest, RegistryClient
+from bundler.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,10 @@ def walk(bundle: OpenBundle, targets: Sequence[Target], *, workers: int) -> Dict
         top = source.resolve()
         if top.digest != target.digest:
             raise IntegrityError(f"bundle image {target.image.source}: its manifest is {top.digest}, the bundle manifest says {target.digest}")
-        stack: List[FetchedManifest] = [top]
-        while stack:
-            manifest = stack.pop()
-            graph.manifest_bytes += len(manifest.raw)
-            graph.manifests.append(manifest)
-            parsed = parse_manifest(manifest.raw, manifest.media_type)
-            if is_index(manifest.media_type):
-                stack.extend(source.fetch_manifest(child) for child in parsed.children)
-            for blob in parsed.blobs:
+        for node in walk_manifests(top, source.fetch_manifest, description=f"bundle image {target.image.source}"):
+            graph.manifest_bytes += len(node.manifest.raw)
+            graph.manifests.append(node.manifest)
+            for blob in node.blobs:
                 graph.blobs.setdefault(str(blob.digest), blob)
         return target.text, graph
 

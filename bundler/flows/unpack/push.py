@@ -172,23 +172,54 @@ def push(
         return outcomes
     # `workers` bounds the uploads in flight (the semaphore); the engine gets more threads than that so
     # that checks, mounts and repositories waiting for another's upload never take an upload's place.
-    uploads = BlobUploads(client, same_org_first=same_org_first, max_uploads=workers)
     # Biggest images first: they bound the wall time, and their blobs become mount sources early.
     ordered = sorted(targets, key=lambda t: -(size_of(t, graphs) or 0))
-    jobs = [(bundle.image_source(t.image), PushTarget(RegistryRepository(client, t.reference), uploads, t.digest, upload_unchecked=upload_unchecked), t.digest) for t in ordered]
-    log.info("pushing %d images to %s (%d uploads at a time)", len(jobs), client.host, workers)
+    log.info("pushing %d images to %s (%d uploads at a time)", len(ordered), client.host, workers)
     with Copier(CopyOptions(workers=blob_threads, image_workers=image_workers, progress=progress)) as copier:
-        results = copier.copy_many(jobs)
-    for target, result in zip(ordered, results):
-        outcomes[target.text] = outcome_of(result, target, explain)
+        for attempt in range(RACE_RETRIES + 1):
+            uploads = BlobUploads(client, same_org_first=same_org_first, max_uploads=workers)
+            jobs = [(bundle.image_source(t.image), PushTarget(RegistryRepository(client, t.reference), uploads, t.digest, upload_unchecked=upload_unchecked), t.digest) for t in ordered]
+            results = copier.copy_many(jobs)
+            for target, result in zip(ordered, results):
+                outcomes[target.text] = outcome_of(result, target, explain)
+            ordered = [t for t, r in zip(ordered, results) if _raced(r.error)]
+            if not ordered or attempt == RACE_RETRIES:
+                break
+            # Another writer of the same repositories (a second unpack) made the registry lose track of blobs
+            # for a moment: push those images again; blobs now in place are not sent twice.
+            log.info("%d image(s) met a registry-side conflict (%s); pushing them again", len(ordered), ", ".join(RACE_CODES))
+            time.sleep(0.5 * 2**attempt)
     return outcomes
+
+
+RACE_CODES = ("MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID")
+"""What docker-registry answers while two clients write the same repository: a manifest PUT reads a blob
+link the other client is rewriting. Images that fail so are pushed again, up to `RACE_RETRIES` times."""
+RACE_RETRIES = 3
+
+
+def _raced(error: Optional[BundlerError]) -> bool:
+    return isinstance(error, RegistryError) and bool(set(RACE_CODES) & set(error.codes))
+
+
+class RegistryConflictError(RegistryError):
+    """The registry contradicted itself while another client wrote the same repositories (exit 4 after retries)."""
 
 
 def outcome_of(result: CopyResult, target: Target, explain: Callable[[BundlerError, Target], BundlerError]) -> Outcome:
     if result.status != "failed":
         return Outcome("pushed", result.stats)
     error = explain(result.error, target) if result.error is not None else None
-    if isinstance(error, RegistryError) and "DIGEST_INVALID" in error.codes:
+    if isinstance(error, RegistryError) and "MANIFEST_BLOB_UNKNOWN" in error.codes:
+        # the manifest's bytes are checked here; the registry lost its own record of blobs it had accepted
+        error = RegistryConflictError(
+            f"{target.text}: the registry lost track of blobs it had accepted while another run wrote the same repositories ({error.message})",
+            status=error.status,
+            codes=error.codes,
+            url=error.url,
+            hint="the bundle is intact; rerun once the other run has finished: only what is missing is pushed",
+        )
+    elif isinstance(error, RegistryError) and "DIGEST_INVALID" in error.codes:
         # the registry hashed what we sent from the bundle and it did not match: the bundle is damaged
         error = IntegrityError(
             f"{target.text}: the registry refused a blob read from the bundle as not matching its digest ({error.message})",

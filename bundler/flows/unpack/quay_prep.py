@@ -161,8 +161,8 @@ def detect_quay(options: UnpackOptions, host: str, credentials: OrgCredentials, 
 
     data = load_quay_data(options.quay_data_dir)
     token = options.quay_token or data.token
-    ca_file = options.transport.ca_file or data.ca_file
-    insecure = host in options.transport.insecure_hosts
+    ca_file = options.transport.tls.ca_file or data.ca_file
+    insecure = options.transport.tls.is_insecure(host)
     api: Optional[QuayAPI] = None
     # an --insecure-registry host may speak plain HTTP: ask that way first (a TLS port just says 400)
     for scheme in ("http", "https") if insecure else ("https",):

@@ -5,11 +5,13 @@ signatures) and the writing itself.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 from bundler.base.errors import UsageError
+from bundler.base.lock import exclusive_lock, lock_path_for
 from bundler.flows.unpack.model import OpenBundle, Target
 from bundler.oci.reference import Reference
 
@@ -25,7 +27,11 @@ def write_resources(bundle: OpenBundle, targets: Sequence[Target], *, registry_p
 
     images, catalogs = resource_inputs(targets)
     try:
-        return write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh))
+        with contextlib.suppress(OSError):
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+        # two unpacks at once: the resources are cumulative (read, merged, written), so one at a time
+        with exclusive_lock(lock_path_for(out_dir), what=f"the resources directory {out_dir}", wait=120.0):
+            return write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh))
     except UsageError as exc:
         raise type(exc)(f"every image is in {registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
 

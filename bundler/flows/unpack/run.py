@@ -138,8 +138,8 @@ class Unpacker:
         if transport.pool_size < threads:  # one kept-alive connection per thread that may talk at once
             transport = dataclasses.replace(transport, pool_size=threads)
         self.quay = quay_prep.detect_quay(self.options, self.host, credentials, self.warnings)
-        if self.quay is not None and transport.ca_file is None and self.quay.data.ca_file is not None:
-            transport = dataclasses.replace(transport, ca_file=self.quay.data.ca_file)
+        if self.quay is not None and transport.tls.ca_file is None and self.quay.data.ca_file is not None:
+            transport = dataclasses.replace(transport, tls=transport.tls.with_ca_file(self.quay.data.ca_file))
         registries = Registries(credentials=credentials, options=transport)
         mismatches: List[str] = []
         try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from bundler.base.errors import BundlerError
 from bundler.base.fsutil import atomic_write
-from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleManifest
+from bundler.bundle.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, BundleManifest, read_bundle_file
 from bundler.flows.unpack.model import UnpackOptions
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ def verify_once(directory: Path, options: UnpackOptions) -> Tuple[str, List[str]
             if options.key is not None:
                 from bundler.bundle.signing import verify_signature
 
-                raw = (directory / MANIFEST_NAME).read_bytes()
-                verify_signature(raw, (directory / SIGNATURE_NAME).read_bytes(), options.key)
+                raw = read_bundle_file(directory / MANIFEST_NAME, max_size=MAX_MANIFEST_BYTES)
+                verify_signature(raw, read_bundle_file(directory / SIGNATURE_NAME, max_size=MAX_SIGNATURE_BYTES), options.key)
             when = str(stamp.get("verifiedAt", "?"))
             log.info("%s was fully verified at %s and its files are unchanged: not hashing the volumes again", directory, when)
             return f"unchanged since a full verification at {when}", [str(w) for w in stamp.get("warnings", [])]
@@ -97,9 +97,9 @@ def bundle_fingerprint(directory: Path) -> Optional[Dict[str, Any]]:
 def _fingerprint(directory: Path) -> Optional[Dict[str, Any]]:
     """What identifies these bundle files (see `verify_once`); None when something cannot be read."""
     try:
-        raw = (directory / MANIFEST_NAME).read_bytes()
+        raw = read_bundle_file(directory / MANIFEST_NAME, max_size=MAX_MANIFEST_BYTES)
         signature = directory / SIGNATURE_NAME
-        sig = signature.read_bytes() if signature.exists() else None
+        sig = read_bundle_file(signature, max_size=MAX_SIGNATURE_BYTES) if os.path.lexists(signature) else None
         manifest = BundleManifest.from_bytes(raw, where=MANIFEST_NAME)
         volumes = {}
         for volume in manifest.volumes:

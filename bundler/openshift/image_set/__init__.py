@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from bundler.base.errors import ConfigError
+from bundler.base.safefile import UnsafeFileError, read_regular
 from bundler.openshift.image_set.model import (
     API_VERSION,
     ARCHITECTURES,
@@ -74,12 +75,16 @@ from bundler.openshift.image_set.schema import (
     suggestion,
 )
 
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+"""Largest image-set config read (a config listing 100,000 images is about 6 MiB)."""
+
 __all__ = [
     "API_VERSION",
     "ARCHITECTURES",
     "DEFAULT_POSTGRES_IMAGE",
     "DEFAULT_QUAY_IMAGE",
     "DEFAULT_REDIS_IMAGE",
+    "MAX_CONFIG_BYTES",
     "DEFAULT_RELEASE_REPOSITORY",
     "KIND",
     "OC_MIRROR_KIND",
@@ -175,11 +180,13 @@ def load_image_set(path: Path) -> ImageSet:
     """Read, parse and validate the image-set config at `path`. Raises `ConfigError`."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, max_size=MAX_CONFIG_BYTES, what="image-set config", follow_links=True)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file", hint="check the path of the image-set config") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected an image-set config file") from None
+    except UnsafeFileError as exc:
+        if exc.reason == "a directory":
+            raise ConfigError(f"{path}: is a directory, expected an image-set config file") from None
+        raise ConfigError(exc.message, hint=exc.hint) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:

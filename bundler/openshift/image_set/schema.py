@@ -48,8 +48,25 @@ class YamlSeq(List[Any]):
         self.item_lines: List[int] = []
 
 
+MAX_CONFIG_DEPTH = 64
+"""Deepest nesting of mappings and lists accepted in a config (real ones nest fewer than ten levels)."""
+
+
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]
-    pass
+    """The safe loader, keeping line numbers, and refusing nesting deeper than `MAX_CONFIG_DEPTH` (the
+    composer and constructor recurse once per level)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_CONFIG_DEPTH} levels", problem_mark=mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_map(loader: Any, node: Any) -> YamlMap:
@@ -462,11 +479,12 @@ def check_unique(ctx: Ctx, record: Record, key: str, attribute: Callable[[Any], 
 
 
 def dedupe(ctx: Ctx, items: Iterable[str], loc: Loc, what: str) -> Tuple[str, ...]:
-    result: List[str] = []
+    """The items in order, each once (linear: a dict finds repeats in constant time); a warning per repeat."""
+    result: Dict[str, None] = {}
     for item in items:
         if item in result:
             ctx.warn(loc, f"{what} {item!r} is listed more than once; carrying it once")
         else:
-            result.append(item)
+            result[item] = None
     return tuple(result)
 

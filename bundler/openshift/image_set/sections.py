@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bundler.oci.reference import REPOSITORY, TAG
 from bundler.openshift.image_set.model import (
@@ -208,12 +208,12 @@ def additional_image(ctx: Ctx, value: Any, loc: Loc) -> AdditionalImage:
 
 def unique_images(ctx: Ctx, images: Tuple[AdditionalImage, ...], loc: Loc) -> Tuple[AdditionalImage, ...]:
     """The additional images with exact repeats dropped (with a warning)."""
-    result: List[AdditionalImage] = []
+    result: Dict[AdditionalImage, None] = {}  # a dict keeps the order and finds repeats in constant time
     for image in images:
         if image in result:
             ctx.warn(loc, f"additional image {image.name!r} is listed more than once; carrying it once")
         else:
-            result.append(image)
+            result[image] = None
     return tuple(result)
 
 
