@@ -15,6 +15,12 @@ run it (`ocp-bundler …` as child processes, each under `/usr/bin/time` for its
   incremental   pack --base <first bundle> of the set  vs  skopeo copy of the new images into the same layout,
                 plus a few new images                      then tar of the files that are new in it
 
+Pack is also measured over a simulated internet link (`--link`: a relay from tests/infra/faults.Throttle
+with 30 ms each way, 12 MB/s per connection, 100 MB/s in all) on a release-like set of 60 small images,
+as a multiple of unique bytes / 100 MB/s (and skopeo over the same link with `--link-skopeo`); the disk
+used beside the bundle (work directory, journal) is sampled during and after pack; `--rss-blob-mb`
+packs one image with a layer that large and reports pack's peak RSS.
+
 and the machine's own limits on the same data: HTTP GET + sha256 of every blob from the source registry,
 a raw disk write (+ fsync) of the same bytes, read + sha256 of the bundle volumes on all cores, and (what
 bounds any unpack) a bare POST + PUT of every blob into an empty registry. Prints a table (wall, ratio,
@@ -29,6 +35,8 @@ its debug log and verification records stay in the temp dir, which is removed un
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import threading
 import gzip
 import hashlib
 import json
@@ -42,7 +50,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urljoin
 
 import urllib3
@@ -55,7 +63,8 @@ from tests.infra.registry import RegistryServer  # noqa: E402
 
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 TIME = "/usr/bin/time"
-TARGETS = {"pack": 0.3, "unpack": 0.4, "verify": 3.0, "noop": 0.05, "rss_mb": 200.0}
+TARGETS = {"pack": 0.3, "unpack": 0.4, "verify": 3.0, "noop": 0.05, "rss_mb": 200.0, "link": 1.3, "beside": 0.05}
+LINK = {"latency": 0.030, "per_connection": 12e6, "rate": 100e6}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -137,6 +146,63 @@ def build_images(pusher: Pusher, host: str, bases: Sequence[Blob], first: int, c
         out.append(BenchImage(f"{host}/{repo}:{tag}", repo, tag, obj.digest, blobs, manifests))
         del obj
     return out
+
+
+def build_release_like(pusher: Pusher, host: str, count: int, total: int) -> List[BenchImage]:
+    """`count` images shaped like release components: two shared base layers (20 % of the bytes), then
+    three small layers of their own each."""
+    bases = [fast_layer(int(total * 0.12), "link-base0"), fast_layer(int(total * 0.08), "link-base1")]
+    own = int(total * 0.8 / count)
+    out: List[BenchImage] = []
+    for i in range(count):
+        layers = [fast_layer(size, f"link{i}-{j}") for j, size in enumerate((own // 2, own // 3, own - own // 2 - own // 3))]
+        obj = make_image(base_layers=[*bases, *layers], seed=f"link{i}")
+        repo, tag = f"link/component{i}", "v1"
+        pusher.push(repo, obj, tag)
+        blobs = {b.digest: b.size for b in obj.blobs}
+        blobs[obj.digest] = obj.size
+        out.append(BenchImage(f"{host}/{repo}:{tag}", repo, tag, obj.digest, blobs, (obj.digest,)))
+    return out
+
+
+class Footprint:
+    """Samples the bytes on disk under some directories (allocated blocks) while a command runs: the peak
+    and the last sample. Used for what pack keeps beside the bundle (work directory, journal)."""
+
+    def __init__(self, paths: Sequence[Path], *, skip_volumes_in: Path) -> None:
+        self.paths = paths
+        self.skip = skip_volumes_in
+        self.peak = 0
+        self.last = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def measure(self) -> int:
+        total = 0
+        for root in self.paths:
+            for dirpath, _, names in os.walk(root):
+                for name in names:
+                    if Path(dirpath) == self.skip and (name.startswith("bundle-") or name.startswith(".bundle-") or name.startswith("bundle-manifest")):
+                        continue  # the bundle itself
+                    try:
+                        total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                    except OSError:
+                        pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.measure())
+
+    def __enter__(self) -> "Footprint":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.last = self.measure()
+        self.peak = max(self.peak, self.last)
 
 
 def distinct_bytes(images: Sequence[BenchImage]) -> int:
@@ -392,12 +458,58 @@ def tree_state() -> Dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "changed": [l[3:] for l in git("status", "--porcelain").splitlines() if l[3:].startswith("bundler/")]}
 
 
+def run_link(args: argparse.Namespace, runner: "Runner", pusher: Pusher, src: RegistryServer, ocpb: str, work: Path) -> Dict[str, Any]:
+    """pack (and optionally skopeo) of a release-like set through a relay shaped like an internet link."""
+    from tests.infra.faults import Throttle
+
+    t = time.perf_counter()
+    images = build_release_like(pusher, src.host, args.link_images, args.link_mb * 1_000_000)
+    data = distinct_bytes(images)
+    print(f"link set: {len(images)} images, {data / 1e6:.0f} MB distinct, built in {time.perf_counter() - t:.0f}s; pack over the link …", file=sys.stderr)
+    out: Dict[str, Any] = {"images": len(images), "bytes": data, "floor_seconds": data / LINK["rate"], **LINK}
+    with Throttle(src.host, rate=LINK["rate"], latency=LINK["latency"], per_connection=LINK["per_connection"]) as wire:
+        proxied = [dataclasses.replace(i, ref=i.ref.replace(src.host, wire.host, 1)) for i in images]
+        write_config(work / "link.yaml", proxied)
+        run = runner.run([ocpb, "pack", "--config", str(work / "link.yaml"), "--out", str(work / "link-b"), "--insecure-registry", wire.host, "--json"])
+        out.update(pack=run.wall, pack_rss_mb=run.rss_mb, pack_cpu=run.cpu, connections=wire.connections, bytes_down=wire.bytes_down)
+        # What this relay moves at best on this machine: plain parallel GET + sha256 of the same blobs
+        relay = http_limit(wire.url, proxied, threads=32)
+        out["relay_seconds"] = relay["seconds"]
+        if args.link_skopeo:
+            print("skopeo over the link …", file=sys.stderr)
+            sk = runner.run_all(skopeo_to_layout(proxied, work / "link-skopeo"))
+            out["skopeo"] = sk.wall
+    out["ratio"] = out["pack"] / out["floor_seconds"]
+    return out
+
+
+def run_rss_blob(args: argparse.Namespace, runner: "Runner", pusher: Pusher, src: RegistryServer, ocpb: str, work: Path) -> Dict[str, Any]:
+    """pack of one image whose layer is --rss-blob-mb MB: pack's peak RSS must not grow with blob size."""
+    size = args.rss_blob_mb * 1_000_000
+    print(f"one image with a {size / 1e6:.0f} MB layer …", file=sys.stderr)
+    layer = fast_layer(size, "rss-big")
+    obj = make_image(base_layers=[layer], seed="rss-big")
+    pusher.push("rss/big", obj, "v1")
+    del layer, obj
+    (work / "rss.yaml").write_text(f"apiVersion: ocp-bundler.io/v1alpha1\nkind: ImageSet\nadditionalImages:\n  - {src.host}/rss/big:v1\n")
+    run = runner.run([ocpb, "pack", "--config", str(work / "rss.yaml"), "--out", str(work / "rss-b"), "--insecure-registry", src.host, "--json"])
+    shutil.rmtree(work / "rss-b", ignore_errors=True)
+    return {"blob_bytes": size, "wall": run.wall, "rss_mb": run.rss_mb}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=1024, help="MB of distinct blobs in the first image set (default 1024)")
     ap.add_argument("--images", type=int, default=30, help="images in the first set (default 30)")
     ap.add_argument("--new-images", type=int, default=3, help="images the incremental pack adds (default 3)")
     ap.add_argument("--base-share", type=float, default=0.3, help="share of the bytes in the three shared base layers (default 0.3)")
+    ap.add_argument("--big-mb", type=int, default=0, help="MB of one large layer (its own image) within --size-mb (default 0: none)")
+    ap.add_argument("--link", action=argparse.BooleanOptionalAction, default=True, help="pack over a simulated internet link too (default on)")
+    ap.add_argument("--link-images", type=int, default=60, help="release-like images for the link run (default 60)")
+    ap.add_argument("--link-mb", type=int, default=300, help="MB of distinct blobs for the link run (default 300)")
+    ap.add_argument("--link-skopeo", action="store_true", help="also time skopeo copy over the link (slow)")
+    ap.add_argument("--link-only", action="store_true", help="only the link run (and --rss-blob-mb): no skopeo, verify or unpack")
+    ap.add_argument("--rss-blob-mb", type=int, default=0, help="also pack one image with a layer of this many MB, for peak RSS (e.g. 1024)")
     ap.add_argument("--dir", type=Path, default=None, help="where to make the temp dir (default $TMPDIR)")
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -431,17 +543,30 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
     load_before = os.getloadavg()
     tree_before = tree_state()
     runner = Runner(work, env)
+    if args.link_only:
+        with RegistryServer("plain", workdir=work / "reg-src") as src:
+            pusher = Pusher(src.url)
+            link_only = run_link(args, runner, pusher, src, ocpb, work)
+            rss_big = run_rss_blob(args, runner, pusher, src, ocpb, work) if args.rss_blob_mb else None
+        print(f"\n{ROOT} at {tree_state()['commit'][:12]}; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
+        print(json.dumps({"link": link_only, "rss_blob": rss_big}, indent=1))
+        if args.json_out:
+            args.json_out.write_text(json.dumps({"link": link_only, "rss_blob": rss_big, "load_average": {"before": load_before, "after": os.getloadavg()}}, indent=2))
+        return
     with RegistryServer("plain", workdir=work / "reg-src") as src, RegistryServer("plain", workdir=work / "reg-ours") as reg_ours, RegistryServer(
         "plain", workdir=work / "reg-skopeo"
     ) as reg_skopeo, RegistryServer("plain", workdir=work / "reg-limit") as reg_limit:
         # ---- data set
         t = time.perf_counter()
         total = args.size_mb * 1_000_000
-        base_size = int(total * args.base_share / 3)
-        unique_size = int(total * (1 - args.base_share) / args.images)
+        big = args.big_mb * 1_000_000
+        base_size = int((total - big) * args.base_share / 3)
+        unique_size = int((total - big) * (1 - args.base_share) / (args.images - (1 if big else 0)))
         pusher = Pusher(src.url)
         bases = [fast_layer(base_size, f"base{i}") for i in range(3)]
-        images = build_images(pusher, src.host, bases, 0, args.images, unique_size)
+        images = build_images(pusher, src.host, bases, 0, args.images - (1 if big else 0), unique_size)
+        if big:
+            images += build_images(pusher, src.host, bases[:1], 10**6 + 1, 1, big)  # not a multiple of 5: one layer
         new_images = build_images(pusher, src.host, bases, args.images, args.new_images, unique_size)
         del bases
         data = distinct_bytes(images)
@@ -467,7 +592,8 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
         subprocess.run(["sync"], check=True)
         sk_sync = time.perf_counter() - t
         print("ocp-bundler pack …", file=sys.stderr)
-        pack = runner.run([ocpb, "pack", "--config", str(work / "set.yaml"), "--out", str(work / "b1"), "--sign-key", str(work / "b.key"), *insecure_src, "--json"])
+        with Footprint([work / ".b1.ocp-bundler-work", work / "b1"], skip_volumes_in=work / "b1") as beside:
+            pack = runner.run([ocpb, "pack", "--config", str(work / "set.yaml"), "--out", str(work / "b1"), "--sign-key", str(work / "b.key"), *insecure_src, "--json"])
         pack_json = pack.json()
         bundle = pack_json.get("bundle") or {}
         volumes = [work / "b1" / v["name"] for v in bundle.get("volumes", [])]
@@ -513,6 +639,11 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
         sk_inc_tar = runner.run(["tar", "-cf", str(work / "skopeo-inc.tar"), "-C", str(work / "skopeo-layout"), "-T", str(new_files)])
         sk_inc = Run(sk_inc_copy.wall + sk_inc_tar.wall, max(sk_inc_copy.rss_mb, sk_inc_tar.rss_mb), sk_inc_copy.cpu + sk_inc_tar.cpu)
         inc_bundle_bytes = (inc_json.get("bundle") or {}).get("totalBytes", 0)
+
+        # ---- pack over a simulated internet link; pack of one very large layer (peak RSS)
+        link: Optional[Dict[str, Any]]
+        link = run_link(args, runner, pusher, src, ocpb, work) if args.link else None
+        rss_big = run_rss_blob(args, runner, pusher, src, ocpb, work) if args.rss_blob_mb else None
 
     load_after = os.getloadavg()
     # ---- report
@@ -574,7 +705,12 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
         ("verify >= 3x sha256sum throughput", verify_rate / sums_rate, TARGETS["verify"], "ge"),
         ("no-op re-unpack <= 5% of full unpack", noop.wall / unpack.wall, TARGETS["noop"], "le"),
         ("peak RSS < 200 MB (largest command)", max(rss_ours.values()), TARGETS["rss_mb"], "lt"),
+        ("disk beside the bundle <= 5% (peak)", beside.peak / max(1, bundle_bytes), TARGETS["beside"], "le"),
     ]
+    if link is not None:
+        checks.append(("link: pack <= 1.3x bytes / 100 MB/s", link["ratio"], TARGETS["link"], "le"))
+    if rss_big is not None:
+        checks.append((f"peak RSS < 200 MB, {rss_big['blob_bytes'] / 1e6:.0f} MB blob", rss_big["rss_mb"], TARGETS["rss_mb"], "lt"))
     print("\ntargets:")
     verdicts = []
     for name, value, target, how in checks:
@@ -593,11 +729,22 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
     print(f"unpack push phase vs the registry's intake (PUT every blob, {puts['seconds']:.2f}s): {puts['seconds'] / unpack_inner:.0%}; "
           f"skopeo: {puts['seconds'] / sk_unpack.wall:.0%}" if unpack_inner else "")
     write_s = float(bundle.get("seconds", 0.0))
-    print(f"pack breakdown: {pack.wall:.2f}s process = plan + pull + start-up {pack.wall - write_s:.2f}s + bundle write {write_s:.2f}s")
+    print(f"pack breakdown: {pack.wall:.2f}s process = plan + start-up {pack.wall - write_s:.2f}s + fill (pull straight into the volumes) {write_s:.2f}s")
+    print(f"disk beside the bundle (work dir, journal): peak {beside.peak / 1e6:.1f} MB during pack, {beside.last / 1e6:.1f} MB after "
+          f"({beside.peak / max(1, bundle_bytes):.2%} / {beside.last / max(1, bundle_bytes):.2%} of the bundle)")
+    if link is not None:
+        sk_link = f"; skopeo {link['skopeo']:.1f}s" if "skopeo" in link else ""
+        print(f"link ({link['latency'] * 2000:.0f} ms RTT, {link['per_connection'] / 1e6:.0f} MB/s per connection, {link['rate'] / 1e6:.0f} MB/s total): "
+              f"{link['images']} images, {link['bytes'] / 1e6:.0f} MB distinct: pack {link['pack']:.2f}s = {link['ratio']:.2f}x the floor of "
+              f"{link['floor_seconds']:.2f}s, {link['connections']} connections, peak RSS {link['pack_rss_mb']:.0f} MB{sk_link}; "
+              f"the relay itself (32 plain GET + sha256 streams) needs {link['relay_seconds']:.2f}s for the same blobs "
+              f"(pack = {link['pack'] / link['relay_seconds']:.2f}x that)")
+    if rss_big is not None:
+        print(f"one {rss_big['blob_bytes'] / 1e6:.0f} MB layer: pack {rss_big['wall']:.2f}s, peak RSS {rss_big['rss_mb']:.0f} MB")
     inc_b = inc_json.get("bundle") or {}
-    pulled = {k: sum(int(i.get("bytes") or 0) for i in j.get("images", [])) for k, j in (("own", inc_json), ("shared", inc_shared_json))}
+    pulled = {k: int((j.get("bundle") or {}).get("bytesWritten") or 0) for k, j in (("own", inc_json), ("shared", inc_shared_json))}
     print(f"incremental bundle: {inc_bundle_bytes / 1e6:.0f} MB, {inc_b.get('blobs')} blobs written, {inc_b.get('blobsSkippedByBase')} left to the base; "
-          f"pulled {pulled['own'] / 1e6:.0f} MB with its own work dir, {pulled['shared'] / 1e6:.0f} MB with the first pack's")
+          f"wrote {pulled['own'] / 1e6:.0f} MB with its own work dir, {pulled['shared'] / 1e6:.0f} MB with the first pack's")
 
     if args.json_out:
         result = {
@@ -625,6 +772,9 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
             "unpack_seconds_after_verify": unpack_inner,
             "noop_seconds_after_verify": float(u2.get("seconds", 0.0)),
             "pack_bundle_write_seconds": write_s,
+            "beside_bundle_bytes": {"peak": beside.peak, "after": beside.last},
+            "link": link,
+            "rss_blob": rss_big,
             "incremental": {"bundle_bytes": inc_bundle_bytes, "blobs": inc_b.get("blobs"), "blobs_skipped_by_base": inc_b.get("blobsSkippedByBase"),
                             "bytes_pulled_own_work_dir": pulled["own"], "bytes_pulled_shared_work_dir": pulled["shared"]},
         }

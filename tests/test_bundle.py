@@ -447,7 +447,7 @@ def test_free_space_is_checked_before_writing(layout_objs: Tuple[Layout, Dict[st
 
 def test_enospc_while_writing_leaves_no_bundle_and_a_rerun_finishes(layout_objs: Tuple[Layout, Dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layout, objs = layout_objs
-    import bundler.bundle.volumes as bundle_mod
+    import bundler.bundle.writer as bundle_mod
 
     real_open = open
     budget = {"bytes": 2 * VOLUME_SIZE + 1000}

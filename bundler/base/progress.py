@@ -20,6 +20,9 @@ class Progress(Protocol):
     def item_done(self, name: str, status: str) -> None:
         """One item (image, volume, blob) finished with a status word."""
 
+    def add_items(self, count: int) -> None:
+        """More items became known (the images a pack will write), for "N of M" displays."""
+
 
 class NullProgress:
     def add_total(self, nbytes: int) -> None:
@@ -31,6 +34,9 @@ class NullProgress:
     def item_done(self, name: str, status: str) -> None:
         pass
 
+    def add_items(self, count: int) -> None:
+        pass
+
 
 class CountingProgress:
     """Thread-safe totals, for tests and summaries."""
@@ -39,6 +45,7 @@ class CountingProgress:
         self.total = 0
         self.done = 0
         self.items: "list[tuple[str, str]]" = []
+        self.items_total = 0
         self._lock = threading.Lock()
 
     def add_total(self, nbytes: int) -> None:
@@ -52,3 +59,7 @@ class CountingProgress:
     def item_done(self, name: str, status: str) -> None:
         with self._lock:
             self.items.append((name, status))
+
+    def add_items(self, count: int) -> None:
+        with self._lock:
+            self.items_total += count

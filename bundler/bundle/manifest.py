@@ -1,8 +1,10 @@
 """The bundle manifest: the typed, versioned, signed table of contents of a bundle.
 
 Owns the value types (`BundleManifest`, `BundleImage`, `BundleBlob`, `BundleFile`, `BundleVolume`, `Part`)
-and their one JSON form (schema: `manifests/bundle-manifest.schema.json`, `schemaVersion: 1`,
-`kind: ocp-bundler/bundle`). `to_bytes` is deterministic; `from_bytes` checks every field (types, digest
+and their one JSON form (schema: `manifests/bundle-manifest.schema.json`, `kind: ocp-bundler/bundle`,
+`schemaVersion` 1 or 2: version 2 is version 1 with volumes that carry no whole-file `sha256`, written when
+the volumes are filled out of order, straight from the sources; every byte of their members is still
+proven by the per-blob digests and every header by the recorded parts). `to_bytes` is deterministic; `from_bytes` checks every field (types, digest
 syntax, safe volume and member names, parts that add up) so the reader and verifier can rely on it, and
 raises `IntegrityError` naming the bad field. The signature covers the bytes as stored; the manifest is
 never re-serialised to check it.
@@ -35,7 +37,9 @@ from bundler.base.safefile import UnsafeFileError, open_regular, read_regular
 from bundler.oci.planned import KINDS, ImageFacts
 from bundler.oci.reference import is_valid_repository_path, is_valid_tag
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest version written and read; 1 (every volume with its sha256) is still read and written."""
+SCHEMA_VERSIONS = (1, 2)
 KIND = "ocp-bundler/bundle"
 MANIFEST_NAME = "bundle-manifest.json"
 SIGNATURE_NAME = "bundle-manifest.json.sig"
@@ -58,7 +62,7 @@ _MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A
 _FIELDS = {
     "document": ({"schemaVersion", "kind", "id", "created", "toolVersion", "baseId", "volumeSize", "images", "volumes", "files", "blobs"}, {"baseBlobs"}),
     "image": ({"source", "digest", "mediaType", "size", "kind", "targetRepository", "targetTag"}, {"annotations", "totalSize"}),
-    "volume": ({"name", "size", "sha256"}, set()),
+    "volume": ({"name", "size"}, {"sha256"}),  # sha256 required in schemaVersion 1 (checked by `volume`)
     "part": ({"volume", "member", "offset", "length"}, set()),
     "blob": ({"digest", "size", "mediaType", "encoding", "storedSize", "parts"}, set()),
     "file": ({"name", "digest", "size", "encoding", "storedSize", "parts"}, set()),
@@ -206,8 +210,9 @@ class BundleFile:
 class BundleVolume:
     name: str
     size: int
-    sha256: str
-    """`sha256:<hex>` of the whole volume file."""
+    sha256: Optional[str] = None
+    """`sha256:<hex>` of the whole volume file; None in a version 2 bundle whose volumes were filled out of
+    order (their blobs' digests prove their content instead)."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,11 @@ class BundleManifest:
     # -- derived ------------------------------------------------------------------------------------------
 
     @property
+    def schema_version(self) -> int:
+        """1 when every volume has its sha256, else 2."""
+        return 1 if all(v.sha256 is not None for v in self.volumes) else 2
+
+    @property
     def stored_bytes(self) -> int:
         return sum(v.size for v in self.volumes)
 
@@ -246,7 +256,7 @@ class BundleManifest:
 
     def to_json(self) -> Dict[str, Any]:
         return {
-            "schemaVersion": SCHEMA_VERSION,
+            "schemaVersion": self.schema_version,
             "kind": KIND,
             "id": self.id,
             "created": self.created,
@@ -254,7 +264,7 @@ class BundleManifest:
             "baseId": self.base_id,
             "volumeSize": self.volume_size,
             "images": [_image_json(i) for i in self.images],
-            "volumes": [{"name": v.name, "size": v.size, "sha256": v.sha256} for v in self.volumes],
+            "volumes": [_volume_json(v) for v in self.volumes],
             "files": [
                 {"name": f.name, "digest": f.digest, "size": f.size, "encoding": f.encoding, "storedSize": f.stored_size, "parts": _parts_json(f.parts)}
                 for f in self.files
@@ -298,6 +308,13 @@ def _image_json(i: BundleImage) -> Dict[str, Any]:
     }
     if i.total_size is not None:
         out["totalSize"] = i.total_size
+    return out
+
+
+def _volume_json(v: BundleVolume) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"name": v.name, "size": v.size}
+    if v.sha256 is not None:
+        out["sha256"] = v.sha256
     return out
 
 
@@ -370,11 +387,11 @@ class _Reader:
         exact_int = isinstance(version, int) and not isinstance(version, bool)
         if isinstance(version, int) and exact_int and version > SCHEMA_VERSION:
             raise UnsupportedError(
-                f"{self.where} has schemaVersion {version}; this ocp-bundler reads version {SCHEMA_VERSION}",
+                f"{self.where} has schemaVersion {version}; this ocp-bundler reads versions {' and '.join(map(str, SCHEMA_VERSIONS))}",
                 hint="use the ocp-bundler version that wrote the bundle (or newer)",
             )
-        if not exact_int or version != SCHEMA_VERSION:
-            raise self.fail("schemaVersion", f"must be the number {SCHEMA_VERSION}")
+        if not exact_int or version not in SCHEMA_VERSIONS:
+            raise self.fail("schemaVersion", f"must be the number {' or '.join(map(str, SCHEMA_VERSIONS))}")
         self.obj(doc, "document", "document")
         bundle_id = self.s(doc, "id", "document")
         if not _ID.match(bundle_id):
@@ -382,7 +399,7 @@ class _Reader:
         base_id = doc.get("baseId")
         if base_id is not None and (not isinstance(base_id, str) or not _ID.match(base_id)):
             raise self.fail("baseId", "must be null or a bundle id")
-        volumes = tuple(self.volume(x, f"volumes[{i}]") for i, x in enumerate(self.lst(doc.get("volumes"), "volumes")))
+        volumes = tuple(self.volume(x, f"volumes[{i}]", version == 1) for i, x in enumerate(self.lst(doc.get("volumes"), "volumes")))
         names = [vol.name for vol in volumes]
         if len(set(names)) != len(names):
             raise self.fail("volumes", "lists a volume twice")
@@ -408,11 +425,14 @@ class _Reader:
             base_blobs=base_blobs,
         )
 
-    def volume(self, v: Any, path: str) -> BundleVolume:
+    def volume(self, v: Any, path: str, hashed: bool) -> BundleVolume:
+        """A volume entry; `hashed` (version 1) requires its sha256, version 2 makes it optional."""
         d = self.obj(v, path, "volume")
         name = self.s(d, "name", path)
         if not is_volume_name(name):
             raise self.fail(f"{path}.name", f"is not a volume name like bundle-0001.tar ({name[:80]!r})")
+        if not hashed and d.get("sha256") is None:
+            return BundleVolume(name, self.n(d, "size", path), None)
         sha = self.digest(d, "sha256", path)
         if not sha.startswith("sha256:"):
             raise self.fail(f"{path}.sha256", "must be a sha256 digest")

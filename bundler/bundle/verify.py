@@ -327,7 +327,7 @@ def _check_volume(
         out.unreadable = f"{volume.name} cannot be read ({exc.strerror or exc}): fix its permissions, or copy it again from the source media"
         return out
     out.present = True
-    hasher = hashlib.sha256()
+    hasher: Any = hashlib.sha256() if volume.sha256 is not None else None  # version 2: the blobs' digests prove it
     scanner = TarScanner(volume.name)
     out.scanner = scanner
     with f:
@@ -350,7 +350,8 @@ def _check_volume(
             if not n:
                 break
             chunk = memoryview(buf)[:n]
-            pending = helper.submit(hasher.update, chunk)  # the volume hash runs beside the blob hashes
+            if hasher is not None:
+                pending = helper.submit(hasher.update, chunk)  # the volume hash runs beside the blob hashes
             if not scanner.ended:
                 scanner.feed(pos, chunk)
             if feed_blobs:
@@ -366,7 +367,7 @@ def _check_volume(
                         seg.check.part_done()
                 else:
                     out.beyond_end.append(seg)
-    out.sha256 = "sha256:" + hasher.hexdigest()
+    out.sha256 = "sha256:" + hasher.hexdigest() if hasher is not None else None
     return out
 
 
@@ -588,7 +589,8 @@ def _judge_volumes(directory: Path, manifest: BundleManifest, outcomes: Sequence
     bad_volumes: Set[str] = set()
     by_sha: Dict[str, str] = {}
     for v in manifest.volumes:
-        by_sha.setdefault(v.sha256, v.name)
+        if v.sha256 is not None:  # version 2 volumes carry none: their blobs' digests prove them
+            by_sha.setdefault(v.sha256, v.name)
     for out in outcomes:
         v = out.volume
         if out.unreadable is not None:
@@ -601,7 +603,11 @@ def _judge_volumes(directory: Path, manifest: BundleManifest, outcomes: Sequence
             continue
         if out.scanner is not None:
             problems.extend(p for p in out.scanner.problems if p.category == "unsafe")
-        if out.sha256 != v.sha256:
+        if v.sha256 is None and out.size != v.size:
+            problems.append(Problem("volume", _size_problem(v, out.size), v.name))
+            bad_volumes.add(v.name)
+            continue
+        if v.sha256 is not None and out.sha256 != v.sha256:
             problem, unusable = _volume_mismatch(out, by_sha)
             problems.append(problem)
             if unusable:
@@ -621,13 +627,12 @@ def _judge_volumes(directory: Path, manifest: BundleManifest, outcomes: Sequence
 def _volume_mismatch(out: _VolumeOutcome, by_sha: Mapping[str, str]) -> Tuple[Problem, bool]:
     """What is wrong with a volume whose sha256 differs, and whether its blobs are beyond judging."""
     v = out.volume
+    assert v.sha256 is not None
     other = by_sha.get(out.sha256 or "")
     if other is not None and other != v.name:
         return Problem("volume", f"{v.name} holds the content of {other} (volumes swapped or renamed): give each file its right name, or re-copy {v.name}", v.name), True
-    if out.size < v.size:
-        return Problem("volume", f"{v.name} is truncated: {out.size} of {v.size} bytes: re-copy {v.name}", v.name), True
-    if out.size > v.size:
-        return Problem("volume", f"{v.name} is {out.size} bytes, {out.size - v.size} more than recorded ({v.size}): re-copy {v.name}", v.name), True
+    if out.size != v.size:
+        return Problem("volume", _size_problem(v, out.size), v.name), True
     return Problem("volume", f"{v.name} is altered (sha256 {out.sha256[7:23] if out.sha256 else '?'}…, expected {v.sha256[7:23]}…): re-copy {v.name}", v.name), False
 
 
@@ -655,6 +660,12 @@ def _judge_items(directory: Path, checks: Sequence[_ItemCheck], bad_volumes: Set
         volumes = sorted({p.volume for p in check.item.parts})
         problems.append(Problem("blob", f"{check.label}: {why}", volumes[0] if len(volumes) == 1 else None))
     return suppressed, verified
+
+
+def _size_problem(v: BundleVolume, size: int) -> str:
+    if size < v.size:
+        return f"{v.name} is truncated: {size} of {v.size} bytes: re-copy {v.name}"
+    return f"{v.name} is {size} bytes, {size - v.size} more than recorded ({v.size}): re-copy {v.name}"
 
 
 def _structure_problems(manifest: BundleManifest, volume: BundleVolume, out: _VolumeOutcome) -> List[Problem]:

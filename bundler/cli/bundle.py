@@ -201,7 +201,7 @@ def inspect(directory: Path, verbose: int, as_json: bool) -> None:
         click.echo("  " + line)
     click.echo("")
     click.echo(f"Volumes ({len(m.volumes)}):")
-    for line in _table([[v.name, human_bytes(v.size), v.sha256[:23] + "…"] for v in m.volumes], ["NAME", "SIZE", "SHA256"]):
+    for line in _table([[v.name, human_bytes(v.size), v.sha256[:23] + "…" if v.sha256 else "(blob digests)"] for v in m.volumes], ["NAME", "SIZE", "SHA256"]):
         click.echo("  " + line)
     if m.files:
         click.echo("")

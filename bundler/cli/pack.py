@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @click.command(context_settings=CONTEXT)
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Image-set config (ours, or oc-mirror's ImageSetConfiguration).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory the bundle is written to (e.g. the removable disk).")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where images are pulled first; survives interruption. Default: .<out>.ocp-bundler-work beside --out.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Small cache of what planning reads (release payloads, catalogs) and rebuilt catalogs. Default: .<out>.ocp-bundler-work beside --out.")
 @click.option("--volume-size", default=None, metavar="SIZE", help="Largest volume file: 4G (FAT32-safe default 4 GiB - 1), 4.7GB for a DVD, 650MB …")
 @click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Ed25519 private key (ocp-bundler keygen) to sign the bundle manifest.")
 @click.option("--base", type=click.Path(exists=True, path_type=Path), help="An earlier bundle (directory or manifest): write only what it does not have.")
@@ -42,13 +42,13 @@ def pack(
     retry_times: int,
     verbose: int, as_json: bool,
 ) -> None:
-    """Resolve an image-set config, pull every image and write a signed bundle.
+    """Resolve an image-set config and stream every image straight into a signed bundle.
 
     \b
     The release payload, sample imagestreams, operator catalogs (filtered and pruned), additional images
-    and the images that run Quay on the far side are pulled digest-exact into a work layout (a rerun
-    resumes and fetches nothing twice), then written as volumes of at most --volume-size with a
-    checksummed bundle manifest.
+    and the images that run Quay on the far side are planned first (every manifest fetched), then each
+    blob streams digest-exact into its place in volumes of at most --volume-size; a journal beside the
+    volumes lets a rerun resume, fetching nothing that was finished.
 
     \b
     Examples:

@@ -247,6 +247,7 @@ class CliProgress:
         self.total = 0
         self.done = 0
         self.items = 0
+        self.items_total = 0
         self._lock = threading.Lock()
         self._last = time.monotonic()
         self._interval = interval
@@ -277,15 +278,22 @@ class CliProgress:
         with self._lock:
             self.items += 1
             if self._bar is not None:
-                self._bar.set_postfix_str(f"{self.items} done", refresh=False)
+                self._bar.set_postfix_str(self._items_text(), refresh=False)
             elif self.enabled:
                 self._maybe_line()
+
+    def add_items(self, count: int) -> None:
+        with self._lock:
+            self.items_total += count
+
+    def _items_text(self) -> str:
+        return f"{self.items} of {self.items_total} images" if self.items_total else f"{self.items} items done"
 
     def _maybe_line(self) -> None:
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            click.echo(f"{self.label}: {human_bytes(self.done)} of {human_bytes(self.total)}, {self.items} items done", err=True)
+            click.echo(f"{self.label}: {human_bytes(self.done)} of {human_bytes(self.total)}, {self._items_text()}", err=True)
 
     def close(self) -> None:
         """Clear the bar (idempotent): whatever is printed next starts on a clean line."""
@@ -362,7 +370,7 @@ def make_transport(
         tls=replace(tls, host_ca_files=host_ca_files, client_certs=client_certs),
         read_timeout=timeout,
         max_attempts=retry_times + 1,
-        pool_size=max(16, workers * 2),
+        pool_size=min(64, max(32, workers * 4)),  # pack streams 4 blobs per worker at once
         proxies=ProxySettings.from_environment(override=proxy),
     )
 

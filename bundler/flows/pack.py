@@ -1,8 +1,14 @@
-"""The pack use-case: image-set config → pull into a work layout → bundle (volumes + signed manifest).
+"""The pack use-case: image-set config → plan → every blob streamed once into its slot in the bundle.
 
-The work layout survives interruption: blobs land under their final name only when verified, so a rerun
-fetches nothing twice. The bundle is written only when every image arrived; otherwise the failures are
-listed (exit 4, or exit 2 when images do not exist upstream) and a rerun resumes.
+Planning resolves the config to digests and reads what it must (release payloads, catalogs, samples) into a
+small work layout (`--work-dir`), which also holds rebuilt catalogs. Then every image's manifests are
+fetched (in memory) so the whole bundle layout is known before a layer is pulled: `bundler.bundle.fill`
+streams each blob straight from the registry (or the work layout) into its place in the volumes. Nothing
+is pulled into a work layout first, so the disk holds the data once.
+
+An image that cannot be resolved stops pack before any volume is written (exit 2 when images do not exist
+upstream, else 4). A blob that cannot be fetched leaves the bundle unfinished (exit 4); what arrived is
+journaled beside the volumes, so a rerun fetches only the rest.
 """
 
 from __future__ import annotations
@@ -15,12 +21,11 @@ from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Set, Tuple
 
 from bundler import __version__
-from bundler.transfer.copy import Copier, CopyOptions, CopyResult
-from bundler.oci.digest import Digest
-from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, PartialFailureError, UsageError
+from bundler.transfer.copy import Copier, CopyOptions
+from bundler.base.errors import BundlerError, DigestMismatchError, DiskSpaceError, ImageNotFoundError, PartialFailureError, UsageError
 from bundler.base.fsutil import atomic_write, free_space
 from bundler.base.lock import exclusive_lock
 from bundler.base.units import human_bytes
@@ -31,11 +36,15 @@ from bundler.flows.plan import Plan, build_plan
 from bundler.oci.planned import PlannedImage
 from bundler.base.progress import NullProgress, Progress
 from bundler.bundle.volumes import DEFAULT_VOLUME_SIZE
+from bundler.oci.digest import Digest, Readable
 from bundler.oci.reference import Reference
-from bundler.registry.client import Registries
+from bundler.registry.client import FetchedManifest, Registries
 from bundler.transfer.transports import ImageSource, LayoutImage, registry_source
 
+from bundler.bundle.manifest import BundleImage, BundleManifest
+
 if TYPE_CHECKING:
+    from bundler.bundle.fill import BundleContent
     from bundler.bundle.volumes import BundleWriteResult
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,42 @@ class PackOptions:
 
 
 @dataclass
+class ImageGraph:
+    """One image as resolved at plan time: where it comes from, its manifests (raw, top first), its blobs."""
+
+    source: ImageSource
+    manifests: List[FetchedManifest]
+    blobs: Dict[str, Descriptor]
+
+    def sizes(self) -> Dict[str, int]:
+        out = {str(m.digest): len(m.raw) for m in self.manifests}
+        out.update({k: d.size for k, d in self.blobs.items()})
+        return out
+
+    def size(self) -> int:
+        return sum(self.sizes().values())
+
+
+class _Resolved:
+    """An image already resolved at plan time, as an `ImageSource`: manifests from memory, blobs from its source."""
+
+    def __init__(self, graph: ImageGraph) -> None:
+        self.graph = graph
+        self.description = graph.source.description
+        self._manifests = {m.digest: m for m in graph.manifests}
+
+    def resolve(self) -> FetchedManifest:
+        return self.graph.manifests[0]
+
+    def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
+        found = self._manifests.get(descriptor.digest)
+        return found if found is not None else self.graph.source.fetch_manifest(descriptor)
+
+    def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
+        return self.graph.source.open_blob(descriptor, offset)
+
+
+@dataclass
 class PackedImage:
     planned: PlannedImage
     status: str
@@ -78,6 +123,7 @@ class PackedImage:
     blob_sizes: Dict[str, int] = field(default_factory=dict)
     refused: Optional[str] = None
     """Why the declared target registry cannot store this image digest-exact (`PackOptions.target_kind`)."""
+    graph: Optional[ImageGraph] = None
     error_object: Optional[BundlerError] = None
 
     def to_json(self) -> Dict[str, Any]:
@@ -181,71 +227,85 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
         load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
     work_dir = options.work_dir or default_work_dir(options.out_dir)
     layout = Layout(work_dir / "layout")
-    in_base: Set[str] = set()
+    base: Optional[BundleManifest] = None
     if options.base is not None:
         from bundler.bundle.volumes import load_base_manifest
 
-        base = load_base_manifest(options.base)  # a bad --base fails now, not after the pull
-        in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
-    progress = options.progress
-    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers, progress=progress)) as copier:
+        base = load_base_manifest(options.base)  # a bad --base fails now, not after planning
+    # Planning's own reads are not counted: the progress totals come from the plan, so they never grow.
+    with Copier(CopyOptions(workers=options.workers, image_workers=2 * options.workers)) as copier:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store,
                           graph_data_url=options.graph_data_url, graph_base_image=options.graph_base_image)
-        planned = plan.deduplicated()
-        if options.dry_run:
-            images = _measure(planned, registries=registries, layout=layout, workers=options.workers)
-            images += _signatures(options, plan, images, registries=registries, open_image=lambda i: _source_for(i, registries, layout),
-                                  carry=lambda found: _measure(found, registries=registries, layout=layout, workers=options.workers))
-            _check_target(options, plan, images, lambda i: _source_for(i, registries, layout))
-            total = _unique_bytes(images)
-            _check_space(options.out_dir, total, what="the bundle")
-            return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
-        _check_space_for_plan(planned, registries=registries, layout=layout, in_base=in_base, work_dir=work_dir, out_dir=options.out_dir, workers=options.workers)
-        images = _pull(planned, registries=registries, layout=layout, copier=copier, in_base=in_base)
-        images += _signatures(options, plan, images, registries=registries, open_image=lambda i: LayoutImage(layout, layout_ref(i)),
-                              carry=lambda found: _pull(found, registries=registries, layout=layout, copier=copier, in_base=in_base))
-        _check_target(options, plan, images, lambda i: LayoutImage(layout, layout_ref(i)))
+    planned_at = time.monotonic()
+    images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
+    resolved_at = time.monotonic()
+    resolved = {id(i.planned): i.graph for i in images if i.graph is not None}
+
+    def open_image(img: PlannedImage) -> ImageSource:
+        graph = resolved.get(id(img))
+        return _Resolved(graph) if graph is not None else _source_for(img, registries, layout)
+
+    images += _signatures(
+        options, plan, images, registries=registries, open_image=open_image,
+        carry=lambda found: _resolve(found, registries=registries, layout=layout, workers=fill_workers(options.workers)),
+    )
+    _check_target(options, plan, images, open_image)
+    log.info(
+        "planned %d images in %.2fs, resolved their manifests in %.2fs, looked up signatures in %.2fs",
+        len(images), planned_at - started, resolved_at - planned_at, time.monotonic() - resolved_at,
+    )
+    if options.dry_run:
+        total = _unique_bytes(images)
+        _check_space(options.out_dir, total, what="the bundle")
+        return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
+    _raise_failures(images, options.out_dir)
+    _fill_catalog_bytes(plan, images)
+
+    from bundler.bundle.fill import FillOptions, fill_bundle
+
+    content = bundle_content(images, layout=layout, base=base, files=_files(plan, images, image_set.source_name))
+    bundle = fill_bundle(
+        content,
+        FillOptions(out_dir=options.out_dir, volume_size=options.volume_size, sign_key=options.sign_key, workers=fill_workers(options.workers), progress=options.progress),
+    )
+    for img in images:
+        img.status = "packed" if img.status == "planned" else img.status
+    result = PackResult(False, images, plan, total_bytes=bundle.total_bytes, bundle=bundle, seconds=time.monotonic() - started, work_dir=work_dir)
+    try:
+        atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
+    except OSError as exc:  # the bundle is complete; only the run's own report is lost
+        log.warning("WARNING: the bundle is complete, but %s could not be written: %s", work_dir / "pack-report.json", exc.strerror or exc)
+    return result
+
+
+def fill_workers(workers: int) -> int:
+    """Blob streams at once: 4 per --workers, at least 32. A long-haul link gives each connection ~12 MB/s
+    and costs a round trip (~60 ms) before each blob's first byte, so filling 100 MB/s with blobs of a few MB
+    takes 20 to 30 streams in flight. Memory stays flat: each stream holds one 1 MiB buffer."""
+    return min(64, max(32, 4 * workers))
+
+
+def _raise_failures(images: List[PackedImage], out_dir: Path) -> None:
     failed = [i for i in images if i.status == "failed"]
-    full = next((i.error_object for i in failed if isinstance(i.error_object, DiskSpaceError)), None)
-    if full is not None:  # a full disk is not "rerun to resume": nothing changes until space is made
-        raise DiskSpaceError(full.message, hint=full.hint or "free space or choose another --work-dir, then rerun: what arrived is kept")
-    if failed:
-        lines = [f"{i.planned.source}: {i.error}" for i in failed]
-        missing = [i for i in failed if i.error and "not found" in i.error]
-        cls = ImageNotFoundError if len(missing) == len(failed) else PartialFailureError
-        summary = f"{len(failed)} of {len(images)} images could not be pulled; nothing was written to {options.out_dir}"
-        detail = "; ".join(lines[:10]) + (f"; … and {len(lines) - 10} more" if len(lines) > 10 else "")
-        if cls is ImageNotFoundError:
-            raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
-        raise PartialFailureError(f"{summary}: {detail}", failures=lines, hint="rerun to resume; finished images are not fetched again")
+    if not failed:
+        return
+    lines = [f"{i.planned.source}: {i.error}" for i in failed]
+    missing = [i for i in failed if i.error and "not found" in i.error]
+    summary = f"{len(failed)} of {len(images)} images could not be resolved; nothing was written to {out_dir}"
+    detail = "; ".join(lines[:10]) + (f"; … and {len(lines) - 10} more" if len(lines) > 10 else "")
+    if len(missing) == len(failed):
+        raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
+    raise PartialFailureError(f"{summary}: {detail}", failures=lines, hint="rerun to resume")
 
-    _fill_catalog_bytes(plan, images, layout)
 
-    from bundler.bundle.volumes import BundleWriteOptions, write_bundle
-    from bundler.bundle.manifest import BundleImage
-
-    bundle_images = [
-        BundleImage(
-            source=i.planned.source,
-            digest=str(i.digest),
-            media_type=i.media_type,
-            size=i.manifest_size,
-            kind=i.planned.kind,
-            target_repository=i.planned.target_repository,
-            target_tag=i.planned.target_tag,
-            annotations=dict(i.planned.annotations),
-            facts=i.planned.facts,
-        )
-        for i in images
-    ]
-    result = PackResult(False, images, plan, seconds=0.0, work_dir=work_dir)
+def _files(plan: Plan, images: List[PackedImage], config_name: str) -> Dict[str, bytes]:
     files = dict(plan.files)
     # What the bundle carries is what was planned, never what this run happened to do (statuses, bytes,
-    # times): the same content must give the same volumes, so a rerun after an interrupted write keeps them.
+    # times): the same content must give the same volumes, so a rerun after an interruption keeps them.
     files["reports/plan.json"] = json.dumps(
         {
             "toolVersion": __version__,
-            "config": Path(image_set.source_name).name,
+            "config": Path(config_name).name,
             "images": [{k: v for k, v in i.to_json().items() if k not in ("status", "bytes")} for i in images],
             "reports": plan.reports.to_json(),
             "warnings": plan.warnings,
@@ -254,26 +314,7 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
         sort_keys=True,
         default=str,
     ).encode()
-    bundle = write_bundle(
-        layout,
-        bundle_images,
-        options=BundleWriteOptions(
-            out_dir=options.out_dir,
-            volume_size=options.volume_size,
-            sign_key=options.sign_key,
-            base=options.base,
-            files=files,
-            progress=progress,
-        ),
-    )
-    result.bundle = bundle
-    result.total_bytes = bundle.total_bytes or _unique_bytes(images)
-    result.seconds = time.monotonic() - started
-    try:
-        atomic_write(work_dir / "pack-report.json", json.dumps(result.to_json(), indent=1, default=str).encode())
-    except OSError as exc:  # the bundle is complete; only the run's own report is lost
-        log.warning("WARNING: the bundle is complete, but %s could not be written: %s", work_dir / "pack-report.json", exc.strerror or exc)
-    return result
+    return files
 
 
 def _signatures(
@@ -295,7 +336,7 @@ def _signatures(
         found_images: List[PlannedImage] = []
     else:
         done = [(i.planned, i.digest) for i in images if i.digest and i.status != "failed"]
-        found = find_signatures(signatures.subjects(done, open_image=open_image), registries=registries, workers=options.workers)
+        found = find_signatures(signatures.subjects(done, open_image=open_image), registries=registries, workers=fill_workers(options.workers))
         plan.reports.signatures = found.report
         found_images = list(found.images)
         carried = carry(found_images)
@@ -321,45 +362,6 @@ def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> Im
 def layout_ref(img: PlannedImage) -> str:
     """The ref name an image built into the work layout is stored under."""
     return img.facts.layout_ref or img.source
-
-
-class _LayoutSkippingBase(LayoutImage):
-    """A layout sink for incremental packs: configs and layers the base bundle carries count as present.
-
-    Manifests are still stored (the bundle needs them to describe every image); the blobs themselves are
-    neither fetched nor written, because the far side already has them from the base bundle.
-    """
-
-    def __init__(self, layout: Layout, ref_name: Optional[str], in_base: Set[str]) -> None:
-        super().__init__(layout, ref_name)
-        self._in_base = in_base
-
-    def has_blob(self, descriptor: Descriptor) -> bool:
-        return str(descriptor.digest) in self._in_base or super().has_blob(descriptor)
-
-
-def _pull(planned: List[PlannedImage], *, registries: Registries, layout: Layout, copier: Copier, in_base: Optional[Set[str]] = None) -> List[PackedImage]:
-    jobs = []
-    out: List[PackedImage] = []
-    to_copy: List[Tuple[int, PlannedImage]] = []
-    for idx, img in enumerate(planned):
-        out.append(PackedImage(img, "pending"))
-        if img.in_layout:
-            d = layout.resolve(layout_ref(img))
-            out[idx] = PackedImage(img, "built", str(d.digest), d.media_type, d.size, 0)
-            continue
-        to_copy.append((idx, img))
-        src = _source_for(img, registries, layout)
-        sink = _LayoutSkippingBase(layout, img.source, in_base) if in_base else LayoutImage(layout, img.source)
-        jobs.append((src, sink, Digest.parse(img.digest) if img.digest else None))
-    results: List[CopyResult] = copier.copy_many(jobs)
-    for (idx, img), r in zip(to_copy, results):
-        if r.status == "failed":
-            out[idx] = PackedImage(img, "failed", error=str(r.error), error_object=r.error)
-        else:
-            assert r.digest is not None
-            out[idx] = PackedImage(img, r.status, str(r.digest), r.media_type, layout.blob_path(r.digest).stat().st_size, r.stats.bytes_copied)
-    return out
 
 
 TARGET_KINDS = ("any", "quay")
@@ -393,114 +395,119 @@ def _check_target(options: PackOptions, plan: Plan, images: List[PackedImage], o
             )
 
 
-def _measure(planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int) -> List[PackedImage]:
-    """For --dry-run: fetch manifests (no layers) and add up the unique blobs each image needs."""
+def _resolve(planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int) -> List[PackedImage]:
+    """Every image's manifests (fetched into memory, digest-checked) and the blobs they name; no layers."""
 
     def one(img: PlannedImage) -> PackedImage:
         try:
             src = _source_for(img, registries, layout)
             top = src.resolve()
-            blobs: Dict[str, int] = {}
+            if img.digest and str(top.digest) != img.digest:
+                raise DigestMismatchError(f"{src.description} is {top.digest}, expected {img.digest}")
+            graph = ImageGraph(src, [top], {})
             stack = [(top, 1)]
             while stack:
                 m, level = stack.pop()
                 parsed = parse_manifest(m.raw, m.media_type)
                 if is_index(m.media_type):
                     check_nesting(level, src.description)
-                    stack.extend((src.fetch_manifest(c), level + 1) for c in parsed.children)
-                for b in parsed.blobs:
-                    blobs[str(b.digest)] = b.size
-            return PackedImage(img, "planned", str(top.digest), top.media_type, len(top.raw), sum(blobs.values()), blob_sizes=blobs)
-        except BundlerError as exc:  # reported per image in the plan, never hidden
-            return PackedImage(img, "failed", error=str(exc))
+                for c in parsed.children if is_index(m.media_type) else ():
+                    child = src.fetch_manifest(c)
+                    if child.digest != c.digest:
+                        raise DigestMismatchError(f"{src.description}: child {c.digest} arrived as {child.digest}")
+                    graph.manifests.append(child)
+                    stack.append((child, level + 1))
+                graph.blobs.update({str(b.digest): b for b in parsed.blobs})
+            status = "built" if img.in_layout else "planned"
+            return PackedImage(img, status, str(top.digest), top.media_type, len(top.raw), graph.size(), blob_sizes=graph.sizes(), graph=graph)
+        except BundlerError as exc:  # reported per image, never hidden
+            log.debug("resolving %s failed", img.source, exc_info=True)
+            return PackedImage(img, "failed", error=str(exc), error_object=exc)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="resolve") as pool:
         return list(pool.map(one, planned))
+
+
+def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[BundleManifest], files: Mapping[str, bytes]) -> BundleContent:
+    """What the bundle holds: every manifest (always, so each image graph resolves on its own), then the
+    configs and layers the base bundle does not carry; each streamed from the work layout when it is there
+    (planning read it, or a catalog was built), else from the registry of the first image that needs it."""
+    from bundler.bundle.fill import BundleContent, SourcedBlob
+    from bundler.bundle.members import blob_role
+    from bundler.bundle.manifest import BaseBlob
+
+    in_base: Set[str] = set()
+    if base is not None:
+        in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
+    manifests: Dict[str, SourcedBlob] = {}
+    metadata: Dict[str, SourcedBlob] = {}
+    layers: Dict[str, SourcedBlob] = {}
+    skipped: Dict[str, BaseBlob] = {}
+    needs: Dict[str, List[str]] = {}
+    bundle_images = []
+    for img in images:
+        graph = img.graph
+        assert graph is not None and img.digest is not None
+        for m in graph.manifests:
+            manifests.setdefault(str(m.digest), SourcedBlob(m.digest, len(m.raw), m.media_type, data=m.raw))
+        for key, d in graph.blobs.items():
+            if key in in_base:
+                skipped.setdefault(key, BaseBlob(key, d.size, d.media_type))
+            elif key not in metadata and key not in layers:
+                blob = SourcedBlob(d.digest, d.size, d.media_type, opener=_opener(graph.source, d, layout))
+                (layers if blob_role(d.media_type) == "layer" else metadata)[key] = blob
+        needs[img.planned.source] = [str(m.digest) for m in graph.manifests] + [k for k in graph.blobs if k not in in_base]
+        bundle_images.append(_bundle_image(img))
+    return BundleContent(
+        images=bundle_images,
+        blobs=[*manifests.values(), *metadata.values(), *layers.values()],
+        skipped=list(skipped.values()),
+        files=files,
+        base_id=base.id if base is not None else None,
+        needs=needs,
+    )
+
+
+def _opener(source: ImageSource, d: Descriptor, layout: Layout) -> Callable[[int], ContextManager[Readable]]:
+    if layout.has_blob(d.digest, d.size):
+        cached = LayoutImage(layout, None)
+        return lambda offset: cached.open_blob(d, offset)
+    return lambda offset: source.open_blob(d, offset)
+
+
+def _bundle_image(i: PackedImage) -> BundleImage:
+    assert i.digest is not None
+    p = i.planned
+    return BundleImage(
+        source=p.source,
+        digest=i.digest,
+        media_type=i.media_type,
+        size=i.manifest_size,
+        kind=p.kind,
+        target_repository=p.target_repository,
+        target_tag=p.target_tag,
+        annotations=dict(p.annotations),
+        total_size=i.bytes_needed,
+        facts=p.facts,
+    )
 
 
 def _unique_bytes(images: List[PackedImage]) -> int:
     seen: Dict[str, int] = {}
     for i in images:
-        for d, s in i.blob_sizes.items():
-            seen[d] = s
-    if seen:
-        return sum(seen.values())
-    return sum(i.bytes_needed for i in images)
+        seen.update(i.blob_sizes)
+    return sum(seen.values())
 
 
-def _blob_sizes(layout: Layout, digest: str, media_type: str) -> Dict[str, int]:
-    """Every blob (manifests included) an image in the layout is made of, with its size."""
-    out: Dict[str, int] = {}
-    stack = [(Digest.parse(digest), media_type)]
-    while stack:
-        d, mt = stack.pop()
-        raw = layout.read_blob(d)
-        out[str(d)] = len(raw)
-        parsed = parse_manifest(raw, mt)
-        stack.extend((c.digest, c.media_type) for c in parsed.children)
-        out.update({str(b.digest): b.size for b in parsed.blobs})
-    return out
-
-
-def _fill_catalog_bytes(plan: Plan, images: List[PackedImage], layout: Layout) -> None:
+def _fill_catalog_bytes(plan: Plan, images: List[PackedImage]) -> None:
     """Each catalog report's `bytes`: the unique blobs of the catalog image and every image it brought."""
     for report in plan.reports.catalogs or []:
         name = report.catalog
         blobs: Dict[str, int] = {}
         for img in images:
             if img.digest and (img.planned.facts.catalog == name or (img.planned.kind == "catalog" and img.planned.source == name)):
-                blobs.update(_blob_sizes(layout, img.digest, img.media_type))
+                blobs.update(img.blob_sizes)
         report.bytes = sum(blobs.values())
-
-
-def _check_space_for_plan(
-    planned: List[PlannedImage], *, registries: Registries, layout: Layout, in_base: Set[str], work_dir: Path, out_dir: Path, workers: int
-) -> None:
-    """Before pulling: the blobs still to fetch must fit in the work directory, and the bundle in --out
-    (both together when they share a file system). Sizes come from the manifests (the layout's own copy
-    where it has one, else the registry's); an image that cannot be measured is left to the pull to report."""
-    sizes: Dict[str, int] = {}
-    to_ask: List[PlannedImage] = []
-    for img in planned:
-        try:
-            if img.digest and layout.has_blob(Digest.parse(img.digest)):
-                sizes.update(_blob_sizes(layout, img.digest, _layout_media_type(layout, img.digest)))
-                continue
-        except (BundlerError, OSError, ValueError):
-            pass  # an interrupted earlier pull left part of it: measure from the source
-        to_ask.append(img)
-    for measured in _measure(to_ask, registries=registries, layout=layout, workers=workers):
-        sizes.update(measured.blob_sizes)
-    carried = {d: n for d, n in sizes.items() if d not in in_base}
-    to_fetch = sum(n for d, n in carried.items() if not _in_layout(layout, d, n))
-    bundle = sum(carried.values())
-    if _same_file_system(work_dir, out_dir):
-        _check_space(work_dir, to_fetch + bundle, what=f"pulling ({to_fetch} bytes) and writing the bundle ({bundle} bytes)", where="--work-dir and --out")
-    else:
-        _check_space(work_dir, to_fetch, what=f"pulling the images ({to_fetch} bytes)", where="--work-dir")
-        _check_space(out_dir, bundle, what=f"the bundle ({bundle} bytes)", where="--out")
-
-
-def _layout_media_type(layout: Layout, digest: str) -> str:
-    from bundler.oci.media import detect_media_type
-
-    return detect_media_type(layout.read_blob(Digest.parse(digest)), None)
-
-
-def _in_layout(layout: Layout, digest: str, size: int) -> bool:
-    try:
-        return layout.has_blob(Digest.parse(digest), size)
-    except BundlerError:
-        return False
-
-
-def _same_file_system(a: Path, b: Path) -> bool:
-    def device(p: Path) -> int:
-        while not p.exists() and p != p.parent:
-            p = p.parent
-        return os.stat(p).st_dev
-
-    return device(a) == device(b)
 
 
 def _check_space(directory: Path, needed: int, *, what: str, where: str = "--out") -> None:

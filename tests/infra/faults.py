@@ -6,7 +6,10 @@ Owns:
   the bandwidth of every connection together (a token bucket shared by all of them, in both directions),
   so that a transfer of a few tens of MB lasts seconds and a ``kill -9`` lands in the middle of it.
   ``rate`` (bytes per second, ``None`` = unlimited) can be changed at any time. A reset from one side is
-  passed on as a reset to the other (``SO_LINGER`` 0), a clean close as a clean close.
+  passed on as a reset to the other (``SO_LINGER`` 0), a clean close as a clean close. For an
+  internet-shaped link, ``latency`` delays every byte by that many seconds in each direction (a round
+  trip costs twice that; bytes in flight are pipelined, not serialised) and ``per_connection`` caps each
+  connection's own bandwidth, as a long-haul TCP connection is capped by its window.
 - :func:`blob_map`: every blob and manifest of synthetic images (``tests.infra.images``) by digest, so a
   test can check a file on disk against the bytes it must hold.
 - :func:`tree_check`: what is wrong in an OCI layout directory left by a killed process (a final blob whose
@@ -21,13 +24,16 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .images import Manifestish, iter_manifests
 
 _CHUNK = 16 * 1024
+_LINE_BYTES = 4 << 20
+_LINE_CHUNK = 64 * 1024
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -56,8 +62,10 @@ class _Bucket:
 class Throttle:
     """A bandwidth-limiting TCP relay: ``Throttle("127.0.0.1:5000", rate=4e6)``; ``.host`` is where to connect."""
 
-    def __init__(self, upstream: str, *, rate: Optional[float] = None) -> None:
+    def __init__(self, upstream: str, *, rate: Optional[float] = None, latency: float = 0.0, per_connection: Optional[float] = None) -> None:
         host, _, port = upstream.rpartition(":")
+        self.latency = latency
+        self.per_connection = per_connection
         self._upstream = (host or "127.0.0.1", int(port))
         self._bucket = _Bucket()
         self._bucket.rate = rate
@@ -172,10 +180,13 @@ class Throttle:
     def _pump(self, pair: "_Pair", src: socket.socket, dst: socket.socket, down: bool) -> None:
         reset = False
         sent = 0
+        own = _Bucket()
+        own.rate = self.per_connection
+        line = _DelayLine(src, self.latency, self._stopping) if self.latency > 0 else None
         try:
             while not self._stopping.is_set():
                 try:
-                    data = src.recv(_CHUNK)
+                    data = line.recv() if line is not None else src.recv(_CHUNK)
                 except ConnectionResetError:
                     reset = True
                     break
@@ -183,6 +194,7 @@ class Throttle:
                     break
                 if not data:
                     break
+                own.take(len(data), self._stopping)
                 self._bucket.take(len(data), self._stopping)
                 cut = None if down else self._cut_point(sent, len(data))
                 if cut is not None:
@@ -216,6 +228,58 @@ class Throttle:
                 if pair.closed:
                     self._conns.discard(pair.a)
                     self._conns.discard(pair.b)
+
+
+class _DelayLine:
+    """Bytes read from a socket as they arrived `latency` seconds ago: a reader thread stamps each chunk,
+    `recv` hands it out no earlier than its stamp + latency. At most `_LINE_BYTES` wait in the line (the
+    reader then stops reading, and TCP flow control pushes back on the sender)."""
+
+    def __init__(self, src: socket.socket, latency: float, stopping: threading.Event) -> None:
+        self.latency = latency
+        self.stopping = stopping
+        self._cond = threading.Condition()
+        self._queue: "deque[Tuple[float, bytes]]" = deque()
+        self._bytes = 0
+        self._error: Optional[BaseException] = None
+        self._ended = False
+        threading.Thread(target=self._read, args=(src,), daemon=True, name="throttle-delay").start()
+
+    def _read(self, src: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                data = src.recv(_LINE_CHUNK)
+            except OSError as exc:
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                if not data:
+                    self._ended = True
+                    self._cond.notify_all()
+                    return
+                while self._bytes >= _LINE_BYTES and not self.stopping.is_set():
+                    self._cond.wait(0.05)
+                self._queue.append((time.monotonic() + self.latency, data))
+                self._bytes += len(data)
+                self._cond.notify_all()
+
+    def recv(self) -> bytes:
+        with self._cond:
+            while not self._queue:
+                if self._error is not None:
+                    raise self._error
+                if self._ended or self.stopping.is_set():
+                    return b""
+                self._cond.wait(0.05)
+            due, data = self._queue.popleft()
+            self._bytes -= len(data)
+            self._cond.notify_all()
+        wait = due - time.monotonic()
+        if wait > 0:
+            self.stopping.wait(wait)
+        return data
 
 
 class _Pair:

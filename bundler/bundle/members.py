@@ -1,0 +1,270 @@
+"""Bundle layout planning: which member goes into which volume, at which offset, under which tar header.
+
+Owns the pure arithmetic of the volume format (spec in `bundler.bundle.manifest`): items to store
+(`_Item`: a blob or an extra file, its encoding and stored size), cutting them into block-aligned parts
+that fill each volume (`_assign`), the ustar header in front of every part (`_tar_header`), the content
+fingerprint a bundle id derives from, and the manifest built from a finished layout. Nothing here reads
+or writes a volume: the writers (`bundle.writer` from a layout, `bundle.fill` straight from the sources)
+and the reader (`bundle.reader`) all rely on the same offsets computed here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+
+from bundler import __version__
+from bundler.oci.digest import Digest
+from bundler.base.errors import BundlerError, UsageError
+from bundler.oci.media import is_compressed, is_index
+from bundler.bundle.manifest import (
+    TAR_BLOCK,
+    BaseBlob,
+    BundleBlob,
+    BundleFile,
+    BundleImage,
+    BundleManifest,
+    BundleVolume,
+    Part,
+    check_file_name,
+    volume_name,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOLUME_SIZE = 4 * 1024**3 - 1
+MIN_VOLUME_SIZE = 32 * 1024
+CHUNK = 4 << 20
+ZSTD_LEVEL = 3
+INLINE_LIMIT = 4 << 20
+"""Blobs up to this size are compressed in one shot in memory; larger ones stream."""
+MIN_SPLIT = 64 * 1024
+"""A blob is not started in the last few KiB of a volume; it goes to the next one."""
+END_OF_ARCHIVE = 2 * TAR_BLOCK
+MEMBER_MAX = ((8**11 - 1) // TAR_BLOCK) * TAR_BLOCK
+"""Largest member data a ustar header can describe (11 octal digits), block-aligned."""
+STATE_NAME = ".ocpb-bundle-state.json"
+JOURNAL_NAME = ".ocpb-fill-journal"
+"""Beside volumes being filled out of order: which items are finished (see `bundler.bundle.fill`)."""
+MANIFEST_MARGIN = 64 * 1024
+
+StoredItem = Union[BundleBlob, BundleFile]
+
+
+@dataclass
+class _Item:
+    """One blob or extra file to store, and (once decided) how."""
+
+    kind: str  # "blob" or "file"
+    key: str  # digest for blobs, name for files
+    digest: Digest
+    size: int
+    media_type: str
+    member: str  # base member name
+    path: Optional[Path] = None  # layout blob
+    data: Optional[bytes] = None  # extra file content
+    encoding: str = "raw"
+    stored_size: int = 0
+
+    def compressible(self) -> bool:
+        return self.kind == "file" or not is_compressed(self.media_type)
+
+
+
+def _member_base(digest: Digest) -> str:
+    if len(digest.encoded) > 64:  # sha512: keep both ustar name fields within their limits
+        return f"blobs/{digest.algorithm}/{digest.encoded[:64]}/{digest.encoded[64:]}"
+    return f"blobs/{digest.algorithm}/{digest.encoded}"
+
+
+def blob_role(media_type: str) -> str:
+    """index, manifest, config or layer: what a blob of this media type is, for messages and ordering."""
+    if is_index(media_type):
+        return "index"
+    if media_type.endswith("manifest.v1+json") or media_type.endswith("manifest.v2+json"):
+        return "manifest"
+    if "config" in media_type or media_type.endswith("container.image.v1+json"):
+        return "config"
+    return "layer"
+
+
+
+def _file_items(files: Mapping[str, bytes]) -> List[_Item]:
+    out = []
+    for name in sorted(files):
+        why = check_file_name(name)
+        if why:
+            raise UsageError(f"bundle file name {name!r} {why}")
+        data = bytes(files[name])
+        out.append(_Item("file", name, Digest.of(data), len(data), "", f"files/{name}", data=data))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# placing members in volumes
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Placement:
+    item: _Item
+    part_index: int
+    part_count: int
+    member: str
+    data_offset: int
+    length: int
+    stored_offset: int  # where this part starts in the item's stored bytes
+
+
+@dataclass
+class _VolumePlan:
+    name: str
+    placements: List[_Placement] = field(default_factory=list)
+    size: int = 0
+
+
+def _pad(n: int) -> int:
+    return (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
+
+
+def _assign(items: Sequence[_Item], volume_size: int) -> List[_VolumePlan]:
+    """Lay members out: fill each volume, cutting an item that does not fit into parts (block-aligned)."""
+    capacity = volume_size - END_OF_ARCHIVE
+    raw_parts: List[List[Tuple[_Item, int, int, int]]] = [[]]  # per volume: (item, data_offset, length, stored_offset)
+    pos = 0
+    for item in items:
+        remaining = item.stored_size
+        done = 0
+        while True:
+            room = capacity - pos - TAR_BLOCK
+            if remaining <= min(room, MEMBER_MAX) and _pad(remaining) <= room:
+                raw_parts[-1].append((item, pos + TAR_BLOCK, remaining, done))
+                pos += TAR_BLOCK + _pad(remaining)
+                break
+            usable = min(room // TAR_BLOCK * TAR_BLOCK, MEMBER_MAX)
+            if usable < MIN_SPLIT and (pos > 0 or usable <= 0):
+                raw_parts.append([])
+                pos = 0
+                continue
+            raw_parts[-1].append((item, pos + TAR_BLOCK, usable, done))
+            pos += TAR_BLOCK + usable
+            remaining -= usable
+            done += usable
+    counts: Dict[int, int] = {}
+    for vol in raw_parts:
+        for item, _, _, _ in vol:
+            counts[id(item)] = counts.get(id(item), 0) + 1
+    seen: Dict[int, int] = {}
+    plans: List[_VolumePlan] = []
+    for i, vol in enumerate(raw_parts, 1):
+        plan = _VolumePlan(volume_name(i))
+        for item, offset, length, stored_offset in vol:
+            index = seen.get(id(item), 0)
+            seen[id(item)] = index + 1
+            total = counts[id(item)]
+            suffix = ".zst" if item.encoding == "zstd" else ""
+            member = item.member + suffix + (f".{index + 1:03d}" if total > 1 else "")
+            plan.placements.append(_Placement(item, index, total, member, offset, length, stored_offset))
+        last = plan.placements[-1] if plan.placements else None
+        plan.size = (last.data_offset + _pad(last.length) if last else 0) + END_OF_ARCHIVE
+        plans.append(plan)
+    return [p for p in plans if p.placements] or plans[:1]
+
+
+def _tar_header(member: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(member)
+    info.size = size
+    info.mtime = mtime
+    info.mode = 0o644
+    info.type = tarfile.REGTYPE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    try:
+        buf = info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+    except ValueError as exc:
+        raise UsageError(f"{member!r} cannot be a tar member name ({exc})", hint="use a shorter file name") from None
+    if len(buf) != TAR_BLOCK:  # pragma: no cover - USTAR headers are one block
+        raise BundlerError(f"tar header for {member} is {len(buf)} bytes")
+    return buf
+
+
+def _check_volume_size(volume_size: int) -> None:
+    if volume_size < MIN_VOLUME_SIZE:
+        raise UsageError(f"volume size {volume_size} bytes is too small", hint=f"use at least {MIN_VOLUME_SIZE // 1024} KiB")
+
+
+def _manifest_estimate(items: int, images: int) -> int:
+    return MANIFEST_MARGIN + 1024 * (items + images)
+
+
+def _now() -> Tuple[str, int]:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ"), int(now.timestamp())
+
+
+def _created_mtime(created: str) -> int:
+    try:
+        return int(datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp())
+    except ValueError:
+        return 0
+
+
+def _fingerprint(
+    images: Sequence[BundleImage], items: Sequence[_Item], skipped: Sequence[BaseBlob], volume_size: int, base_id: Optional[str], *, fmt: int = 1
+) -> str:
+    """The content's hash (the bundle id derives from it); `fmt` 2 for volumes filled out of order."""
+    doc = {
+        "format": fmt,
+        "volumeSize": volume_size,
+        "baseId": base_id,
+        "images": [[i.source, i.digest, i.media_type, i.size, i.kind, i.target_repository, i.target_tag, sorted(i.recorded_annotations().items())] for i in images],
+        "items": [[i.kind, i.key, str(i.digest), i.size, i.media_type, i.encoding, i.stored_size] for i in items],
+        "skipped": [b.digest for b in skipped],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _build_manifest(
+    bundle_id: str,
+    created: str,
+    base_id: Optional[str],
+    images: Sequence[BundleImage],
+    skipped: Sequence[BaseBlob],
+    items: Sequence[_Item],
+    plans: Sequence[_VolumePlan],
+    volumes: Sequence[BundleVolume],
+    volume_size: int,
+) -> BundleManifest:
+    parts: Dict[int, List[Part]] = {}
+    for plan in plans:
+        for pl in plan.placements:
+            parts.setdefault(id(pl.item), []).append(Part(plan.name, pl.member, pl.data_offset, pl.length))
+    blobs: List[BundleBlob] = []
+    files: List[BundleFile] = []
+    for item in items:
+        p = tuple(parts[id(item)])
+        if item.kind == "file":
+            files.append(BundleFile(item.key, str(item.digest), item.size, item.encoding, item.stored_size, p))
+        else:
+            blobs.append(BundleBlob(item.key, item.size, item.media_type, item.encoding, item.stored_size, p))
+    return BundleManifest(
+        id=bundle_id,
+        created=created,
+        tool_version=__version__,
+        base_id=base_id,
+        images=tuple(images),
+        blobs=tuple(blobs),
+        volumes=tuple(volumes),
+        files=tuple(files),
+        volume_size=volume_size,
+        base_blobs=tuple(skipped),
+    )
+
+
