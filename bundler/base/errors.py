@@ -125,6 +125,11 @@ class RegistryUnreachableError(RegistryError):
     pass
 
 
+class RangeIgnoredError(RegistryError):
+    """A registry (or a proxy before it) answered a bounded `Range` request with the whole resource (200):
+    the caller falls back to one stream."""
+
+
 class AuthenticationError(RegistryError):
     pass
 

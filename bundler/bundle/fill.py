@@ -8,8 +8,14 @@ computed first: which volume, which offset, which tar header. Then:
   header is written; padding and the end-of-archive blocks are the zeros of the preallocated file;
 - workers stream each blob from its source straight into its slot with positional writes (`os.pwrite`),
   hashing as the bytes go by; a blob split across volumes is written into each of its parts. Nothing is
-  written twice and nothing is read back. A stream cut half way resumes at the byte where it stopped
-  (HTTP Range) with the same hasher; a digest mismatch leaves the slot unfinished;
+  written twice. A stream cut half way resumes at the byte where it stopped (HTTP Range) with the same
+  hasher; a digest mismatch leaves the slot unfinished;
+- a blob much larger than one stream's share of the whole fill is fetched as byte ranges on several
+  connections at once (bounded HTTP Range requests), each range written straight into its place. Its
+  digest is still proven in order: the first range is hashed as it streams, each later range is hashed
+  from the page cache (read back from the volume) as soon as the ranges before it are in. A source that
+  answers a bounded range with the whole blob (200) gets the blob as one stream instead. A blob is
+  journaled only when all its ranges are in and its digest matched: a partial blob is fetched again;
 - streamed blobs are stored as they are (`raw`); blobs known in memory (manifests) and extra files are
   stored zstd-compressed when that saves at least 10 %;
 - the volumes carry no whole-file sha256 (schemaVersion 2): the sha256 of a volume filled out of order
@@ -27,6 +33,7 @@ computed first: which volume, which offset, which tar header. Then:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -35,9 +42,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import IO, TYPE_CHECKING, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from bundler.base.errors import BundlerError, DigestMismatchError, PartialFailureError, RegistryError
+from bundler.base.errors import BundlerError, DigestMismatchError, PartialFailureError, RangeIgnoredError, RegistryError
 from bundler.base.fsutil import atomic_write, fsync_dir
 from bundler.base.progress import NullProgress, Progress
 from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BaseBlob, BundleImage, BundleManifest, BundleVolume
@@ -59,17 +66,27 @@ from bundler.bundle.members import (
 )
 from bundler.bundle.encoding import _compressor, _pays
 from bundler.bundle.writer import BundleWriteResult, _disk_error, check_space, finish_bundle
-from bundler.oci.digest import Digest, Readable, copy_verified
+from bundler.oci.digest import Digest, Readable
+
+if TYPE_CHECKING:
+    import hashlib
 
 log = logging.getLogger(__name__)
 
 Opener = Callable[[int], ContextManager[Readable]]
 """Opens a blob's source at a byte offset."""
+RangeOpener = Callable[[int, int], ContextManager[Readable]]
+"""Opens the bytes `[start, end)` of a blob's source; raises `RangeIgnoredError` when it serves no ranges."""
 
 COMMIT_INTERVAL = 0.5
 """Seconds between journal commits (each flushes the volumes written since the last one)."""
 MAX_RESUME_ATTEMPTS = 6
 """Streams of one blob that may end without a single new byte before it counts as failed."""
+MIN_PART = 8 << 20
+"""The smallest byte range of one blob fetched on a connection of its own. A blob is split when it is at
+least twice one stream's share of the fill (all streamed bytes / workers) and twice this."""
+READ_SIZE = 1 << 20
+"""Bytes asked of a source per read, and read back per `pread` when a range is hashed from the page cache."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,8 @@ class SourcedBlob:
     media_type: str
     data: Optional[bytes] = None
     opener: Optional[Opener] = None
+    ranged: Optional[RangeOpener] = None
+    """Set when the source may serve byte ranges (a registry): a large blob is then fetched in parts."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +168,9 @@ class _Volumes:
             n = os.pwrite(fd, data, offset)
             data, offset = data[n:], offset + n
 
+    def pread_into(self, name: str, buf: memoryview, offset: int) -> int:
+        return os.preadv(self.fds[name], [buf], offset)
+
     def sync(self, names: Set[str]) -> None:
         for name in sorted(names):
             os.fdatasync(self.fds[name])
@@ -167,10 +189,10 @@ _Slot = List[Tuple[str, _Placement]]
 class _SlotWriter:
     """A file-like sink for one item's stored bytes: each write lands at its planned place in the volumes."""
 
-    def __init__(self, volumes: _Volumes, slot: _Slot) -> None:
+    def __init__(self, volumes: _Volumes, slot: _Slot, start: int = 0) -> None:
         self.volumes = volumes
         self.parts = slot
-        self.pos = 0
+        self.pos = start
         self._index = 0
 
     def write(self, data: bytes) -> int:
@@ -306,15 +328,24 @@ def _stored_bytes(item: _Item) -> bytes:
     return _compressor().compress(item.data) if item.encoding == "zstd" else item.data
 
 
-def _stream(item: _Item, opener: Opener, sink: _SlotWriter, progress: Progress) -> None:
-    """Stream one blob into its slot, hashing on the way; a cut stream resumes where it stopped."""
-    hasher = item.digest.new_hasher()
+def _pull(item: _Item, opener: Opener, sink: _SlotWriter, end: int, hasher: "Optional[hashlib._Hash]", progress: Progress) -> None:
+    """Stream a blob's bytes from `sink.pos` up to `end` into its slot, feeding `hasher` when given; a cut
+    stream resumes where it stopped. `RangeIgnoredError` from the opener is passed on."""
     attempt = 0
-    while sink.pos < item.size:
+    while sink.pos < end:
         offset = sink.pos
         try:
             with opener(offset) as src:
-                copy_verified(src, sink, hasher=hasher, limit=item.size - offset, on_bytes=progress.advance)
+                while sink.pos < end:
+                    chunk = src.read(min(READ_SIZE, end - sink.pos))
+                    if not chunk:
+                        break
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    sink.write(chunk)
+                    progress.advance(len(chunk))
+        except RangeIgnoredError:
+            raise
         except RegistryError as exc:
             if not exc.temporary or attempt >= MAX_RESUME_ATTEMPTS:
                 raise
@@ -327,8 +358,158 @@ def _stream(item: _Item, opener: Opener, sink: _SlotWriter, progress: Progress) 
                     temporary=True,
                     hint="the source keeps cutting the download; rerun to resume",
                 )
-    if hasher.hexdigest() != item.digest.encoded:
+
+
+def _check_digest(item: _Item, hex_digest: str) -> None:
+    if hex_digest != item.digest.encoded:
         raise DigestMismatchError(f"blob {item.digest} from the source does not match its digest", hint="the source served corrupted data; rerun to fetch it again")
+
+
+def _stream(item: _Item, opener: Opener, sink: _SlotWriter, progress: Progress) -> None:
+    """Stream one blob into its slot, hashing on the way; a cut stream resumes where it stopped."""
+    hasher = item.digest.new_hasher()
+    _pull(item, opener, sink, item.size, hasher, progress)
+    _check_digest(item, hasher.hexdigest())
+
+
+def _hash_back(volumes: _Volumes, slot: _Slot, start: int, end: int, hasher: "hashlib._Hash", buf: memoryview) -> None:
+    """Feed `hasher` the stored bytes `[start, end)` of a slot, read back from the volumes (page cache)."""
+    pos = start
+    for volume, pl in slot:
+        lo, hi = max(pos, pl.stored_offset), min(end, pl.stored_offset + pl.length)
+        while lo < hi:
+            n = volumes.pread_into(volume, buf[: min(len(buf), hi - lo)], pl.data_offset + lo - pl.stored_offset)
+            if n <= 0:
+                raise OSError(f"short read in {volume} at {pl.data_offset + lo - pl.stored_offset}")
+            hasher.update(buf[:n])
+            lo += n
+        pos = max(pos, lo)
+
+
+class _Split:
+    """One large blob fetched as byte ranges on several connections at once, its digest proven in order.
+
+    Part 0 streams its range and hashes it on the way; every later range is written where it belongs and,
+    once all ranges before it are hashed, hashed from the page cache (by whichever part thread finds it
+    next in line; one at a time). The blob is finished (journaled) when every part has ended, all ranges
+    are hashed and the digest matches. A source that answers a bounded range with the whole blob
+    (`RangeIgnoredError`) before part 0 is through its range gets the blob as one stream from part 0;
+    after that, the part that was refused reads its range from an ordinary stream.
+    """
+
+    def __init__(self, run: "_Run", item: _Item, bounds: List[int], source: SourcedBlob) -> None:
+        assert source.opener is not None and source.ranged is not None
+        self.run, self.item, self.bounds = run, item, bounds
+        self.opener: Opener = source.opener
+        self.ranged: RangeOpener = source.ranged
+        self.slot = run.slots[id(item)]
+        self.hasher = item.digest.new_hasher()
+        self.lock = threading.Lock()
+        self.landed = [False] * (len(bounds) - 1)
+        self.hashed = 0
+        """Ranges hashed, in order."""
+        self.hashing = False
+        self.ended = 0
+        self.failed = False
+        self.whole = False
+        """Ranges ignored by the source: part 0 fetches the whole blob as one stream."""
+        self.others_wrote = False
+        self.finished = False
+
+    @property
+    def parts(self) -> int:
+        return len(self.bounds) - 1
+
+    def part(self, i: int) -> None:
+        """Fetch range `i` (a task of its own); the part that completes the blob journals it."""
+        try:
+            if i == 0:
+                self._first()
+            else:
+                self._range(i)
+        except BaseException:
+            with self.lock:
+                self.failed = True
+                self.ended += 1
+            raise
+        with self.lock:
+            self.ended += 1
+        self._advance()
+
+    def _first(self) -> None:
+        sink = _SlotWriter(self.run.volumes, self.slot, 0)
+        end = self.bounds[1]
+        try:
+            _pull(self.item, lambda off: self.ranged(off, end), sink, end, self.hasher, self.run.progress)
+        except RangeIgnoredError as exc:
+            log.debug("%s; fetching the blob as one stream", exc)
+            with self.lock:
+                self.whole = True
+        with self.lock:
+            if not self.whole:
+                self.landed[0] = True
+                return
+        _pull(self.item, self.opener, sink, self.item.size, self.hasher, self.run.progress)
+
+    def _range(self, i: int) -> None:
+        start, end = self.bounds[i], self.bounds[i + 1]
+        with self.lock:
+            if self.whole or self.failed:
+                return
+        sink = _SlotWriter(self.run.volumes, self.slot, start)
+        try:
+            _pull(self.item, lambda off: self.ranged(off, end), sink, end, None, self.run.progress)
+        except RangeIgnoredError as exc:
+            with self.lock:
+                self.others_wrote |= sink.pos > start
+                if not self.landed[0]:  # part 0 has not committed to ranges: it fetches the whole blob
+                    self.whole = True
+                    return
+            log.debug("%s; fetching that range from a plain stream", exc)
+            _pull(self.item, self.opener, sink, end, None, self.run.progress)
+        with self.lock:
+            self.others_wrote = True
+            self.landed[i] = True
+
+    def _advance(self) -> None:
+        """Hash the ranges that are next in line and in; finish the blob when everything is."""
+        buf: Optional[memoryview] = None
+        while True:
+            with self.lock:
+                if self.hashing or self.failed or self.finished:
+                    return
+                if self.ended == self.parts and (self.whole or self.hashed == self.parts):
+                    self.finished = True
+                    break
+                i = self.hashed
+                if self.whole or i >= self.parts or not self.landed[i]:
+                    return
+                self.hashing = True
+            try:
+                if i > 0:  # part 0 was hashed as it streamed
+                    buf = buf if buf is not None else memoryview(bytearray(READ_SIZE))
+                    _hash_back(self.run.volumes, self.slot, self.bounds[i], self.bounds[i + 1], self.hasher, buf)
+            except BaseException:
+                with self.lock:
+                    self.hashing, self.failed = False, True
+                raise
+            with self.lock:
+                self.hashing = False
+                self.hashed = i + 1
+        hex_digest = self.hasher.hexdigest()
+        if self.whole and self.others_wrote:  # a part landed bytes of its own after all: prove what is on disk
+            again = self.item.digest.new_hasher()
+            _hash_back(self.run.volumes, self.slot, 0, self.item.size, again, memoryview(bytearray(READ_SIZE)))
+            hex_digest = again.hexdigest()
+        _check_digest(self.item, hex_digest)
+        self.run.journal.finished(self.item.key, {v for v, _ in self.slot})
+        self.run.done(self.item)
+
+
+def _bounds(size: int, part: int) -> List[int]:
+    """Byte offsets splitting `size` into ranges of at least `part` bytes (about equal)."""
+    n = max(1, size // part)
+    return [size * i // n for i in range(n + 1)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -367,6 +548,12 @@ class _Run:
             raise _disk_error(exc, self.out_dir, self.volumes.volume_size) from None
         self.journal.finished(item.key, {v for v, _ in slot})
         self.done(item)
+
+    def guarded(self, task: Callable[[], None]) -> None:
+        try:
+            task()
+        except OSError as exc:
+            raise _disk_error(exc, self.out_dir, self.volumes.volume_size) from None
 
     def done(self, item: _Item) -> None:
         finished = []
@@ -503,17 +690,18 @@ def _fill_all(run: _Run, items: Sequence[_Item], done: Set[str], options: FillOp
         if not left:
             del run.needs[name]
             progress.item_done(name, "kept")
-    todo = sorted((i for i in items if i.key not in done), key=lambda i: -i.stored_size)
-    failures: List[str] = []
+    todo = [i for i in items if i.key not in done]
+    tasks = _tasks(run, todo, max(1, options.workers))
+    failures: Dict[str, str] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="fill")
     try:
-        futures = [(item, pool.submit(run.fill, item)) for item in todo]
+        futures = [(item, pool.submit(run.guarded, task)) for _, item, task in tasks]
         for item, fut in futures:
             try:
                 fut.result()
             except BundlerError as exc:
                 log.debug("%s %s failed", item.kind, item.key, exc_info=True)
-                failures.append(f"{item.kind} {item.key}{_needed_by(run.wanted_by, item.key)}: {exc}")
+                failures.setdefault(item.key, f"{item.kind} {item.key}{_needed_by(run.wanted_by, item.key)}: {exc}")
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # an interruption stops what has not started
         try:
@@ -521,13 +709,33 @@ def _fill_all(run: _Run, items: Sequence[_Item], done: Set[str], options: FillOp
         except OSError as exc:
             raise _disk_error(exc, run.out_dir, options.volume_size) from None
     if failures:
-        detail = "; ".join(failures[:10]) + (f"; … and {len(failures) - 10} more" if len(failures) > 10 else "")
+        listed = list(failures.values())
+        detail = "; ".join(listed[:10]) + (f"; … and {len(listed) - 10} more" if len(listed) > 10 else "")
         raise PartialFailureError(
-            f"{len(failures)} of {len(todo)} blobs could not be fetched into {run.out_dir}: {detail}",
-            failures=failures,
+            f"{len(listed)} of {len(todo)} blobs could not be fetched into {run.out_dir}: {detail}",
+            failures=listed,
             hint="rerun to resume; finished blobs are not fetched again",
         )
     return run.bytes_written
+
+
+def _tasks(run: _Run, todo: Sequence[_Item], workers: int) -> List[Tuple[int, _Item, Callable[[], None]]]:
+    """What the workers run, largest first: one task per item, or one per byte range of a blob much larger
+    than one stream's share of the fill (see `MIN_PART`) whose source serves ranges."""
+    streamed = sum(i.stored_size for i in todo if i.data is None and i.kind != "file")
+    part = max(MIN_PART, streamed // workers)
+    tasks: List[Tuple[int, _Item, Callable[[], None]]] = []
+    for item in todo:
+        source = run.sources.get(item.key)
+        if source is None or source.ranged is None or source.opener is None or item.data is not None or item.stored_size < 2 * part:
+            tasks.append((item.stored_size, item, functools.partial(run.fill, item)))
+            continue
+        split = _Split(run, item, _bounds(item.size, part), source)
+        log.debug("blob %s (%d bytes) fetched as %d ranges", item.digest.short, item.size, split.parts)
+        for i in range(split.parts):
+            tasks.append((split.bounds[i + 1] - split.bounds[i], item, functools.partial(split.part, i)))
+    tasks.sort(key=lambda t: -t[0])
+    return tasks
 
 
 def _needed_by(wanted_by: Mapping[str, Sequence[str]], key: str) -> str:

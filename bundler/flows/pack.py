@@ -39,7 +39,7 @@ from bundler.bundle.volumes import DEFAULT_VOLUME_SIZE
 from bundler.oci.digest import Digest, Readable
 from bundler.oci.reference import Reference
 from bundler.registry.client import FetchedManifest, Registries
-from bundler.transfer.transports import ImageSource, LayoutImage, registry_source
+from bundler.transfer.transports import ImageSource, LayoutImage, MirroredRepository, RegistryRepository, registry_source
 
 from bundler.bundle.manifest import BundleImage, BundleManifest
 
@@ -454,7 +454,7 @@ def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[
             if key in in_base:
                 skipped.setdefault(key, BaseBlob(key, d.size, d.media_type))
             elif key not in metadata and key not in layers:
-                blob = SourcedBlob(d.digest, d.size, d.media_type, opener=_opener(graph.source, d, layout))
+                blob = SourcedBlob(d.digest, d.size, d.media_type, opener=_opener(graph.source, d, layout), ranged=_ranged(graph.source, d, layout))
                 (layers if blob_role(d.media_type) == "layer" else metadata)[key] = blob
         needs[img.planned.source] = [str(m.digest) for m in graph.manifests] + [k for k in graph.blobs if k not in in_base]
         bundle_images.append(_bundle_image(img))
@@ -473,6 +473,14 @@ def _opener(source: ImageSource, d: Descriptor, layout: Layout) -> Callable[[int
         cached = LayoutImage(layout, None)
         return lambda offset: cached.open_blob(d, offset)
     return lambda offset: source.open_blob(d, offset)
+
+
+def _ranged(source: ImageSource, d: Descriptor, layout: Layout) -> Optional[Callable[[int, int], ContextManager[Readable]]]:
+    """Byte ranges of a blob pulled from a registry (a large one is fetched in parts); None for the work layout."""
+    if layout.has_blob(d.digest, d.size) or not isinstance(source, (RegistryRepository, MirroredRepository)):
+        return None
+    registry = source
+    return lambda start, end: registry.open_blob_range(d, start, end)
 
 
 def _bundle_image(i: PackedImage) -> BundleImage:

@@ -35,6 +35,7 @@ from bundler.base.errors import (
     DigestMismatchError,
     ImageNotFoundError,
     IntegrityError,
+    RangeIgnoredError,
     RegistryError,
 )
 from bundler.base.jsonlimits import JsonTooDeepError, loads_bounded
@@ -511,16 +512,25 @@ class RegistryClient:
             self.known_blobs.setdefault(str(digest), repo)
 
     @contextlib.contextmanager
-    def open_blob(self, repo: str, digest: Digest, offset: int = 0) -> Iterator[Readable]:
-        """Stream a blob from `offset` (HTTP Range). Reading errors surface as temporary RegistryError."""
+    def open_blob(self, repo: str, digest: Digest, offset: int = 0, end: Optional[int] = None) -> Iterator[Readable]:
+        """Stream a blob from `offset` (HTTP Range). Reading errors surface as temporary RegistryError.
+
+        With `end`, only the bytes `[offset, end)` are asked for (a bounded Range); a registry that answers
+        with the whole blob (200) raises `RangeIgnoredError` before a byte is read, as does a 206 for other
+        bytes than those asked for."""
         path = f"/v2/{repo}/blobs/{digest}"
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        if end is not None:
+            headers = {"Range": f"bytes={offset}-{end - 1}"}
+        else:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
         resp = self.request("GET", path, scopes=_pull(repo), headers=headers, preload=False, what=f"blob {digest.short}")
         try:
             if resp.status == 404:
                 raise ImageNotFoundError(f"blob {digest} not found in {self.host}/{repo}", hint="the image upstream is incomplete")
             if resp.status not in (200, 206):
                 raise self._fail(self._small(resp), f"blob {repo}@{digest.short}", path, repo=repo)
+            if end is not None and (resp.status != 206 or not _content_range_starts(resp, offset, end)):
+                raise RangeIgnoredError(f"{self.host}: blob {digest.short}: a request for bytes {offset}-{end - 1} was answered with {resp.status}")
             stream = _SafeStream(resp, self.host, digest, self._opts.read_timeout)
             if offset and resp.status == 200:
                 _discard(stream, offset)  # the server ignored Range: skip what we have
@@ -745,6 +755,14 @@ class _SafeStream:
             ) from None
         except (ProtocolError, ReadTimeoutError, Urllib3Error, OSError) as exc:
             raise RegistryError(f"{self._host}: download of {self._digest.short} interrupted: {short_reason(exc)}", temporary=True) from None
+
+
+def _content_range_starts(resp: urllib3.BaseHTTPResponse, offset: int, end: int) -> bool:
+    """The answer's `Content-Range` is exactly `bytes offset-(end-1)/…`."""
+    value = (resp.headers.get("Content-Range") or "").strip()
+    unit, _, rest = value.partition(" ")
+    span = rest.partition("/")[0]
+    return unit == "bytes" and span == f"{offset}-{end - 1}"
 
 
 def _discard(stream: Readable, n: int) -> None:

@@ -108,6 +108,10 @@ class RegistryRepository:
     def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
         return self.client.open_blob(self.repo, descriptor.digest, offset)
 
+    def open_blob_range(self, descriptor: Descriptor, offset: int, end: int) -> ContextManager[Readable]:
+        """The bytes `[offset, end)` of a blob; `RangeIgnoredError` when the registry does not serve ranges."""
+        return self.client.open_blob(self.repo, descriptor.digest, offset, end)
+
     # sink
     def has_blob(self, descriptor: Descriptor) -> bool:
         return self.client.has_blob(self.repo, descriptor.digest, scopes=(f"repository:{self.repo}:pull,push",))
@@ -180,6 +184,9 @@ class MirroredRepository:
 
     def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
         return self._source().open_blob(descriptor, offset)
+
+    def open_blob_range(self, descriptor: Descriptor, offset: int, end: int) -> ContextManager[Readable]:
+        return self._source().open_blob_range(descriptor, offset, end)
 
 
 def registry_source(registries: Registries, reference: Reference, *, tag_must_agree: bool = False) -> Union[RegistryRepository, MirroredRepository]:

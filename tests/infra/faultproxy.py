@@ -17,7 +17,14 @@ rewritten to the proxy) unless a fault is chosen for it:
                 than that fires)
 ``"blob_race"`` answer 400 ``DIGEST_INVALID`` + ``MANIFEST_BLOB_UNKNOWN`` (not forwarded): what
                 docker-registry answers a manifest PUT while another client rewrites a blob link
+``"corrupt"``   forward, but flip one byte in the middle of the body (responses with a
+                Content-Length only, like ``"truncate"``)
 ==============  =========================================================================
+
+``ignore_range=True`` drops the ``Range`` header of every request it forwards, so the upstream answers
+with the whole resource (200): a proxy or registry that does not serve byte ranges. ``ranges`` lists
+``(target, Range header)`` of every request that carried one. A script may be limited to requests whose
+``Range`` header satisfies ``when_range`` (called with the header, or ``""`` when there is none).
 
 Faults are chosen by scripts first (``proxy.script(kind, match=..., times=N)``, in the
 order added), else at random with probability ``rate`` among ``kinds`` using
@@ -56,9 +63,10 @@ HTTP_429 = "429"
 TRUNCATE = "truncate"
 STALL = "stall"
 BLOB_RACE = "blob_race"
+CORRUPT = "corrupt"
 FAULT_KINDS: Tuple[str, ...] = (RESET, HTTP_500, HTTP_429, TRUNCATE, STALL)
 """The kinds drawn at random by default; `BLOB_RACE` is only injected when asked for."""
-ALL_KINDS: Tuple[str, ...] = FAULT_KINDS + (BLOB_RACE,)
+ALL_KINDS: Tuple[str, ...] = FAULT_KINDS + (BLOB_RACE, CORRUPT)
 EXPIRED_TOKEN = "expired_token"
 
 Matcher = Callable[[str, str], bool]  # (method, request target incl. query) -> bool
@@ -76,6 +84,7 @@ class _Script:
     match: Optional[Matcher]
     times: int
     stall_seconds: Optional[float]
+    when_range: Optional[Callable[[str], bool]] = None
 
 
 @dataclass
@@ -101,6 +110,7 @@ class FaultProxy:
         strict_token_expiry: bool = False,
         upstream_ca_file: Optional[Union[str, Path]] = None,
         upstream_timeout: float = 120.0,
+        ignore_range: bool = False,
     ) -> None:
         for kind in kinds:
             if kind not in ALL_KINDS:
@@ -121,6 +131,8 @@ class FaultProxy:
         self.retry_after = retry_after
         self.match = match
         self.strict_token_expiry = strict_token_expiry
+        self.ignore_range = ignore_range
+        self.ranges: List[Tuple[str, str]] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._scripts: List[_Script] = []
@@ -172,13 +184,15 @@ class FaultProxy:
         times: int = 1,
         *,
         stall_seconds: Optional[float] = None,
+        when_range: Optional[Callable[[str], bool]] = None,
     ) -> None:
         """Inject ``kind`` into the next ``times`` requests for which
-        ``match(method, target)`` is true (``target`` = path + query)."""
+        ``match(method, target)`` is true (``target`` = path + query) and, with ``when_range``, whose
+        ``Range`` header satisfies it."""
         if kind not in ALL_KINDS:
             raise ValueError("unknown fault kind %r" % kind)
         with self._lock:
-            self._scripts.append(_Script(kind, match, times, stall_seconds))
+            self._scripts.append(_Script(kind, match, times, stall_seconds, when_range))
 
     def clear(self) -> None:
         """Drop pending scripts and stop random faults."""
@@ -191,6 +205,7 @@ class FaultProxy:
             for key in self.counts:
                 self.counts[key] = 0
             self.log.clear()
+            self.ranges.clear()
 
     @property
     def pending_scripts(self) -> int:
@@ -202,9 +217,13 @@ class FaultProxy:
         return sum(v for k, v in self.counts.items() if k in ALL_KINDS)
 
     # -- internals used by the handler ----------------------------------------------
-    def _decide(self, method: str, target: str) -> Optional[_Decision]:
+    def _decide(self, method: str, target: str, range_header: str = "") -> Optional[_Decision]:
         with self._lock:
+            if range_header:
+                self.ranges.append((target, range_header))
             for s in self._scripts:
+                if s.when_range is not None and not s.when_range(range_header):
+                    continue
                 if s.times > 0 and (s.match is None or s.match(method, target)):
                     s.times -= 1
                     if s.times == 0:
@@ -363,7 +382,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         fp = self.fault_proxy
         method, target = self.command, self.path
-        decision = fp._decide(method, target)
+        decision = fp._decide(method, target, self.headers.get("Range") or "")
         kind = decision.kind if decision else None
 
         if kind == RESET:
@@ -396,6 +415,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 continue
             if lk == "authorization" and expired:
                 continue
+            if lk == "range" and fp.ignore_range:
+                continue
             headers.append((key, value))
         body, chunked = self._request_body()
         if chunked:
@@ -420,6 +441,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         length_header = resp.getheader("Content-Length")
         has_body = method != "HEAD" and resp.status not in (204, 304) and length_header != "0"
         truncate = kind == TRUNCATE
+        corrupt = kind == CORRUPT
+        if corrupt and not (has_body and length_header):
+            corrupt = False
+            if decision is not None:
+                fp._refund(decision)
+            kind = None
         if truncate and not (has_body and length_header):
             truncate = False
             if decision is not None:
@@ -451,11 +478,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._drop_upstream()
             self.close_connection = True
             return
+        flip_at = int(length_header or 0) // 2 if corrupt else -1
         try:
             while True:
                 data = resp.read1(_CHUNK) if hasattr(resp, "read1") else resp.read(_CHUNK)
                 if not data:
                     break
+                if 0 <= flip_at < len(data):
+                    data = data[:flip_at] + bytes([data[flip_at] ^ 0xFF]) + data[flip_at + 1:]
+                flip_at -= len(data) if flip_at >= 0 else 0
                 if length_header:
                     self.wfile.write(data)
                 else:
