@@ -458,21 +458,51 @@ def tree_state() -> Dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "changed": [l[3:] for l in git("status", "--porcelain").splitlines() if l[3:].startswith("bundler/")]}
 
 
+def relay_rates(url: str, images: Sequence[BenchImage], *, streams: int = 32, part: int = 8_000_000) -> Dict[str, float]:
+    """What the relay itself delivers on the day, with no client logic: one connection reading 24 MB of the
+    largest blob (Range requests), then `streams` connections at once reading `part` bytes each. Bytes/s."""
+    digest, repo, size = max(((d, img.repo, n) for img in images for d, n in img.blobs.items()), key=lambda t: t[2])
+    pool = urllib3.PoolManager(maxsize=streams)
+
+    def get(start: int, length: int) -> int:
+        start = start % max(1, size - length)
+        resp = pool.request("GET", f"{url}/v2/{repo}/blobs/{digest}", headers={"Range": f"bytes={start}-{start + length - 1}"}, preload_content=False)
+        n = sum(len(c) for c in resp.stream(1 << 20))
+        resp.release_conn()
+        if resp.status != 206 or n != length:
+            raise SystemExit(f"relay calibration: {digest} range came back {resp.status}, {n} bytes")
+        return n
+
+    one_len = min(24_000_000, size // 2)
+    t = time.perf_counter()
+    one = get(0, one_len) / (time.perf_counter() - t)
+    part = min(part, size // 2)
+    t = time.perf_counter()
+    with ThreadPoolExecutor(streams) as ex:
+        total = sum(ex.map(lambda i: get(i * 1_000_003, part), range(streams)))
+    return {"one_connection": one, "aggregate": total / (time.perf_counter() - t), "streams": streams}
+
+
 def run_link(args: argparse.Namespace, runner: "Runner", pusher: Pusher, src: RegistryServer, ocpb: str, work: Path) -> Dict[str, Any]:
     """pack (and optionally skopeo) of a release-like set through a relay shaped like an internet link."""
-    from tests.infra.faults import Throttle
+    from tests.infra.link import LinkRelay
 
     t = time.perf_counter()
     images = build_release_like(pusher, src.host, args.link_images, args.link_mb * 1_000_000)
     data = distinct_bytes(images)
     print(f"link set: {len(images)} images, {data / 1e6:.0f} MB distinct, built in {time.perf_counter() - t:.0f}s; pack over the link …", file=sys.stderr)
     out: Dict[str, Any] = {"images": len(images), "bytes": data, "floor_seconds": data / LINK["rate"], **LINK}
-    with Throttle(src.host, rate=LINK["rate"], latency=LINK["latency"], per_connection=LINK["per_connection"]) as wire:
+    with LinkRelay(src.host, rate=LINK["rate"], latency=LINK["latency"], per_connection=LINK["per_connection"]) as wire:
         proxied = [dataclasses.replace(i, ref=i.ref.replace(src.host, wire.host, 1)) for i in images]
         write_config(work / "link.yaml", proxied)
         run = runner.run([ocpb, "pack", "--config", str(work / "link.yaml"), "--out", str(work / "link-b"), "--insecure-registry", wire.host, "--json"])
-        out.update(pack=run.wall, pack_rss_mb=run.rss_mb, pack_cpu=run.cpu, connections=wire.connections, bytes_down=wire.bytes_down)
-        # What this relay moves at best on this machine: plain parallel GET + sha256 of the same blobs
+        stats = wire.stats()
+        out.update(pack=run.wall, pack_rss_mb=run.rss_mb, pack_cpu=run.cpu, connections=stats["connections"], bytes_down=stats["bytes_down"])
+        # What this relay moves at best on this machine: its raw rates (no client logic), and plain parallel
+        # GET + sha256 of the same blobs, whole (one connection per blob)
+        rates = relay_rates(wire.url, proxied)
+        out["relay_rates"] = rates
+        out["relay_floor_seconds"] = data / rates["aggregate"]
         relay = http_limit(wire.url, proxied, threads=32)
         out["relay_seconds"] = relay["seconds"]
         if args.link_skopeo:
@@ -480,6 +510,7 @@ def run_link(args: argparse.Namespace, runner: "Runner", pusher: Pusher, src: Re
             sk = runner.run_all(skopeo_to_layout(proxied, work / "link-skopeo"))
             out["skopeo"] = sk.wall
     out["ratio"] = out["pack"] / out["floor_seconds"]
+    out["ratio_relay_floor"] = out["pack"] / out["relay_floor_seconds"]
     return out
 
 
@@ -737,8 +768,11 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
         print(f"link ({link['latency'] * 2000:.0f} ms RTT, {link['per_connection'] / 1e6:.0f} MB/s per connection, {link['rate'] / 1e6:.0f} MB/s total): "
               f"{link['images']} images, {link['bytes'] / 1e6:.0f} MB distinct: pack {link['pack']:.2f}s = {link['ratio']:.2f}x the floor of "
               f"{link['floor_seconds']:.2f}s, {link['connections']} connections, peak RSS {link['pack_rss_mb']:.0f} MB{sk_link}; "
-              f"the relay itself (32 plain GET + sha256 streams) needs {link['relay_seconds']:.2f}s for the same blobs "
+              f"the relay itself (32 plain GET + sha256 streams, one per whole blob) needs {link['relay_seconds']:.2f}s for the same blobs "
               f"(pack = {link['pack'] / link['relay_seconds']:.2f}x that)")
+        rr = link["relay_rates"]
+        print(f"  the relay's raw rates: {rr['one_connection'] / 1e6:.1f} MB/s on one connection, {rr['aggregate'] / 1e6:.1f} MB/s on {rr['streams']} at once; "
+              f"practical floor {link['relay_floor_seconds']:.2f}s, pack = {link['ratio_relay_floor']:.2f}x that")
     if rss_big is not None:
         print(f"one {rss_big['blob_bytes'] / 1e6:.0f} MB layer: pack {rss_big['wall']:.2f}s, peak RSS {rss_big['rss_mb']:.0f} MB")
     inc_b = inc_json.get("bundle") or {}

@@ -419,3 +419,23 @@ def test_proxy_stop_leaves_no_threads(proxied: Proxied) -> None:
     with pytest.raises(OSError):
         _http(proxy, "GET", "/v2/", timeout=1).getresponse()
 
+
+
+def test_link_relay_passes_bytes_and_ranges_exactly_and_counts_them(registry_plain: RegistryServer) -> None:
+    """The benchmarks' link relay (a child process): whole and ranged blob GETs arrive byte-exact through
+    it, keep-alive connections are reused, and its counters see every connection and byte."""
+    from tests.infra.images import random_layer
+    from tests.infra.link import LinkRelay
+
+    layer = random_layer(1_500_000, seed="link-relay")
+    push(registry_plain.url, "infra/link", make_image(base_layers=[layer], seed="link-relay"), "v1")
+    with LinkRelay(registry_plain.host, rate=50e6, latency=0.005, per_connection=20e6) as link:
+        pool = urllib3.PoolManager(maxsize=1)
+        url = f"{link.url}/v2/infra/link/blobs/{layer.digest}"
+        whole = pool.request("GET", url)
+        part = pool.request("GET", url, headers={"Range": "bytes=1000-299999"})
+        stats = link.stats()
+    assert whole.status == 200 and whole.data == layer.raw
+    assert part.status == 206 and part.data == layer.raw[1000:300000]
+    assert stats["connections"] == 1
+    assert stats["bytes_down"] >= len(layer.raw) + 299000 and stats["bytes_up"] > 0
