@@ -85,7 +85,7 @@ MAX_RESUME_ATTEMPTS = 6
 MIN_PART = 8 << 20
 """The smallest byte range of one blob fetched on a connection of its own. A blob is split when it is at
 least twice one stream's share of the fill (all streamed bytes / workers) and twice this."""
-READ_SIZE = 1 << 20
+READ_SIZE = 512 << 10
 """Bytes asked of a source per read, and read back per `pread` when a range is hashed from the page cache."""
 
 
