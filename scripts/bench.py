@@ -497,7 +497,8 @@ def run_link(args: argparse.Namespace, runner: "Runner", pusher: Pusher, src: Re
         write_config(work / "link.yaml", proxied)
         run = runner.run([ocpb, "pack", "--config", str(work / "link.yaml"), "--out", str(work / "link-b"), "--insecure-registry", wire.host, "--json"])
         stats = wire.stats()
-        out.update(pack=run.wall, pack_rss_mb=run.rss_mb, pack_cpu=run.cpu, connections=stats["connections"], bytes_down=stats["bytes_down"])
+        fill_s = float((run.json().get("bundle") or {}).get("seconds", 0.0))
+        out.update(pack=run.wall, pack_rss_mb=run.rss_mb, pack_cpu=run.cpu, connections=stats["connections"], bytes_down=stats["bytes_down"], pack_fill=fill_s)
         # What this relay moves at best on this machine: its raw rates (no client logic), and plain parallel
         # GET + sha256 of the same blobs, whole (one connection per blob)
         rates = relay_rates(wire.url, proxied)
@@ -773,6 +774,9 @@ def run_bench(args: argparse.Namespace, ocpb: str, work: Path) -> None:
         rr = link["relay_rates"]
         print(f"  the relay's raw rates: {rr['one_connection'] / 1e6:.1f} MB/s on one connection, {rr['aggregate'] / 1e6:.1f} MB/s on {rr['streams']} at once; "
               f"practical floor {link['relay_floor_seconds']:.2f}s, pack = {link['ratio_relay_floor']:.2f}x that")
+        print(f"  pack over the link: plan + start-up {link['pack'] - link['pack_fill']:.2f}s + fill {link['pack_fill']:.2f}s "
+              f"(the fill alone = {link['pack_fill'] / link['floor_seconds']:.2f}x the nominal floor, {link['pack_fill'] / link['relay_floor_seconds']:.2f}x the relay's); "
+              f"CPU {link['pack_cpu']:.2f}s")
     if rss_big is not None:
         print(f"one {rss_big['blob_bytes'] / 1e6:.0f} MB layer: pack {rss_big['wall']:.2f}s, peak RSS {rss_big['rss_mb']:.0f} MB")
     inc_b = inc_json.get("bundle") or {}
