@@ -6,6 +6,7 @@ Modules (import as ``from tests.infra.images import make_image``):
 - :mod:`tests.infra.registry`     ``RegistryServer``: the Debian ``docker-registry`` on loopback
 - :mod:`tests.infra.token_server` ``TokenServer``: docker token (Bearer) auth for the registry
 - :mod:`tests.infra.faultproxy`   ``FaultProxy``: reverse proxy injecting network/HTTP faults
+- :mod:`tests.infra.link`        ``LinkRelay``: an internet-shaped link (delay, bandwidth caps), own process
 - :mod:`tests.infra.images`       synthetic images, manifest lists, a pusher, OCI layouts
 
 Nothing here imports ``bundler``. This file also holds :class:`LoopbackHTTPServer`, the
