@@ -27,7 +27,7 @@ def list_group() -> None:
 @command_body
 def operators(
     catalog: str, package: Optional[str], platform: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...],
-    proxy: Optional[str], workers: int, timeout: float, retry_times: int, verbose: int, as_json: bool,
+    workers: int, timeout: float, retry_times: int, proxy: Optional[str], verbose: int, as_json: bool,
 ) -> None:
     """List the packages of an operator catalog: default channel, channel heads and versions.
 
