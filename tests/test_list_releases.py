@@ -161,3 +161,50 @@ def test_list_operators_takes_the_proxy_flag(registry_plain: RegistryServer) -> 
                                         "--proxy", "http://127.0.0.1:9", "--retry-times", "0"])
     assert result.exit_code in (ExitCode.REGISTRY, ExitCode.USAGE), result.output
     assert "internal error" not in result.output
+
+
+def test_the_update_service_is_reached_through_the_proxy(graph_server: GraphServer) -> None:
+    from tests.infra.forward_proxy import ForwardProxy
+
+    name = "updates.corp.test"  # resolvable by the proxy alone
+    port = graph_server.url.split(":")[2].split("/")[0]
+    with ForwardProxy({name: "127.0.0.1"}) as proxy:
+        result = _run("--channel", "stable-4.18", "--graph-url", f"http://{name}:{port}/graph", "--proxy", proxy.url, "--retry-times", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "4.18.10"
+    assert any(q.target.startswith(f"http://{name}:{port}/graph?") and "channel=stable-4.18" in q.target for q in proxy.requests)
+
+
+def test_an_endless_answer_without_a_length_is_cut_off() -> None:
+    """No Content-Length: the body ends when the connection closes; reading stops past the limit."""
+    import http.server
+    import threading
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            chunk = b" " * (1 << 20)
+            try:
+                for _ in range((MAX_GRAPH_BYTES >> 20) + 8):
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        result = _run("--channel", "stable-4.18", "--graph-url", f"http://127.0.0.1:{server.server_address[1]}/graph", "--retry-times", "0")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == ExitCode.REGISTRY, result.output
+    assert "larger than 64 MiB" in result.stderr and "Traceback" not in result.output
