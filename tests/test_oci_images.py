@@ -140,3 +140,20 @@ def test_layout_source_forms() -> None:
         except UsageError:
             continue
         raise AssertionError(bad)
+
+
+def test_platforms_filter_a_layout_image_like_a_registry_image(registry_plain: RegistryServer, tmp_path: Path, skopeo: Any) -> None:
+    root = _layouts(registry_plain, tmp_path, skopeo)
+    config = tmp_path / "isc.yaml"
+    config.write_text(V2 + f"""mirror:
+  additionalImages:
+  - name: oci://{root}/app
+    platforms: [linux/arm64]
+  - name: oci://{root}/shared:2.0
+    targetRepo: tools
+    platforms: [linux/s390x]
+""")
+    result = pack(PackOptions(config=config, out_dir=tmp_path / "b", work_dir=tmp_path / "w", dry_run=True), registries=Registries())
+    assert [i.planned.target_repository for i in result.images] == ["app"]
+    assert any("a manifest list carried whole (digest-exact), including 1 child(ren) outside platforms" in w for w in result.plan.warnings)
+    assert any("a linux/amd64 image, not listed in platforms: not carried" in w for w in result.plan.warnings)
