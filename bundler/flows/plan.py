@@ -2,7 +2,7 @@
 
 Owns the orchestration of the planners: release payload and signatures (`release`), the update-graph
 data image (`graph_image`, for `graph: true`), sample imagestreams
-(`samples`), operator catalogs (`catalog`), additional images and the images that run Quay on the far side
+(`samples`), operator catalogs (`catalog`), Helm charts (`helm.plan`: archives, images, OCI artifacts), additional images and the images that run Quay on the far side
 (here). It de-duplicates by target and keeps each planner's report for the pack summary.
 """
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from bundler.openshift.release import ReleaseInfo
     from bundler.openshift.samples import SamplesReport
     from bundler.openshift.graph_image import GraphImageReport
+    from bundler.openshift.helm.plan import ChartReport
     from bundler.openshift.sigstore import SignatureReport
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class PlanReports:
     catalogs: Optional[List[CatalogReport]] = None
     signatures: Optional[SignatureReport] = None
     graph: Optional[GraphImageReport] = None
+    helm: Optional[List[ChartReport]] = None
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -76,6 +78,8 @@ class PlanReports:
             out["signatures"] = self.signatures.to_json()
         if self.graph is not None:
             out["graph"] = self.graph.to_json()
+        if self.helm is not None:
+            out["helm"] = [c.to_json() for c in self.helm]
         return out
 
 
@@ -274,6 +278,15 @@ def build_plan(
             if not keep:
                 continue
         plan.add([image])
+    if not image_set.helm.is_empty():
+        from bundler.openshift.helm.plan import plan_helm
+
+        helm = plan_helm(image_set.helm, layout=layout, options=registries.options)
+        plan.files.update(helm.files)
+        plan.add(helm.artifacts)
+        for ref, chart in helm.images:
+            plan.add([plan_plain_image(ref, kind="additional", annotations={"helm-chart": chart})])
+        plan.reports.helm = list(helm.charts)
     for ref in image_set.registry_images.images():
         plan.add([plan_plain_image(ref, kind="registry")])
     if blocked:

@@ -1,0 +1,270 @@
+"""A Helm chart: loading it (a .tgz archive or a directory), its values, and rendering its templates.
+
+Owns what `helm template` does with the chart's own defaults, as oc-mirror renders charts to find their
+images (https://helm.sh/docs/topics/charts/): ``Chart.yaml`` (``apiVersion`` v1/v2, ``dependencies`` with
+``alias``), ``values.yaml``, ``templates/`` (files starting with ``_`` define only; ``NOTES.txt`` is not
+rendered), subcharts in ``charts/`` (directories or archives, any depth) whose values are the parent's
+``<name or alias>:`` section over their own defaults, with ``global`` passed down; every subchart present
+is rendered, as oc-mirror does (a condition that turns one off at install time does not hide its images).
+Templates see ``.Values``, ``.Chart`` (Chart.yaml with capitalised keys), ``.Release`` (Helm's empty release
+options: name and namespace empty, ``Service: Helm``), ``.Capabilities`` (`KUBE_VERSION`, the built-in API
+versions), ``.Files`` (``Get``, ``GetBytes``, ``Glob``, ``Lines``, ``AsConfig``, ``AsSecrets``) and
+``.Template``. YAML numbers are float64, as Helm reads them.
+
+Archives are read member by member: regular files only, names normalised (no ``..``, no absolute paths),
+bounded in count and size. The Go templates themselves are `gotemplate`, `goeval` and `gofuncs`.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import io
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+from bundler.base.errors import UnsafeArchiveError, UsageError
+from bundler.openshift.helm.goeval import GoObject, TemplateSet
+from bundler.openshift.helm.gofuncs import FUNCTIONS, SPECIAL
+from bundler.openshift.helm.gotemplate import TemplateError
+from bundler.openshift.helm.values import coalesce, load_yaml
+
+#: The Kubernetes version `.Capabilities` reports (helm's default capabilities of its v3.15 era).
+KUBE_VERSION = "v1.30.0"
+API_VERSIONS = frozenset(
+    {
+        "v1", "apps/v1", "batch/v1", "autoscaling/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1",
+        "rbac.authorization.k8s.io/v1", "storage.k8s.io/v1", "apiextensions.k8s.io/v1", "admissionregistration.k8s.io/v1",
+        "coordination.k8s.io/v1", "discovery.k8s.io/v1", "scheduling.k8s.io/v1", "certificates.k8s.io/v1",
+        "node.k8s.io/v1", "events.k8s.io/v1", "apiregistration.k8s.io/v1", "flowcontrol.apiserver.k8s.io/v1",
+    }
+)
+MAX_CHART_FILES = 5000
+MAX_CHART_BYTES = 64 << 20
+MAX_SUBCHART_DEPTH = 10
+
+
+class ChartError(UsageError):
+    """A chart that cannot be read or rendered (the message names the chart and the file)."""
+
+
+@dataclass
+class Chart:
+    name: str
+    version: str
+    metadata: Dict[str, Any]
+    values: Dict[str, Any]
+    templates: Dict[str, str]  # path under the chart (templates/x.yaml) -> text
+    files: Dict[str, bytes]  # every other file, for .Files
+    subcharts: List["Chart"] = field(default_factory=list)
+    alias: Optional[str] = None
+
+    @property
+    def scope(self) -> str:
+        return self.alias or self.name
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def _normalise(name: str) -> str:
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafeArchiveError(f"chart archive member {name!r} leaves the chart", hint="use a chart archive made by helm package")
+    return "/".join(parts)
+
+
+def read_archive(data: bytes, *, what: str) -> Dict[str, bytes]:
+    """Regular files of a chart archive, keyed by their path below the chart's top directory."""
+    out: Dict[str, bytes] = {}
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = _normalise(member.name)
+                if "/" not in name:
+                    continue  # files beside the chart directory are not part of it
+                total += member.size
+                if len(out) >= MAX_CHART_FILES or total > MAX_CHART_BYTES:
+                    raise ChartError(f"{what}: the chart archive is larger than {MAX_CHART_BYTES >> 20} MiB or {MAX_CHART_FILES} files")
+                f = tar.extractfile(member)
+                if f is not None:
+                    out[name.split("/", 1)[1]] = f.read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ChartError(f"{what}: not a chart archive (.tgz): {exc}", hint="check the chart's path or URL") from None
+    return out
+
+
+def read_directory(path: Path) -> Dict[str, bytes]:
+    out: Dict[str, bytes] = {}
+    total = 0
+    for p in sorted(path.rglob("*")):
+        if p.is_symlink() or not p.is_file():
+            continue
+        total += p.stat().st_size
+        if len(out) >= MAX_CHART_FILES or total > MAX_CHART_BYTES:
+            raise ChartError(f"chart {path}: larger than {MAX_CHART_BYTES >> 20} MiB or {MAX_CHART_FILES} files")
+        out[p.relative_to(path).as_posix()] = p.read_bytes()
+    return out
+
+
+def load_chart(files: Dict[str, bytes], *, what: str, depth: int = 0) -> Chart:
+    """A chart from its files (paths relative to the chart directory)."""
+    if "Chart.yaml" not in files:
+        raise ChartError(f"{what}: no Chart.yaml", hint="point at a chart directory or a chart archive (.tgz)")
+    try:
+        metadata = load_yaml(files["Chart.yaml"].decode("utf-8", "replace")) or {}
+        values = load_yaml(files["values.yaml"].decode("utf-8", "replace")) if "values.yaml" in files else {}
+    except yaml.YAMLError as exc:
+        raise ChartError(f"{what}: Chart.yaml or values.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        raise ChartError(f"{what}: Chart.yaml has no name")
+    chart = Chart(
+        name=str(metadata["name"]),
+        version=str(metadata.get("version", "")),
+        metadata=metadata,
+        values=values if isinstance(values, dict) else {},
+        templates={k: v.decode("utf-8", "replace") for k, v in files.items() if k.startswith("templates/")},
+        files={k: v for k, v in files.items() if not k.startswith(("templates/", "charts/")) and k not in ("Chart.yaml", "values.yaml")},
+    )
+    if depth >= MAX_SUBCHART_DEPTH:
+        raise ChartError(f"{what}: subcharts nested deeper than {MAX_SUBCHART_DEPTH} levels")
+    subdirs: Dict[str, Dict[str, bytes]] = {}
+    for k, v in files.items():
+        if not k.startswith("charts/"):
+            continue
+        rest = k[len("charts/"):]
+        top, _, inner = rest.partition("/")
+        if inner:
+            subdirs.setdefault(top, {})[inner] = v
+        elif top.endswith((".tgz", ".tar.gz")):
+            chart.subcharts.append(load_chart(read_archive(v, what=f"{what}: {k}"), what=f"{what}: {k}", depth=depth + 1))
+    for top, subfiles in sorted(subdirs.items()):
+        if "Chart.yaml" in subfiles:
+            chart.subcharts.append(load_chart(subfiles, what=f"{what}: charts/{top}", depth=depth + 1))
+    aliases = {}
+    for dep in metadata.get("dependencies") or []:
+        if isinstance(dep, dict) and dep.get("alias") and dep.get("name"):
+            aliases[str(dep["name"])] = str(dep["alias"])
+    for sub in chart.subcharts:
+        sub.alias = aliases.get(sub.name)
+    return chart
+
+
+# -- rendering --------------------------------------------------------------------------------------
+
+
+class Files(GoObject):
+    def __init__(self, files: Dict[str, bytes]) -> None:
+        self.files = files
+
+    def __str__(self) -> str:
+        return "map[" + " ".join(sorted(self.files)) + "]"
+
+    def go_items(self) -> List[Tuple[Any, Any]]:
+        return [(k, self.files[k]) for k in sorted(self.files)]
+
+    def go_field(self, name: str) -> Any:
+        methods = {
+            "Get": lambda p: self.files.get(str(p), b"").decode("utf-8", "replace"),
+            "GetBytes": lambda p: self.files.get(str(p), b""),
+            "Glob": lambda pattern: Files({k: v for k, v in self.files.items() if fnmatch.fnmatchcase(k, str(pattern))}),
+            "Lines": lambda p: self.files.get(str(p), b"").decode("utf-8", "replace").split("\n"),
+            "AsConfig": lambda: _as_yaml({posixpath.basename(k): v.decode("utf-8", "replace") for k, v in self.files.items()}),
+            "AsSecrets": lambda: _as_yaml({posixpath.basename(k): base64.b64encode(v).decode() for k, v in self.files.items()}),
+        }
+        if name not in methods:
+            raise KeyError(name)
+        return methods[name]
+
+
+def _as_yaml(data: Dict[str, str]) -> str:
+    if not data:
+        return ""
+    return str(yaml.safe_dump(data, default_flow_style=False, sort_keys=True, width=1 << 30)).rstrip("\n")
+
+
+class KubeVersion(GoObject):
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.major, self.minor = version.lstrip("v").split(".")[:2]
+
+    def __str__(self) -> str:
+        return self.version
+
+    def go_field(self, name: str) -> Any:
+        return {"Version": self.version, "GitVersion": self.version, "Major": self.major, "Minor": self.minor}[name]
+
+
+class ApiVersions(GoObject):
+    def __str__(self) -> str:
+        return "[" + " ".join(sorted(API_VERSIONS)) + "]"
+
+    def go_items(self) -> List[Tuple[Any, Any]]:
+        return list(enumerate(sorted(API_VERSIONS)))
+
+    def go_field(self, name: str) -> Any:
+        if name != "Has":
+            raise KeyError(name)
+        return lambda v: str(v) in API_VERSIONS or str(v).rsplit("/", 1)[0] in API_VERSIONS
+
+
+def _capitalised(metadata: Dict[str, Any]) -> Dict[str, Any]:
+    return {(k[:1].upper() + k[1:]): v for k, v in metadata.items()}
+
+
+def render(chart: Chart) -> Dict[str, str]:
+    """Every rendered manifest of the chart and its subcharts: template path (``<chart>/templates/x.yaml``,
+    subcharts as ``<chart>/charts/<sub>/templates/x.yaml``) → text. Raises `TemplateError` (with the file
+    and line) for a template that cannot be rendered or uses what the evaluator does not support."""
+    tset = TemplateSet(FUNCTIONS, SPECIAL)
+    jobs: List[Tuple[str, Dict[str, Any]]] = []
+    top_values = coalesce({}, chart.values)
+    _collect(tset, chart, chart.name, top_values, jobs)
+    out: Dict[str, str] = {}
+    for name, data in jobs:
+        text = tset.execute(name, data)
+        out[name] = text.replace("<no value>", "")
+    return out
+
+
+def _collect(tset: TemplateSet, chart: Chart, prefix: str, values: Dict[str, Any], jobs: List[Tuple[str, Dict[str, Any]]]) -> None:
+    caps = {"KubeVersion": KubeVersion(KUBE_VERSION), "APIVersions": ApiVersions(), "HelmVersion": {"Version": "v3.15.0"}}
+    release = {"Name": "", "Namespace": "", "Service": "Helm", "IsInstall": False, "IsUpgrade": False, "Revision": 0}
+    files = Files(chart.files)
+    for path in sorted(chart.templates):
+        name = f"{prefix}/{path}"
+        tset.add_file(name, chart.templates[path])
+        base = posixpath.basename(path)
+        if base.startswith("_") or base.endswith(".txt"):
+            continue
+        data = {
+            "Values": values, "Chart": _capitalised(chart.metadata), "Release": release, "Capabilities": caps,
+            "Files": files, "Template": {"Name": name, "BasePath": f"{prefix}/templates"},
+        }
+        jobs.append((name, data))
+    glob = values.get("global") if isinstance(values.get("global"), dict) else {}
+    for sub in chart.subcharts:
+        own = values.get(sub.scope)
+        sub_values = coalesce(dict(own) if isinstance(own, dict) else {}, sub.values)
+        own_global = sub_values.get("global")
+        sub_values["global"] = coalesce(dict(glob) if isinstance(glob, dict) else {}, own_global if isinstance(own_global, dict) else {})
+        _collect(tset, sub, f"{prefix}/charts/{sub.scope}", sub_values, jobs)
+
+
+def render_chart(chart: Chart, *, label: str) -> Dict[str, str]:
+    """`render`, with template errors as `ChartError`s naming the chart (`label`)."""
+    try:
+        return render(chart)
+    except TemplateError as exc:
+        raise ChartError(f"chart {label}: {exc}") from None
+
+
+__all__ = ["Chart", "ChartError", "load_chart", "read_archive", "read_directory", "render", "render_chart"]

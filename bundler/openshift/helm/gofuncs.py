@@ -1,0 +1,473 @@
+"""The functions Helm charts call in their templates: Go's builtins, the sprig subset and Helm's own.
+
+Owns `FUNCTIONS` (name → callable over evaluated arguments) and `SPECIAL` (name → callable that also gets
+the evaluator: ``include``, ``tpl``, ``required``, ``fail``, ``lookup``). Semantics follow Go's
+`text/template` builtins (https://pkg.go.dev/text/template#hdr-Functions), sprig v3
+(https://masterminds.github.io/sprig/) and Helm's engine (``toYaml``, ``toJson``, ``fromYaml``,
+``include``, ``tpl``, ``required``, ``lookup`` — which answers an empty map without a cluster, as
+``helm template`` does). A function not listed here is refused when the template is parsed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any, Callable, Dict, List
+
+import yaml
+
+from bundler.openshift.helm.goeval import Evaluator, go_float, go_str, truth, type_name
+from bundler.openshift.helm.gotemplate import TemplateError
+
+
+def strval(value: Any) -> str:
+    return value if isinstance(value, str) else go_str(value, nested=True) if value is not None else ""
+
+
+def _to_int(value: Any) -> int:
+    """sprig's `toInt64`: numbers truncate, strings parse (0 when they do not), nil is 0."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(float(value)) if re.fullmatch(r"\s*[+-]?\d+(\.\d*)?([eE][+-]?\d+)?\s*", value) else int(value, 0)
+        except ValueError:
+            return 0
+    return 0
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value) if value is not None and not isinstance(value, (dict, list)) else 0.0
+    except ValueError:
+        return 0.0
+
+
+def empty(value: Any) -> bool:
+    return not truth(value)
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON/YAML data: integral floats become ints (Go's encoders print 3, not 3.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_yaml(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = yaml.safe_dump(_plain(value), default_flow_style=False, sort_keys=True, allow_unicode=True, width=1 << 30)
+    if text.endswith("\n...\n"):
+        text = text[:-5]
+    return str(text).rstrip("\n")
+
+
+def to_json(value: Any) -> str:
+    def default(o: Any) -> Any:
+        return go_str(o)
+
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default)
+
+
+def from_yaml(text: Any) -> Any:
+    from bundler.openshift.helm.values import load_yaml
+
+    try:
+        data = load_yaml(strval(text))
+    except yaml.YAMLError as exc:
+        return {"Error": str(exc).splitlines()[0]}
+    return data if data is not None else {}
+
+
+def from_json(text: Any) -> Any:
+    try:
+        return _floats(json.loads(strval(text)))
+    except ValueError as exc:
+        return {"Error": str(exc)}
+
+
+def _floats(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    return value
+
+
+def indent(n: Any, text: Any) -> str:
+    pad = " " * _to_int(n)
+    return pad + strval(text).replace("\n", "\n" + pad)
+
+
+def trunc(n: Any, text: Any) -> str:
+    s, c = strval(text), _to_int(n)
+    if c < 0 and len(s) + c > 0:
+        return s[len(s) + c:]
+    if 0 <= c < len(s):
+        return s[:c]
+    return s
+
+
+def _go_quote(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False).replace("\\u007f", "\\x7f")
+
+
+def quote(*values: Any) -> str:
+    return " ".join(_go_quote(strval(v)) for v in values if v is not None)
+
+
+def squote(*values: Any) -> str:
+    return " ".join(f"'{strval(v)}'" for v in values if v is not None)
+
+
+_VERB = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+))?([a-zA-Z%])")
+
+
+def printf(fmt: Any, *args: Any) -> str:
+    """Go's fmt.Sprintf for the verbs charts use: %s %v %d %q %t %f %g %e %x %X %o %c %%."""
+    values = list(args)
+    out: List[str] = []
+    pos = 0
+    text = strval(fmt)
+    for m in _VERB.finditer(text):
+        out.append(text[pos:m.start()])
+        pos = m.end()
+        flags, width, precision, verb = m.groups()
+        if verb == "%":
+            out.append("%")
+            continue
+        if not values:
+            out.append(f"%!{verb}(MISSING)")
+            continue
+        v = values.pop(0)
+        if verb in "sv":
+            s = strval(v) if verb == "s" or not isinstance(v, str) else v
+            if verb == "v" and v is None:
+                s = "<nil>"
+        elif verb == "q":
+            s = _go_quote(strval(v))
+        elif verb == "t":
+            s = go_str(v)
+        elif verb == "d":
+            if isinstance(v, float) and not v.is_integer():
+                s = f"%!d(float64={go_float(v)})"
+            else:
+                s = str(_to_int(v)) if isinstance(v, (int, float)) else f"%!d({type_name(v)}={strval(v)})"
+        elif verb in "feEgG":
+            s = ("%" + (f".{precision}" if precision else "") + verb) % _to_float(v) if verb != "g" or precision else go_float(_to_float(v))
+        elif verb in "xXo":
+            s = (format(_to_int(v), verb) if isinstance(v, (int, float)) else strval(v).encode().hex()) if verb != "X" or isinstance(v, (int, float)) else strval(v).encode().hex().upper()
+        elif verb == "c":
+            s = chr(_to_int(v))
+        else:
+            raise ValueError(f"printf verb %{verb} is not supported")
+        if width and width != "*":
+            s = s.ljust(int(width)) if "-" in flags else s.rjust(int(width), "0" if "0" in flags and verb in "dfeg" else " ")
+        out.append(s)
+    out.append(text[pos:])
+    if values:
+        out.append("%!(EXTRA " + ", ".join(f"{type_name(v)}={strval(v)}" for v in values) + ")")
+    return "".join(out)
+
+
+def go_print(*args: Any) -> str:
+    """Go's fmt.Sprint: spaces between operands when neither is a string."""
+    out = ""
+    for i, a in enumerate(args):
+        if i > 0 and not isinstance(a, str) and not isinstance(args[i - 1], str):
+            out += " "
+        out += go_str(a, nested=True) if a is None else go_str(a)
+    return out
+
+
+def _cmp_values(a: Any, b: Any) -> int:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return (a > b) - (a < b)
+    if isinstance(a, str) and isinstance(b, str):
+        return (a > b) - (a < b)
+    raise ValueError(f"incompatible types for comparison: {type_name(a)} and {type_name(b)}")
+
+
+def eq(a: Any, *others: Any) -> bool:
+    for b in others:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and isinstance(a, bool) == isinstance(b, bool):
+            if a == b:
+                return True
+        elif a is None or b is None or type(a) is type(b):
+            if a == b:
+                return True
+        elif isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
+            raise ValueError("non-comparable types")
+        else:
+            raise ValueError(f"incompatible types for comparison: {type_name(a)} and {type_name(b)}")
+    return False
+
+
+def index(item: Any, *keys: Any) -> Any:
+    for key in keys:
+        if isinstance(item, dict):
+            item = item.get(key)
+        elif isinstance(item, (list, tuple, str)):
+            i = _to_int(key)
+            if not 0 <= i < len(item):
+                raise IndexError(f"index out of range: {i}")
+            item = item[i]
+        elif item is None:
+            raise ValueError("index of untyped nil")
+        else:
+            raise ValueError(f"can't index item of type {type_name(item)}")
+    return item
+
+
+def length(value: Any) -> int:
+    if value is None:
+        raise ValueError("len of nil pointer")
+    if isinstance(value, (str, list, tuple, dict, bytes)):
+        return len(value)
+    raise ValueError(f"len of type {type_name(value)}")
+
+
+def dict_(*kv: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for i in range(0, len(kv), 2):
+        out[strval(kv[i])] = kv[i + 1] if i + 1 < len(kv) else ""
+    return out
+
+
+def merge(dst: Dict[str, Any], *sources: Dict[str, Any], overwrite: bool = False) -> Dict[str, Any]:
+    for src in sources:
+        for k, v in (src or {}).items():
+            if isinstance(dst.get(k), dict) and isinstance(v, dict):
+                merge(dst[k], v, overwrite=overwrite)
+            elif k not in dst or overwrite or dst[k] is None:
+                dst[k] = v
+    return dst
+
+
+def _semver(text: str) -> List[Any]:
+    m = re.match(r"^\s*v?(\d+)(?:\.(\d+|[xX*]))?(?:\.(\d+|[xX*]))?(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?\s*$", text)
+    if m is None:
+        raise ValueError(f"invalid semantic version {text!r}")
+    major, minor, patch, pre = m.groups()
+    num = [int(major), int(minor) if minor and minor.isdigit() else (None if minor else 0), int(patch) if patch and patch.isdigit() else (None if patch else 0)]
+    return num + [pre or ""]
+
+
+def _ver_key(v: List[Any]) -> Any:
+    return (v[0], v[1] or 0, v[2] or 0, 0 if v[3] else 1, v[3])
+
+
+def semver_compare(constraint: Any, version: Any) -> bool:
+    """Masterminds semver constraints, simply: `||` of comma/space-separated `op version` terms, with
+    = != > < >= <= ~ ^ and x-ranges; a `-0` (or any pre-release) in a term lets pre-releases match."""
+    ver = _semver(strval(version))
+    for alternative in strval(constraint).split("||"):
+        terms = re.findall(r"(!=|>=|<=|=>|=<|==|=|>|<|~>|~|\^)?\s*(v?[0-9xX*][0-9A-Za-z.+*-]*)", alternative)
+        if terms and all(_term(op, v, ver) for op, v in terms):
+            return True
+    return False
+
+
+def _term(op: str, text: str, ver: List[Any]) -> bool:
+    want = _semver(text)
+    if ver[3] and not want[3]:
+        return False  # pre-releases only match terms that name one (`>=1.21-0`)
+    k, w = _ver_key(ver), _ver_key([want[0], want[1] or 0, want[2] or 0, want[3]])
+    if op in ("", "=", "==") and (want[1] is None or want[2] is None):
+        return ver[0] == want[0] and (want[1] is None or ver[1] == want[1])
+    if op == "~" or op == "~>":
+        return bool(k >= w and ver[0] == want[0] and (want[1] is None or ver[1] == want[1]))
+    if op == "^":
+        return bool(k >= w and ver[0] == want[0] and (want[0] != 0 or ver[1] == want[1]))
+    return bool({"": k == w, "=": k == w, "==": k == w, "!=": k != w, ">": k > w, "<": k < w, ">=": k >= w, "=>": k >= w, "<=": k <= w, "=<": k <= w}[op])
+
+
+def _case_words(s: str) -> List[str]:
+    return [w for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])", s) if w]
+
+
+def _require_list(v: Any) -> List[Any]:
+    if v is None:
+        return []
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"cannot use type {type_name(v)} as a list")
+    return list(v)
+
+
+def _dig(*args: Any) -> Any:
+    *keys, default, data = args
+    for k in keys:
+        if not isinstance(data, dict) or k not in data:
+            return default
+        data = data[k]
+    return data
+
+
+def _kind(v: Any) -> str:
+    return {"<nil>": "invalid", "map[string]interface {}": "map", "[]interface {}": "slice", "float64": "float64"}.get(type_name(v), type_name(v))
+
+
+FUNCTIONS: Dict[str, Callable[..., Any]] = {
+    # Go builtins
+    "and": lambda *a: a[-1],  # short-circuit forms live in the evaluator
+    "or": lambda *a: a[-1],
+    "not": lambda v: not truth(v),
+    "eq": eq,
+    "ne": lambda a, b: not eq(a, b),
+    "lt": lambda a, b: _cmp_values(a, b) < 0,
+    "le": lambda a, b: _cmp_values(a, b) <= 0,
+    "gt": lambda a, b: _cmp_values(a, b) > 0,
+    "ge": lambda a, b: _cmp_values(a, b) >= 0,
+    "len": length,
+    "index": index,
+    "print": go_print,
+    "println": lambda *a: " ".join(go_str(x, nested=x is None) for x in a) + "\n",
+    "printf": printf,
+    "html": lambda *a: go_print(*a).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;").replace("'", "&#39;"),
+    "urlquery": lambda *a: __import__("urllib.parse").parse.quote_plus(go_print(*a)),
+    # sprig: defaults and flow
+    "default": lambda d, *v: d if not v or empty(v[0]) else v[0],
+    "empty": empty,
+    "coalesce": lambda *a: next((x for x in a if not empty(x)), None),
+    "ternary": lambda a, b, cond: a if truth(cond) else b,
+    # strings
+    "quote": quote,
+    "squote": squote,
+    "trim": lambda s: strval(s).strip(" \t\n\r\v\f"),
+    "trimAll": lambda cut, s: strval(s).strip(strval(cut)),
+    "trimPrefix": lambda p, s: strval(s)[len(strval(p)):] if strval(s).startswith(strval(p)) else strval(s),
+    "trimSuffix": lambda p, s: strval(s)[: len(strval(s)) - len(strval(p))] if strval(p) and strval(s).endswith(strval(p)) else strval(s),
+    "trunc": trunc,
+    "replace": lambda old, new, s: strval(s).replace(strval(old), strval(new)),
+    "lower": lambda s: strval(s).lower(),
+    "upper": lambda s: strval(s).upper(),
+    "title": lambda s: re.sub(r"(^|\s)(\S)", lambda m: m.group(1) + m.group(2).upper(), strval(s)),
+    "contains": lambda sub, s: strval(sub) in strval(s),
+    "hasPrefix": lambda p, s: strval(s).startswith(strval(p)),
+    "hasSuffix": lambda p, s: strval(s).endswith(strval(p)),
+    "split": lambda sep, s: {f"_{i}": part for i, part in enumerate(strval(s).split(strval(sep)))},
+    "splitList": lambda sep, s: strval(s).split(strval(sep)),
+    "splitn": lambda sep, n, s: {f"_{i}": part for i, part in enumerate(strval(s).split(strval(sep), _to_int(n) - 1))},
+    "join": lambda sep, v: strval(sep).join(strval(x) for x in (_require_list(v) if not isinstance(v, str) else [v])),
+    "toString": strval,
+    "repeat": lambda n, s: strval(s) * _to_int(n),
+    "substr": lambda a, b, s: strval(s)[_to_int(a):(_to_int(b) if _to_int(b) >= 0 else None)],
+    "cat": lambda *a: " ".join(strval(x) for x in a if x is not None),
+    "nospace": lambda s: re.sub(r"\s", "", strval(s)),
+    "kebabcase": lambda s: "-".join(w.lower() for w in _case_words(strval(s))),
+    "snakecase": lambda s: "_".join(w.lower() for w in _case_words(strval(s))),
+    "camelcase": lambda s: "".join(w[:1].upper() + w[1:] for w in re.split(r"[_\-\s]+", strval(s)) if w),
+    "abbrev": lambda n, s: strval(s) if len(strval(s)) <= _to_int(n) else strval(s)[: max(_to_int(n) - 3, 0)] + "...",
+    "b64enc": lambda s: base64.b64encode(strval(s).encode()).decode(),
+    "b64dec": lambda s: base64.b64decode(strval(s).encode()).decode(errors="replace"),
+    "sha256sum": lambda s: hashlib.sha256(strval(s).encode()).hexdigest(),
+    "sha1sum": lambda s: hashlib.sha1(strval(s).encode()).hexdigest(),  # noqa: S324 - sprig's sha1sum
+    "regexMatch": lambda r, s: re.search(strval(r), strval(s)) is not None,
+    "regexFind": lambda r, s: (lambda m: m.group() if m else "")(re.search(strval(r), strval(s))),
+    "regexFindAll": lambda r, s, n: [m.group() for m in re.finditer(strval(r), strval(s))][: (None if _to_int(n) < 0 else _to_int(n))],
+    "regexReplaceAll": lambda r, s, repl: re.sub(strval(r), re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", strval(repl)), strval(s)),
+    "regexReplaceAllLiteral": lambda r, s, repl: re.sub(strval(r), lambda _m: strval(repl), strval(s)),
+    "regexSplit": lambda r, s, n: re.split(strval(r), strval(s), maxsplit=max(_to_int(n) - 1, 0)) if _to_int(n) != 0 else [],
+    "semverCompare": semver_compare,
+    # numbers
+    "int": _to_int,
+    "int64": _to_int,
+    "float64": _to_float,
+    "atoi": lambda s: _to_int(s) if re.fullmatch(r"[+-]?\d+", strval(s)) else 0,
+    "add": lambda *a: sum(_to_int(x) for x in a),
+    "add1": lambda a: _to_int(a) + 1,
+    "sub": lambda a, b: _to_int(a) - _to_int(b),
+    "mul": lambda *a: __import__("math").prod(_to_int(x) for x in a),
+    "div": lambda a, b: int(_to_int(a) / _to_int(b)),
+    "mod": lambda a, b: _to_int(a) % _to_int(b),
+    "max": lambda *a: max(_to_int(x) for x in a),
+    "min": lambda *a: min(_to_int(x) for x in a),
+    "until": lambda n: list(range(_to_int(n))),
+    "untilStep": lambda a, b, c: list(range(_to_int(a), _to_int(b), _to_int(c))),
+    # lists and dicts
+    "list": lambda *a: list(a),
+    "tuple": lambda *a: list(a),
+    "dict": dict_,
+    "get": lambda d, k: (d or {}).get(strval(k), ""),
+    "set": lambda d, k, v: (d.__setitem__(strval(k), v), d)[1],
+    "unset": lambda d, k: (d.pop(strval(k), None), d)[1],
+    "hasKey": lambda d, k: isinstance(d, dict) and strval(k) in d,
+    "keys": lambda *ds: [k for d in ds for k in (d or {})],
+    "values": lambda d: list((d or {}).values()),
+    "pick": lambda d, *ks: {k: d[k] for k in ks if k in d},
+    "omit": lambda d, *ks: {k: v for k, v in d.items() if k not in ks},
+    "pluck": lambda k, *ds: [d[k] for d in ds if isinstance(d, dict) and k in d],
+    "merge": lambda dst, *src: merge(dst, *src),
+    "mergeOverwrite": lambda dst, *src: merge(dst, *src, overwrite=True),
+    "deepCopy": lambda v: json.loads(json.dumps(v)) if v is not None else None,
+    "dig": _dig,
+    "first": lambda v: _require_list(v)[0] if _require_list(v) else None,
+    "last": lambda v: _require_list(v)[-1] if _require_list(v) else None,
+    "rest": lambda v: _require_list(v)[1:],
+    "initial": lambda v: _require_list(v)[:-1],
+    "append": lambda v, x: _require_list(v) + [x],
+    "prepend": lambda v, x: [x] + _require_list(v),
+    "concat": lambda *vs: [x for v in vs for x in _require_list(v)],
+    "uniq": lambda v: [x for i, x in enumerate(_require_list(v)) if x not in _require_list(v)[:i]],
+    "has": lambda x, v: x in _require_list(v),
+    "without": lambda v, *xs: [x for x in _require_list(v) if x not in xs],
+    "compact": lambda v: [x for x in _require_list(v) if not empty(x)],
+    "sortAlpha": lambda v: sorted(strval(x) for x in _require_list(v)),
+    "reverse": lambda v: list(reversed(_require_list(v))),
+    # types and encodings
+    "toYaml": to_yaml,
+    "toJson": to_json,
+    "toRawJson": to_json,
+    "toPrettyJson": lambda v: json.dumps(_plain(v), sort_keys=True, indent=2, ensure_ascii=False),
+    "fromYaml": from_yaml,
+    "fromJson": from_json,
+    "kindIs": lambda k, v: _kind(v) == strval(k),
+    "kindOf": _kind,
+    "typeOf": type_name,
+    "typeIs": lambda t, v: type_name(v) == strval(t),
+    "deepEqual": lambda a, b: a == b,
+    "indent": indent,
+    "nindent": lambda n, s: "\n" + indent(n, s),
+}
+
+
+def _include(ev: Evaluator, name: Any, data: Any) -> str:
+    return ev.call_template(strval(name), data)
+
+
+def _tpl(ev: Evaluator, source: Any, data: Any) -> str:
+    if ev.depth >= 100:
+        raise ev.fail("tpl: nested too deeply")
+    return ev.tset.render_string(strval(source), data, name=f"{ev.file} (tpl)", depth=ev.depth + 1)
+
+
+def _required(ev: Evaluator, message: Any, value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value == ""):
+        raise TemplateError(f"required value missing: {strval(message)}", f"{ev.file}:{ev.line}")
+    return value
+
+
+def _fail(ev: Evaluator, message: Any) -> Any:
+    raise TemplateError(f"the chart called fail: {strval(message)}", f"{ev.file}:{ev.line}")
+
+
+SPECIAL: Dict[str, Callable[..., Any]] = {
+    "include": _include,
+    "tpl": _tpl,
+    "required": _required,
+    "fail": _fail,
+    "lookup": lambda ev, *args: {},
+}
