@@ -1,0 +1,242 @@
+"""`mirror.helm`: charts shaped like real ones (Deployment, StatefulSet, CronJob, `_helpers.tpl`, a
+subchart, `range` over values) rendered with their defaults; their images found; refusals; and
+pack → verify → unpack against real registries, with skopeo as the digest oracle: the images and the
+charts' OCI artifacts (Helm media types) land in the mirror digest-exact, the archives in `helm/`."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import yaml
+
+from bundler.base.errors import UsageError
+from bundler.bundle.verify import verify_bundle
+from bundler.flows.pack import PackOptions, pack
+from bundler.flows.unpack import UnpackOptions, unpack_bundle
+from bundler.openshift.helm.chart import load_chart, read_archive
+from bundler.openshift.helm.plan import HELM_CONFIG, HELM_LAYER, find_images, package_directory
+from bundler.registry.client import Registries, TransportOptions
+from tests.infra.images import make_image, push
+from tests.infra.openshift_images import StaticServer
+from tests.infra.registry import RegistryServer
+
+HELPERS = """{{/* Common helpers */}}
+{{- define "shop.fullname" -}}
+{{- if .Values.fullnameOverride }}{{ .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}{{ printf "%s-%s" .Release.Name .Chart.Name | trimPrefix "-" | trunc 63 }}{{ end }}
+{{- end -}}
+{{- define "shop.image" -}}
+{{- $registry := .global.imageRegistry | default .image.registry -}}
+{{- if .image.digest }}{{ printf "%s/%s@%s" $registry .image.repository .image.digest }}
+{{- else }}{{ printf "%s/%s:%s" $registry .image.repository (.image.tag | default .chart.AppVersion | toString) }}{{ end }}
+{{- end -}}
+{{- define "shop.labels" -}}
+app.kubernetes.io/name: {{ include "shop.fullname" . }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version | replace "+" "_" }}
+{{- end -}}
+"""
+DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "shop.fullname" . }}
+  labels:
+    {{- include "shop.labels" . | nindent 4 }}
+spec:
+  replicas: {{ .Values.replicas }}
+  template:
+    spec:
+      {{- with .Values.initImage }}
+      initContainers:
+        - name: init
+          image: {{ . | quote }}
+      {{- end }}
+      containers:
+        - name: web
+          image: {{ include "shop.image" (dict "image" .Values.web.image "global" .Values.global "chart" .Chart) }}
+          {{- if semverCompare ">=1.21-0" .Capabilities.KubeVersion.GitVersion }}
+          env: {{ toYaml .Values.env | nindent 12 }}
+          {{- end }}
+        {{- range $name, $sidecar := .Values.sidecars }}
+        {{- if $sidecar.enabled }}
+        - name: {{ $name }}
+          image: "{{ $sidecar.image }}"
+        {{- end }}
+        {{- end }}
+"""
+STATEFULSET = """{{- if .Values.db.enabled -}}
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {{ include "shop.fullname" . }}-db
+spec:
+  serviceName: db
+  template:
+    spec:
+      containers:
+        - name: db
+          image: {{ tpl .Values.db.image . }}
+{{- end }}
+"""
+CRONJOB = """apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: {{ include "shop.fullname" . }}-backup
+spec:
+  schedule: {{ .Values.backup.schedule | quote }}
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers:
+            - name: backup
+              image: {{ .Values.backup.image.repository }}:{{ .Values.backup.image.tag }}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata:
+  name: w
+spec:
+  engine:
+    image: {{ .Values.widget.image }}
+"""
+
+
+def chart_files(registry: str, *, version: str = "1.2.0", extra_template: str = "") -> Dict[str, bytes]:
+    values = {
+        "global": {"imageRegistry": ""},
+        "replicas": 2,
+        "initImage": f"{registry}/shop/init:1.0",
+        "web": {"image": {"registry": registry, "repository": "shop/web", "tag": "", "digest": ""}},
+        "env": [{"name": "MODE", "value": "prod"}],
+        "sidecars": {"logger": {"enabled": True, "image": f"{registry}/shop/logger:2.1"}, "debug": {"enabled": False, "image": f"{registry}/shop/debug:9"}},
+        "db": {"enabled": True, "tag": "15", "image": f"{registry}/shop/db:{{{{ .Values.db.tag }}}}"},
+        "backup": {"schedule": "0 1 * * *", "image": {"repository": f"{registry}/shop/backup", "tag": "7.0"}},
+        "widget": {"image": f"{registry}/shop/widget:3"},
+        "cache": {"image": {"tag": "6.2"}},
+    }
+    chart = {"apiVersion": "v2", "name": "shop", "version": version, "appVersion": "5.4", "dependencies": [{"name": "cache", "version": "0.1.0"}],
+             "annotations": {"artifacthub.io/images": "- name: ignored\n  image: example.com/not/read:1\n"}}
+    sub_values = {"image": {"repository": f"{registry}/shop/cache", "tag": "6.0"}}
+    sub_deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: cache\nspec:\n  template:\n    spec:\n      containers:\n        - name: cache\n          image: {{ .Values.image.repository }}:{{ .Values.image.tag }}\n"
+    files = {
+        "Chart.yaml": yaml.safe_dump(chart).encode(),
+        "values.yaml": yaml.safe_dump(values).encode(),
+        "templates/_helpers.tpl": HELPERS.encode(),
+        "templates/deployment.yaml": DEPLOYMENT.encode(),
+        "templates/statefulset.yaml": STATEFULSET.encode(),
+        "templates/cronjob.yaml": CRONJOB.encode(),
+        "charts/cache/Chart.yaml": b"apiVersion: v2\nname: cache\nversion: 0.1.0\n",
+        "charts/cache/values.yaml": yaml.safe_dump(sub_values).encode(),
+        "charts/cache/templates/deployment.yaml": sub_deploy.encode(),
+    }
+    if extra_template:
+        files["templates/extra.yaml"] = extra_template.encode()
+    return files
+
+
+def chart_archive(files: Dict[str, bytes], name: str = "shop") -> bytes:
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for rel, data in sorted(files.items()):
+            info = tarfile.TarInfo(f"{name}/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def expected_images(registry: str) -> list:
+    return [f"{registry}/shop/cache:6.2", f"{registry}/shop/backup:7.0", f"{registry}/shop/init:1.0", f"{registry}/shop/web:5.4", f"{registry}/shop/logger:2.1", f"{registry}/shop/db:15"]
+
+
+def test_chart_images_are_found_in_rendered_templates() -> None:
+    chart = load_chart(read_archive(chart_archive(chart_files("reg.example.com")), what="shop"), what="shop")
+    found = find_images(chart, ("{.spec.engine.image}",), label="shop")
+    images = [ref for ref, _ in found]
+    # the subchart's own default (6.0) is overridden by the parent's `cache:` section; CronJob images are found;
+    # a sidecar turned off is not; tpl renders the db image; imagePaths adds the custom resource's image
+    assert sorted(images) == sorted(expected_images("reg.example.com") + ["reg.example.com/shop/widget:3"])
+    assert dict(found)["reg.example.com/shop/cache:6.2"] == "shop/charts/cache/templates/deployment.yaml"
+    assert "reg.example.com/shop/debug:9" not in images and "example.com/not/read:1" not in images
+
+
+def test_a_chart_using_an_unsupported_function_is_refused_with_one_clear_line() -> None:
+    files = chart_files("reg.example.com", extra_template="kind: Secret\ndata:\n  ca: {{ genCA \"shop\" 365 | toYaml }}\n")
+    chart = load_chart(read_archive(chart_archive(files), what="shop"), what="shop")
+    with pytest.raises(UsageError) as exc:
+        find_images(chart, (), label="shop-1.2.0 (local)")
+    message = str(exc.value)
+    assert "chart shop-1.2.0 (local): shop/templates/extra.yaml:3: function 'genCA' is not supported" in message
+    assert "additionalImages" in message and "\n" not in message
+
+
+def test_directory_charts_pack_deterministically(tmp_path: Path) -> None:
+    for rel, data in chart_files("r.example.com").items():
+        (tmp_path / "shop" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "shop" / rel).write_bytes(data)
+    one = package_directory(tmp_path / "shop", "shop")
+    assert one == package_directory(tmp_path / "shop", "shop")
+    assert sorted(read_archive(one, what="x")) == sorted(chart_files("r.example.com"))
+
+
+def _push_images(registry: RegistryServer) -> Dict[str, str]:
+    digests = {}
+    for i, ref in enumerate(expected_images(registry.host)):
+        repo, _, tag = ref[len(registry.host) + 1:].rpartition(":")
+        digests[ref] = push(registry.url, repo, make_image(seed=f"helm-{i}"), tag)
+    return digests
+
+
+def test_pack_verify_unpack_carries_charts_and_their_images(registry_plain: RegistryServer, fresh_registry_plain: RegistryServer, tmp_path: Path, skopeo: Any) -> None:
+    digests = _push_images(registry_plain)
+    archive = chart_archive(chart_files(registry_plain.host, version="1.2.0+build.1"))
+    index = {"apiVersion": "v1", "entries": {"shop": [
+        {"name": "shop", "version": "1.2.0+build.1", "urls": ["charts/shop-1.2.0+build.1.tgz"], "digest": hashlib.sha256(archive).hexdigest()},
+        {"name": "shop", "version": "0.9.0", "urls": ["charts/missing.tgz"]},
+    ]}}
+    server = StaticServer({"/repo/index.yaml": yaml.safe_dump(index).encode(), "/repo/charts/shop-1.2.0+build.1.tgz": archive})
+    local = tmp_path / "local" / "shop"
+    for rel, data in chart_files(registry_plain.host, version="2.0.0").items():
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(data)
+    config = tmp_path / "isc.yaml"
+    config.write_text(
+        "apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  helm:\n"
+        f"    repositories:\n      - name: shop-repo\n        url: {server.url}/repo\n        charts:\n          - name: shop\n            version: 1.2.0+build.1\n"
+        f"    local:\n      - name: shop\n        path: {local}\n"
+    )
+    regs = lambda: Registries(options=TransportOptions(insecure_hosts=frozenset({registry_plain.host})))  # noqa: E731
+    try:
+        dry = pack(PackOptions(config=config, out_dir=tmp_path / "dry", work_dir=tmp_path / "wd", dry_run=True), registries=regs())
+        packed = pack(PackOptions(config=config, out_dir=tmp_path / "b", work_dir=tmp_path / "w"), registries=regs())
+    finally:
+        server.close()
+    dry_sources = {i.planned.source for i in dry.images if i.planned.kind == "additional"}
+    assert dry_sources == set(expected_images(registry_plain.host)), "a dry run lists the charts' images"
+    charts = packed.plan.reports.helm
+    assert charts is not None and [(c.name, c.version) for c in charts] == [("shop", "2.0.0"), ("shop", "1.2.0+build.1")]
+    artifacts = {i.planned.target_tag: i.digest for i in packed.images if i.planned.kind == "helm-chart"}
+    assert set(artifacts) == {"2.0.0", "1.2.0_build.1"}
+    assert dry.plan.reports.helm is not None and {c.artifact for c in dry.plan.reports.helm} == {c.artifact for c in charts}, "the artifact digest is fixed"
+    verify_bundle(tmp_path / "b")
+
+    mirror = fresh_registry_plain
+    unpack_bundle(tmp_path / "b", options=UnpackOptions(registry=mirror.host, transport=TransportOptions(insecure_hosts=frozenset({mirror.host})), resources_dir=tmp_path / "res"))
+    for ref, digest in digests.items():
+        assert skopeo.digest(mirror.host + ref[len(registry_plain.host):]) == digest, ref
+    raw = skopeo.inspect_raw(f"{mirror.host}/charts/shop:1.2.0_build.1")
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == artifacts["1.2.0_build.1"]
+    manifest = json.loads(raw)
+    assert manifest["config"]["mediaType"] == HELM_CONFIG and [layer["mediaType"] for layer in manifest["layers"]] == [HELM_LAYER]
+    assert manifest["layers"][0]["digest"] == "sha256:" + hashlib.sha256(archive).hexdigest(), "the layer is the archive as fetched"
+    assert (tmp_path / "res" / "helm" / "shop-1.2.0+build.1.tgz").read_bytes() == archive
+    assert (tmp_path / "res" / "helm" / "shop-2.0.0.tgz").is_file()
+    mapping = (tmp_path / "res" / "mapping.txt").read_text()
+    assert f"charts/shop:2.0.0={mirror.host}/charts/shop:2.0.0" in mapping
+    assert f"{registry_plain.host}/shop/web:5.4={mirror.host}/shop/web:5.4" in mapping

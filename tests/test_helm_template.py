@@ -1,0 +1,112 @@
+"""The Go-template subset Helm charts are written in: each construct, Go's printing rules, the functions,
+and the refusal of what is not supported (never a silently different rendering)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytest
+
+from bundler.openshift.helm.goeval import TemplateSet
+from bundler.openshift.helm.gofuncs import FUNCTIONS, SPECIAL
+from bundler.openshift.helm.gotemplate import TemplateError, TemplateSyntaxError, TemplateUnsupportedError
+from bundler.openshift.helm.values import load_yaml
+
+
+def render(source: str, data: Optional[Any] = None, **extra: str) -> str:
+    tset = TemplateSet(FUNCTIONS, SPECIAL)
+    for name, text in extra.items():
+        tset.add_file(name, text)
+    tset.add_file("t.yaml", source)
+    return tset.execute("t.yaml", data if data is not None else {})
+
+
+V = {"Values": load_yaml("image:\n  repository: quay.io/org/app\n  tag: 1.10\nreplicas: 1000000\nlist: [a, b, c]\nmap: {z: 1, a: 2}\nempty: ''\nflag: false\n")}
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("plain text", "plain text"),
+        ("{{ .Values.image.repository }}:{{ .Values.image.tag }}", "quay.io/org/app:1.1"),  # YAML 1.10 is float64 1.1 in Helm
+        ("{{ .Values.replicas }}", "1e+06"),
+        ("{{ .Values.missing }}|", "|"),
+        ("a  {{- /* comment */ -}}  b", "ab"),
+        ("a\n  {{- \"x\" }}\n  {{- \"y\" -}}\n  b", "axyb"),
+        ("{{ if .Values.flag }}T{{ else if .Values.empty }}E{{ else }}F{{ end }}", "F"),
+        ("{{ if and .Values.list (not .Values.flag) }}yes{{ end }}", "yes"),
+        ("{{ or .Values.empty .Values.missing \"fallback\" }}", "fallback"),
+        ("{{ range .Values.list }}{{ . }},{{ end }}", "a,b,c,"),
+        ("{{ range $i, $v := .Values.list }}{{ $i }}={{ $v }} {{ end }}", "0=a 1=b 2=c "),
+        ("{{ range $k, $v := .Values.map }}{{ $k }}:{{ $v }} {{ end }}", "a:2 z:1 "),  # maps in sorted key order
+        ("{{ range .Values.nothing }}x{{ else }}none{{ end }}", "none"),
+        ("{{ range .Values.list }}{{ if eq . \"b\" }}{{ continue }}{{ end }}{{ if eq . \"c\" }}{{ break }}{{ end }}{{ . }}{{ end }}", "a"),
+        ("{{ range 3 }}{{ . }}{{ end }}", "012"),
+        ("{{ with .Values.image }}{{ .repository }}{{ end }}", "quay.io/org/app"),
+        ("{{ with .Values.missing }}x{{ else }}no{{ end }}", "no"),
+        ("{{ $x := 1 }}{{ range .Values.list }}{{ $x = add $x 1 }}{{ end }}{{ $x }}", "4"),
+        ("{{ $.Values.image.repository }}", "quay.io/org/app"),
+        ("{{ (index .Values.list 1) | upper }}", "B"),
+        ("{{ (dict \"a\" \"b\").a }}", "b"),
+        ("{{ .Values.image.repository | default \"x\" | quote }}", '"quay.io/org/app"'),
+        ("{{ .Values.empty | default \"d\" }}", "d"),
+        ("{{ squote \"a\" }} {{ printf \"%s-%d-%v\" \"n\" 3 true }} {{ print 1 2 }}", "'a' n-3-true 1 2"),
+        ("{{ toYaml .Values.map | nindent 2 }}", "\n  a: 2\n  z: 1"),
+        ("{{ toJson .Values.list }}", '["a","b","c"]'),
+        ("{{ \"  x  \" | trim }}|{{ trimSuffix \"-\" \"a-\" }}|{{ trimPrefix \"v\" \"v1\" }}|{{ trunc 3 \"abcdef\" }}", "x|a|1|abc"),
+        ("{{ replace \".\" \"-\" \"a.b\" }} {{ lower \"A\" }} {{ title \"hello world\" }}", "a-b a Hello World"),
+        ("{{ lt 1 2 }} {{ ge 2 2 }} {{ ne \"a\" \"b\" }} {{ eq 1 2 1 }}", "true true true true"),
+        ("{{ len .Values.list }} {{ hasKey .Values.map \"a\" }} {{ get .Values.map \"z\" }} {{ empty .Values.empty }}", "3 true 1 true"),
+        ("{{ coalesce .Values.missing \"\" \"c\" }} {{ ternary \"y\" \"n\" true }} {{ contains \"b\" \"abc\" }}", "c y true"),
+        ("{{ hasPrefix \"ab\" \"abc\" }} {{ hasSuffix \"bc\" \"abc\" }} {{ (split \":\" \"a:b\")._1 }} {{ splitList \",\" \"a,b\" | join \"+\" }}", "true true b a+b"),
+        ("{{ b64enc \"hi\" }} {{ sha256sum \"\" | trunc 8 }}", "aGk= e3b0c442"),
+        ("{{ semverCompare \">=1.21-0\" \"v1.30.0\" }} {{ semverCompare \"<1.19\" \"1.30.0\" }} {{ semverCompare \"^1.2\" \"1.9.0\" }}", "true false true"),
+        ("{{ toString 5 }} {{ int \"42\" }} {{ sub 5 2 }} {{ list 1 \"a\" }}", "5 42 3 [1 a]"),
+        ("{{ upper \"a\" | printf \"%s!\" }}", "A!"),
+        ("{{ indent 2 \"a\\nb\" }}", "  a\n  b"),
+    ],
+)
+def test_constructs(source: str, expected: str) -> None:
+    assert render(source, V) == expected
+
+
+def test_define_include_template_and_block() -> None:
+    helpers = '{{- define "app.name" -}}{{ .Chart.Name }}-{{ .Values.suffix }}{{- end -}}\n{{- define "app.image" -}}{{ printf "%s:%s" .repository .tag }}{{- end -}}'
+    data = {"Chart": {"Name": "demo"}, "Values": {"suffix": "x", "image": {"repository": "r/app", "tag": "v1"}}}
+    assert render('{{ include "app.name" . }} {{ include "app.image" .Values.image | quote }}', data, helpers=helpers) == 'demo-x "r/app:v1"'
+    assert render('{{ template "app.image" .Values.image }}', data, helpers=helpers) == "r/app:v1"
+    assert render('{{ block "b" . }}default {{ .Values.suffix }}{{ end }}', data) == "default x"
+
+
+def test_tpl_renders_values_as_templates() -> None:
+    data = {"Values": {"registry": "quay.io", "image": "{{ .Values.registry }}/org/app:v1"}}
+    assert render("{{ tpl .Values.image . }}", data) == "quay.io/org/app:v1"
+
+
+def test_required_and_fail_stop_rendering() -> None:
+    with pytest.raises(TemplateError, match="required value missing: set image"):
+        render('{{ required "set image" .Values.image }}', {"Values": {}})
+    with pytest.raises(TemplateError, match="the chart called fail: nope"):
+        render('{{ fail "nope" }}', {})
+
+
+def test_field_of_nil_is_an_error_as_in_go() -> None:
+    with pytest.raises(TemplateError, match=r"t.yaml:1: nil pointer evaluating interface \{\}.tag"):
+        render("{{ .Values.image.tag }}", {"Values": {}})
+
+
+def test_unknown_function_is_refused_naming_the_file_line_and_function() -> None:
+    with pytest.raises(TemplateUnsupportedError) as exc:
+        render("line one\n{{ genCA \"x\" 365 }}", {})
+    assert str(exc.value) == "t.yaml:2: function 'genCA'"
+
+
+@pytest.mark.parametrize("source", ["{{ if .x }}no end", "{{ end }}", "{{ .x", "{{ \"unterminated }}", "{{ else }}"])
+def test_syntax_errors(source: str) -> None:
+    with pytest.raises(TemplateSyntaxError):
+        render(source, {"x": 1})
+
+
+def test_include_recursion_is_bounded() -> None:
+    with pytest.raises(TemplateError, match="nested too deeply"):
+        render('{{ define "loop" }}{{ include "loop" . }}{{ end }}{{ include "loop" . }}', {})
