@@ -3,9 +3,10 @@
 Owns what `helm template` does with the chart's own defaults, as oc-mirror renders charts to find their
 images (https://helm.sh/docs/topics/charts/): ``Chart.yaml`` (``apiVersion`` v1/v2, ``dependencies`` with
 ``alias``), ``values.yaml``, ``templates/`` (files starting with ``_`` define only; ``NOTES.txt`` is not
-rendered), subcharts in ``charts/`` (directories or archives, any depth) whose values are the parent's
+rendered; a library chart only defines), ``requirements.yaml`` (v1 charts), subcharts in ``charts/`` (directories or archives, any depth) whose values are the parent's
 ``<name or alias>:`` section over their own defaults, with ``global`` passed down; every subchart present
-is rendered, as oc-mirror does (a condition that turns one off at install time does not hide its images).
+is rendered, as oc-mirror does (a condition that turns one off at install time does not hide its images);
+a dependency with ``import-values`` is refused (its values would change what the parent renders).
 Templates see ``.Values``, ``.Chart`` (Chart.yaml with capitalised keys), ``.Release`` (Helm's empty release
 options: name and namespace empty, ``Service: Helm``), ``.Capabilities`` (`KUBE_VERSION`, the built-in API
 versions), ``.Files`` (``Get``, ``GetBytes``, ``Glob``, ``Lines``, ``AsConfig``, ``AsSecrets``) and
@@ -150,8 +151,22 @@ def load_chart(files: Dict[str, bytes], *, what: str, depth: int = 0) -> Chart:
         if "Chart.yaml" in subfiles:
             chart.subcharts.append(load_chart(subfiles, what=f"{what}: charts/{top}", depth=depth + 1))
     aliases = {}
-    for dep in metadata.get("dependencies") or []:
-        if isinstance(dep, dict) and dep.get("alias") and dep.get("name"):
+    dependencies = list(metadata.get("dependencies") or [])
+    if "requirements.yaml" in files:  # apiVersion v1 charts
+        try:
+            requirements = load_yaml(files["requirements.yaml"].decode("utf-8", "replace")) or {}
+        except yaml.YAMLError as exc:
+            raise ChartError(f"{what}: requirements.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
+        dependencies += list(requirements.get("dependencies") or []) if isinstance(requirements, dict) else []
+    for dep in dependencies:
+        if not isinstance(dep, dict):
+            continue
+        if dep.get("import-values"):
+            raise ChartError(
+                f"{what}: dependency {dep.get('name')!r} uses import-values, which ocp-bundler does not apply when rendering",
+                hint="list the chart's images under additionalImages instead",
+            )
+        if dep.get("alias") and dep.get("name"):
             aliases[str(dep["name"])] = str(dep["alias"])
     for sub in chart.subcharts:
         sub.alias = aliases.get(sub.name)
@@ -220,14 +235,23 @@ def _capitalised(metadata: Dict[str, Any]) -> Dict[str, Any]:
     return {(k[:1].upper() + k[1:]): v for k, v in metadata.items()}
 
 
+def _helm_order(name: str) -> Tuple[int, str]:
+    return (name.count("/"), name)
+
+
 def render(chart: Chart) -> Dict[str, str]:
     """Every rendered manifest of the chart and its subcharts: template path (``<chart>/templates/x.yaml``,
     subcharts as ``<chart>/charts/<sub>/templates/x.yaml``) → text. Raises `TemplateError` (with the file
     and line) for a template that cannot be rendered or uses what the evaluator does not support."""
     tset = TemplateSet(FUNCTIONS, SPECIAL)
     jobs: List[Tuple[str, Dict[str, Any]]] = []
+    sources: Dict[str, str] = {}
     top_values = coalesce({}, chart.values)
-    _collect(tset, chart, chart.name, top_values, jobs)
+    _collect(chart, chart.name, top_values, jobs, sources)
+    # Helm parses the deepest files first (and, at one depth, in reverse name order): a parent chart's
+    # `define` wins over a subchart's of the same name.
+    for name in sorted(sources, key=_helm_order, reverse=True):
+        tset.add_file(name, sources[name])
     out: Dict[str, str] = {}
     for name, data in jobs:
         text = tset.execute(name, data)
@@ -235,15 +259,15 @@ def render(chart: Chart) -> Dict[str, str]:
     return out
 
 
-def _collect(tset: TemplateSet, chart: Chart, prefix: str, values: Dict[str, Any], jobs: List[Tuple[str, Dict[str, Any]]]) -> None:
+def _collect(chart: Chart, prefix: str, values: Dict[str, Any], jobs: List[Tuple[str, Dict[str, Any]]], sources: Dict[str, str]) -> None:
     caps = {"KubeVersion": KubeVersion(KUBE_VERSION), "APIVersions": ApiVersions(), "HelmVersion": {"Version": "v3.15.0"}}
     release = {"Name": "", "Namespace": "", "Service": "Helm", "IsInstall": False, "IsUpgrade": False, "Revision": 0}
     files = Files(chart.files)
     for path in sorted(chart.templates):
         name = f"{prefix}/{path}"
-        tset.add_file(name, chart.templates[path])
+        sources[name] = chart.templates[path]
         base = posixpath.basename(path)
-        if base.startswith("_") or base.endswith(".txt"):
+        if base.startswith("_") or base.endswith(".txt") or chart.metadata.get("type") == "library":
             continue
         data = {
             "Values": values, "Chart": _capitalised(chart.metadata), "Release": release, "Capabilities": caps,
@@ -256,7 +280,7 @@ def _collect(tset: TemplateSet, chart: Chart, prefix: str, values: Dict[str, Any
         sub_values = coalesce(dict(own) if isinstance(own, dict) else {}, sub.values)
         own_global = sub_values.get("global")
         sub_values["global"] = coalesce(dict(glob) if isinstance(glob, dict) else {}, own_global if isinstance(own_global, dict) else {})
-        _collect(tset, sub, f"{prefix}/charts/{sub.scope}", sub_values, jobs)
+        _collect(sub, f"{prefix}/charts/{sub.scope}", sub_values, jobs, sources)
 
 
 def render_chart(chart: Chart, *, label: str) -> Dict[str, str]:

@@ -297,6 +297,7 @@ class Parser:
         self.parts = _split(source, name)
         self.index = 0
         self.defines: Dict[str, List[Node]] = {}
+        self._pending: List[Token] = []
 
     def where(self, line: int) -> str:
         return f"{self.name}:{line}"
@@ -478,8 +479,6 @@ class Parser:
                 raise TemplateUnsupportedError(f"function {tok.text!r}", where)
             return IdentNode(line, tok.text), pos + 1
         raise TemplateSyntaxError(f"unexpected {tok.text!r} in operand", where)
-
-    _pending: List[Token] = []
 
 
 def parse(name: str, source: str, *, known_functions: Callable[[str], bool]) -> Tuple[List[Node], Dict[str, List[Node]]]:
