@@ -240,3 +240,43 @@ def test_pack_verify_unpack_carries_charts_and_their_images(registry_plain: Regi
     mapping = (tmp_path / "res" / "mapping.txt").read_text()
     assert f"charts/shop:2.0.0={mirror.host}/charts/shop:2.0.0" in mapping
     assert f"{registry_plain.host}/shop/web:5.4={mirror.host}/shop/web:5.4" in mapping
+
+
+def _pod(image: str) -> str:
+    return f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n    - name: c\n      image: {image}\n"
+
+
+def test_subcharts_aliases_globals_library_charts_and_define_precedence() -> None:
+    files = {
+        "Chart.yaml": b"apiVersion: v1\nname: top\nversion: 1.0.0\n",
+        "requirements.yaml": b"dependencies:\n  - name: sub\n    alias: worker\n",
+        "values.yaml": b"global:\n  registry: reg.example.com\nworker:\n  tag: '2.0'\n",
+        "templates/_helpers.tpl": b'{{ define "name" }}top{{ end }}',
+        "templates/pod.yaml": _pod('{{ .Values.global.registry }}/{{ include "name" . }}:1').encode(),
+        "charts/sub/Chart.yaml": b"apiVersion: v2\nname: sub\nversion: 0.1.0\n",
+        "charts/sub/values.yaml": b"tag: '1.0'\nglobal:\n  registry: sub.example.com\n",
+        "charts/sub/templates/_helpers.tpl": b'{{ define "name" }}sub{{ end }}',
+        "charts/sub/templates/pod.yaml": _pod('{{ .Values.global.registry }}/worker:{{ .Values.tag }}-{{ include "name" . }}').encode(),
+        "charts/lib/Chart.yaml": b"apiVersion: v2\nname: lib\nversion: 0.1.0\ntype: library\n",
+        "charts/lib/templates/pod.yaml": _pod("never/rendered:1").encode(),
+    }
+    chart = load_chart(files, what="top")
+    images = [ref for ref, _ in find_images(chart, (), label="top")]
+    # the parent's define wins (as in helm); the alias scopes the values; the parent's global wins
+    assert images == ["reg.example.com/worker:2.0-top", "reg.example.com/top:1"]
+
+
+def test_import_values_is_refused() -> None:
+    files = {"Chart.yaml": b"apiVersion: v2\nname: top\nversion: 1.0.0\ndependencies:\n  - name: sub\n    import-values: [data]\n"}
+    with pytest.raises(UsageError, match="dependency 'sub' uses import-values"):
+        load_chart(files, what="top")
+
+
+def test_unsafe_archive_members_are_refused() -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo("shop/../../etc/evil")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(Exception, match="leaves the chart"):
+        read_archive(raw.getvalue(), what="evil")
