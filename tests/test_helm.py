@@ -167,12 +167,12 @@ def test_chart_images_are_found_in_rendered_templates() -> None:
 
 
 def test_a_chart_using_an_unsupported_function_is_refused_with_one_clear_line() -> None:
-    files = chart_files("reg.example.com", extra_template="kind: Secret\ndata:\n  ca: {{ genCA \"shop\" 365 | toYaml }}\n")
+    files = chart_files("reg.example.com", extra_template="kind: Secret\ndata:\n  ip: {{ getHostByName \"shop.example.com\" | quote }}\n")
     chart = load_chart(read_archive(chart_archive(files), what="shop"), what="shop")
     with pytest.raises(UsageError) as exc:
         find_images(chart, (), label="shop-1.2.0 (local)")
     message = str(exc.value)
-    assert "chart shop-1.2.0 (local): shop/templates/extra.yaml:3: function 'genCA' is not supported" in message
+    assert "chart shop-1.2.0 (local): shop/templates/extra.yaml:3: function 'getHostByName' is not supported" in message
     assert "additionalImages" in message and "\n" not in message
 
 
@@ -280,3 +280,41 @@ def test_unsafe_archive_members_are_refused() -> None:
         tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(Exception, match="leaves the chart"):
         read_archive(raw.getvalue(), what="evil")
+
+
+def test_conditions_tags_and_hooks_decide_what_is_rendered() -> None:
+    def hooked(image: str, hook: str) -> str:
+        return _pod(image).replace("metadata:\n  name: p\n", f"metadata:\n  name: p\n  annotations:\n    helm.sh/hook: {hook}\n")
+
+    files = {
+        "Chart.yaml": (b"apiVersion: v2\nname: top\nversion: 1.0.0\ndependencies:\n  - name: db\n    condition: db.enabled\n"
+                       b"  - name: cache\n    tags: [extras]\n  - name: queue\n    condition: queue.enabled,global.queue\n"),
+        "values.yaml": b"db:\n  enabled: false\ntags:\n  extras: true\nglobal:\n  queue: true\n",
+        # the parent sees each subchart's defaults under its name
+        "templates/pod.yaml": _pod("reg.example.com/top:{{ .Values.cache.tag }}").encode(),
+        "templates/test.yaml": hooked("reg.example.com/tester:1", "test").encode(),
+        "templates/job.yaml": hooked("reg.example.com/migrate:1", "pre-install,pre-upgrade").encode(),
+    }
+    for name in ("db", "cache", "queue"):
+        files[f"charts/{name}/Chart.yaml"] = f"apiVersion: v2\nname: {name}\nversion: 0.1.0\n".encode()
+        files[f"charts/{name}/values.yaml"] = b"tag: '7'\n"
+        files[f"charts/{name}/templates/pod.yaml"] = _pod(f"reg.example.com/{name}:{{{{ .Values.tag }}}}").encode()
+    found = [ref for ref, _ in find_images(load_chart(files, what="top"), (), label="top")]
+    # db is off by its condition; cache on by its tag; queue on by the second path of its condition; the
+    # install hook's image is carried, the `helm test` pod's is not
+    assert found == ["reg.example.com/cache:7", "reg.example.com/queue:7", "reg.example.com/migrate:1", "reg.example.com/top:7"]
+
+
+def test_a_dependency_missing_from_charts_is_refused() -> None:
+    files = {"Chart.yaml": b"apiVersion: v2\nname: top\nversion: 1.0.0\ndependencies:\n  - name: db\n    version: 1.x\n"}
+    with pytest.raises(UsageError, match="dependency 'db' is listed in Chart.yaml but not in its charts/ directory"):
+        load_chart(files, what="top")
+
+
+def test_values_no_image_depends_on_get_stand_ins() -> None:
+    files = {
+        "Chart.yaml": b"apiVersion: v2\nname: top\nversion: 1.0.0\n",
+        "templates/secret.yaml": b"kind: Secret\ndata:\n  pw: {{ randAlphaNum 16 | b64enc }}\n  ca: {{ (genCA \"x\" 365).Cert | b64enc }}\n  at: {{ now | date \"2006\" }}\n",
+        "templates/pod.yaml": _pod("reg.example.com/app:1").encode(),
+    }
+    assert [ref for ref, _ in find_images(load_chart(files, what="top"), (), label="top")] == ["reg.example.com/app:1"]

@@ -93,12 +93,15 @@ def test_required_and_fail_stop_rendering() -> None:
 def test_field_of_nil_is_an_error_as_in_go() -> None:
     with pytest.raises(TemplateError, match=r"t.yaml:1: nil pointer evaluating interface \{\}.tag"):
         render("{{ .Values.image.tag }}", {"Values": {}})
+    # …but not a field of a nil out of a pipeline or a variable (Go makes it an invalid value)
+    assert render("{{ if ((((.Values).global).postgresql).auth).existingSecret }}x{{ else }}none{{ end }}", {"Values": {}}) == "none"
+    assert render("{{ $g := .Values.global }}[{{ $g.a.b }}]", {"Values": {}}) == "[]"
 
 
 def test_unknown_function_is_refused_naming_the_file_line_and_function() -> None:
     with pytest.raises(TemplateUnsupportedError) as exc:
-        render("line one\n{{ genCA \"x\" 365 }}", {})
-    assert str(exc.value) == "t.yaml:2: function 'genCA'"
+        render("line one\n{{ getHostByName \"x\" }}", {})
+    assert str(exc.value) == "t.yaml:2: function 'getHostByName'"
 
 
 @pytest.mark.parametrize("source", ["{{ if .x }}no end", "{{ end }}", "{{ .x", "{{ \"unterminated }}", "{{ else }}"])
@@ -110,3 +113,9 @@ def test_syntax_errors(source: str) -> None:
 def test_include_recursion_is_bounded() -> None:
     with pytest.raises(TemplateError, match="nested too deeply"):
         render('{{ define "loop" }}{{ include "loop" . }}{{ end }}{{ include "loop" . }}', {})
+
+
+def test_a_field_after_a_parenthesised_pipeline_is_another_operand_unless_attached() -> None:
+    data = {"Values": {"name": "ctl", "m": {"k": "v"}}, "Chart": {"Name": "c"}}
+    assert render('{{ printf "%s-%s" (print "a") .Values.name }}', data) == "a-ctl"
+    assert render("{{ (.Values.m).k }}", data) == "v"

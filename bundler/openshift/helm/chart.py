@@ -4,9 +4,11 @@ Owns what `helm template` does with the chart's own defaults, as oc-mirror rende
 images (https://helm.sh/docs/topics/charts/): ``Chart.yaml`` (``apiVersion`` v1/v2, ``dependencies`` with
 ``alias``), ``values.yaml``, ``templates/`` (files starting with ``_`` define only; ``NOTES.txt`` is not
 rendered; a library chart only defines), ``requirements.yaml`` (v1 charts), subcharts in ``charts/`` (directories or archives, any depth) whose values are the parent's
-``<name or alias>:`` section over their own defaults, with ``global`` passed down; every subchart present
-is rendered, as oc-mirror does (a condition that turns one off at install time does not hide its images);
-a dependency with ``import-values`` is refused (its values would change what the parent renders).
+``<name or alias>:`` section over their own defaults (which the parent's templates see there too), with
+``global`` passed down; dependency ``condition``s and ``tags`` are applied to the defaults, as Helm's
+ProcessDependencies (which oc-mirror calls) does, so a subchart off by default is not rendered. A
+dependency with ``import-values`` is refused (its values would change what the parent renders), and so is
+one listed in Chart.yaml but missing from ``charts/``.
 Templates see ``.Values``, ``.Chart`` (Chart.yaml with capitalised keys), ``.Release`` (Helm's empty release
 options: name and namespace empty, ``Service: Helm``), ``.Capabilities`` (`KUBE_VERSION`, the built-in API
 versions), ``.Files`` (``Get``, ``GetBytes``, ``Glob``, ``Lines``, ``AsConfig``, ``AsSecrets``) and
@@ -19,6 +21,7 @@ bounded in count and size. The Go templates themselves are `gotemplate`, `goeval
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fnmatch
 import io
 import posixpath
@@ -64,6 +67,8 @@ class Chart:
     files: Dict[str, bytes]  # every other file, for .Files
     subcharts: List["Chart"] = field(default_factory=list)
     alias: Optional[str] = None
+    condition: Optional[str] = None  # from the parent's dependency entry
+    tags: Tuple[str, ...] = ()
 
     @property
     def scope(self) -> str:
@@ -150,7 +155,6 @@ def load_chart(files: Dict[str, bytes], *, what: str, depth: int = 0) -> Chart:
     for top, subfiles in sorted(subdirs.items()):
         if "Chart.yaml" in subfiles:
             chart.subcharts.append(load_chart(subfiles, what=f"{what}: charts/{top}", depth=depth + 1))
-    aliases = {}
     dependencies = list(metadata.get("dependencies") or [])
     if "requirements.yaml" in files:  # apiVersion v1 charts
         try:
@@ -158,19 +162,80 @@ def load_chart(files: Dict[str, bytes], *, what: str, depth: int = 0) -> Chart:
         except yaml.YAMLError as exc:
             raise ChartError(f"{what}: requirements.yaml is not valid YAML: {str(exc).splitlines()[0]}") from None
         dependencies += list(requirements.get("dependencies") or []) if isinstance(requirements, dict) else []
+    chart.subcharts = _dependencies(chart.subcharts, [d for d in dependencies if isinstance(d, dict)], what=what)
+    return chart
+
+
+def _dependencies(present: List[Chart], dependencies: List[Dict[str, Any]], *, what: str) -> List[Chart]:
+    """The subcharts as Helm's ProcessDependencies sees them: one per dependency entry (a copy per alias),
+    with its condition and tags, then the charts in charts/ no entry names."""
+    out: List[Chart] = []
+    named = set()
     for dep in dependencies:
-        if not isinstance(dep, dict):
-            continue
+        name = str(dep.get("name", ""))
         if dep.get("import-values"):
             raise ChartError(
-                f"{what}: dependency {dep.get('name')!r} uses import-values, which ocp-bundler does not apply when rendering",
+                f"{what}: dependency {name!r} uses import-values, which ocp-bundler does not apply when rendering",
                 hint="list the chart's images under additionalImages instead",
             )
-        if dep.get("alias") and dep.get("name"):
-            aliases[str(dep["name"])] = str(dep["alias"])
+        found = [c for c in present if c.name == name]
+        if not found:
+            raise ChartError(
+                f"{what}: dependency {name!r} is listed in Chart.yaml but not in its charts/ directory",
+                hint="run helm dependency build and give the chart as a local chart (mirror.helm.local)",
+            )
+        named.add(name)
+        tags = dep.get("tags") or []
+        out.append(dataclasses.replace(
+            found[0], alias=str(dep["alias"]) if dep.get("alias") else None,
+            condition=str(dep["condition"]) if dep.get("condition") else None,
+            tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+        ))
+    out.extend(c for c in present if c.name not in named)
+    return out
+
+
+def _lookup(values: Dict[str, Any], path: str) -> Any:
+    value: Any = values
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _enabled(sub: Chart, values: Dict[str, Any], tags: Dict[str, Any]) -> bool:
+    """Helm's rule: the first condition path that holds a boolean decides; else any true tag enables, and
+    tags that are all false disable; else enabled."""
+    for path in (sub.condition or "").split(","):
+        value = _lookup(values, path.strip()) if path.strip() else None
+        if isinstance(value, bool):
+            return value
+    states = [tags[t] for t in sub.tags if isinstance(tags.get(t), bool)]
+    if states:
+        return any(states)
+    return True
+
+
+def _coalesced(chart: Chart, given: Dict[str, Any]) -> Dict[str, Any]:
+    """The chart's values as its templates see them: `given` over its defaults, each subchart's values
+    (its defaults under the parent's `<name or alias>:` section, the parent's `global` over its own) kept
+    under that key, as Helm's CoalesceValues leaves them."""
+    values = coalesce(given, chart.values)
+    glob = values.get("global")
     for sub in chart.subcharts:
-        sub.alias = aliases.get(sub.name)
-    return chart
+        own = values.get(sub.scope)
+        sub_given = dict(own) if isinstance(own, dict) else {}
+        own_global = sub_given.get("global")
+        sub_given["global"] = coalesce(glob if isinstance(glob, dict) else {}, own_global if isinstance(own_global, dict) else {})
+        values[sub.scope] = _coalesced(sub, sub_given)
+    return values
+
+
+def _prune(chart: Chart, values: Dict[str, Any], tags: Dict[str, Any]) -> Chart:
+    """The chart without the subcharts its conditions and tags turn off (recursively)."""
+    kept = [_prune(s, values.get(s.scope) or {}, tags) for s in chart.subcharts if _enabled(s, values, tags)]
+    return dataclasses.replace(chart, subcharts=kept)
 
 
 # -- rendering --------------------------------------------------------------------------------------
@@ -246,8 +311,10 @@ def render(chart: Chart) -> Dict[str, str]:
     tset = TemplateSet(FUNCTIONS, SPECIAL)
     jobs: List[Tuple[str, Dict[str, Any]]] = []
     sources: Dict[str, str] = {}
-    top_values = coalesce({}, chart.values)
-    _collect(chart, chart.name, top_values, jobs, sources)
+    first = _coalesced(chart, {})
+    tags = first.get("tags")
+    chart = _prune(chart, first, tags if isinstance(tags, dict) else {})
+    _collect(chart, chart.name, _coalesced(chart, {}), jobs, sources)
     # Helm parses the deepest files first (and, at one depth, in reverse name order): a parent chart's
     # `define` wins over a subchart's of the same name.
     for name in sorted(sources, key=_helm_order, reverse=True):
@@ -270,25 +337,13 @@ def _collect(chart: Chart, prefix: str, values: Dict[str, Any], jobs: List[Tuple
         if base.startswith("_") or base.endswith(".txt") or chart.metadata.get("type") == "library":
             continue
         data = {
-            "Values": values, "Chart": _capitalised(chart.metadata), "Release": release, "Capabilities": caps,
+            "Values": values, "Chart": {**_capitalised(chart.metadata), "Name": chart.scope}, "Release": release, "Capabilities": caps,
             "Files": files, "Template": {"Name": name, "BasePath": f"{prefix}/templates"},
         }
         jobs.append((name, data))
-    glob = values.get("global") if isinstance(values.get("global"), dict) else {}
     for sub in chart.subcharts:
-        own = values.get(sub.scope)
-        sub_values = coalesce(dict(own) if isinstance(own, dict) else {}, sub.values)
-        own_global = sub_values.get("global")
-        sub_values["global"] = coalesce(dict(glob) if isinstance(glob, dict) else {}, own_global if isinstance(own_global, dict) else {})
-        _collect(sub, f"{prefix}/charts/{sub.scope}", sub_values, jobs, sources)
+        sub_values = values.get(sub.scope)
+        _collect(sub, f"{prefix}/charts/{sub.scope}", sub_values if isinstance(sub_values, dict) else {}, jobs, sources)
 
 
-def render_chart(chart: Chart, *, label: str) -> Dict[str, str]:
-    """`render`, with template errors as `ChartError`s naming the chart (`label`)."""
-    try:
-        return render(chart)
-    except TemplateError as exc:
-        raise ChartError(f"chart {label}: {exc}") from None
-
-
-__all__ = ["Chart", "ChartError", "load_chart", "read_archive", "read_directory", "render", "render_chart"]
+__all__ = ["Chart", "ChartError", "load_chart", "read_archive", "read_directory", "render"]

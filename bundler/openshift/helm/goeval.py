@@ -2,7 +2,8 @@
 
 Owns Go's evaluation rules as Helm uses them: truth (`false`, 0, nil, empty string/list/map are false),
 field access on maps (a missing key is nil, printed as nothing, as Helm's ``missingkey=zero`` plus its
-``<no value>`` clean-up give; a field of nil is an error, as in Go), method values (callables reached
+``<no value>`` clean-up give; a field of such a nil is an error, a field of a nil out of a parenthesised
+pipeline or a variable is nil, both as in Go), method values (callables reached
 through a field chain, e.g. ``.Files.Get``, ``.Capabilities.APIVersions.Has``), pipelines (the previous
 command's result becomes the last argument), variables and their scopes, ``range`` over lists, maps (sorted
 keys) and integers, ``break``/``continue``, ``with``, named templates (``template``, ``include``, ``tpl``)
@@ -362,8 +363,15 @@ class Evaluator:
             call_args.append(piped[0])
         value = base
         called = False
+        # Go: a nil that comes out of a pipeline or a variable is an invalid value, and a field of it is
+        # nil again (the `((.Values).global).x` idiom); a map's missing key is a nil interface, and a field
+        # of that is an error ("nil pointer evaluating interface {}.x").
+        invalid = base is None
         for i, name in enumerate(names):
+            if value is None and invalid:
+                continue
             value = self.field(value, name)
+            invalid = False
             if callable(value):
                 last = i == len(names) - 1
                 called = last

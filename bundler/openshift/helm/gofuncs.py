@@ -5,15 +5,26 @@ the evaluator: ``include``, ``tpl``, ``required``, ``fail``, ``lookup``). Semant
 `text/template` builtins (https://pkg.go.dev/text/template#hdr-Functions), sprig v3
 (https://masterminds.github.io/sprig/) and Helm's engine (``toYaml``, ``toJson``, ``fromYaml``,
 ``include``, ``tpl``, ``required``, ``lookup`` — which answers an empty map without a cluster, as
-``helm template`` does). A function not listed here is refused when the template is parsed.
+``helm template`` does). Functions whose output can never name an image (random strings, certificates,
+the time) answer stand-ins of the right shape, as their output differs on every Helm run anyway. A function
+not listed here is refused when the template is parsed.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import functools
 import hashlib
 import json
+import math
 import re
+import random
+import secrets
+import string
+import urllib.parse
+import uuid
+import zlib
 from typing import Any, Callable, Dict, List
 
 import yaml
@@ -281,6 +292,16 @@ def semver_compare(constraint: Any, version: Any) -> bool:
     return False
 
 
+def semver_object(text: Any) -> Dict[str, Any]:
+    """sprig's `semver`: the parts of a version, as fields (`$v.Major`)."""
+    original = strval(text)
+    m = re.match(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?$", original)
+    if m is None:
+        raise ValueError(f"invalid semantic version {original!r}")
+    major, minor, patch, pre, meta = m.groups()
+    return {"Major": int(major), "Minor": int(minor or 0), "Patch": int(patch or 0), "Prerelease": pre or "", "Metadata": meta or "", "Original": original}
+
+
 def _term(op: str, text: str, ver: List[Any]) -> bool:
     want = _semver(text)
     if ver[3] and not want[3]:
@@ -337,7 +358,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "println": lambda *a: " ".join(go_str(x, nested=x is None) for x in a) + "\n",
     "printf": printf,
     "html": lambda *a: go_print(*a).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;").replace("'", "&#39;"),
-    "urlquery": lambda *a: __import__("urllib.parse").parse.quote_plus(go_print(*a)),
+    "urlquery": lambda *a: urllib.parse.quote_plus(go_print(*a)),
     # sprig: defaults and flow
     "default": lambda d, *v: d if not v or empty(v[0]) else v[0],
     "empty": empty,
@@ -382,6 +403,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "regexReplaceAllLiteral": lambda r, s, repl: re.sub(strval(r), lambda _m: strval(repl), strval(s)),
     "regexSplit": lambda r, s, n: re.split(strval(r), strval(s), maxsplit=max(_to_int(n) - 1, 0)) if _to_int(n) != 0 else [],
     "semverCompare": semver_compare,
+    "semver": semver_object,
     # numbers
     "int": _to_int,
     "int64": _to_int,
@@ -390,7 +412,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "add": lambda *a: sum(_to_int(x) for x in a),
     "add1": lambda a: _to_int(a) + 1,
     "sub": lambda a, b: _to_int(a) - _to_int(b),
-    "mul": lambda *a: __import__("math").prod(_to_int(x) for x in a),
+    "mul": lambda *a: math.prod(_to_int(x) for x in a),
     "div": lambda a, b: int(_to_int(a) / _to_int(b)),
     "mod": lambda a, b: _to_int(a) % _to_int(b),
     "max": lambda *a: max(_to_int(x) for x in a),
@@ -442,6 +464,84 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "indent": indent,
     "nindent": lambda n, s: "\n" + indent(n, s),
 }
+
+
+# -- values no image can depend on: random strings, certificates, the time ------------------------------
+# Helm gives different ones on every run; charts use them for generated names and secrets. They are
+# evaluated with stand-ins of the right shape so the rest of the chart renders.
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def _rand(chars: str) -> Callable[[Any], str]:
+    return lambda n: "".join(secrets.choice(chars) for _ in range(max(_to_int(n), 0)))
+
+
+_STAND_IN_PEM = "-----BEGIN CERTIFICATE-----\nc3RhbmQtaW4=\n-----END CERTIFICATE-----"
+_STAND_IN_KEY = "-----BEGIN RSA PRIVATE KEY-----\nc3RhbmQtaW4=\n-----END RSA PRIVATE KEY-----"
+
+
+def _cert(*_args: Any) -> Dict[str, str]:
+    return {"Cert": _STAND_IN_PEM, "Key": _STAND_IN_KEY}
+
+
+_GO_LAYOUT = [("2006", "%Y"), ("01", "%m"), ("02", "%d"), ("15", "%H"), ("04", "%M"), ("05", "%S"), ("Jan", "%b"), ("Mon", "%a"), ("MST", "UTC"), ("-0700", "+0000"), ("Z07:00", "Z")]
+
+
+def _date(layout: Any, when: Any = None) -> str:
+    moment = when if isinstance(when, datetime.datetime) else datetime.datetime.now(datetime.timezone.utc)
+    fmt = strval(layout)
+    for go, py in _GO_LAYOUT:
+        fmt = fmt.replace(go, py)
+    return moment.strftime(fmt)
+
+
+_STAND_INS: Dict[str, Callable[..., Any]] = {
+    "randAlphaNum": _rand(_ALNUM),
+    "randAlpha": _rand(string.ascii_letters),
+    "randNumeric": _rand(string.digits),
+    "randAscii": _rand("".join(chr(c) for c in range(33, 127))),
+    "randInt": lambda a, b: secrets.randbelow(max(_to_int(b) - _to_int(a), 1)) + _to_int(a),
+    "uuidv4": lambda: str(uuid.uuid4()),
+    "shuffle": lambda s: "".join(random.sample(strval(s), len(strval(s)))),
+    "genCA": _cert,
+    "genSelfSignedCert": _cert,
+    "genSignedCert": _cert,
+    "genPrivateKey": lambda *_a: _STAND_IN_KEY,
+    "derivePassword": lambda *_a: "stand-in",
+    "now": lambda: datetime.datetime.now(datetime.timezone.utc),
+    "date": _date,
+    "dateInZone": lambda layout, when, _zone: _date(layout, when),
+    "htmlDate": lambda when: _date("2006-01-02", when),
+    "unixEpoch": lambda when: str(int(when.timestamp())) if isinstance(when, datetime.datetime) else "0",
+}
+FUNCTIONS.update(_STAND_INS)
+FUNCTIONS.update(
+    {
+        "fromYamlArray": lambda s: (lambda v: v if isinstance(v, list) else [])(from_yaml(s)),
+        "fromJsonArray": lambda s: (lambda v: v if isinstance(v, list) else [])(from_json(s)),
+        "toStrings": lambda v: [strval(x) for x in _require_list(v)],
+        "round": lambda v, p=0, r=0.5: float(round(_to_float(v), _to_int(p))),
+        "floor": lambda v: float(math.floor(_to_float(v))),
+        "ceil": lambda v: float(math.ceil(_to_float(v))),
+        "addf": lambda *a: float(sum(_to_float(x) for x in a)),
+        "subf": lambda a, *b: _to_float(a) - sum(_to_float(x) for x in b),
+        "mulf": lambda *a: float(math.prod(_to_float(x) for x in a)),
+        "divf": lambda a, *b: functools.reduce(lambda x, y: x / _to_float(y), b, _to_float(a)),
+        "biggest": FUNCTIONS["max"],
+        "trimall": FUNCTIONS["trimAll"],
+        "untitle": lambda s: re.sub(r"(^|\s)(\S)", lambda m: m.group(1) + m.group(2).lower(), strval(s)),
+        "swapcase": lambda s: strval(s).swapcase(),
+        "initials": lambda s: "".join(w[0] for w in strval(s).split()),
+        "plural": lambda one, many, n: strval(one) if _to_int(n) == 1 else strval(many),
+        "seq": lambda *a: " ".join(str(i) for i in (range(1, _to_int(a[0]) + 1) if len(a) == 1 else range(_to_int(a[0]), _to_int(a[-1]) + 1))),
+        "adler32sum": lambda s: str(zlib.adler32(strval(s).encode())),
+    }
+)
+for _name in ("toYaml", "toJson", "toRawJson", "toPrettyJson", "fromJson", "merge", "mergeOverwrite", "append", "prepend", "first", "last", "rest",
+              "initial", "uniq", "without", "has", "compact", "regexMatch", "regexFind", "regexFindAll", "regexReplaceAll", "regexReplaceAllLiteral",
+              "regexSplit", "deepCopy", "fromJsonArray", "fromYamlArray", "reverse", "pick", "omit", "dig", "sortAlpha", "concat"):
+    FUNCTIONS["must" + _name[0].upper() + _name[1:]] = FUNCTIONS[_name]
 
 
 def _include(ev: Evaluator, name: Any, data: Any) -> str:

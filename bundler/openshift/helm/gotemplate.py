@@ -199,18 +199,21 @@ def _number(text: str) -> Union[int, float]:
 class Token:
     kind: str
     text: str
+    spaced: bool = False  # whitespace before it: `(x).F` is a field of x, `(x) .F` another operand
 
 
 def _tokens(source: str, where: str) -> List[Token]:
     out: List[Token] = []
     pos = 0
+    spaced = False
     while pos < len(source):
         m = _TOKEN.match(source, pos)
         if m is None:
             raise TemplateSyntaxError(f"unexpected {source[pos:pos + 10]!r} in action", where)
         kind = m.lastgroup or ""
         if kind != "space":
-            out.append(Token(kind, m.group()))
+            out.append(Token(kind, m.group(), spaced))
+        spaced = kind == "space"
         pos = m.end()
     return out
 
@@ -444,7 +447,7 @@ class Parser:
                 raise TemplateSyntaxError("unclosed left paren", where)
             inner = self._pipeline(toks[pos + 1:end], line, allow_decl=True)
             pos = end + 1
-            if pos < len(toks) and toks[pos].kind == "field":
+            if pos < len(toks) and toks[pos].kind == "field" and not toks[pos].spaced:
                 names = tuple(toks[pos].text.split(".")[1:])
                 return ChainNode(line, inner, names), pos + 1
             return inner, pos

@@ -3,7 +3,9 @@
 Owns oc-mirror's default paths (`OC_MIRROR_PATHS`: containers and init containers of pods and of pod
 templates), the ones ocp-bundler adds (`EXTRA_PATHS`: CronJob job templates, ephemeral containers), the
 config's ``imagePaths``, and the JSONPath subset they are written in: ``{.a.b[*].c}``, ``[N]``,
-``['key']``; anything else is refused when the config is read (`parse_path`).
+``['key']``; anything else is refused when the config is read (`parse_path`). Install hooks (a
+pre-install Job, say) are read, as a disconnected ``helm install`` runs them; ``helm test`` resources are
+not (oc-mirror reads neither).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def images_in(rendered: Dict[str, str], paths: Sequence[str]) -> List[Tuple[str,
     seen: Dict[str, str] = {}
     for name in sorted(rendered):
         for doc in _documents(rendered[name]):
-            if not isinstance(doc, dict):
+            if not isinstance(doc, dict) or is_test_hook(doc):
                 continue
             for steps in parsed:
                 for found in _walk(doc, steps):
@@ -91,6 +93,20 @@ def images_in(rendered: Dict[str, str], paths: Sequence[str]) -> List[Tuple[str,
                         for ref in found.split():
                             seen.setdefault(ref, name)
     return list(seen.items())
+
+
+TEST_HOOKS = frozenset({"test", "test-success", "test-failure"})
+
+
+def is_test_hook(doc: Dict[str, Any]) -> bool:
+    """A `helm test` resource (annotation ``helm.sh/hook: test``): run only by ``helm test``, not installed."""
+    metadata = doc.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    hook = annotations.get("helm.sh/hook") if isinstance(annotations, dict) else None
+    if not isinstance(hook, str):
+        return False
+    kinds = {h.strip() for h in hook.split(",") if h.strip()}
+    return bool(kinds) and kinds <= TEST_HOOKS
 
 
 def _documents(text: str) -> List[Any]:

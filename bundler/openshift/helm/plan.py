@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from bundler.base.errors import InvalidReferenceError
 from bundler.layout.store import Layout
 from bundler.oci.digest import Digest
 from bundler.oci.media import OCI_MANIFEST, Descriptor
 from bundler.oci.planned import ImageFacts, PlannedImage
+from bundler.oci.reference import Reference
 from bundler.openshift.cincinnati import HttpFetcher
 from bundler.openshift.helm.chart import Chart, ChartError, load_chart, read_archive, read_directory, render
 from bundler.openshift.helm.gotemplate import TemplateError, TemplateUnsupportedError
@@ -146,6 +148,11 @@ def _add(plan: HelmPlan, layout: Layout, archive: bytes, spec: HelmChart, *, sou
     chart = load_chart(read_archive(archive, what=f"chart {label}"), what=f"chart {label}")
     label = f"{chart.name}-{chart.version} ({source})"
     found = find_images(chart, spec.image_paths, label=label)
+    for ref, template in found:
+        try:
+            Reference.parse(ref)
+        except InvalidReferenceError as exc:
+            raise ChartError(f"chart {label}: {template} names {ref!r}, which is not an image reference: {exc.message}", hint="list the chart's images under additionalImages instead") from None
     descriptor, ref_name = build_artifact(layout, chart, archive)
     tag = chart_tag(chart.version)
     file = f"{FILES_DIR}/{chart.name}-{chart.version}.tgz"
