@@ -35,7 +35,6 @@ import yaml
 from bundler.base.errors import UnsafeArchiveError, UsageError
 from bundler.openshift.helm.goeval import GoObject, TemplateSet
 from bundler.openshift.helm.gofuncs import FUNCTIONS, SPECIAL
-from bundler.openshift.helm.gotemplate import TemplateError
 from bundler.openshift.helm.values import coalesce, load_yaml
 
 #: The Kubernetes version `.Capabilities` reports (helm's default capabilities of its v3.15 era).
