@@ -443,14 +443,14 @@ def test_oc_mirror_helm_is_read() -> None:
     image_set = parse(
         "mirror:\n  helm:\n    repositories:\n      - name: podinfo\n        url: https://stefanprodan.github.io/podinfo\n"
         "        charts:\n          - name: podinfo\n            version: 5.0.0\n            imagepaths: ['{.spec.engine.image}']\n"
-        "    local:\n      - name: mine\n        path: /charts/mine-1.0.0.tgz\n",
+        "    local:\n      - name: mine\n        path: /charts/mine-1.0.0.tgz\n        platforms: [{os: linux, architecture: arm64}]\n",
         V1ALPHA2_HEADER,
     )
     [repo] = image_set.helm.repositories
     assert (repo.name, repo.url, repo.charts[0].name, repo.charts[0].version, repo.charts[0].image_paths) == (
         "podinfo", "https://stefanprodan.github.io/podinfo", "podinfo", "5.0.0", ("{.spec.engine.image}",)
     )
-    assert [(c.name, str(c.path)) for c in image_set.helm.local] == [("mine", "/charts/mine-1.0.0.tgz")]
+    assert [(c.name, str(c.path), c.platforms) for c in image_set.helm.local] == [("mine", "/charts/mine-1.0.0.tgz", ("linux/arm64",))]
     message = error_of("mirror:\n  helm:\n    local:\n      - name: a\n        path: /a.tgz\n        imagePaths: ['{range .items[*]}{.image}{end}']\n", V2ALPHA1_HEADER)
     assert "mirror.helm.local[0].imagePaths[0]: not a supported image path" in message
 

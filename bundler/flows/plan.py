@@ -284,8 +284,15 @@ def build_plan(
         helm = plan_helm(image_set.helm, layout=layout, options=registries.options)
         plan.files.update(helm.files)
         plan.add(helm.artifacts)
-        for ref, chart in helm.images:
-            plan.add([plan_plain_image(ref, kind="additional", annotations={"helm-chart": chart})])
+        for found in helm.images:
+            image = plan_plain_image(found.reference, kind="additional", annotations={"helm-chart": found.chart})
+            if found.platforms and is_blocked(image, blocked) is None:
+                keep, note = platform_choice(found.reference, [(p.partition("/")[0], p.partition("/")[2]) for p in found.platforms], registries=registries)
+                if note:
+                    plan.warnings.append(f"helm chart {found.chart}: {note}")
+                if not keep:
+                    continue
+            plan.add([image])
         plan.reports.helm = list(helm.charts)
     for ref in image_set.registry_images.images():
         plan.add([plan_plain_image(ref, kind="registry")])

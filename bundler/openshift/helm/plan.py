@@ -64,9 +64,16 @@ class ChartReport:
         return {"name": self.name, "version": self.version, "source": self.source, "file": self.file, "artifact": self.artifact, "images": list(self.images)}
 
 
+@dataclass(frozen=True)
+class ChartImage:
+    reference: str
+    chart: str  # <name>-<version>
+    platforms: Tuple[str, ...] = ()  # the chart's `platforms` (os/architecture); empty: any
+
+
 @dataclass
 class HelmPlan:
-    images: List[Tuple[str, str]] = field(default_factory=list)  # (image reference, "<chart>-<version>")
+    images: List[ChartImage] = field(default_factory=list)
     artifacts: List[PlannedImage] = field(default_factory=list)
     files: Dict[str, bytes] = field(default_factory=dict)
     charts: List[ChartReport] = field(default_factory=list)
@@ -157,7 +164,7 @@ def _add(plan: HelmPlan, layout: Layout, archive: bytes, spec: HelmChart, *, sou
     tag = chart_tag(chart.version)
     file = f"{FILES_DIR}/{chart.name}-{chart.version}.tgz"
     plan.files[file] = archive
-    plan.images.extend((ref, f"{chart.name}-{chart.version}") for ref, _ in found)
+    plan.images.extend(ChartImage(ref, f"{chart.name}-{chart.version}", spec.platforms) for ref, _ in found)
     plan.artifacts.append(
         PlannedImage(
             source=f"{CHARTS_REPOSITORY}/{chart.name}:{tag}",

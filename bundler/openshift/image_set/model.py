@@ -223,6 +223,7 @@ class HelmChart:
     version: Optional[str] = None  # exact version or a semver constraint; None: the newest stable one
     path: Optional[Path] = None  # a local chart: a directory or a .tgz archive
     image_paths: Tuple[str, ...] = ()  # extra JSONPath-like image paths, beside the default ones
+    platforms: Tuple[str, ...] = ()  # `os/architecture` (Go names) the chart's images must run on; empty: any
 
 
 @frozen_keyword_only

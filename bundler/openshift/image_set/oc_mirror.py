@@ -68,6 +68,7 @@ _CHART_FIELDS: Mapping[str, Field] = {
     "name": Field("name", _CHART_NAME, required=True),
     "version": Field("version", text_value("a chart version like 6.5.0 (or a constraint like >=6.5 <7)")),
     "imagePaths": Field("image_paths", list_of(_image_path, "image paths")),
+    "platforms": Field("platforms", platform_list),
 }
 _REPOSITORY_CHART = mapping_of(_CHART_FIELDS, lambda ctx, record: HelmChart(**record.values), ignored={"path": "ignored for a repository chart"})
 
