@@ -27,181 +27,12 @@ import uuid
 import zlib
 from typing import Any, Callable, Dict, List
 
-import yaml
-
-from bundler.openshift.helm.goeval import Evaluator, go_float, go_str, truth, type_name
+from bundler.openshift.helm.goeval import Evaluator, go_str, truth, type_name
 from bundler.openshift.helm.gotemplate import TemplateError
-
-
-def strval(value: Any) -> str:
-    return value if isinstance(value, str) else go_str(value, nested=True) if value is not None else ""
-
-
-def _to_int(value: Any) -> int:
-    """sprig's `toInt64`: numbers truncate, strings parse (0 when they do not), nil is 0."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(float(value)) if re.fullmatch(r"\s*[+-]?\d+(\.\d*)?([eE][+-]?\d+)?\s*", value) else int(value, 0)
-        except ValueError:
-            return 0
-    return 0
-
-
-def _to_float(value: Any) -> float:
-    try:
-        return float(value) if value is not None and not isinstance(value, (dict, list)) else 0.0
-    except ValueError:
-        return 0.0
-
-
-def empty(value: Any) -> bool:
-    return not truth(value)
-
-
-def _plain(value: Any) -> Any:
-    """A value as JSON/YAML data: integral floats become ints (Go's encoders print 3, not 3.0)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def to_yaml(value: Any) -> str:
-    if value is None:
-        return "null"
-    text = yaml.safe_dump(_plain(value), default_flow_style=False, sort_keys=True, allow_unicode=True, width=1 << 30)
-    if text.endswith("\n...\n"):
-        text = text[:-5]
-    return str(text).rstrip("\n")
-
-
-def to_json(value: Any) -> str:
-    def default(o: Any) -> Any:
-        return go_str(o)
-
-    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default)
-
-
-def from_yaml(text: Any) -> Any:
-    from bundler.openshift.helm.values import load_yaml
-
-    try:
-        data = load_yaml(strval(text))
-    except yaml.YAMLError as exc:
-        return {"Error": str(exc).splitlines()[0]}
-    return data if data is not None else {}
-
-
-def from_json(text: Any) -> Any:
-    try:
-        return _floats(json.loads(strval(text)))
-    except ValueError as exc:
-        return {"Error": str(exc)}
-
-
-def _floats(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_floats(v) for v in value]
-    return value
-
-
-def indent(n: Any, text: Any) -> str:
-    pad = " " * _to_int(n)
-    return pad + strval(text).replace("\n", "\n" + pad)
-
-
-def trunc(n: Any, text: Any) -> str:
-    s, c = strval(text), _to_int(n)
-    if c < 0 and len(s) + c > 0:
-        return s[len(s) + c:]
-    if 0 <= c < len(s):
-        return s[:c]
-    return s
-
-
-def _go_quote(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False).replace("\\u007f", "\\x7f")
-
-
-def quote(*values: Any) -> str:
-    return " ".join(_go_quote(strval(v)) for v in values if v is not None)
-
-
-def squote(*values: Any) -> str:
-    return " ".join(f"'{strval(v)}'" for v in values if v is not None)
-
-
-_VERB = re.compile(r"%([-+# 0]*)(\d+|\*)?(?:\.(\d+))?([a-zA-Z%])")
-
-
-def printf(fmt: Any, *args: Any) -> str:
-    """Go's fmt.Sprintf for the verbs charts use: %s %v %d %q %t %f %g %e %x %X %o %c %%."""
-    values = list(args)
-    out: List[str] = []
-    pos = 0
-    text = strval(fmt)
-    for m in _VERB.finditer(text):
-        out.append(text[pos:m.start()])
-        pos = m.end()
-        flags, width, precision, verb = m.groups()
-        if verb == "%":
-            out.append("%")
-            continue
-        if not values:
-            out.append(f"%!{verb}(MISSING)")
-            continue
-        v = values.pop(0)
-        if verb in "sv":
-            s = strval(v) if verb == "s" or not isinstance(v, str) else v
-            if verb == "v" and v is None:
-                s = "<nil>"
-        elif verb == "q":
-            s = _go_quote(strval(v))
-        elif verb == "t":
-            s = go_str(v)
-        elif verb == "d":
-            if isinstance(v, float) and not v.is_integer():
-                s = f"%!d(float64={go_float(v)})"
-            else:
-                s = str(_to_int(v)) if isinstance(v, (int, float)) else f"%!d({type_name(v)}={strval(v)})"
-        elif verb in "feEgG":
-            s = ("%" + (f".{precision}" if precision else "") + verb) % _to_float(v) if verb != "g" or precision else go_float(_to_float(v))
-        elif verb in "xXo":
-            s = (format(_to_int(v), verb) if isinstance(v, (int, float)) else strval(v).encode().hex()) if verb != "X" or isinstance(v, (int, float)) else strval(v).encode().hex().upper()
-        elif verb == "c":
-            s = chr(_to_int(v))
-        else:
-            raise ValueError(f"printf verb %{verb} is not supported")
-        if width and width != "*":
-            s = s.ljust(int(width)) if "-" in flags else s.rjust(int(width), "0" if "0" in flags and verb in "dfeg" else " ")
-        out.append(s)
-    out.append(text[pos:])
-    if values:
-        out.append("%!(EXTRA " + ", ".join(f"{type_name(v)}={strval(v)}" for v in values) + ")")
-    return "".join(out)
-
-
-def go_print(*args: Any) -> str:
-    """Go's fmt.Sprint: spaces between operands when neither is a string."""
-    out = ""
-    for i, a in enumerate(args):
-        if i > 0 and not isinstance(a, str) and not isinstance(args[i - 1], str):
-            out += " "
-        out += go_str(a, nested=True) if a is None else go_str(a)
-    return out
+from bundler.openshift.helm.gotext import (
+    empty, from_json, from_yaml, go_print, indent, plain, printf, quote, squote, strval, to_float, to_int, to_json, to_yaml, trunc,
+)
+from bundler.openshift.helm.semver import semver_compare, semver_object
 
 
 def _cmp_values(a: Any, b: Any) -> int:
@@ -232,7 +63,7 @@ def index(item: Any, *keys: Any) -> Any:
         if isinstance(item, dict):
             item = item.get(key)
         elif isinstance(item, (list, tuple, str)):
-            i = _to_int(key)
+            i = to_int(key)
             if not 0 <= i < len(item):
                 raise IndexError(f"index out of range: {i}")
             item = item[i]
@@ -266,54 +97,6 @@ def merge(dst: Dict[str, Any], *sources: Dict[str, Any], overwrite: bool = False
             elif k not in dst or overwrite or dst[k] is None:
                 dst[k] = v
     return dst
-
-
-def _semver(text: str) -> List[Any]:
-    m = re.match(r"^\s*v?(\d+)(?:\.(\d+|[xX*]))?(?:\.(\d+|[xX*]))?(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?\s*$", text)
-    if m is None:
-        raise ValueError(f"invalid semantic version {text!r}")
-    major, minor, patch, pre = m.groups()
-    num = [int(major), int(minor) if minor and minor.isdigit() else (None if minor else 0), int(patch) if patch and patch.isdigit() else (None if patch else 0)]
-    return num + [pre or ""]
-
-
-def _ver_key(v: List[Any]) -> Any:
-    return (v[0], v[1] or 0, v[2] or 0, 0 if v[3] else 1, v[3])
-
-
-def semver_compare(constraint: Any, version: Any) -> bool:
-    """Masterminds semver constraints, simply: `||` of comma/space-separated `op version` terms, with
-    = != > < >= <= ~ ^ and x-ranges; a `-0` (or any pre-release) in a term lets pre-releases match."""
-    ver = _semver(strval(version))
-    for alternative in strval(constraint).split("||"):
-        terms = re.findall(r"(!=|>=|<=|=>|=<|==|=|>|<|~>|~|\^)?\s*(v?[0-9xX*][0-9A-Za-z.+*-]*)", alternative)
-        if terms and all(_term(op, v, ver) for op, v in terms):
-            return True
-    return False
-
-
-def semver_object(text: Any) -> Dict[str, Any]:
-    """sprig's `semver`: the parts of a version, as fields (`$v.Major`)."""
-    original = strval(text)
-    m = re.match(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?$", original)
-    if m is None:
-        raise ValueError(f"invalid semantic version {original!r}")
-    major, minor, patch, pre, meta = m.groups()
-    return {"Major": int(major), "Minor": int(minor or 0), "Patch": int(patch or 0), "Prerelease": pre or "", "Metadata": meta or "", "Original": original}
-
-
-def _term(op: str, text: str, ver: List[Any]) -> bool:
-    want = _semver(text)
-    if ver[3] and not want[3]:
-        return False  # pre-releases only match terms that name one (`>=1.21-0`)
-    k, w = _ver_key(ver), _ver_key([want[0], want[1] or 0, want[2] or 0, want[3]])
-    if op in ("", "=", "==") and (want[1] is None or want[2] is None):
-        return ver[0] == want[0] and (want[1] is None or ver[1] == want[1])
-    if op == "~" or op == "~>":
-        return bool(k >= w and ver[0] == want[0] and (want[1] is None or ver[1] == want[1]))
-    if op == "^":
-        return bool(k >= w and ver[0] == want[0] and (want[0] != 0 or ver[1] == want[1]))
-    return bool({"": k == w, "=": k == w, "==": k == w, "!=": k != w, ">": k > w, "<": k < w, ">=": k >= w, "=>": k >= w, "<=": k <= w, "=<": k <= w}[op])
 
 
 def _case_words(s: str) -> List[str]:
@@ -381,44 +164,44 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "hasSuffix": lambda p, s: strval(s).endswith(strval(p)),
     "split": lambda sep, s: {f"_{i}": part for i, part in enumerate(strval(s).split(strval(sep)))},
     "splitList": lambda sep, s: strval(s).split(strval(sep)),
-    "splitn": lambda sep, n, s: {f"_{i}": part for i, part in enumerate(strval(s).split(strval(sep), _to_int(n) - 1))},
+    "splitn": lambda sep, n, s: {f"_{i}": part for i, part in enumerate(strval(s).split(strval(sep), to_int(n) - 1))},
     "join": lambda sep, v: strval(sep).join(strval(x) for x in (_require_list(v) if not isinstance(v, str) else [v])),
     "toString": strval,
-    "repeat": lambda n, s: strval(s) * _to_int(n),
-    "substr": lambda a, b, s: strval(s)[_to_int(a):(_to_int(b) if _to_int(b) >= 0 else None)],
+    "repeat": lambda n, s: strval(s) * to_int(n),
+    "substr": lambda a, b, s: strval(s)[to_int(a):(to_int(b) if to_int(b) >= 0 else None)],
     "cat": lambda *a: " ".join(strval(x) for x in a if x is not None),
     "nospace": lambda s: re.sub(r"\s", "", strval(s)),
     "kebabcase": lambda s: "-".join(w.lower() for w in _case_words(strval(s))),
     "snakecase": lambda s: "_".join(w.lower() for w in _case_words(strval(s))),
     "camelcase": lambda s: "".join(w[:1].upper() + w[1:] for w in re.split(r"[_\-\s]+", strval(s)) if w),
-    "abbrev": lambda n, s: strval(s) if len(strval(s)) <= _to_int(n) else strval(s)[: max(_to_int(n) - 3, 0)] + "...",
+    "abbrev": lambda n, s: strval(s) if len(strval(s)) <= to_int(n) else strval(s)[: max(to_int(n) - 3, 0)] + "...",
     "b64enc": lambda s: base64.b64encode(strval(s).encode()).decode(),
     "b64dec": lambda s: base64.b64decode(strval(s).encode()).decode(errors="replace"),
     "sha256sum": lambda s: hashlib.sha256(strval(s).encode()).hexdigest(),
     "sha1sum": lambda s: hashlib.sha1(strval(s).encode()).hexdigest(),  # noqa: S324 - sprig's sha1sum
     "regexMatch": lambda r, s: re.search(strval(r), strval(s)) is not None,
     "regexFind": lambda r, s: (lambda m: m.group() if m else "")(re.search(strval(r), strval(s))),
-    "regexFindAll": lambda r, s, n: [m.group() for m in re.finditer(strval(r), strval(s))][: (None if _to_int(n) < 0 else _to_int(n))],
+    "regexFindAll": lambda r, s, n: [m.group() for m in re.finditer(strval(r), strval(s))][: (None if to_int(n) < 0 else to_int(n))],
     "regexReplaceAll": lambda r, s, repl: re.sub(strval(r), re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", strval(repl)), strval(s)),
     "regexReplaceAllLiteral": lambda r, s, repl: re.sub(strval(r), lambda _m: strval(repl), strval(s)),
-    "regexSplit": lambda r, s, n: re.split(strval(r), strval(s), maxsplit=max(_to_int(n) - 1, 0)) if _to_int(n) != 0 else [],
+    "regexSplit": lambda r, s, n: re.split(strval(r), strval(s), maxsplit=max(to_int(n) - 1, 0)) if to_int(n) != 0 else [],
     "semverCompare": semver_compare,
     "semver": semver_object,
     # numbers
-    "int": _to_int,
-    "int64": _to_int,
-    "float64": _to_float,
-    "atoi": lambda s: _to_int(s) if re.fullmatch(r"[+-]?\d+", strval(s)) else 0,
-    "add": lambda *a: sum(_to_int(x) for x in a),
-    "add1": lambda a: _to_int(a) + 1,
-    "sub": lambda a, b: _to_int(a) - _to_int(b),
-    "mul": lambda *a: math.prod(_to_int(x) for x in a),
-    "div": lambda a, b: int(_to_int(a) / _to_int(b)),
-    "mod": lambda a, b: _to_int(a) % _to_int(b),
-    "max": lambda *a: max(_to_int(x) for x in a),
-    "min": lambda *a: min(_to_int(x) for x in a),
-    "until": lambda n: list(range(_to_int(n))),
-    "untilStep": lambda a, b, c: list(range(_to_int(a), _to_int(b), _to_int(c))),
+    "int": to_int,
+    "int64": to_int,
+    "float64": to_float,
+    "atoi": lambda s: to_int(s) if re.fullmatch(r"[+-]?\d+", strval(s)) else 0,
+    "add": lambda *a: sum(to_int(x) for x in a),
+    "add1": lambda a: to_int(a) + 1,
+    "sub": lambda a, b: to_int(a) - to_int(b),
+    "mul": lambda *a: math.prod(to_int(x) for x in a),
+    "div": lambda a, b: int(to_int(a) / to_int(b)),
+    "mod": lambda a, b: to_int(a) % to_int(b),
+    "max": lambda *a: max(to_int(x) for x in a),
+    "min": lambda *a: min(to_int(x) for x in a),
+    "until": lambda n: list(range(to_int(n))),
+    "untilStep": lambda a, b, c: list(range(to_int(a), to_int(b), to_int(c))),
     # lists and dicts
     "list": lambda *a: list(a),
     "tuple": lambda *a: list(a),
@@ -453,7 +236,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "toYaml": to_yaml,
     "toJson": to_json,
     "toRawJson": to_json,
-    "toPrettyJson": lambda v: json.dumps(_plain(v), sort_keys=True, indent=2, ensure_ascii=False),
+    "toPrettyJson": lambda v: json.dumps(plain(v), sort_keys=True, indent=2, ensure_ascii=False),
     "fromYaml": from_yaml,
     "fromJson": from_json,
     "kindIs": lambda k, v: _kind(v) == strval(k),
@@ -474,7 +257,7 @@ _ALNUM = string.ascii_letters + string.digits
 
 
 def _rand(chars: str) -> Callable[[Any], str]:
-    return lambda n: "".join(secrets.choice(chars) for _ in range(max(_to_int(n), 0)))
+    return lambda n: "".join(secrets.choice(chars) for _ in range(max(to_int(n), 0)))
 
 
 _STAND_IN_PEM = "-----BEGIN CERTIFICATE-----\nc3RhbmQtaW4=\n-----END CERTIFICATE-----"
@@ -501,7 +284,7 @@ _STAND_INS: Dict[str, Callable[..., Any]] = {
     "randAlpha": _rand(string.ascii_letters),
     "randNumeric": _rand(string.digits),
     "randAscii": _rand("".join(chr(c) for c in range(33, 127))),
-    "randInt": lambda a, b: secrets.randbelow(max(_to_int(b) - _to_int(a), 1)) + _to_int(a),
+    "randInt": lambda a, b: secrets.randbelow(max(to_int(b) - to_int(a), 1)) + to_int(a),
     "uuidv4": lambda: str(uuid.uuid4()),
     "shuffle": lambda s: "".join(random.sample(strval(s), len(strval(s)))),
     "genCA": _cert,
@@ -521,20 +304,20 @@ FUNCTIONS.update(
         "fromYamlArray": lambda s: (lambda v: v if isinstance(v, list) else [])(from_yaml(s)),
         "fromJsonArray": lambda s: (lambda v: v if isinstance(v, list) else [])(from_json(s)),
         "toStrings": lambda v: [strval(x) for x in _require_list(v)],
-        "round": lambda v, p=0, r=0.5: float(round(_to_float(v), _to_int(p))),
-        "floor": lambda v: float(math.floor(_to_float(v))),
-        "ceil": lambda v: float(math.ceil(_to_float(v))),
-        "addf": lambda *a: float(sum(_to_float(x) for x in a)),
-        "subf": lambda a, *b: _to_float(a) - sum(_to_float(x) for x in b),
-        "mulf": lambda *a: float(math.prod(_to_float(x) for x in a)),
-        "divf": lambda a, *b: functools.reduce(lambda x, y: x / _to_float(y), b, _to_float(a)),
+        "round": lambda v, p=0, r=0.5: float(round(to_float(v), to_int(p))),
+        "floor": lambda v: float(math.floor(to_float(v))),
+        "ceil": lambda v: float(math.ceil(to_float(v))),
+        "addf": lambda *a: float(sum(to_float(x) for x in a)),
+        "subf": lambda a, *b: to_float(a) - sum(to_float(x) for x in b),
+        "mulf": lambda *a: float(math.prod(to_float(x) for x in a)),
+        "divf": lambda a, *b: functools.reduce(lambda x, y: x / to_float(y), b, to_float(a)),
         "biggest": FUNCTIONS["max"],
         "trimall": FUNCTIONS["trimAll"],
         "untitle": lambda s: re.sub(r"(^|\s)(\S)", lambda m: m.group(1) + m.group(2).lower(), strval(s)),
         "swapcase": lambda s: strval(s).swapcase(),
         "initials": lambda s: "".join(w[0] for w in strval(s).split()),
-        "plural": lambda one, many, n: strval(one) if _to_int(n) == 1 else strval(many),
-        "seq": lambda *a: " ".join(str(i) for i in (range(1, _to_int(a[0]) + 1) if len(a) == 1 else range(_to_int(a[0]), _to_int(a[-1]) + 1))),
+        "plural": lambda one, many, n: strval(one) if to_int(n) == 1 else strval(many),
+        "seq": lambda *a: " ".join(str(i) for i in (range(1, to_int(a[0]) + 1) if len(a) == 1 else range(to_int(a[0]), to_int(a[-1]) + 1))),
         "adler32sum": lambda s: str(zlib.adler32(strval(s).encode())),
     }
 )

@@ -21,7 +21,7 @@ import yaml
 from bundler.base.errors import IntegrityError, RegistryError
 from bundler.openshift.cincinnati import HttpFetcher
 from bundler.openshift.helm.chart import ChartError
-from bundler.openshift.helm.gofuncs import semver_compare
+from bundler.openshift.helm.semver import parse_version, semver_compare, version_key
 from bundler.registry.client import redact
 
 MAX_INDEX_BYTES = 64 << 20
@@ -65,12 +65,10 @@ def fetch_index(http: HttpFetcher, url: str, *, repo: str) -> Dict[str, List[Ind
 
 
 def _newest(entries: List[IndexEntry]) -> Optional[IndexEntry]:
-    from bundler.openshift.helm.gofuncs import _semver, _ver_key
-
     good = []
     for e in entries:
         try:
-            key = _ver_key(_semver(e.version))
+            key = version_key(parse_version(e.version))
         except ValueError:
             continue
         if key[3]:  # stable releases only, as helm pull without --devel
