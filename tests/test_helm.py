@@ -321,3 +321,34 @@ def test_values_no_image_depends_on_get_stand_ins() -> None:
         "templates/pod.yaml": _pod("reg.example.com/app:1").encode(),
     }
     assert [ref for ref, _ in find_images(load_chart(files, what="top"), (), label="top")] == ["reg.example.com/app:1"]
+
+
+def test_chart_artifacts_and_images_land_in_a_real_quay(registry_plain: RegistryServer, real_quay: Any, tmp_path: Path, skopeo: Any) -> None:
+    """Quay 3.18 stores the chart as a Helm OCI artifact (its Helm support is on by default), digest-exact."""
+    digests = _push_images(registry_plain)
+    archive = chart_archive(chart_files(registry_plain.host, version="3.1.0"))
+    chart_file = tmp_path / "shop-3.1.0.tgz"
+    chart_file.write_bytes(archive)
+    config = tmp_path / "isc.yaml"
+    config.write_text(f"apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  helm:\n    local:\n      - name: shop\n        path: {chart_file}\n")
+    regs = Registries(options=TransportOptions(insecure_hosts=frozenset({registry_plain.host})))
+    packed = pack(PackOptions(config=config, out_dir=tmp_path / "b", work_dir=tmp_path / "w"), registries=regs)
+    [artifact] = [i.digest for i in packed.images if i.planned.kind == "helm-chart"]
+
+    prefix = "helmq"
+    result = unpack_bundle(tmp_path / "b", options=UnpackOptions(
+        registry=real_quay.host, prefix=prefix, registry_kind="quay", quay_token=real_quay.token,
+        transport=TransportOptions(insecure_hosts=frozenset({real_quay.host})), resources_dir=tmp_path / "res", state_dir=tmp_path / "state"))
+    assert {i.status for i in result.images} == {"pushed"}
+    creds = f"$oauthtoken:{real_quay.token}"
+    raw = skopeo.inspect_raw(f"{real_quay.host}/{prefix}/charts/shop:3.1.0", creds=creds)
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == artifact
+    assert json.loads(raw)["config"]["mediaType"] == HELM_CONFIG
+    for ref, digest in digests.items():
+        assert skopeo.digest(f"{real_quay.host}/{prefix}{ref[len(registry_plain.host):]}", creds=creds) == digest, ref
+
+
+def test_a_rendered_manifest_that_is_not_yaml_is_refused_naming_its_template() -> None:
+    files = {"Chart.yaml": b"apiVersion: v2\nname: top\nversion: 1.0.0\n", "templates/bad.yaml": b"kind: Pod\nspec: {{ print \"[unclosed\" }}\n"}
+    with pytest.raises(UsageError, match=r"chart top: a rendered manifest is not valid YAML: top/templates/bad.yaml: "):
+        find_images(load_chart(files, what="top"), (), label="top")

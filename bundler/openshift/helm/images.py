@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
+import yaml
+
 from bundler.openshift.helm.values import load_yaml
 
 OC_MIRROR_PATHS: Tuple[str, ...] = (
@@ -84,7 +86,11 @@ def images_in(rendered: Dict[str, str], paths: Sequence[str]) -> List[Tuple[str,
     parsed = [parse_path(p) for p in paths]
     seen: Dict[str, str] = {}
     for name in sorted(rendered):
-        for doc in _documents(rendered[name]):
+        try:
+            docs = _documents(rendered[name])
+        except yaml.YAMLError as exc:
+            raise yaml.YAMLError(f"{name}: {str(exc).splitlines()[0]}") from None
+        for doc in docs:
             if not isinstance(doc, dict) or is_test_hook(doc):
                 continue
             for steps in parsed:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+import yaml
+
 from bundler.base.errors import InvalidReferenceError
 from bundler.layout.store import Layout
 from bundler.oci.digest import Digest
@@ -130,7 +132,8 @@ def _json_ready(value: Any) -> Any:
 
 
 def find_images(chart: Chart, image_paths: Tuple[str, ...], *, label: str) -> List[Tuple[str, str]]:
-    """(image, template file) the chart names, rendered with its defaults; one clear `ChartError` otherwise."""
+    """(image, template file) the chart names, rendered with its defaults; one clear `ChartError` otherwise.
+    A rendered manifest that is not YAML is an error naming its template, never skipped."""
     try:
         rendered = render(chart)
     except TemplateUnsupportedError as exc:
@@ -142,11 +145,7 @@ def find_images(chart: Chart, image_paths: Tuple[str, ...], *, label: str) -> Li
         raise ChartError(f"chart {label}: {exc}", hint="the chart does not render with its default values; check it with helm template") from None
     try:
         return images_in(rendered, DEFAULT_PATHS + tuple(image_paths))
-    except Exception as exc:  # noqa: BLE001 - any YAML error of a rendered manifest
-        import yaml
-
-        if not isinstance(exc, yaml.YAMLError):
-            raise
+    except yaml.YAMLError as exc:
         raise ChartError(f"chart {label}: a rendered manifest is not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
