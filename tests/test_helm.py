@@ -352,3 +352,27 @@ def test_a_rendered_manifest_that_is_not_yaml_is_refused_naming_its_template() -
     files = {"Chart.yaml": b"apiVersion: v2\nname: top\nversion: 1.0.0\n", "templates/bad.yaml": b"kind: Pod\nspec: {{ print \"[unclosed\" }}\n"}
     with pytest.raises(UsageError, match=r"chart top: a rendered manifest is not valid YAML: top/templates/bad.yaml: "):
         find_images(load_chart(files, what="top"), (), label="top")
+
+
+def test_cli_dry_run_lists_chart_images_and_a_refusal_is_one_line_exit_2(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    from tests.test_unpack import cli
+
+    _push_images(registry_plain)
+    good = tmp_path / "shop-3.2.0.tgz"
+    good.write_bytes(chart_archive(chart_files(registry_plain.host, version="3.2.0")))
+    config = tmp_path / "isc.yaml"
+    config.write_text(f"apiVersion: mirror.openshift.io/v2alpha1\nkind: ImageSetConfiguration\nmirror:\n  helm:\n    local:\n      - name: shop\n        path: {good}\n")
+    args = ["pack", "--config", str(config), "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w"), "--dry-run", "--insecure-registry", registry_plain.host]
+    proc = cli(*args)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+    for ref in expected_images(registry_plain.host):
+        assert f"additional         {ref} -> " in out, ref
+    assert "helm-chart         charts/shop:3.2.0 -> charts/shop:3.2.0" in out
+    assert f"Helm chart shop 3.2.0 from {good}: 6 images; carried as helm/shop-3.2.0.tgz and pushed as charts/shop:3.2.0@sha256:" in out
+
+    good.write_bytes(chart_archive(chart_files(registry_plain.host, version="3.2.0", extra_template="x: {{ toToml .Values }}\n")))
+    proc = cli(*args)
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: chart shop-3.2.0 ({good}): shop/templates/extra.yaml:1: function 'toToml' is not supported"), err
