@@ -453,6 +453,8 @@ def test_oc_mirror_helm_is_read() -> None:
     assert [(c.name, str(c.path), c.platforms) for c in image_set.helm.local] == [("mine", "/charts/mine-1.0.0.tgz", ("linux/arm64",))]
     message = error_of("mirror:\n  helm:\n    local:\n      - name: a\n        path: /a.tgz\n        imagePaths: ['{range .items[*]}{.image}{end}']\n", V2ALPHA1_HEADER)
     assert "mirror.helm.local[0].imagePaths[0]: not a supported image path" in message
+    message = error_of("mirror:\n  helm:\n    repositories:\n      - name: a\n        url: oci://quay.io/charts\n", V2ALPHA1_HEADER)
+    assert "mirror.helm.repositories[0].url: 'oci://quay.io/charts': oci:// chart repositories are not supported yet" in message
 
 
 def test_oc_mirror_additional_images_need_name_mappings() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 from bundler.oci.reference import PATH_COMPONENT
 from bundler.openshift.image_set.model import GIB, HelmChart, HelmRepository, HelmSpec, ImageSet, ReleaseSpec
@@ -21,7 +22,6 @@ from bundler.openshift.image_set.schema import (
     directory_path,
     boolean,
     expect_str,
-    http_url,
     image_reference,
     list_of,
     mapping_of,
@@ -63,6 +63,16 @@ def _image_path(ctx: Ctx, value: Any, loc: Loc) -> str:
     return text
 
 
+def _chart_repository_url(ctx: Ctx, value: Any, loc: Loc) -> str:
+    text = expect_str(ctx, value, loc, "a chart repository URL like https://charts.example.com/stable")
+    if text.startswith("oci://"):
+        ctx.fail(loc, f"{text!r}: oci:// chart repositories are not supported yet by ocp-bundler; pull the chart (helm pull) and list it under mirror.helm.local")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        ctx.fail(loc, f"expected a chart repository http(s) URL like https://charts.example.com/stable, got {text!r}")
+    return text
+
+
 _CHART_NAME = text_value("a chart name like podinfo", re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*"))
 _CHART_FIELDS: Mapping[str, Field] = {
     "name": Field("name", _CHART_NAME, required=True),
@@ -79,7 +89,7 @@ _LOCAL_CHART = mapping_of(
 _HELM_REPOSITORY = mapping_of(
     {
         "name": Field("name", _CHART_NAME, required=True),
-        "url": Field("url", http_url, required=True),
+        "url": Field("url", _chart_repository_url, required=True),
         "charts": Field("charts", list_of(_REPOSITORY_CHART, "charts ({name, version})")),
     },
     lambda ctx, record: HelmRepository(**record.values),
