@@ -21,7 +21,7 @@ from bundler.bundle.verify import verify_bundle
 from bundler.flows.pack import PackOptions, pack
 from bundler.flows.unpack import UnpackOptions, unpack_bundle
 from bundler.openshift.helm.chart import load_chart, read_archive
-from bundler.openshift.helm.plan import HELM_CONFIG, HELM_LAYER, find_images, package_directory
+from bundler.openshift.helm.plan import HELM_CONFIG, HELM_LAYER, find_images, is_short_name, package_directory
 from bundler.registry.client import Registries, TransportOptions
 from tests.infra.images import make_image, push
 from tests.infra.openshift_images import StaticServer
@@ -303,6 +303,8 @@ def test_conditions_tags_and_hooks_decide_what_is_rendered() -> None:
         files[f"charts/{name}/values.yaml"] = b"tag: '7'\n"
         files[f"charts/{name}/templates/pod.yaml"] = _pod(f"reg.example.com/{name}:{{{{ .Values.tag }}}}").encode()
     found = [ref for ref, _ in find_images(load_chart(files, what="top"), (), label="top")]
+    assert not any(is_short_name(ref) for ref in found) and is_short_name("nginx:1.16") and is_short_name("org/app")
+    assert not is_short_name("localhost/app") and not is_short_name("localhost:5000/app")
     # db is off by its condition; cache on by its tag; queue on by the second path of its condition; the
     # install hook's image is carried, the `helm test` pod's is not
     assert found == ["reg.example.com/cache:7", "reg.example.com/queue:7", "reg.example.com/migrate:1", "reg.example.com/top:7"]

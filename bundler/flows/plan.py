@@ -283,6 +283,7 @@ def build_plan(
 
         helm = plan_helm(image_set.helm, layout=layout, options=registries.options)
         plan.files.update(helm.files)
+        plan.warnings.extend(helm.warnings)
         plan.add(helm.artifacts)
         for found in helm.images:
             image = plan_plain_image(found.reference, kind="additional", annotations={"helm-chart": found.chart})

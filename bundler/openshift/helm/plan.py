@@ -73,9 +73,17 @@ class ChartImage:
     platforms: Tuple[str, ...] = ()  # the chart's `platforms` (os/architecture); empty: any
 
 
+def is_short_name(reference: str) -> bool:
+    """`nginx:1.16`, `org/app`: no registry host, so Docker Hub by the Docker convention (CRI-O may search
+    other registries for such names)."""
+    first = reference.split("/", 1)[0]
+    return "/" not in reference or not ("." in first or ":" in first or first == "localhost")
+
+
 @dataclass
 class HelmPlan:
     images: List[ChartImage] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
     artifacts: List[PlannedImage] = field(default_factory=list)
     files: Dict[str, bytes] = field(default_factory=dict)
     charts: List[ChartReport] = field(default_factory=list)
@@ -164,6 +172,12 @@ def _add(plan: HelmPlan, layout: Layout, archive: bytes, spec: HelmChart, *, sou
     file = f"{FILES_DIR}/{chart.name}-{chart.version}.tgz"
     plan.files[file] = archive
     plan.images.extend(ChartImage(ref, f"{chart.name}-{chart.version}", spec.platforms) for ref, _ in found)
+    for ref, template in found:
+        if is_short_name(ref):
+            plan.warnings.append(
+                f"helm chart {label}: {template} names {ref!r} without a registry: carried as {Reference.parse(ref)} (Docker Hub), "
+                "which is where Kubernetes pulls it from unless the nodes search other registries for short names"
+            )
     plan.artifacts.append(
         PlannedImage(
             source=f"{CHARTS_REPOSITORY}/{chart.name}:{tag}",
