@@ -269,6 +269,16 @@ def test_subcharts_aliases_globals_library_charts_and_define_precedence() -> Non
     assert images == ["reg.example.com/worker:2.0-top", "reg.example.com/top:1"]
 
 
+def test_an_error_inside_a_helper_names_the_template_that_ran_it() -> None:
+    files = {
+        "Chart.yaml": b"apiVersion: v2\nname: top\nversion: 1.0.0\n",
+        "templates/_helpers.tpl": b'{{ define "img" }}{{ .Values.image.repository }}{{ end }}',
+        "templates/pod.yaml": _pod('{{ include "img" . }}').encode(),
+    }
+    with pytest.raises(UsageError, match=r"chart top: top/templates/_helpers.tpl:1: nil pointer evaluating interface \{\}.repository \(rendering top/templates/pod.yaml\)"):
+        find_images(load_chart(files, what="top"), (), label="top")
+
+
 def test_import_values_is_refused() -> None:
     files = {"Chart.yaml": b"apiVersion: v2\nname: top\nversion: 1.0.0\ndependencies:\n  - name: sub\n    import-values: [data]\n"}
     with pytest.raises(UsageError, match="dependency 'sub' uses import-values"):

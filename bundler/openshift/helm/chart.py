@@ -35,6 +35,7 @@ import yaml
 from bundler.base.errors import UnsafeArchiveError, UsageError
 from bundler.openshift.helm.goeval import GoObject, TemplateSet
 from bundler.openshift.helm.gofuncs import FUNCTIONS, SPECIAL
+from bundler.openshift.helm.gotemplate import TemplateError
 from bundler.openshift.helm.values import coalesce, load_yaml
 
 #: The Kubernetes version `.Capabilities` reports (helm's default capabilities of its v3.15 era).
@@ -320,7 +321,12 @@ def render(chart: Chart) -> Dict[str, str]:
         tset.add_file(name, sources[name])
     out: Dict[str, str] = {}
     for name, data in jobs:
-        text = tset.execute(name, data)
+        try:
+            text = tset.execute(name, data)
+        except TemplateError as exc:
+            if not exc.where.startswith(f"{name}:"):  # failed inside a define of another file: say which template ran it
+                exc.message = f"{exc.message} (rendering {name})"
+            raise
         out[name] = text.replace("<no value>", "")
     return out
 
