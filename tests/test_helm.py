@@ -388,3 +388,37 @@ def test_cli_dry_run_lists_chart_images_and_a_refusal_is_one_line_exit_2(registr
     err = proc.stderr.decode().strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: chart shop-3.2.0 ({good}): shop/templates/extra.yaml:1: function 'toToml' is not supported"), err
+
+
+def test_repository_versions_exact_constraint_and_newest_stable() -> None:
+    from bundler.openshift.helm.repo import IndexEntry, select
+
+    def entry(v: str) -> IndexEntry:
+        return IndexEntry("app", v, [f"app-{v}.tgz"], None, False)
+
+    index = {"app": [entry(v) for v in ("1.0.0", "1.2.0", "2.0.0-rc.1", "1.10.0")]}
+    assert select(index, "app", None, repo="r").version == "1.10.0", "newest stable, semver order, no pre-release"
+    assert select(index, "app", "1.2.0", repo="r").version == "1.2.0"
+    assert select(index, "app", ">=1.0.0 <1.5.0", repo="r").version == "1.2.0"
+    assert select(index, "app", "~1.0", repo="r").version == "1.0.0"
+    with pytest.raises(UsageError, match="chart 'app' has no version 3.0.0"):
+        select(index, "app", "3.0.0", repo="r")
+    with pytest.raises(UsageError, match="no chart 'other'"):
+        select(index, "other", None, repo="r")
+
+
+def test_an_archive_that_differs_from_the_index_digest_is_an_integrity_error() -> None:
+    from bundler.base.errors import IntegrityError
+    from bundler.openshift.cincinnati import HttpFetcher
+    from bundler.openshift.helm.repo import fetch_archive, fetch_index, select
+
+    archive = chart_archive(chart_files("r.example.com"))
+    index = {"entries": {"shop": [{"version": "1.2.0", "urls": ["/files/shop.tgz"], "digest": "0" * 64}]}}
+    server = StaticServer({"/r/index.yaml": yaml.safe_dump(index).encode(), "/files/shop.tgz": archive})
+    try:
+        with HttpFetcher() as http:
+            entry = select(fetch_index(http, server.url + "/r/", repo="r"), "shop", "1.2.0", repo="r")
+            with pytest.raises(IntegrityError, match="helm chart shop-1.2.0 from r: the archive's sha256 is .* the index says 0000"):
+                fetch_archive(http, server.url + "/r/", entry, repo="r")
+    finally:
+        server.close()
