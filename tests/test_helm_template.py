@@ -119,3 +119,49 @@ def test_a_field_after_a_parenthesised_pipeline_is_another_operand_unless_attach
     data = {"Values": {"name": "ctl", "m": {"k": "v"}}, "Chart": {"Name": "c"}}
     assert render('{{ printf "%s-%s" (print "a") .Values.name }}', data) == "a-ctl"
     assert render("{{ (.Values.m).k }}", data) == "v"
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("{{ with .Values.missing }}a{{ else with .Values.image }}{{ .repository }}{{ else }}c{{ end }}", "quay.io/org/app"),
+        ("{{ if true }}{{ $v := 1 }}{{ end }}{{ $v }}", None),  # a variable does not outlive its block
+        ("{{ with $img := .Values.image }}{{ $img.tag }}{{ end }}", "1.1"),
+        ("{{ printf \"%05d|%-4s|%x|%q\" 42 \"ab\" 255 \"q\" }}", '00042|ab  |ff|"q"'),
+        ("{{ regexReplaceAll \"(a+)b\" \"xaab\" \"<${1}>\" }}", "x<aa>"),
+        ("{{ dig \"image\" \"repository\" \"none\" .Values }} {{ dig \"image\" \"nope\" \"none\" .Values }}", "quay.io/org/app none"),
+        ("{{ lookup \"v1\" \"Secret\" \"ns\" \"name\" | len }}", "0"),
+        ("{{ default 5 0 }} {{ default \"x\" false }} {{ default \"x\" (list) }}", "5 x x"),
+        ("{{ list 3 1 2 | toJson }} {{ dict \"b\" 1 \"a\" (list) | toJson }}", '[3,1,2] {"a":[],"b":1}'),
+        ("{{ $d := dict }}{{ $_ := set $d \"k\" \"v\" }}{{ $d.k }}", "v"),
+        ("{{ .Values.list | last }} {{ .Values.list | first }} {{ without .Values.list \"b\" | join \"\" }}", "c a ac"),
+        ("{{ \"a-b_c\" | camelcase }} {{ \"AppName\" | kebabcase }} {{ \"x\" | repeat 3 }}", "ABC app-name xxx"),
+    ],
+)
+def test_more_constructs(source: str, expected: Optional[str]) -> None:
+    if expected is None:
+        with pytest.raises(TemplateError, match="undefined variable"):
+            render(source, V)
+    else:
+        assert render(source, V) == expected
+
+
+def test_chart_objects_files_and_capabilities() -> None:
+    from bundler.openshift.helm.chart import load_chart, render as render_chart
+
+    files = {
+        "Chart.yaml": b"apiVersion: v2\nname: objs\nversion: 0.3.0\nappVersion: '1.0'\n",
+        "config/app.properties": b"a=1\n",
+        "templates/cm.yaml": (b"name: {{ .Chart.Name }}-{{ .Chart.Version }}-{{ .Chart.AppVersion }}\n"
+                              b"release: '{{ .Release.Name }}|{{ .Release.Service }}'\n"
+                              b"file: {{ .Files.Get \"config/app.properties\" | trim }}\n"
+                              b"glob: {{ range $path, $_ := .Files.Glob \"config/*\" }}{{ $path }}{{ end }}\n"
+                              b"kube: {{ .Capabilities.KubeVersion.Major }}.{{ .Capabilities.KubeVersion.Minor }}\n"
+                              b"hpa: {{ .Capabilities.APIVersions.Has \"autoscaling/v2\" }} {{ .Capabilities.APIVersions.Has \"autoscaling/v2beta1\" }}\n"
+                              b"tmpl: {{ .Template.Name }}\n"),
+    }
+    out = render_chart(load_chart(files, what="objs"))["objs/templates/cm.yaml"]
+    assert out.splitlines() == [
+        "name: objs-0.3.0-1.0", "release: '|Helm'", "file: a=1", "glob: config/app.properties", "kube: 1.30", "hpa: true false",
+        "tmpl: objs/templates/cm.yaml",
+    ]
