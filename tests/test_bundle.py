@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -22,9 +21,8 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -34,7 +32,7 @@ from bundler.transfer.copy import Copier
 from bundler.oci.digest import Digest
 from bundler.base.errors import DiskSpaceError, ExitCode, ImageNotFoundError, IntegrityError, UsageError
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, is_index, parse_manifest
+from bundler.oci.media import parse_manifest
 from bundler.oci.planned import ImageFacts
 from bundler.base.progress import CountingProgress
 from bundler.bundle.signing import generate_keypair

@@ -23,10 +23,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
-import urllib3
 import yaml
 
 from bundler.bundle.volumes import Bundle, BundleWriteOptions, write_bundle
@@ -40,7 +39,7 @@ from bundler.bundle.signing import generate_keypair
 from bundler.flows.unpack import ReadBackMismatchError, UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
 from tests.crdschema import load_crds, validate_object
 from tests.infra.faultproxy import FaultProxy
-from tests.infra.images import MANIFEST_TYPES, Image, ImageIndex, Manifestish, RegistryClient, make_image, make_index, push, random_layer, write_oci_layout
+from tests.infra.images import MANIFEST_TYPES, Image, ImageIndex, Manifestish, RegistryClient, make_image, make_index, random_layer, write_oci_layout
 from tests.infra.registry import RegistryServer
 
 FIXTURES = Path(os.environ.get("BUNDLER_FIXTURES", "/work/shared/fixtures"))
