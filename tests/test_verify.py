@@ -24,7 +24,8 @@ from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleBlob, B
 from bundler.base.errors import ExitCode, IntegrityError, SignatureError, UnsafeArchiveError, UsageError
 from bundler.layout.store import Layout
 from bundler.bundle.signing import generate_keypair
-from bundler.bundle.verify import UNSIGNED_WARNING, scan_volume, verify_bundle
+from bundler.bundle.tarscan import scan_volume
+from bundler.bundle.verify import UNSIGNED_WARNING, verify_bundle
 from tests.test_bundle import FILES, VOLUME_SIZE, bundle_copy, keys, layout_objs, sha, signed_bundle  # noqa: F401  (fixtures)
 from tests.conftest import cli_runner
 
