@@ -25,7 +25,7 @@ def list_group() -> None:
 @command_body
 def operators(
     catalog: str, package: Optional[str], platform: str, authfile: Optional[Path], ca_file: Optional[Path], insecure: Tuple[str, ...],
-    workers: int, timeout: float, retry_times: int, verbose: int, as_json: bool,
+    workers: int, timeout: float, retry_times: int, proxy: Optional[str], verbose: int, as_json: bool,
 ) -> None:
     """List the packages of an operator catalog: default channel, channel heads and versions.
 
@@ -37,7 +37,7 @@ def operators(
     """
     from bundler.openshift.catalog.listing import list_operators
 
-    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times)
+    registries = make_registries(authfile, ca_file, insecure, workers, timeout, retry_times, proxy=proxy)
     try:
         listing = list_operators(catalog, registries=registries, package=package, platform=platform)
     finally:
