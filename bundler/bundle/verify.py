@@ -265,7 +265,7 @@ def _volume_mismatch(out: VolumeOutcome, by_sha: Mapping[str, str]) -> Tuple[Pro
     return Problem("volume", f"{v.name} is altered (sha256 {out.sha256[7:23] if out.sha256 else '?'}…, expected {v.sha256[7:23]}…): re-copy {v.name}", v.name), False
 
 
-def _judge_items(directory: Path, checks: Sequence[ItemCheck], bad_volumes: Set[str], workers: int, problems: List[Problem]) -> Tuple[int, Set[str]]:
+def _judge_items(directory: Path, checks: Sequence[ItemCheck], bad_volumes: Set[str], workers: int, problems: List[Problem]) -> Tuple[int, Set[Digest]]:
     """Step 4: finish split blobs, then judge each blob and file. Returns (how many could not be judged, digests verified)."""
     suppressed = 0
     live = []
@@ -279,7 +279,7 @@ def _judge_items(directory: Path, checks: Sequence[ItemCheck], bad_volumes: Set[
     if deferred:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify-split") as pool:
             list(pool.map(lambda c: finish_deferred(directory, c), deferred))
-    verified: Set[str] = set()
+    verified: Set[Digest] = set()
     for check in live:
         why = check.outcome()
         if why is None:
@@ -322,14 +322,14 @@ def _structure_problems(manifest: BundleManifest, volume: BundleVolume, out: Vol
     return problems
 
 
-def _graph_problems(directory: Path, manifest: BundleManifest, raw: bytes, verified: Set[str]) -> List[Problem]:
+def _graph_problems(directory: Path, manifest: BundleManifest, raw: bytes, verified: Set[Digest]) -> List[Problem]:
     """Every blob each image needs is carried (or left to the base bundle)."""
     bundle = Bundle(directory, manifest, raw)
     base = {b.digest for b in manifest.base_blobs}
     problems: List[Problem] = []
-    done: Set[str] = set()
+    done: Set[Digest] = set()
 
-    def read(image: BundleImage, digest: str, media_type: str) -> Optional[FetchedManifest]:
+    def read(image: BundleImage, digest: Digest, media_type: str) -> Optional[FetchedManifest]:
         """A manifest from the bundle, once across all images; None (and a problem) when it cannot be."""
         if digest in done:
             return None
@@ -345,7 +345,7 @@ def _graph_problems(directory: Path, manifest: BundleManifest, raw: bytes, verif
         except BundlerError as exc:
             problems.append(Problem("graph", f"image {image.source}: manifest {digest} cannot be read ({exc})"))
             return None
-        return FetchedManifest(data, media_type, Digest.parse(digest))
+        return FetchedManifest(data, media_type, digest)
 
     for image in manifest.images:
         top = read(image, image.digest, image.media_type)
@@ -353,11 +353,11 @@ def _graph_problems(directory: Path, manifest: BundleManifest, raw: bytes, verif
             continue
 
         def fetch(d: Descriptor, image: BundleImage = image) -> Optional[FetchedManifest]:
-            return read(image, str(d.digest), d.media_type)
+            return read(image, d.digest, d.media_type)
 
         for node in walk_manifests(top, fetch, description=f"image {image.source}"):
             for b in node.blobs:
-                d = str(b.digest)
+                d = b.digest
                 if d not in verified and d not in base:
                     problems.append(Problem("graph", f"image {image.source} ({image.target}): blob {d} is neither in the bundle nor in its base"))
     return problems

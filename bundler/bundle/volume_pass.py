@@ -26,7 +26,6 @@ from bundler.base.progress import Progress
 from bundler.bundle.manifest import BundleBlob, BundleFile, BundleManifest, BundleVolume, open_volume
 from bundler.bundle.tarscan import TarScanner
 from bundler.bundle.volumes import CHUNK, blob_role
-from bundler.oci.digest import Digest
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -58,7 +57,7 @@ class ItemCheck:
     def __init__(self, item: Union[BundleBlob, BundleFile], label: str) -> None:
         self.item = item
         self.label = label
-        self.expected = Digest.parse(item.digest)
+        self.expected = item.digest
         self.hasher = self.expected.new_hasher()
         self.count = 0
         self.next_part = 0
