@@ -78,8 +78,14 @@ def require_tool(name: str) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Last resort: stop any registry a test forgot to close."""
+    """Last resort: stop any registry a test forgot to close. With every tool required, a skipped test
+    fails the run: it proved nothing and must not pass as a test that did."""
     stop_all_registries()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if os.environ.get(REQUIRE_TOOLS_ENV) == "1" and skipped:
+        reporter.write_line(f"{len(skipped)} test(s) skipped with {REQUIRE_TOOLS_ENV}=1: the run fails", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(name="require_tool")
