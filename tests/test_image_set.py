@@ -849,13 +849,44 @@ def test_equal_min_and_max_are_fine() -> None:
         ("quay.io/foo//bar:1", "expected an image reference"),
         ("quay.io/foo/bar:-x", "expected an image reference"),
         ("https://quay.io/foo/bar:1", "expected an image reference"),
-        ("oci:///tmp/layout", "images on disk are not supported"),
+        ("dir:/tmp/layout", "images on disk are not supported"),
+        ("oci:///tmp/layout:bad ref", "expected oci:///path/to/layout[:REF|@sha256:DIGEST]"),
+        ("oci:///tmp/layout@sha256:12", "is not a digest"),
     ],
 )
 def test_bad_references(reference: str, detail: str) -> None:
     message = error_of(f"additionalImages:\n  - {reference!r}\n")
     assert message.startswith("config.yaml: additionalImages[0]: "), message
     assert detail in message
+
+
+def test_additional_images_from_local_oci_layouts(tmp_path: Path) -> None:
+    config = tmp_path / "isc.yaml"
+    config.write_text(V2ALPHA1_HEADER + textwrap.dedent(f"""\
+        mirror:
+          additionalImages:
+          - name: oci://layouts/app
+          - name: oci:///data/tools:v2
+            targetRepo: mirror/tools
+            targetTag: "2.0"
+          - name: oci:{tmp_path}/multi@{DIGEST}
+        """))
+    images = load_image_set(config).additional
+    assert [i.name for i in images] == [f"oci://{tmp_path}/layouts/app", "oci:///data/tools:v2", f"oci://{tmp_path}/multi@{DIGEST}"]
+    assert (images[1].target_repository, images[1].target_tag) == ("mirror/tools", "2.0")
+    assert parse("additionalImages:\n  - oci:///data/app:latest\n").additional[0].name == "oci:///data/app:latest"
+
+
+@pytest.mark.parametrize(
+    "text, header",
+    [
+        ("mirror:\n  platform:\n    release: oci:///data/release\n", V2ALPHA1_HEADER),
+        ("releases:\n  images:\n  - oci:///data/release:4.18.1\n", OWN_HEADER),
+    ],
+)
+def test_a_release_from_a_layout_is_refused_with_the_reason(text: str, header: str) -> None:
+    message = error_of(text, header)
+    assert "a release cannot come from a local OCI layout" in message and "registry" in message
 
 
 @pytest.mark.parametrize(

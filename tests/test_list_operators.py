@@ -51,3 +51,17 @@ def test_list_operators_of_a_registry_catalog_and_a_local_layout(registry_plain:
     result = runner.invoke(main, ["list", "operators", "--catalog", f"oci://{layout}", "--package", "nope"])
     assert result.exit_code == ExitCode.USAGE
     assert "no package 'nope'" in result.output and "Traceback" not in result.output
+
+
+def test_list_operators_names_one_image_of_a_layout_holding_several(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    from tests.infra.images import make_image
+
+    text, _, _ = fbc_catalog(registry_plain, "list-cat-two")
+    image = index_image(catalog_files(text), {LABEL_FBC: "/configs"})
+    layout = write_oci_layout(tmp_path / "two", [("cat", image), ("other", make_image(seed="not-a-catalog"))])
+    runner = cli_runner()
+    result = runner.invoke(main, ["list", "operators", "--catalog", f"oci://{layout}"])
+    assert result.exit_code == ExitCode.USAGE and "holds 2 images, not one" in result.output
+    result = runner.invoke(main, ["list", "operators", "--catalog", f"oci://{layout}:cat"])
+    assert result.exit_code == 0, result.output
+    assert "3 package(s)" in result.stdout.splitlines()[0]

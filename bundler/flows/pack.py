@@ -355,6 +355,9 @@ def _signatures(
 def _source_for(img: PlannedImage, registries: Registries, layout: Layout) -> ImageSource:
     if img.in_layout:
         return LayoutImage(layout, layout_ref(img))
+    if img.local_layout is not None:
+        assert img.digest is not None
+        return LayoutImage(Layout(img.local_layout, create=False), None, digest=Digest.parse(img.digest))
     ref = Reference.parse(img.source)
     return registry_source(registries, ref, tag_must_agree=img.kind in ("additional", "registry"))
 

@@ -2,8 +2,8 @@
 
 Owns the orchestration of the planners: release payload and signatures (`release`), the update-graph
 data image (`graph_image`, for `graph: true`), sample imagestreams
-(`samples`), operator catalogs (`catalog`), additional images and the images that run Quay on the far side
-(here). It de-duplicates by target and keeps each planner's report for the pack summary.
+(`samples`), operator catalogs (`catalog`), additional images (from registries, or from local OCI layouts:
+`plan_layout_image`) and the images that run Quay on the far side (here). It de-duplicates by target and keeps each planner's report for the pack summary.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.transfer.copy import Copier
-from bundler.base.errors import ConfigError
+from bundler.base.errors import ConfigError, ImageNotFoundError
 from bundler.openshift.image_set import ImageSet
 from bundler.layout.store import Layout
-from bundler.oci.planned import PlannedImage, digest_tag
-from bundler.oci.reference import Reference
+from bundler.oci.digest import Digest
+from bundler.oci.graph import graph_sizes
+from bundler.oci.media import REF_NAME
+from bundler.oci.planned import LOCAL_LAYOUT_HOST, PlannedImage, digest_tag, local_repository
+from bundler.oci.reference import TAG, Reference
 from bundler.registry.client import Registries
-from bundler.transfer.transports import ImageSource, LayoutImage, registry_source
+from bundler.transfer.transports import ImageSource, LayoutImage, parse_layout_source, registry_source, select_layout_image
 
 if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
@@ -136,6 +139,53 @@ def plan_plain_image(
     )
 
 
+def plan_layout_image(
+    text: str, *, kind: str, target_repository: Optional[str] = None, target_tag: Optional[str] = None
+) -> PlannedImage:
+    """An image from a local OCI layout (`oci://DIR[:REF|@DIGEST]`), carried digest-exact like a registry image.
+
+    On the mirror it goes to `target_repository`, else the directory's last component (`local_repository`),
+    tagged `target_tag`, else the tag its ref name ends with (`v1` for `v1` or `quay.io/org/app:v1`), else a
+    digest tag. Its `source` names the reserved host `LOCAL_LAYOUT_HOST`, so no cluster is told to pull it
+    from anywhere (no mirror-set entry). Every blob it names must be in the layout: a missing one is an error
+    now, not in the middle of filling the bundle."""
+    where = parse_layout_source(text)
+    assert where.directory is not None
+    layout = Layout(where.directory, create=False)
+    chosen = select_layout_image(layout, ref_name=where.ref_name, digest=where.digest, what=f"{kind} image {text}")
+    source = LayoutImage(layout, None, digest=chosen.digest)
+    try:
+        top = source.resolve()
+        missing = [d for d, size in graph_sizes(top, source.fetch_manifest, description=text).items() if not layout.has_blob(Digest.parse(d), size)]
+    except ImageNotFoundError as exc:  # a manifest of the image is missing: nothing below it can be read
+        missing = [exc.message]
+    if missing:
+        raise ImageNotFoundError(
+            f"{kind} image {text}: the OCI layout is incomplete: {len(missing)} blob(s) the image needs are missing or cut short, e.g. {missing[0]}",
+            hint="copy the image into the layout again (skopeo copy … oci:DIR:TAG)",
+        )
+    repository = target_repository or local_repository(where.directory)
+    tag = target_tag or _tag_of(where.ref_name or chosen.annotations.get(REF_NAME)) or digest_tag(str(top.digest))
+    return PlannedImage(
+        source=f"{LOCAL_LAYOUT_HOST}/{repository}:{tag}",
+        kind=kind,
+        target_repository=repository,
+        target_tag=tag,
+        digest=str(top.digest),
+        local_layout=where.directory,
+        annotations={"layout": text},
+    )
+
+
+def _tag_of(ref_name: Optional[str]) -> Optional[str]:
+    """The tag a layout ref name gives: the name itself (`v1`), or what follows the last `:` of a full
+    reference (`quay.io/org/app:v1`); None when that is no valid tag."""
+    if not ref_name:
+        return None
+    tail = ref_name.rsplit(":", 1)[1] if ":" in ref_name.rsplit("/", 1)[-1] else ref_name
+    return tail if re.fullmatch(TAG, tail) else None
+
+
 def is_blocked(image: PlannedImage, patterns: Sequence[str]) -> Optional[str]:
     """The `blockedImages` entry that blocks `image`, if any: an entry equal to its source (or the source's
     repository), or a regular expression found in its source or its target (`repository:tag`), as oc-mirror
@@ -168,7 +218,7 @@ def drop_blocked(images: Sequence[PlannedImage], patterns: Sequence[str]) -> Tup
 
 
 def platform_choice(
-    reference: str, platforms: Sequence[Tuple[str, str]], *, registries: Registries
+    reference: str, platforms: Sequence[Tuple[str, str]], *, registries: Registries, source: Optional[ImageSource] = None
 ) -> Tuple[bool, Optional[str]]:
     """Whether the image at `reference` runs on one of `platforms` ((os, Go architecture) pairs), and a note.
 
@@ -180,8 +230,8 @@ def platform_choice(
     from bundler.transfer.image_files import open_image
 
     wanted = {(o, go_arch(a)) for o, a in platforms}
-    ref = Reference.parse(reference)
-    source = registry_source(registries, ref)
+    if source is None:
+        source = registry_source(registries, Reference.parse(reference))
     top = source.resolve()
     parsed = parse_manifest(top.raw, top.media_type)
     if is_index(top.media_type):
@@ -246,10 +296,17 @@ def build_plan(
             plan.reports.catalogs.append(cplan.report)
     blocked = image_set.blocked_images
     for extra in image_set.additional:
-        image = plan_plain_image(extra.name, kind="additional", target_repository=extra.target_repository, target_tag=extra.target_tag)
+        if extra.name.startswith("oci:"):
+            image = plan_layout_image(extra.name, kind="additional", target_repository=extra.target_repository, target_tag=extra.target_tag)
+        else:
+            image = plan_plain_image(extra.name, kind="additional", target_repository=extra.target_repository, target_tag=extra.target_tag)
         if extra.platforms and is_blocked(image, blocked) is None:
             wanted = [(p.partition("/")[0], p.partition("/")[2]) for p in extra.platforms]
-            keep, note = platform_choice(extra.name, wanted, registries=registries)
+            local = None
+            if image.local_layout is not None:
+                assert image.digest is not None
+                local = LayoutImage(Layout(image.local_layout, create=False), None, digest=Digest.parse(image.digest))
+            keep, note = platform_choice(extra.name, wanted, registries=registries, source=local)
             if note:
                 plan.warnings.append(note)
             if not keep:

@@ -35,10 +35,11 @@ Carried = Sequence[Tuple[PlannedImage, str]]
 
 
 def subjects(carried: Carried, *, open_image: Callable[[PlannedImage], ImageSource]) -> List[sigstore.Subject]:
-    """Every manifest whose signatures to look up: each image pulled from a registry, and its children."""
+    """Every manifest whose signatures to look up: each image pulled from a registry, and its children (an
+    image built here or read from a local OCI layout has no registry to hold its signatures)."""
     out: List[sigstore.Subject] = []
     for img, digest in carried:
-        if img.kind == sigstore.SIGNATURE_KIND or img.in_layout:
+        if img.kind == sigstore.SIGNATURE_KIND or img.in_layout or img.local_layout is not None:
             continue
         ref = Reference.parse(img.source)
         repository = f"{ref.registry}/{ref.repository}"

@@ -7,8 +7,12 @@ the work layout and records them in the bundle manifest; unpack pushes them to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
+
+from bundler.oci.reference import PATH_COMPONENT
 
 #: Image kinds as recorded in the bundle manifest.
 KINDS = ("release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph")
@@ -16,6 +20,16 @@ KINDS = ("release", "release-component", "sample", "operator", "catalog", "addit
 #: Registry host of the `source` of an image read from a local OCI layout (oc-mirror's `oci://` catalogs):
 #: a reserved name (RFC 2606 `.invalid`) that no cluster pulls from, so such images get no mirror-set entries.
 LOCAL_LAYOUT_HOST = "oci-layout.invalid"
+
+
+
+def local_repository(directory: Path, *, fallback: str = "image") -> str:
+    """The target repository of an image read from the OCI layout `directory` (an `oci://` catalog or
+    additional image without `targetRepo`/`targetCatalog`): the directory's last component, made a valid
+    repository path component (`/data/My Catalog` -> `my-catalog`; nothing usable -> `fallback`)."""
+    text = re.sub(r"[^a-z0-9]+", "-", directory.resolve().name.lower()).strip("-")
+    return text if re.fullmatch(PATH_COMPONENT, text) else fallback
+
 
 #: The bundle manifest records `ImageFacts` as these annotation keys, beside the free-form annotations.
 LAYOUT_REF = "layout-ref"
@@ -94,6 +108,9 @@ class PlannedImage:
     in_layout: bool = False
     """True for images built locally into the work layout (pruned catalogs): nothing to pull; the layout
     holds them under `facts.layout_ref`."""
+    local_layout: Optional[Path] = None
+    """For an image read from a local OCI layout (an `oci://` source): that layout's directory; pack streams
+    the image (`digest`) from there. Not recorded in the bundle: the far side never needs it."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """Free-form notes for reports and resources: version, arch, component, recovered, original-digest…"""
     facts: ImageFacts = ImageFacts()

@@ -8,6 +8,9 @@ Owns (PROTOCOL-NOTES §5 "Release payload"; oc-mirror's channel semantics):
   redacted.
 * `fetch_graph`: ``GET <graph-url>?channel=<name>&arch=<go arch>`` with ``Accept: application/json``, parsed
   into an `UpdateGraph` (``nodes: [{version, payload, metadata}]``, ``edges: [[from, to], ...]``).
+* `UpdateGraph.channels`: the channel names the nodes' metadata lists
+  (``io.openshift.upgrades.graph.release.channels``, comma-separated), as oc-mirror's ``list releases --channels``
+  reads them.
 * `select_releases`: which nodes of a channel a `ChannelSpec` asks for:
 
   - neither ``full`` nor a bound: the latest version of the channel (oc-mirror's heads-only default);
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlencode, urlsplit
@@ -40,6 +44,8 @@ DEFAULT_GRAPH_URL = "https://api.openshift.com/api/upgrades_info/v1/graph"
 #: The OKD update service (oc-mirror uses it for ``type: okd`` channels).
 DEFAULT_OKD_GRAPH_URL = "https://amd64.origin.releases.ci.openshift.org/graph"
 MAX_GRAPH_BYTES = 64 << 20
+#: Node metadata naming every channel a release is in (comma-separated).
+CHANNELS_METADATA = "io.openshift.upgrades.graph.release.channels"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,6 +117,12 @@ class UpdateGraph:
                 return n
         return None
 
+    def channels(self) -> List[str]:
+        """Every channel named in the nodes' metadata, ordered by the version in its name, then by name
+        (``candidate-4.17``, ``eus-4.18``, ``fast-4.18``, …); names without a version come last."""
+        names = {c.strip() for n in self.nodes for c in n.metadata.get(CHANNELS_METADATA, "").split(",") if c.strip()}
+        return sorted(names, key=channel_sort_key)
+
     def latest(self) -> GraphNode:
         if not self.nodes:
             raise self._empty()
@@ -174,6 +186,14 @@ def _version_span(nodes: Sequence[GraphNode]) -> str:
     return f"{len(versions)} releases, {versions[0]} to {versions[-1]}"
 
 
+def channel_sort_key(name: str) -> Tuple[int, int, int, str]:
+    """Order channels by the MAJOR.MINOR their name ends with (`stable-4.9` before `stable-4.18`), then by name."""
+    match = re.search(r"-(\d+)\.(\d+)$", name)
+    if match is None:
+        return (1, 0, 0, name)
+    return (0, int(match.group(1)), int(match.group(2)), name)
+
+
 def parse_graph(raw: bytes, *, channel: str, arch: str, url: str = "") -> UpdateGraph:
     """Parse a Cincinnati graph document; nodes whose version is not semver are skipped (logged)."""
     where = f"update graph for {channel} ({arch}) from {redact(url) if url else 'the update service'}"
@@ -222,13 +242,16 @@ def default_graph_url(channel: ChannelSpec) -> str:
     return DEFAULT_OKD_GRAPH_URL if channel.type == "okd" else DEFAULT_GRAPH_URL
 
 
-def fetch_graph(channel: str, arch: str, *, url: str = DEFAULT_GRAPH_URL, fetcher: Optional[HttpFetcher] = None) -> UpdateGraph:
-    """Fetch the update graph of `channel` for `arch` (Go name: amd64, arm64, ..., multi)."""
+def fetch_graph(
+    channel: str, arch: str, *, url: str = DEFAULT_GRAPH_URL, fetcher: Optional[HttpFetcher] = None, max_bytes: int = MAX_GRAPH_BYTES
+) -> UpdateGraph:
+    """Fetch the update graph of `channel` for `arch` (Go name: amd64, arm64, ..., multi); an answer over
+    `max_bytes` is refused."""
     full = url + ("&" if "?" in url else "?") + urlencode({"channel": channel, "arch": arch})
     own = fetcher is None
     http = fetcher or HttpFetcher()
     try:
-        answer = http.get(full, headers={"Accept": "application/json"}, what=f"update graph of {channel} ({arch})")
+        answer = http.get(full, headers={"Accept": "application/json"}, what=f"update graph of {channel} ({arch})", max_bytes=max_bytes)
     finally:
         if own:
             http.close()

@@ -5,7 +5,9 @@ differences between backends are capability answers, never type switches in the 
 blobs are put before the manifest that needs them, child manifests before their list; a sink makes a
 blob visible only when it is complete and verified.
 
-`parse_location` reads the command-line forms `docker://REF` and `oci:DIR[:REF]`. `registry_source` is how
+`parse_location` reads the command-line forms `docker://REF` and `oci:DIR[:REF|@DIGEST]`; `parse_layout_source`
+reads an image-set config's `oci://DIR[:REF|@DIGEST]` (oc-mirror's scheme, skopeo's image selection), and
+`select_layout_image` is the one rule for which image of a layout that names (refusing an ambiguous layout). `registry_source` is how
 every pull opens a registry image: through registries.conf (`Registries.conf`), so a `location` rewrite
 applies, mirrors are tried first where they apply, and a blocked registry is refused.
 """
@@ -19,9 +21,9 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator, List, Optional, Protocol, Union
 
 from bundler.oci.digest import Digest, Readable
-from bundler.base.errors import BundlerError, DigestMismatchError, UsageError
+from bundler.base.errors import BundlerError, DigestMismatchError, ImageNotFoundError, InvalidReferenceError, UsageError
 from bundler.layout.store import Layout
-from bundler.oci.media import Descriptor, detect_media_type
+from bundler.oci.media import REF_NAME, Descriptor, detect_media_type
 from bundler.oci.reference import Reference
 from bundler.registry.client import FetchedManifest, ManifestHead, RegistryClient, Registries
 from bundler.registry.registries_conf import PullSource
@@ -224,22 +226,53 @@ def pull_location(registries: Registries, reference: Reference) -> Reference:
     return sources[-1].reference
 
 
-class LayoutImage:
-    """One named image in an OCI layout (`org.opencontainers.image.ref.name`), as a source or a sink."""
+def select_layout_image(layout: Layout, *, ref_name: Optional[str] = None, digest: Optional[Digest] = None, what: str = "") -> Descriptor:
+    """The image of `layout` that a source names: the `index.json` entry whose
+    `org.opencontainers.image.ref.name` is `ref_name`, or whose digest is `digest`, or else the only entry.
+    A layout with no image, a name or digest it does not hold, and several images with nothing to choose
+    among them are usage errors that list what the layout holds and say how to name one."""
+    where = what or f"oci:{layout.root}"
+    entries = layout.entries()
+    names = [e.annotations.get(REF_NAME) for e in entries]
+    listed = ", ".join(f"{n or '(no name)'} ({e.digest})" for n, e in list(zip(names, entries))[:5]) + (", …" if len(entries) > 5 else "")
+    if not entries:
+        raise UsageError(f"{where}: the OCI layout {layout.root} holds no image", hint="copy the image into it first (skopeo copy … oci:DIR:TAG)")
+    if ref_name is not None:
+        found = [e for n, e in zip(names, entries) if n == ref_name]
+        if not found:
+            raise ImageNotFoundError(f"{where}: the OCI layout {layout.root} has no image named {ref_name!r}; it holds {listed}",
+                                     hint="name one of those after the directory (DIR:NAME)")
+        return found[0]
+    if digest is not None:
+        found = [e for e in entries if e.digest == digest]
+        if not found:
+            raise ImageNotFoundError(f"{where}: the OCI layout {layout.root} has no image {digest}; it holds {listed}")
+        return found[0]
+    if len(entries) > 1:
+        raise UsageError(
+            f"{where}: the OCI layout {layout.root} holds {len(entries)} images, not one: {listed}",
+            hint="name one by its org.opencontainers.image.ref.name (DIR:NAME) or its digest (DIR@sha256:…), or give the image a layout of its own",
+        )
+    return entries[0]
 
-    def __init__(self, layout: Layout, ref_name: Optional[str]) -> None:
+
+class LayoutImage:
+    """One named image in an OCI layout (`org.opencontainers.image.ref.name`), as a source or a sink.
+
+    As a source, `ref_name` None means the entry with `digest`, or the layout's only image
+    (`select_layout_image`)."""
+
+    def __init__(self, layout: Layout, ref_name: Optional[str], *, digest: Optional[Digest] = None) -> None:
         self.layout = layout
         self.ref_name = ref_name
-        self.description = f"oci:{layout.root}" + (f":{ref_name}" if ref_name else "")
+        self.digest = digest
+        self.description = f"oci:{layout.root}" + (f":{ref_name}" if ref_name else f"@{digest}" if digest else "")
         self.blob_scope = f"oci:{layout.root.resolve()}"
 
     # source
     def resolve(self) -> FetchedManifest:
         if self.ref_name is None:
-            entries = self.layout.entries()
-            if len(entries) != 1:
-                raise UsageError(f"{self.description} holds {len(entries)} images", hint="name one as oci:DIR:REF")
-            d = entries[0]
+            d = select_layout_image(self.layout, digest=self.digest, what=self.description)
         else:
             d = self.layout.resolve(self.ref_name)
         return self.fetch_manifest(d)
@@ -290,23 +323,53 @@ class Location:
     reference: Optional[Reference] = None
     directory: Optional[Path] = None
     ref_name: Optional[str] = None
+    digest: Optional[Digest] = None
+    """For `oci:DIR@DIGEST`: the layout's image with this digest."""
 
     def __str__(self) -> str:
         if self.kind == "docker":
             return f"docker://{self.reference}"
-        return f"oci:{self.directory}" + (f":{self.ref_name}" if self.ref_name else "")
+        return f"oci:{self.directory}" + (f":{self.ref_name}" if self.ref_name else f"@{self.digest}" if self.digest else "")
+
+
+#: oc-mirror's scheme for an image in a local OCI layout, in image-set configs.
+OCI_SCHEME = "oci://"
 
 
 def parse_location(text: str) -> Location:
     if text.startswith("docker://"):
         return Location("docker", reference=Reference.parse(text[len("docker://") :]))
     if text.startswith("oci:"):
-        rest = text[len("oci:") :]
-        directory, sep, ref_name = rest.partition(":")
-        if not directory:
-            raise UsageError(f"invalid location {text!r}", hint="expected oci:DIR[:REF]")
-        return Location("oci", directory=Path(directory), ref_name=ref_name or None)
+        return _layout_location(text, text[len("oci:") :], "oci:DIR[:REF|@sha256:DIGEST]")
     raise UsageError(f"invalid location {text!r}", hint="expected docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:REF]")
+
+
+def parse_layout_source(text: str) -> Location:
+    """An image-set config's `oci://DIR` (also `oci:DIR`), optionally with `:REF` (the image's
+    `org.opencontainers.image.ref.name`, skopeo's `oci:DIR:REF`) or `@sha256:<hex>` (its digest). The directory
+    ends at the first `:` or `@`, as in skopeo."""
+    if not text.startswith("oci:"):
+        raise UsageError(f"{text!r} is not an oci:// source", hint="expected oci:///path/to/layout[:REF]")
+    rest = text[len(OCI_SCHEME) :] if text.startswith(OCI_SCHEME) else text[len("oci:") :]
+    return _layout_location(text, rest, "oci:///path/to/layout[:REF|@sha256:DIGEST]")
+
+
+def _layout_location(text: str, rest: str, form: str) -> Location:
+    at = rest.find("@")
+    colon = rest.find(":")
+    if at >= 0 and (colon < 0 or at < colon):
+        directory, digest_text = rest[:at], rest[at + 1 :]
+        try:
+            digest: Optional[Digest] = Digest.parse(digest_text)
+        except InvalidReferenceError:
+            raise UsageError(f"invalid location {text!r}: {digest_text!r} is not a digest", hint=f"expected {form}") from None
+        ref_name: Optional[str] = None
+    else:
+        directory, _, ref_name = rest.partition(":")
+        digest, ref_name = None, ref_name or None
+    if not directory or any(c.isspace() for c in rest):
+        raise UsageError(f"invalid location {text!r}", hint=f"expected {form}")
+    return Location("oci", directory=Path(directory), ref_name=ref_name, digest=digest)
 
 
 def open_source(loc: Location, registries: Registries) -> Union[RegistryRepository, MirroredRepository, LayoutImage]:
@@ -314,7 +377,7 @@ def open_source(loc: Location, registries: Registries) -> Union[RegistryReposito
         assert loc.reference is not None
         return registry_source(registries, loc.reference, tag_must_agree=True)
     assert loc.directory is not None
-    return LayoutImage(Layout(loc.directory, create=False), loc.ref_name)
+    return LayoutImage(Layout(loc.directory, create=False), loc.ref_name, digest=loc.digest)
 
 
 def open_sink(loc: Location, registries: Registries, *, source: Location) -> Union[RegistryRepository, LayoutImage]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from bundler.base.errors import ConfigError
+from bundler.base.errors import ConfigError, UsageError
 from bundler.layout.store import Layout
 from bundler.openshift.catalog.model import DeclarativeConfig, Package
 from bundler.openshift.catalog.plan import read_catalog_model
@@ -20,6 +20,7 @@ from bundler.openshift.image_set import CatalogSpec
 from bundler.oci.reference import Reference
 from bundler.registry.client import Registries
 from bundler.transfer.copy import Copier, CopyOptions
+from bundler.transfer.transports import parse_layout_source
 
 __all__ = ["CatalogListing", "ChannelListing", "PackageListing", "catalog_spec", "list_operators"]
 
@@ -60,11 +61,14 @@ class CatalogListing:
 def catalog_spec(catalog: str) -> CatalogSpec:
     """The catalog as an image-set config names it: `oci://DIR` (a local OCI layout) or a registry reference."""
     if catalog.startswith("oci:"):
-        rest = catalog[len("oci://"):] if catalog.startswith("oci://") else catalog[len("oci:"):]
-        if not rest:
-            raise ConfigError(f"catalog {catalog!r}: expected oci:///path/to/layout")
-        path = Path(rest).expanduser().resolve()
-        return CatalogSpec(catalog=f"oci://{path}", layout=path)
+        try:
+            where = parse_layout_source(catalog)
+        except UsageError:
+            raise ConfigError(f"catalog {catalog!r}: expected oci:///path/to/layout[:REF|@sha256:DIGEST]") from None
+        assert where.directory is not None
+        path = where.directory.expanduser().resolve()
+        selector = f":{where.ref_name}" if where.ref_name else f"@{where.digest}" if where.digest else ""
+        return CatalogSpec(catalog=f"oci://{path}{selector}", layout=path)
     ref = Reference.parse(catalog[len("docker://"):] if catalog.startswith("docker://") else catalog)
     return CatalogSpec(catalog=str(ref))
 

@@ -31,7 +31,6 @@ tag = the source tag, or `digest_tag(digest)` for digest-only references), `cata
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +63,10 @@ from bundler.openshift.image_set import CatalogSpec
 from bundler.layout.store import Layout
 from bundler.oci.graph import graph_sizes
 from bundler.oci.media import Descriptor
-from bundler.oci.planned import LOCAL_LAYOUT_HOST, ImageFacts, PlannedImage, digest_tag
-from bundler.oci.reference import PATH_COMPONENT, Reference
+from bundler.oci.planned import LOCAL_LAYOUT_HOST, ImageFacts, PlannedImage, digest_tag, local_repository
+from bundler.oci.reference import Reference
 from bundler.registry.client import FetchedManifest, Registries
-from bundler.transfer.transports import LayoutImage, registry_source
+from bundler.transfer.transports import LayoutImage, parse_layout_source, registry_source, select_layout_image
 
 __all__ = [
     "CatalogPlan",
@@ -253,15 +252,11 @@ def _copy_catalog_image(
     layout the ref name it now has in the work layout (None for a registry catalog)."""
     if spec.layout is not None:
         local_layout = Layout(spec.layout, create=False)
-        count = len(local_layout.entries())
-        if count != 1:
-            raise UsageError(
-                f"catalog {spec.catalog}: the OCI layout holds {count} images, not one",
-                hint="give the catalog image a layout of its own (opm, skopeo or ocp-bundler copy into an empty directory)",
-            )
-        source = LayoutImage(local_layout, None)
+        where = parse_layout_source(spec.catalog)
+        chosen = select_layout_image(local_layout, ref_name=where.ref_name, digest=where.digest, what=f"catalog {spec.catalog}")
+        source = LayoutImage(local_layout, None, digest=chosen.digest)
         local = source.resolve()
-        name = local_repository(spec.layout)
+        name = local_repository(spec.layout, fallback="catalog")
         ref_name = f"{LOCAL_REF_PREFIX}{name}:{digest_tag(str(local.digest))}"
         log.info("catalog %s is %s; copying it into the work layout", spec.catalog, local.digest)
         copier.copy(source, LayoutImage(layout, ref_name), expected=local.digest)
@@ -273,14 +268,6 @@ def _copy_catalog_image(
     log.info("catalog %s is %s; copying it into the work layout", spec.catalog, top.digest)
     copier.copy(registry_source(registries, pinned), LayoutImage(layout, None), expected=top.digest)
     return ref, top, open_image(LayoutImage(layout, None), top, platform=platform), None
-
-
-def local_repository(directory: Path) -> str:
-    """The target repository of a catalog read from the OCI layout `directory`: its last component, made a
-    valid repository path component (`/data/My Catalog` -> `my-catalog`)."""
-    text = re.sub(r"[^a-z0-9]+", "-", directory.resolve().name.lower()).strip("-")
-    name = text if re.fullmatch(PATH_COMPONENT, text) else ""
-    return name or "catalog"
 
 
 def read_catalog_model(

@@ -28,6 +28,7 @@ from bundler.openshift.image_set.schema import (
     directory_path,
     http_url,
     image_reference,
+    release_reference,
     list_of,
     mapping_of,
     positive_int,
@@ -73,7 +74,7 @@ OWN_TOP: Mapping[str, Field] = {
         "releases",
         mapping_of(
             {
-                "images": Field("images", list_of(image_reference("a release image reference"), "release images")),
+                "images": Field("images", list_of(release_reference("a release image reference"), "release images")),
                 "channels": Field("channels", list_of(RELEASE_CHANNEL, "release channels")),
                 "architectures": Field("architectures", architecture_list),
                 "graphURL": Field("graph_url", http_url),

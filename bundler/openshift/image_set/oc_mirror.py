@@ -18,7 +18,7 @@ from bundler.openshift.image_set.schema import (
     Field,
     Record,
     boolean,
-    image_reference,
+    release_reference,
     list_of,
     mapping_of,
     positive_int,
@@ -103,7 +103,7 @@ STORAGE_CONFIG_IGNORED: Mapping[str, str] = {
 OC_MIRROR_V2ALPHA1_FIELDS = _oc_mirror_fields(
     platform_fields={
         **_PLATFORM_FIELDS_V1ALPHA2,
-        "release": Field("release", image_reference("a release image reference")),
+        "release": Field("release", release_reference("a release image reference")),
         "platforms": Field("platforms", platform_list),
         "kubeVirtContainer": Field("kubevirt_container", boolean),
     },

@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from bundler.base.errors import ConfigError, InvalidReferenceError
+from bundler.base.errors import ConfigError, InvalidReferenceError, UsageError
 from bundler.oci.reference import HOST, QUALIFIED_REFERENCE_RE, is_registry_host, parse_host
 from bundler.openshift.image_set.model import API_VERSION, KIND, OC_MIRROR_KIND, Version
+from bundler.transfer.transports import OCI_SCHEME, parse_layout_source
 
 log = logging.getLogger(__name__)
 
@@ -323,13 +324,12 @@ def http_url(ctx: Ctx, value: Any, loc: Loc) -> str:
     return text
 
 
-OCI_SCHEME = "oci://"
-
-
 def catalog_reference(what: str) -> Converter:
-    """A catalog: an image reference, or oc-mirror's `oci://DIR` (a local OCI layout; `oci:DIR` too).
+    """A catalog or additional image: an image reference, or oc-mirror's `oci://DIR` (a local OCI layout;
+    `oci:DIR` too), optionally naming one image of the layout as `oci://DIR:REF` or `oci://DIR@sha256:<hex>`.
 
-    The layout form is returned as `oci://<absolute DIR>` (relative to the config file's directory)."""
+    The layout form is returned as `oci://<absolute DIR>[:REF|@DIGEST]` (relative to the config file's
+    directory)."""
     registry = image_reference(what)
 
     def convert(ctx: Ctx, value: Any, loc: Loc) -> str:
@@ -337,13 +337,40 @@ def catalog_reference(what: str) -> Converter:
         if not text.startswith("oci:"):
             reference: str = registry(ctx, value, loc)
             return reference
-        rest = text[len(OCI_SCHEME):] if text.startswith(OCI_SCHEME) else text[len("oci:"):]
-        if not rest or any(c.isspace() for c in rest):
-            ctx.fail(loc, f"{text!r}: expected oci:///path/to/layout (a local OCI layout directory)")
-        path = Path(rest).expanduser()
+        try:
+            source = parse_layout_source(text)
+        except UsageError as exc:
+            ctx.fail(loc, f"{text!r}: expected oci:///path/to/layout[:REF|@sha256:DIGEST] (a local OCI layout directory)"
+                     + (f" ({exc.message})" if "digest" in exc.message else ""))
+        assert source.directory is not None
+        path = source.directory.expanduser()
         if not path.is_absolute() and ctx.base_dir is not None:
             path = ctx.base_dir / path
-        return OCI_SCHEME + str(path)
+        selector = f":{source.ref_name}" if source.ref_name else f"@{source.digest}" if source.digest else ""
+        return OCI_SCHEME + str(path) + selector
+
+    return convert
+
+
+#: Why a release cannot come from a local OCI layout (oc-mirror's `platform.release` reads a registry image too).
+RELEASE_FROM_LAYOUT = (
+    "a release cannot come from a local OCI layout: its payload names its ~190 component images by digest in "
+    "the registry that publishes it, and its signatures, update graph and install-config entries all point "
+    "there (oc-mirror reads platform.release as a registry image as well); name the release by registry "
+    "reference (quay.io/openshift-release-dev/ocp-release@sha256:…) or by channel, and carry other images of "
+    "a layout under additionalImages"
+)
+
+
+def release_reference(what: str) -> Converter:
+    """A release image reference; an `oci:` one is refused with the reason (`RELEASE_FROM_LAYOUT`)."""
+    registry = image_reference(what)
+
+    def convert(ctx: Ctx, value: Any, loc: Loc) -> str:
+        if isinstance(value, str) and value.startswith("oci:"):
+            ctx.fail(loc, f"{value!r}: {RELEASE_FROM_LAYOUT}")
+        reference: str = registry(ctx, value, loc)
+        return reference
 
     return convert
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from bundler.oci.reference import REPOSITORY, TAG
@@ -22,8 +21,8 @@ from bundler.openshift.image_set.model import (
     ImageSet,
     PackageSpec,
 )
+from bundler.transfer.transports import OCI_SCHEME, parse_layout_source
 from bundler.openshift.image_set.schema import (
-    OCI_SCHEME,
     Converter,
     Ctx,
     Field,
@@ -93,7 +92,7 @@ def _build_catalog(ctx: Ctx, record: Record) -> CatalogSpec:
             )
     check_unique(ctx, record, "packages", lambda p: str(p.name), "package")
     if values["catalog"].startswith(OCI_SCHEME):
-        values["layout"] = Path(values["catalog"][len(OCI_SCHEME):])
+        values["layout"] = parse_layout_source(values["catalog"]).directory
     return CatalogSpec(**values)
 
 
@@ -194,7 +193,7 @@ def _additional_image(ctx: Ctx, record: Record) -> AdditionalImage:
 
 ADDITIONAL_IMAGE = mapping_of(
     {
-        "name": Field("name", image_reference("an image reference"), required=True),
+        "name": Field("name", catalog_reference("an image reference"), required=True),
         "targetRepo": Field(
             "target_repository", text_value("a repository path like mirror/ubi (no host, tag or digest)", re.compile(REPOSITORY))
         ),
@@ -210,7 +209,7 @@ def additional_image(ctx: Ctx, value: Any, loc: Loc) -> AdditionalImage:
     if isinstance(value, dict):
         result: AdditionalImage = ADDITIONAL_IMAGE(ctx, value, loc)
         return result
-    return AdditionalImage(name=str(image_reference("an image reference")(ctx, value, loc)))
+    return AdditionalImage(name=str(catalog_reference("an image reference")(ctx, value, loc)))
 
 
 def unique_images(ctx: Ctx, images: Tuple[AdditionalImage, ...], loc: Loc) -> Tuple[AdditionalImage, ...]:
