@@ -51,8 +51,6 @@ def test_field_names_match_case_insensitively_with_a_warning() -> None:
 
 
 def test_refusals_name_the_field_and_what_to_do() -> None:
-    with pytest.raises(ConfigError, match=r"mirror.helm: 'helm' is not supported yet by ocp-bundler: .*additionalImages"):
-        _parse(V2 + "mirror:\n  helm:\n    repositories:\n      - name: x\n        url: https://x\n")
     with pytest.raises(ConfigError, match=r"blockedImages\[0\].name: .*not a valid regular expression"):
         _parse(V2 + "mirror:\n  blockedImages:\n    - name: 'quay.io/a/(b'\n")
     with pytest.raises(ConfigError, match=r"unknown field 'frobnicate'"):

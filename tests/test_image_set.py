@@ -439,6 +439,24 @@ def test_oc_mirror_empty_unsupported_fields_are_accepted() -> None:
     assert image_set.additional_images == ("quay.io/a/b:1",)
 
 
+def test_oc_mirror_helm_is_read() -> None:
+    image_set = parse(
+        "mirror:\n  helm:\n    repositories:\n      - name: podinfo\n        url: https://stefanprodan.github.io/podinfo\n"
+        "        charts:\n          - name: podinfo\n            version: 5.0.0\n            imagepaths: ['{.spec.engine.image}']\n"
+        "    local:\n      - name: mine\n        path: /charts/mine-1.0.0.tgz\n        platforms: [{os: linux, architecture: arm64}]\n",
+        V1ALPHA2_HEADER,
+    )
+    [repo] = image_set.helm.repositories
+    assert (repo.name, repo.url, repo.charts[0].name, repo.charts[0].version, repo.charts[0].image_paths) == (
+        "podinfo", "https://stefanprodan.github.io/podinfo", "podinfo", "5.0.0", ("{.spec.engine.image}",)
+    )
+    assert [(c.name, str(c.path), c.platforms) for c in image_set.helm.local] == [("mine", "/charts/mine-1.0.0.tgz", ("linux/arm64",))]
+    message = error_of("mirror:\n  helm:\n    local:\n      - name: a\n        path: /a.tgz\n        imagePaths: ['{range .items[*]}{.image}{end}']\n", V2ALPHA1_HEADER)
+    assert "mirror.helm.local[0].imagePaths[0]: not a supported image path" in message
+    message = error_of("mirror:\n  helm:\n    repositories:\n      - name: a\n        url: oci://quay.io/charts\n", V2ALPHA1_HEADER)
+    assert "mirror.helm.repositories[0].url: 'oci://quay.io/charts': oci:// chart repositories are not supported yet" in message
+
+
 def test_oc_mirror_additional_images_need_name_mappings() -> None:
     message = error_of("mirror:\n  additionalImages:\n    - quay.io/a/b:1\n", V2ALPHA1_HEADER)
     assert "mirror.additionalImages[0]: expected a mapping" in message
@@ -546,18 +564,6 @@ def test_unknown_field_without_close_match_has_no_suggestion() -> None:
 
 
 UNSUPPORTED_CASES = [
-    (
-        V1ALPHA2_HEADER,
-        "mirror:\n  helm:\n    local:\n      - name: podinfo\n        path: /x.tgz\n",
-        "mirror.helm",
-        "helm",
-    ),
-    (
-        V2ALPHA1_HEADER,
-        "mirror:\n  helm:\n    repositories:\n      - name: a\n        url: https://a.example.com\n",
-        "mirror.helm",
-        "helm",
-    ),
     (V1ALPHA2_HEADER, "mirror:\n  samples:\n    - name: quay.io/a/b:1\n", "mirror.samples", "samples"),
     (
         V1ALPHA2_HEADER,

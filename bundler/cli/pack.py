@@ -127,6 +127,8 @@ def _echo_reports(result: "PackResult", *, release_keys_given: bool) -> None:
     graph = result.plan.reports.graph
     if graph is not None:
         click.echo(f"Update graph: {graph.files} files ({human_bytes(graph.data_bytes)}) from {graph.data_url}, built on {graph.base_image} as {graph.digest}")
+    for chart in result.plan.reports.helm or []:
+        click.echo(f"Helm chart {chart.name} {chart.version} from {chart.source}: {len(chart.images)} images; carried as {chart.file} and pushed as {chart.artifact}")
     sigs = result.plan.reports.signatures
     if sigs is not None:
         click.echo(sigs.summary())

@@ -2,8 +2,9 @@
 
 Owns the orchestration of the planners: release payload and signatures (`release`), the update-graph
 data image (`graph_image`, for `graph: true`), sample imagestreams
-(`samples`), operator catalogs (`catalog`), additional images (from registries, or from local OCI layouts:
-`plan_layout_image`) and the images that run Quay on the far side (here). It de-duplicates by target and keeps each planner's report for the pack summary.
+(`samples`), operator catalogs (`catalog`), Helm charts (`helm.plan`: archives, images, OCI artifacts),
+additional images (from registries, or from local OCI layouts: `plan_layout_image`) and the images that
+run Quay on the far side (here). It de-duplicates by target and keeps each planner's report for the pack summary.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from bundler.openshift.release import ReleaseInfo, ReleasePlan
     from bundler.openshift.samples import SamplesReport
     from bundler.openshift.graph_image import GraphImageReport
+    from bundler.openshift.helm.plan import ChartReport
     from bundler.openshift.sigstore import SignatureReport
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class PlanReports:
     catalogs: Optional[List[CatalogReport]] = None
     signatures: Optional[SignatureReport] = None
     graph: Optional[GraphImageReport] = None
+    helm: Optional[List[ChartReport]] = None
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -80,6 +83,8 @@ class PlanReports:
             out["signatures"] = self.signatures.to_json()
         if self.graph is not None:
             out["graph"] = self.graph.to_json()
+        if self.helm is not None:
+            out["helm"] = [c.to_json() for c in self.helm]
         return out
 
 
@@ -312,6 +317,23 @@ def build_plan(
             if not keep:
                 continue
         plan.add([image])
+    if not image_set.helm.is_empty():
+        from bundler.openshift.helm.plan import plan_helm
+
+        helm = plan_helm(image_set.helm, layout=layout, options=registries.options)
+        plan.files.update(helm.files)
+        plan.warnings.extend(helm.warnings)
+        plan.add(helm.artifacts)
+        for found in helm.images:
+            image = plan_plain_image(found.reference, kind="additional", annotations={"helm-chart": found.chart})
+            if found.platforms and is_blocked(image, blocked) is None:
+                keep, note = platform_choice(found.reference, [(p.partition("/")[0], p.partition("/")[2]) for p in found.platforms], registries=registries)
+                if note:
+                    plan.warnings.append(f"helm chart {found.chart}: {note}")
+                if not keep:
+                    continue
+            plan.add([image])
+        plan.reports.helm = list(helm.charts)
     for ref in image_set.registry_images.images():
         plan.add([plan_plain_image(ref, kind="registry")])
     if blocked:

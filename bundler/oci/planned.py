@@ -15,7 +15,7 @@ from typing import Dict, Mapping, Optional, Tuple
 from bundler.oci.reference import PATH_COMPONENT
 
 #: Image kinds as recorded in the bundle manifest.
-KINDS = ("release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph")
+KINDS = ("release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph", "helm-chart")
 
 #: Registry host of the `source` of an image read from a local OCI layout (oc-mirror's `oci://` catalogs):
 #: a reserved name (RFC 2606 `.invalid`) that no cluster pulls from, so such images get no mirror-set entries.

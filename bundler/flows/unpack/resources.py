@@ -1,16 +1,18 @@
 """The cluster resources unpack writes for the registry actually used: the inputs of
 `bundler.openshift.resources` (mirrored images, catalogs with unique DNS-1123 names, the bundle's release
-signatures) and the writing itself; on Quay, the read-only robots' credentials beside them.
+signatures) and the writing itself, with the Helm chart archives in ``helm/``; on Quay, the read-only robots' credentials beside them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence, Tuple
 
 from bundler.base.errors import UsageError
+from bundler.base.fsutil import atomic_write
 from bundler.base.lock import exclusive_lock, lock_path_for
 from bundler.flows.unpack.model import OpenBundle, Target
 from bundler.oci.reference import Reference
@@ -19,6 +21,7 @@ from bundler.registry.auth import Credentials
 if TYPE_CHECKING:
     from bundler.openshift.resources import CatalogInfo, MirroredImage, ReleaseSignature, ResourcesResult
 
+_HELM_FILE = re.compile(r"^helm/([A-Za-z0-9][A-Za-z0-9._+-]*\.tgz)$")
 _SIGNATURE_FILE = re.compile(r"^signatures/(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})-([1-9][0-9]*)$")
 
 
@@ -32,9 +35,24 @@ def write_resources(bundle: OpenBundle, targets: Sequence[Target], *, registry_p
             out_dir.parent.mkdir(parents=True, exist_ok=True)
         # two unpacks at once: the resources are cumulative (read, merged, written), so one at a time
         with exclusive_lock(lock_path_for(out_dir), what=f"the resources directory {out_dir}", wait=120.0):
-            return write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh))
+            result = write_cluster_resources(images, catalogs, signatures(bundle), ResourcesOptions(registry=registry_path, out_dir=out_dir, icsp=icsp, fresh=fresh))
+            charts = write_helm_charts(bundle, out_dir)
+            return dataclasses.replace(result, files=tuple(sorted(result.files + charts))) if charts else result
     except UsageError as exc:
         raise type(exc)(f"every image is in {registry_path}, but the cluster resources could not be written: {exc.message}", hint=exc.hint) from exc
+
+
+def write_helm_charts(bundle: OpenBundle, out_dir: Path) -> Tuple[Path, ...]:
+    """The chart archives the bundle carries (`helm/<name>-<version>.tgz`), written to `<out_dir>/helm/`."""
+    written: List[Path] = []
+    for entry in bundle.manifest.files:
+        match = _HELM_FILE.match(entry.name)
+        if match is None:
+            continue
+        path = out_dir / "helm" / match.group(1)
+        atomic_write(path, bundle.read_file(entry.name))
+        written.append(path)
+    return tuple(written)
 
 
 def write_pull_secret(path: Path, host: str, targets: Sequence[Target], readers: Mapping[str, Credentials]) -> Tuple[Path, List[str]]:

@@ -8,7 +8,7 @@ Two inputs are accepted (field reference: `manifests/image-set.schema.md`):
 
 * our own format, ``apiVersion: ocp-bundler.io/v1alpha1``, ``kind: ImageSet``;
 * oc-mirror's ``ImageSetConfiguration`` (``mirror.openshift.io/v1alpha2`` and ``v2alpha1``), unchanged.
-  What we do not support yet (Helm, ...) is an error naming the field, never dropped; field names are
+  What we do not support yet is an error naming the field, never dropped; field names are
   matched case-insensitively there, as oc-mirror does, with a warning.
 
 Image references are checked against the one grammar of `bundler.oci.reference`.

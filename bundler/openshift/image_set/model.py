@@ -216,6 +216,37 @@ class AdditionalImage:
 
 
 @frozen_keyword_only
+class HelmChart:
+    """One Helm chart (oc-mirror's `Chart`): from a repository (name, version) or local (name, path)."""
+
+    name: str
+    version: Optional[str] = None  # exact version or a semver constraint; None: the newest stable one
+    path: Optional[Path] = None  # a local chart: a directory or a .tgz archive
+    image_paths: Tuple[str, ...] = ()  # extra JSONPath-like image paths, beside the default ones
+    platforms: Tuple[str, ...] = ()  # `os/architecture` (Go names) the chart's images must run on; empty: any
+
+
+@frozen_keyword_only
+class HelmRepository:
+    """A classic (HTTP) chart repository and the charts to take from it (none listed: every chart)."""
+
+    name: str
+    url: str
+    charts: Tuple[HelmChart, ...] = ()
+
+
+@frozen_keyword_only
+class HelmSpec:
+    """oc-mirror's `mirror.helm`: charts from repositories and local charts."""
+
+    repositories: Tuple[HelmRepository, ...] = ()
+    local: Tuple[HelmChart, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not self.repositories and not self.local
+
+
+@frozen_keyword_only
 class ImageSet:
     """A parsed, validated image-set config."""
 
@@ -229,6 +260,7 @@ class ImageSet:
     registry_images: RegistryImagesSpec = field(default_factory=RegistryImagesSpec)
     target: TargetSpec = field(default_factory=TargetSpec)
     volume_size_hint: Optional[int] = None  # bytes
+    helm: HelmSpec = field(default_factory=HelmSpec)
     warnings: Tuple[str, ...] = ()
 
     @property
@@ -244,6 +276,7 @@ class ImageSet:
             and not self.operators
             and not self.additional_images
             and not self.registry_images.images()
+            and self.helm.is_empty()
         )
 
 

@@ -1,7 +1,7 @@
 """oc-mirror's ``ImageSetConfiguration`` (``mirror.openshift.io/v1alpha2`` and ``v2alpha1``), read unchanged.
 
 It owns the tables of both versions and how they become an `ImageSet`. What we do not support yet
-(Helm, ...) is an error naming the field and saying what to do instead, never dropped. Field names are
+(``mirror.samples``, ...) is an error naming the field and saying what to do instead, never dropped. Field names are
 matched case-insensitively, as oc-mirror's decoder does, with a warning.
 """
 
@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
 
 from bundler.oci.reference import PATH_COMPONENT
-from bundler.openshift.image_set.model import GIB, ImageSet, ReleaseSpec
+from bundler.openshift.image_set.model import GIB, HelmChart, HelmRepository, HelmSpec, ImageSet, ReleaseSpec
 from bundler.openshift.image_set.schema import (
     Converter,
     Ctx,
     Field,
+    Loc,
     Record,
+    directory_path,
     boolean,
+    expect_str,
     release_reference,
     list_of,
     mapping_of,
@@ -38,10 +42,6 @@ from bundler.openshift.image_set.sections import (
 )
 
 _UNSUPPORTED_MIRROR: Mapping[str, str] = {
-    "helm": (
-        "finding a chart's images means rendering its Go templates with helm's engine, which ocp-bundler does "
-        "not do; list the charts' images under additionalImages and carry the chart archives beside the bundle"
-    ),
     "samples": "oc-mirror does not implement it either; use the ocp-bundler format's samples section",
 }
 #: Fields of mirror.openshift.io/v2alpha1 met in a v1alpha2 document.
@@ -52,7 +52,58 @@ _PLATFORM_FIELDS_V1ALPHA2: Mapping[str, Field] = {
     "architectures": Field("architectures", architecture_list),
     "graph": Field("graph", boolean),
 }
+def _image_path(ctx: Ctx, value: Any, loc: Loc) -> str:
+    from bundler.openshift.helm.images import parse_path
+
+    text = expect_str(ctx, value, loc, "an image path like {.spec.template.spec.containers[*].image}")
+    try:
+        parse_path(text)
+    except ValueError as exc:
+        ctx.fail(loc, f"not a supported image path: {exc}")
+    return text
+
+
+def _chart_repository_url(ctx: Ctx, value: Any, loc: Loc) -> str:
+    text = expect_str(ctx, value, loc, "a chart repository URL like https://charts.example.com/stable")
+    if text.startswith("oci://"):
+        ctx.fail(loc, f"{text!r}: oci:// chart repositories are not supported yet by ocp-bundler; pull the chart (helm pull) and list it under mirror.helm.local")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        ctx.fail(loc, f"expected a chart repository http(s) URL like https://charts.example.com/stable, got {text!r}")
+    return text
+
+
+_CHART_NAME = text_value("a chart name like podinfo", re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*"))
+_CHART_FIELDS: Mapping[str, Field] = {
+    "name": Field("name", _CHART_NAME, required=True),
+    "version": Field("version", text_value("a chart version like 6.5.0 (or a constraint like >=6.5 <7)")),
+    "imagePaths": Field("image_paths", list_of(_image_path, "image paths")),
+    "platforms": Field("platforms", platform_list),
+}
+_REPOSITORY_CHART = mapping_of(_CHART_FIELDS, lambda ctx, record: HelmChart(**record.values), ignored={"path": "ignored for a repository chart"})
+
+
+_LOCAL_CHART = mapping_of(
+    {**_CHART_FIELDS, "path": Field("path", directory_path, required=True)}, lambda ctx, record: HelmChart(**record.values)
+)
+_HELM_REPOSITORY = mapping_of(
+    {
+        "name": Field("name", _CHART_NAME, required=True),
+        "url": Field("url", _chart_repository_url, required=True),
+        "charts": Field("charts", list_of(_REPOSITORY_CHART, "charts ({name, version})")),
+    },
+    lambda ctx, record: HelmRepository(**record.values),
+)
+_HELM = mapping_of(
+    {
+        "repositories": Field("repositories", list_of(_HELM_REPOSITORY, "helm repositories ({name, url, charts})")),
+        "local": Field("local", list_of(_LOCAL_CHART, "local charts ({name, path})")),
+    },
+    lambda ctx, record: HelmSpec(**record.values),
+)
+
 _MIRROR_FIELDS: Mapping[str, Field] = {
+    "helm": Field("helm", _HELM),
     "additionalImages": Field("additional", list_of(ADDITIONAL_IMAGE, "images ({name: <reference>})")),
     "blockedImages": Field("blocked_images", list_of(blocked_image, "images ({name: <reference or regular expression>})")),
 }
@@ -162,6 +213,7 @@ def build_oc_mirror(ctx: Ctx, record: Record) -> ImageSet:
             operators=mirror.get("operators", ()),
             additional=unique_images(ctx, mirror.get("additional", ()), mirror_loc.key("additionalImages", None)),
             blocked_images=mirror.get("blocked_images", ()),
+            helm=mirror.get("helm", HelmSpec()),
             volume_size_hint=archive_size * GIB if archive_size is not None else None,
         ),
     )

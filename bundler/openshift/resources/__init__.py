@@ -43,7 +43,7 @@ from bundler.base.errors import DiskSpaceError, UsageError
 from bundler.base.fsutil import atomic_write
 from bundler.oci.planned import LOCAL_LAYOUT_HOST
 from bundler.openshift.resources.model import (
-    CatalogInfo, ResourcesChanges, GRAPH_KIND, IMAGE_KINDS, MAPPING_FILE, MIRROR_SOURCE_POLICIES,
+    CatalogInfo, ResourcesChanges, GRAPH_KIND, HELM_CHART_KIND, IMAGE_KINDS, MAPPING_FILE, MIRROR_SOURCE_POLICIES,
     MirroredImage, README_FILE, RELEASE_KINDS, ReleaseSignature, ResourcesOptions, ResourcesResult,
     SAMPLES_PATCH_FILE, _DIGEST_ONLY_KINDS, _DIGEST_RE, _DNS1123_LABEL_RE, _MIRROR_SET_PATTERNS,
     _OWNED_PATTERNS, _Plan, _REGISTRY_RE, _parse_reference, _under_registry,
@@ -242,7 +242,7 @@ def _plan(images: Sequence[MirroredImage], *, registry: str, options: ResourcesO
         if image.kind == GRAPH_KIND:
             plan.graph_images.append(f"{target.repository}@{image.digest}")
             continue
-        if source.repository.split("/", 1)[0] == LOCAL_LAYOUT_HOST:
+        if image.kind == HELM_CHART_KIND or source.repository.split("/", 1)[0] == LOCAL_LAYOUT_HOST:
             plan.mapping.add(f"{image.source}={image.target}")  # read from a local OCI layout: nothing pulls the source
             continue
         if image.kind == "release":

@@ -20,7 +20,9 @@ from bundler.oci.reference import DIGEST, HOST, REPOSITORY, TAG
 log = logging.getLogger(__name__)
 
 
-IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph"})
+IMAGE_KINDS = frozenset({"release", "release-component", "sample", "operator", "catalog", "additional", "registry", "signature", "graph", "helm-chart"})
+#: A Helm chart pushed as an OCI artifact: no upstream registry to mirror; listed in mapping.txt only.
+HELM_CHART_KIND = "helm-chart"
 #: The update-graph data image: built by pack, no upstream to mirror; it is named by the UpdateService.
 GRAPH_KIND = "graph"
 RELEASE_KINDS = frozenset({"release", "release-component"})
