@@ -28,7 +28,7 @@ from bundler.transfer.transports import ImageSource, LayoutImage, parse_layout_s
 
 if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
-    from bundler.openshift.image_set.model import ReleaseSpec
+    from bundler.openshift.image_set.model import ReleaseSpec, SamplesSpec
     from bundler.openshift.release import ReleaseInfo, ReleasePlan
     from bundler.openshift.samples import SamplesReport
     from bundler.openshift.graph_image import GraphImageReport
@@ -278,19 +278,7 @@ def build_plan(
         plan, image_set.releases, registries=registries, layout=layout, stage=stage, graph_url=graph_url,
         signature_store=signature_store, graph_data_url=graph_data_url, graph_base_image=graph_base_image,
     )
-    sam = image_set.samples
-    if sam.from_release or sam.directory or sam.images:
-        from bundler.openshift import samples
-
-        operators = [r.samples_operator for r in (release_plan.releases if release_plan and sam.from_release else ()) if r.samples_operator]
-        samples_plan = samples.plan_samples(
-            sam, registries=registries, release_plan=release_plan, operator_sources={ref: stage(ref) for ref in operators}
-        )
-        plan.add(samples_plan.images)
-        plan.reports.samples = SamplesSummary(
-            images=len(samples_plan.images), organisations=sorted(samples_plan.organisations), report=samples_plan.report
-        )
-        plan.warnings.extend(samples_plan.report.warnings)
+    _plan_samples(plan, image_set.samples, registries=registries, release_plan=release_plan, stage=stage)
     if image_set.operators:
         from bundler.openshift.catalog import plan as catalog
 
@@ -340,6 +328,24 @@ def build_plan(
         plan.images, dropped = drop_blocked(plan.images, blocked)
         plan.warnings.extend(dropped)
     return plan
+
+
+def _plan_samples(
+    plan: Plan, sam: "SamplesSpec", *, registries: Registries, release_plan: Optional["ReleasePlan"], stage: Callable[[str], ImageSource]
+) -> None:
+    """The sample imagestreams' images, added to `plan` (nothing when the config names no samples)."""
+    if sam.from_release or sam.directory or sam.images:
+        from bundler.openshift import samples
+
+        operators = [r.samples_operator for r in (release_plan.releases if release_plan and sam.from_release else ()) if r.samples_operator]
+        samples_plan = samples.plan_samples(
+            sam, registries=registries, release_plan=release_plan, operator_sources={ref: stage(ref) for ref in operators}
+        )
+        plan.add(samples_plan.images)
+        plan.reports.samples = SamplesSummary(
+            images=len(samples_plan.images), organisations=sorted(samples_plan.organisations), report=samples_plan.report
+        )
+        plan.warnings.extend(samples_plan.report.warnings)
 
 
 def _plan_releases(
