@@ -76,7 +76,7 @@ def bundle_images(objs: Dict[str, Any], names: Tuple[str, ...] = ("single", "doc
         out.append(
             BundleImage(
                 source=f"quay.io/t/{n}:v1",
-                digest=o.digest,
+                digest=Digest.parse(o.digest),
                 media_type=o.media_type,
                 size=o.size,
                 kind=kinds[n],
@@ -161,7 +161,7 @@ def test_big_blob_is_split_and_parts_concatenate_to_it(signed_bundle: Tuple[Path
     out, result = signed_bundle
     _, objs = layout_objs
     big = objs["c"].layers[-1]
-    entry = next(b for b in result.manifest.blobs if b.digest == big.digest)
+    entry = next(b for b in result.manifest.blobs if str(b.digest) == big.digest)
     assert entry.encoding == "raw" and len({p.volume for p in entry.parts}) >= 3
     assert [p.member.rsplit(".", 1)[1] for p in entry.parts] == [f"{i:03d}" for i in range(1, len(entry.parts) + 1)]
     data = b""
@@ -175,7 +175,7 @@ def test_big_blob_is_split_and_parts_concatenate_to_it(signed_bundle: Tuple[Path
 def test_compression_only_where_it_pays(signed_bundle: Tuple[Path, BundleWriteResult], layout_objs: Tuple[Layout, Dict[str, Any]]) -> None:
     _, result = signed_bundle
     _, objs = layout_objs
-    by = {b.digest: b for b in result.manifest.blobs}
+    by = {str(b.digest): b for b in result.manifest.blobs}
     text_layer = objs["b"].layers[-1]  # uncompressed, repetitive
     random_tar = objs["b_rand"].layers[0]  # uncompressed, random
     gz = objs["a"].layers[-1]
@@ -224,7 +224,7 @@ def test_manifest_lists_everything_and_matches_schema(signed_bundle: Tuple[Path,
         for img in o.images:
             expected.add(img.digest)
             expected.update(b.digest for b in img.blobs)
-    assert {b.digest for b in parsed.blobs} == expected  # every reachable blob, each once
+    assert {str(b.digest) for b in parsed.blobs} == expected  # every reachable blob, each once
     assert {f.name for f in parsed.files} == set(FILES)
     img = next(i for i in parsed.images if i.kind == "release")
     assert img.target == "t/docker-list:v1" and img.annotations == {"component": "docker-list"}
@@ -263,7 +263,7 @@ def test_every_blob_reads_back_in_place(signed_bundle: Tuple[Path, BundleWriteRe
     for image in bundle.manifest.images:
         src = bundle.image_source(image)
         top = src.resolve()
-        assert str(top.digest) == image.digest and top.media_type == image.media_type
+        assert top.digest == image.digest and top.media_type == image.media_type
         stack = [top]
         while stack:
             m = stack.pop()
@@ -280,12 +280,12 @@ def test_every_blob_reads_back_in_place(signed_bundle: Tuple[Path, BundleWriteRe
     assert bundle.blobs_needed_from_base() == []
     # resuming reads at an offset: raw, split across volumes, and zstd-stored
     for b in bundle.manifest.blobs:
-        whole = layout.read_blob(Digest.parse(b.digest))
+        whole = layout.read_blob(b.digest)
         for offset in {0, 1, b.size // 2, max(0, b.size - 1), b.size}:
             with bundle.open_blob(b.digest, offset) as r:
                 assert read_all(r) == whole[offset:], (b.digest, b.encoding, offset)
     with pytest.raises(ImageNotFoundError):
-        bundle.open_blob("sha256:" + "0" * 64).__enter__()
+        bundle.open_blob(Digest.parse("sha256:" + "0" * 64)).__enter__()
     with pytest.raises(UsageError):
         bundle.read_file("nope")
 
@@ -296,13 +296,13 @@ def test_copy_engine_reproduces_identical_digests(signed_bundle: Tuple[Path, Bun
     target = Layout(tmp_path / "restored")
     with Copier() as copier:
         for image in bundle.manifest.images:
-            res = copier.copy(bundle.image_source(image), LayoutImage(target, image.source), expected=Digest.parse(image.digest))
-            assert str(res.digest) == image.digest and res.status == "copied"
+            res = copier.copy(bundle.image_source(image), LayoutImage(target, image.source), expected=image.digest)
+            assert res.digest == image.digest and res.status == "copied"
     restored = {str(d): size for d, size in target.iter_blobs()}
-    assert set(restored) == {b.digest for b in bundle.manifest.blobs}
+    assert set(restored) == {str(b.digest) for b in bundle.manifest.blobs}
     for b in bundle.manifest.blobs:
-        assert restored[b.digest] == b.size
-        assert sha(target.blob_path(Digest.parse(b.digest)).read_bytes()) == b.digest
+        assert restored[str(b.digest)] == b.size
+        assert sha(target.blob_path(b.digest).read_bytes()) == str(b.digest)
 
 
 def test_reader_checks_the_tar_header_in_front_of_each_part(bundle_copy: Path) -> None:
@@ -394,23 +394,23 @@ def test_incremental_bundle_holds_only_new_blobs(layout_objs: Tuple[Layout, Dict
     incr = write_bundle(layout, bundle_images(objs), options=BundleWriteOptions(out_dir=tmp_path / "incr", volume_size=VOLUME_SIZE, base=tmp_path / "base"))
     m = incr.manifest
     assert m.base_id == base.manifest.id != m.id
-    base_digests = {b.digest for b in base.manifest.blobs}
+    base_digests = {str(b.digest) for b in base.manifest.blobs}
     shared = objs["shared"].digest
     assert shared in base_digests
-    carried = {b.digest for b in m.blobs}
+    carried = {str(b.digest) for b in m.blobs}
     # configs and layers the base has are left out; manifests are always carried (the graph must resolve)
     assert shared not in carried and objs["c"].layers[-1].digest not in carried
     assert objs["docker-list"].digest in carried and objs["oci-index"].digest in carried
     for b in m.blobs:
-        if b.digest in base_digests:
+        if str(b.digest) in base_digests:
             assert "manifest" in b.media_type
     assert incr.blobs_skipped_by_base == len(m.base_blobs) and m.base_blobs
     bundle = Bundle.open(tmp_path / "incr")
     assert bundle.blobs_needed_from_base() == [b.digest for b in m.base_blobs]
-    assert shared in bundle.blobs_needed_from_base()
-    assert not bundle.has_blob(shared) and bundle.has_blob(objs["oci-index"].digest)
+    assert Digest.parse(shared) in bundle.blobs_needed_from_base()
+    assert not bundle.has_blob(Digest.parse(shared)) and bundle.has_blob(Digest.parse(objs["oci-index"].digest))
     with pytest.raises(ImageNotFoundError, match=f"base bundle {base.manifest.id}"):
-        with bundle.open_blob(shared):
+        with bundle.open_blob(Digest.parse(shared)):
             pass
     # the volumes hold only the new blobs: no member named after a base-only blob
     members: set = set()  # type: ignore[type-arg]

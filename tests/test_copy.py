@@ -269,7 +269,7 @@ def test_cli_errors_have_exit_codes_and_one_line(registry_tls: RegistryServer, t
 
 def test_chunked_upload_recovers_the_offset_after_a_broken_chunk(fresh_registry_plain: RegistryServer, tmp_path: Path, skopeo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Big blobs go up in chunks; a chunk cut half way is not resent blindly: the offset is asked first."""
-    import bundler.registry.client as registry_mod
+    import bundler.registry.push as registry_mod
 
     monkeypatch.setattr(registry_mod, "CHUNKED_UPLOAD_THRESHOLD", 100_000)
     monkeypatch.setattr(registry_mod, "UPLOAD_CHUNK_SIZE", 256 * 1024)

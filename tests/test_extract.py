@@ -28,6 +28,7 @@ from bundler.openshift.extract import (
     mirror_pull_spec,
 )
 from bundler.layout.store import Layout
+from bundler.oci.digest import Digest
 from bundler.transfer.transports import ImageSource, LayoutImage
 from tests.infra import openshift_images as oi
 from tests.infra.images import make_image, make_layer, write_oci_layout
@@ -219,7 +220,7 @@ def test_mirror_pull_spec() -> None:
 @dataclass(frozen=True)
 class FakeBundleImage:
     source: str
-    digest: str
+    digest: Digest
     kind: str
     target_repository: str
     target_tag: str
@@ -247,11 +248,11 @@ def _fake_bundle_module(root: Path, images: List[FakeBundleImage]) -> types.Modu
 
 def _carried(components: Dict[str, object], version: str = "4.8.0") -> List[FakeBundleImage]:
     rel_digest = DIGEST
-    images = [FakeBundleImage("quay.io/openshift-release-dev/ocp-release@" + rel_digest, rel_digest, "release", "ocp4/openshift4", f"{version}-x86_64", {"version": version, "arch": "x86_64"})]
+    images = [FakeBundleImage("quay.io/openshift-release-dev/ocp-release@" + rel_digest, Digest.parse(rel_digest), "release", "ocp4/openshift4", f"{version}-x86_64", {"version": version, "arch": "x86_64"})]
     for name, image in components["images"].items():  # type: ignore[attr-defined]
         images.append(
             FakeBundleImage(
-                f"quay.io/openshift-release-dev/ocp-v4.0-art-dev@{image.digest}", image.digest, "release-component", "ocp4/openshift4",
+                f"quay.io/openshift-release-dev/ocp-v4.0-art-dev@{image.digest}", Digest.parse(str(image.digest)), "release-component", "ocp4/openshift4",
                 f"{version}-x86_64-{name}", {"version": version, "arch": "x86_64", "component": name, "release": rel_digest},
             )
         )
@@ -286,8 +287,8 @@ def test_cli_extract_from_a_bundle(tmp_path: Path, components: Dict[str, object]
 
 
 def test_choose_release_among_several() -> None:
-    a = FakeBundleImage("q/r@" + DIGEST, DIGEST, "release", "ocp4/openshift4", "4.8.0-x86_64", {"version": "4.8.0", "arch": "x86_64"})
-    b = FakeBundleImage("q/r@" + DIGEST, DIGEST, "release", "ocp4/openshift4", "4.8.1-x86_64", {"version": "4.8.1", "arch": "x86_64"})
+    a = FakeBundleImage("q/r@" + DIGEST, Digest.parse(DIGEST), "release", "ocp4/openshift4", "4.8.0-x86_64", {"version": "4.8.0", "arch": "x86_64"})
+    b = FakeBundleImage("q/r@" + DIGEST, Digest.parse(DIGEST), "release", "ocp4/openshift4", "4.8.1-x86_64", {"version": "4.8.1", "arch": "x86_64"})
     with pytest.raises(UsageError, match="carries 2 releases") as info:
         choose_release([a, b])
     assert "4.8.0-x86_64, 4.8.1-x86_64" in str(info.value)

@@ -217,7 +217,7 @@ def check_bundle(bundle: Path, content: Content, keys: Keys, skopeo: Any, source
     assert got == content.expected
     for image in manifest.images:
         direct = image.source.replace(content.host, source_host, 1)
-        assert skopeo.digest(direct) == image.digest, f"{direct}: bundle says {image.digest}"
+        assert skopeo.digest(direct) == str(image.digest), f"{direct}: bundle says {image.digest}"
 
 
 def blob_gets(log: Sequence[Tuple[str, str, Optional[str], Optional[int]]]) -> List[str]:
@@ -447,7 +447,7 @@ def expect_in_target(skopeo: Any, target: RegistryServer, prefix: str, bundle: P
     for image in manifest.images:
         ref = f"{target.host}/{prefix}/{image.target_repository}:{image.target_tag}"
         got = skopeo.digest(ref)
-        assert got == image.digest, f"{ref}: skopeo sees {got}, the bundle says {image.digest}"
+        assert got == str(image.digest), f"{ref}: skopeo sees {got}, the bundle says {image.digest}"
     return len(manifest.images)
 
 
@@ -680,7 +680,7 @@ def registry_state(target: RegistryServer, prefix: str, packed: Packed) -> Tuple
             if resp.status == 404:
                 continue
             got = resp.headers.get("Docker-Content-Digest")
-            if resp.status != 200 or got != image.digest:
+            if resp.status != 200 or got != str(image.digest):
                 problems.append(f"{repo}:{image.target_tag} is {resp.status} {got}, the bundle says {image.digest}")
                 continue
             present += 1

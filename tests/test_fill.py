@@ -25,7 +25,7 @@ from bundler.bundle.members import JOURNAL_NAME
 from bundler.bundle.verify import verify_bundle
 from bundler.bundle.volumes import Bundle, BundleWriteResult
 from bundler.layout.store import Layout
-from bundler.oci.digest import Digest, Readable
+from bundler.oci.digest import Readable
 from bundler.oci.media import Descriptor, detect_media_type, is_index, parse_manifest
 from tests.test_bundle import FILES, VOLUME_SIZE, bundle_images, keys, layout_objs  # noqa: F401  (fixtures)
 from tests.test_verify import flip
@@ -59,7 +59,7 @@ def content_of(layout: Layout, images: List[BundleImage], source: Source) -> Bun
     blobs: Dict[str, SourcedBlob] = {}
     needs: Dict[str, List[str]] = {}
     for image in images:
-        stack = [Descriptor(media_type=image.media_type, digest=Digest.parse(image.digest), size=image.size)]
+        stack = [Descriptor(media_type=image.media_type, digest=image.digest, size=image.size)]
         needed: List[str] = []
         while stack:
             d = stack.pop()
@@ -111,7 +111,7 @@ def test_filled_bundle_verifies_and_reads_back_every_blob_opened_once(src: Tuple
     assert v.signed and v.blobs_checked == len(m.blobs)
     bundle = Bundle.open(tmp_path / "b")
     for b in m.blobs:
-        assert bundle.read_blob(b.digest) == layout.read_blob(Digest.parse(b.digest))
+        assert bundle.read_blob(b.digest) == layout.read_blob(b.digest)
     assert BundleManifest.from_bytes((tmp_path / "b" / MANIFEST_NAME).read_bytes(), where="x") == m
     # a rerun of a finished bundle opens nothing
     again = fill(layout, source, tmp_path / "b", key=keys[0])
@@ -133,7 +133,7 @@ def test_flipped_byte_in_a_filled_volume_names_the_blob_and_its_volume(filled: T
         verify_bundle(out)
     msg = str(e.value)
     assert msg.splitlines()[0].endswith(f"1 problem; re-copy {part.volume} from the source media"), msg
-    assert blob.digest in msg and "does not match its digest" in msg
+    assert str(blob.digest) in msg and "does not match its digest" in msg
 
 
 def test_truncated_swapped_and_damaged_header_filled_volumes(filled: Tuple[Path, BundleManifest]) -> None:
@@ -242,7 +242,7 @@ def test_a_missing_partial_volume_is_made_again_and_its_blobs_fetched_again(src:
     source.broken.clear()
     before = Counter(source.opened)
     result = fill(layout, source, tmp_path / "b")
-    in_second = {b.digest for b in result.manifest.blobs if any(p.volume == "bundle-0002.tar" for p in b.parts)}
+    in_second = {str(b.digest) for b in result.manifest.blobs if any(p.volume == "bundle-0002.tar" for p in b.parts)}
     reopened = set((source.opened - before).keys())
     assert reopened == {big.digest} | (in_second & set(source.opened)), "the lost volume's streamed blobs, and the failed one, are fetched again"
     verify_bundle(tmp_path / "b")

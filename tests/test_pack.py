@@ -42,7 +42,7 @@ def test_incremental_pack_with_a_new_work_dir_fetches_only_new_blobs(registry_pl
     c_blobs = {blob.digest for blob in c.blobs}
     assert fetched == c_blobs - {base_layer.digest}, "only the new image's own blobs are fetched"
     verify_bundle(tmp_path / "incr")
-    carried = {blob.digest for blob in Bundle.open(tmp_path / "incr").manifest.blobs}
+    carried = {str(blob.digest) for blob in Bundle.open(tmp_path / "incr").manifest.blobs}
     assert base_layer.digest not in carried and c_blobs - {base_layer.digest} <= carried
     # the far side: base first, then the increment; everything digest-exact
     mirror = fresh_registry_plain

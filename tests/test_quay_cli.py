@@ -16,6 +16,7 @@ import pytest
 
 from bundler.cli import main
 from bundler.quay.bringup import LOCAL_REPOSITORY, QuayPaths, images_from_bundle, quay_down, registry_role
+from bundler.oci.digest import Digest
 from tests.conftest import require_tool, cli_runner
 
 
@@ -99,7 +100,7 @@ def bundle_of_stand_ins(tmp_path: Path) -> Iterator[Path]:
     images = [
         BundleImage(
             source=f"registry.redhat.io/{repo}:{tag}",
-            digest=obj.digest,
+            digest=Digest.parse(obj.digest),
             media_type=obj.media_type,
             size=obj.size,
             kind="registry",

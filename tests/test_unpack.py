@@ -37,6 +37,7 @@ from bundler.base.progress import NullProgress
 from bundler.registry.client import TransportOptions
 from bundler.bundle.signing import generate_keypair
 from bundler.flows.unpack import ReadBackMismatchError, UnpackIntegrityError, UnpackOptions, UnpackPartialFailureError, UnpackResult, unpack_bundle
+from bundler.oci.digest import Digest
 from tests.crdschema import load_crds, validate_object
 from tests.infra.faultproxy import FaultProxy
 from tests.infra.images import MANIFEST_TYPES, Image, ImageIndex, Manifestish, RegistryClient, make_image, make_index, random_layer, write_oci_layout
@@ -120,7 +121,7 @@ def bundle_images(entries: Sequence[Entry]) -> List[BundleImage]:
     return [
         BundleImage(
             source=e.source,
-            digest=e.digest,
+            digest=Digest.parse(e.digest),
             media_type=e.obj.media_type,
             size=e.obj.size,
             kind=e.kind,
@@ -420,7 +421,7 @@ def test_incremental_bundle_with_missing_base_blobs(fresh_registry_plain: Regist
     assert info.value.exit_code == ExitCode.USAGE
     assert f"unpack the base bundle {base_id} first" in message
     for digest in needed:
-        assert digest in message
+        assert str(digest) in message
     assert "myorg/app:2.0" in message
     with RegistryClient(fresh_registry_plain.url) as client:
         assert json.loads(client.request("GET", "/v2/_catalog").data)["repositories"] == []

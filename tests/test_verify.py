@@ -24,7 +24,8 @@ from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, BundleBlob, B
 from bundler.base.errors import ExitCode, IntegrityError, SignatureError, UnsafeArchiveError, UsageError
 from bundler.layout.store import Layout
 from bundler.bundle.signing import generate_keypair
-from bundler.bundle.verify import UNSIGNED_WARNING, scan_volume, verify_bundle
+from bundler.bundle.tarscan import scan_volume
+from bundler.bundle.verify import UNSIGNED_WARNING, verify_bundle
 from tests.test_bundle import FILES, VOLUME_SIZE, bundle_copy, keys, layout_objs, sha, signed_bundle  # noqa: F401  (fixtures)
 from tests.conftest import cli_runner
 
@@ -41,7 +42,7 @@ def flip(path: Path, offset: int) -> None:
 
 def find_blob(m: BundleManifest, objs: Dict[str, Any], what: str) -> Tuple[BundleBlob, Part]:
     """The blob of a kind, and the part to damage."""
-    by = {b.digest: b for b in m.blobs}
+    by = {str(b.digest): b for b in m.blobs}
     last = m.volumes[-1].name
     if what == "layer":
         b = by[objs["a"].layers[-1].digest]
@@ -79,7 +80,7 @@ def test_flipped_byte_in_a_blob_names_the_blob_and_the_volume(what: str, bundle_
     first, *rest = msg.splitlines()
     assert first == f"bundle {bundle_copy} failed verification: 2 problems; re-copy {part.volume} from the source media"
     assert f"{part.volume} is altered" in msg and f"re-copy {part.volume}" in msg
-    bad = [line for line in rest if blob.digest in line]
+    bad = [line for line in rest if str(blob.digest) in line]
     assert len(bad) == 1 and f"{ROLE[what]} {blob.digest}".strip() in bad[0]
     assert "does not match its digest" in bad[0] or "zstd data is corrupt" in bad[0]
     assert e.value.exit_code == ExitCode.INTEGRITY

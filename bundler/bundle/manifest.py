@@ -150,7 +150,7 @@ class Part:
 class BundleImage:
     source: str
     """Full upstream reference as resolved (tag and/or digest)."""
-    digest: str
+    digest: Digest
     """`sha256:…` of the top manifest as packed."""
     media_type: str
     size: int
@@ -180,7 +180,7 @@ class BundleImage:
 class BundleBlob:
     """A blob (manifest, config or layer) carried in the volumes."""
 
-    digest: str
+    digest: Digest
     size: int
     """Size of the blob itself (what its digest covers)."""
     media_type: str
@@ -191,7 +191,7 @@ class BundleBlob:
 
     @property
     def name(self) -> str:
-        return self.digest
+        return str(self.digest)
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class BundleFile:
     """An extra named file (release signatures, pack report…) carried in the volumes."""
 
     name: str
-    digest: str
+    digest: Digest
     size: int
     encoding: str
     stored_size: int
@@ -219,7 +219,7 @@ class BundleVolume:
 class BaseBlob:
     """A blob the images need that an incremental bundle leaves to its base bundle."""
 
-    digest: str
+    digest: Digest
     size: int
     media_type: str
 
@@ -266,12 +266,12 @@ class BundleManifest:
             "images": [_image_json(i) for i in self.images],
             "volumes": [_volume_json(v) for v in self.volumes],
             "files": [
-                {"name": f.name, "digest": f.digest, "size": f.size, "encoding": f.encoding, "storedSize": f.stored_size, "parts": _parts_json(f.parts)}
+                {"name": f.name, "digest": str(f.digest), "size": f.size, "encoding": f.encoding, "storedSize": f.stored_size, "parts": _parts_json(f.parts)}
                 for f in self.files
             ],
             "blobs": [
                 {
-                    "digest": b.digest,
+                    "digest": str(b.digest),
                     "size": b.size,
                     "mediaType": b.media_type,
                     "encoding": b.encoding,
@@ -280,7 +280,7 @@ class BundleManifest:
                 }
                 for b in self.blobs
             ],
-            "baseBlobs": [{"digest": b.digest, "size": b.size, "mediaType": b.media_type} for b in self.base_blobs],
+            "baseBlobs": [{"digest": str(b.digest), "size": b.size, "mediaType": b.media_type} for b in self.base_blobs],
         }
 
     def to_bytes(self) -> bytes:
@@ -298,7 +298,7 @@ class BundleManifest:
 def _image_json(i: BundleImage) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         "source": i.source,
-        "digest": i.digest,
+        "digest": str(i.digest),
         "mediaType": i.media_type,
         "size": i.size,
         "kind": i.kind,
@@ -371,13 +371,12 @@ class _Reader:
             raise self.fail(f"{path}.{key}", f"is not a media type ({v[:80]!r})")
         return v
 
-    def digest(self, d: Dict[str, Any], key: str, path: str) -> str:
+    def digest(self, d: Dict[str, Any], key: str, path: str) -> Digest:
         v = self.s(d, key, path)
         try:
-            Digest.parse(v)
+            return Digest.parse(v)
         except BundlerError:
             raise self.fail(f"{path}.{key}", f"is not a digest ({v[:80]!r})") from None
-        return v
 
     def manifest(self, v: Any) -> BundleManifest:
         doc = self.obj(v, "document")
@@ -433,7 +432,7 @@ class _Reader:
             raise self.fail(f"{path}.name", f"is not a volume name like bundle-0001.tar ({name[:80]!r})")
         if not hashed and d.get("sha256") is None:
             return BundleVolume(name, self.n(d, "size", path), None)
-        sha = self.digest(d, "sha256", path)
+        sha = str(self.digest(d, "sha256", path))
         if not sha.startswith("sha256:"):
             raise self.fail(f"{path}.sha256", "must be a sha256 digest")
         return BundleVolume(name, self.n(d, "size", path), sha)
@@ -496,7 +495,7 @@ class _Reader:
         encoding = self.encoding(d, path)
         stored = self.stored_size(d, path, size, encoding)
         digest = self.digest(d, "digest", path)
-        if not digest.startswith("sha256:"):
+        if digest.algorithm != "sha256":
             raise self.fail(f"{path}.digest", "must be a sha256 digest")
         return BundleFile(
             name=name,

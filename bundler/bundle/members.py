@@ -224,9 +224,9 @@ def _fingerprint(
         "format": fmt,
         "volumeSize": volume_size,
         "baseId": base_id,
-        "images": [[i.source, i.digest, i.media_type, i.size, i.kind, i.target_repository, i.target_tag, sorted(i.recorded_annotations().items())] for i in images],
+        "images": [[i.source, str(i.digest), i.media_type, i.size, i.kind, i.target_repository, i.target_tag, sorted(i.recorded_annotations().items())] for i in images],
         "items": [[i.kind, i.key, str(i.digest), i.size, i.media_type, i.encoding, i.stored_size] for i in items],
-        "skipped": [b.digest for b in skipped],
+        "skipped": [str(b.digest) for b in skipped],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -251,9 +251,9 @@ def _build_manifest(
     for item in items:
         p = tuple(parts[id(item)])
         if item.kind == "file":
-            files.append(BundleFile(item.key, str(item.digest), item.size, item.encoding, item.stored_size, p))
+            files.append(BundleFile(item.key, item.digest, item.size, item.encoding, item.stored_size, p))
         else:
-            blobs.append(BundleBlob(item.key, item.size, item.media_type, item.encoding, item.stored_size, p))
+            blobs.append(BundleBlob(item.digest, item.size, item.media_type, item.encoding, item.stored_size, p))
     return BundleManifest(
         id=bundle_id,
         created=created,

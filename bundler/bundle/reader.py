@@ -159,9 +159,9 @@ class Bundle:
         self.directory = directory
         self.manifest = manifest
         self.raw_manifest = raw_manifest
-        self._blobs: Dict[str, BundleBlob] = {b.digest: b for b in manifest.blobs}
+        self._blobs: Dict[Digest, BundleBlob] = {b.digest: b for b in manifest.blobs}
         self._files: Dict[str, BundleFile] = {f.name: f for f in manifest.files}
-        self._base: Dict[str, BaseBlob] = {b.digest: b for b in manifest.base_blobs}
+        self._base: Dict[Digest, BaseBlob] = {b.digest: b for b in manifest.base_blobs}
 
     @classmethod
     def open(cls, directory: Path) -> "Bundle":
@@ -183,13 +183,13 @@ class Bundle:
         """Whether a signature file is present (not whether it is valid: verify checks that)."""
         return self.signature_path.exists()
 
-    def has_blob(self, digest: str) -> bool:
-        return str(digest) in self._blobs
+    def has_blob(self, digest: Digest) -> bool:
+        return digest in self._blobs
 
-    def blob(self, digest: str) -> BundleBlob:
-        b = self._blobs.get(str(digest))
+    def blob(self, digest: Digest) -> BundleBlob:
+        b = self._blobs.get(digest)
         if b is None:
-            if str(digest) in self._base:
+            if digest in self._base:
                 raise ImageNotFoundError(
                     f"blob {digest} is carried by the base bundle {self.manifest.base_id}, not by {self.directory}",
                     hint="unpack the base bundle first so the registry already has it",
@@ -222,16 +222,16 @@ class Bundle:
             reader.close()
 
     @contextlib.contextmanager
-    def open_blob(self, digest: str, offset: int = 0) -> Iterator[Readable]:
+    def open_blob(self, digest: Digest, offset: int = 0) -> Iterator[Readable]:
         """The blob's bytes from `offset`, read in place from the volumes (decompressed when stored zstd)."""
         yield from self._open_stored(self.blob(digest), offset)
 
-    def read_blob(self, digest: str) -> bytes:
+    def read_blob(self, digest: Digest) -> bytes:
         """A whole blob (for manifests and configs), checked against its digest."""
         b = self.blob(digest)
         with self.open_blob(digest) as r:
             data = _read_all(r)
-        d = Digest.parse(b.digest)
+        d = b.digest
         h = d.new_hasher()
         h.update(data)
         if h.hexdigest() != d.encoded or len(data) != b.size:
@@ -244,14 +244,14 @@ class Bundle:
             raise UsageError(f"the bundle {self.directory} has no file {name!r}")
         with contextlib.contextmanager(self._open_stored)(f, 0) as r:
             data = _read_all(r)
-        if "sha256:" + hashlib.sha256(data).hexdigest() != f.digest or len(data) != f.size:
+        if "sha256:" + hashlib.sha256(data).hexdigest() != str(f.digest) or len(data) != f.size:
             raise IntegrityError(f"file {name} read from {self.directory} does not match its digest", hint="run ocp-bundler verify to find the damaged volume")
         return data
 
     def file_names(self) -> List[str]:
         return [f.name for f in self.manifest.files]
 
-    def blobs_needed_from_base(self) -> List[str]:
+    def blobs_needed_from_base(self) -> List[Digest]:
         """Digests the images need that this (incremental) bundle does not carry: the target registry must have them."""
         return [b.digest for b in self.manifest.base_blobs]
 
@@ -305,12 +305,12 @@ class BundleImageSource:
     def resolve(self) -> FetchedManifest:
         raw = self.bundle.read_blob(self.image.digest)
         media_type = detect_media_type(raw, self.image.media_type or None)
-        return FetchedManifest(raw, media_type, Digest.parse(self.image.digest))
+        return FetchedManifest(raw, media_type, self.image.digest)
 
     def fetch_manifest(self, descriptor: Descriptor) -> FetchedManifest:
-        raw = self.bundle.read_blob(str(descriptor.digest))
+        raw = self.bundle.read_blob(descriptor.digest)
         return FetchedManifest(raw, detect_media_type(raw, descriptor.media_type or None), descriptor.digest)
 
     def open_blob(self, descriptor: Descriptor, offset: int) -> ContextManager[Readable]:
-        return self.bundle.open_blob(str(descriptor.digest), offset)
+        return self.bundle.open_blob(descriptor.digest, offset)
 

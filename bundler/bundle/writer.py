@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 
-from bundler.oci.digest import Digest, hash_file
+from bundler.oci.digest import hash_file
 from bundler.base.fsutil import atomic_write, free_space
 from bundler.base.units import human_bytes
 from bundler.base.errors import BundlerError, DiskSpaceError, ImageNotFoundError, IntegrityError, UsageError
@@ -189,8 +189,8 @@ def _walk(layout: Layout, images: Sequence[BundleImage], base: Optional[BundleMa
     """Every blob reachable from the images, metadata first; blobs the base carries are set aside."""
     in_base: Dict[str, int] = {}
     if base is not None:
-        in_base = {b.digest: b.size for b in base.blobs}
-        in_base.update({b.digest: b.size for b in base.base_blobs})
+        in_base = {str(b.digest): b.size for b in base.blobs}
+        in_base.update({str(b.digest): b.size for b in base.base_blobs})
     metadata: Dict[str, _Item] = {}
     layers: Dict[str, _Item] = {}
     skipped: Dict[str, BaseBlob] = {}
@@ -201,10 +201,7 @@ def _walk(layout: Layout, images: Sequence[BundleImage], base: Optional[BundleMa
             raise UsageError(f"image {image.source}: kind {image.kind!r} is not one of {', '.join(KINDS)}")
         if not image.target_repository or not image.target_tag:
             raise UsageError(f"image {image.source}: target repository and tag must both be set")
-        try:
-            top_digest = Digest.parse(image.digest)
-        except BundlerError:
-            raise UsageError(f"image {image.source}: {image.digest!r} is not a digest") from None
+        top_digest = image.digest
         seen: Dict[str, int] = {}
         queue: List[Descriptor] = [Descriptor(media_type=image.media_type, digest=top_digest, size=image.size)]
         top_raw_len: Optional[int] = None
@@ -237,7 +234,7 @@ def _walk(layout: Layout, images: Sequence[BundleImage], base: Optional[BundleMa
                 if bkey in metadata or bkey in layers or bkey in skipped:
                     continue
                 if bkey in in_base:
-                    skipped[bkey] = BaseBlob(bkey, b.size, b.media_type)
+                    skipped[bkey] = BaseBlob(b.digest, b.size, b.media_type)
                     continue
                 if not layout.has_blob(b.digest, b.size):
                     raise ImageNotFoundError(

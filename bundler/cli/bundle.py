@@ -141,7 +141,7 @@ def _inspect_json(bundle: Bundle) -> Dict[str, Any]:
                 "source": i.source,
                 "kind": i.kind,
                 "target": i.target,
-                "digest": i.digest,
+                "digest": str(i.digest),
                 "mediaType": i.media_type,
                 "totalSize": i.total_size,
                 "annotations": i.recorded_annotations(),
@@ -194,7 +194,7 @@ def inspect(directory: Path, verbose: int, as_json: bool) -> None:
     click.echo("")
     click.echo(f"Images ({len(m.images)}):")
     rows = [
-        [i.kind, i.target, i.digest[:19] + "…", human_bytes(i.total_size) if i.total_size is not None else "?", i.source]
+        [i.kind, i.target, str(i.digest)[:19] + "…", human_bytes(i.total_size) if i.total_size is not None else "?", i.source]
         for i in sorted(m.images, key=lambda i: (i.kind, i.target))
     ]
     for line in _table(rows, ["KIND", "TARGET", "DIGEST", "SIZE", "SOURCE"]):

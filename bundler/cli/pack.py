@@ -11,7 +11,7 @@ from bundler.base.errors import ImageNotFoundError
 from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, human_bytes, make_registries, registry_options, warn
 
 if TYPE_CHECKING:
-    from bundler.flows.pack import PackedImage
+    from bundler.flows.pack import PackedImage, PackResult
 
 
 @click.command(context_settings=CONTEXT)
@@ -86,6 +86,19 @@ def pack(
         if dry_run and failed:
             raise ImageNotFoundError(f"{len(failed)} of {len(result.images)} planned images cannot be resolved (see the JSON)")
         return
+    _echo_images(result, config=config, target_kind=target_kind, dry_run=dry_run)
+    _echo_reports(result, release_keys_given=bool(release_keys))
+    if dry_run and failed:
+        raise ImageNotFoundError(
+            f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
+        )
+    click.echo(f"Total: {human_bytes(result.total_bytes)} (unique blobs)")
+    if not dry_run:
+        _echo_written(result, out_dir=out_dir, base=base, signed=bool(sign_key))
+
+
+def _echo_images(result: "PackResult", *, config: Path, target_kind: str, dry_run: bool) -> None:
+    """The plan's warnings, then every image (a dry run) or how many of each kind."""
     for w in result.plan.warnings:
         warn(w)
     by_kind: Dict[str, List[PackedImage]] = {}
@@ -98,6 +111,10 @@ def pack(
             status += f"  REFUSED by {target_kind}: {img.refused}" if img.refused else ""
             click.echo(f"  {img.planned.kind:18} {img.planned.source} -> {img.planned.target_repository}:{img.planned.target_tag}  {human_bytes(img.bytes_needed)}{status}")
     click.echo("Images: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_kind.items())))
+
+
+def _echo_reports(result: "PackResult", *, release_keys_given: bool) -> None:
+    """What planning found about catalogs, the update graph and signatures."""
     for cat in result.plan.reports.catalogs or []:
         size_text = f", {human_bytes(cat.bytes)}" if cat.bytes else ""
         how = f"{cat.format}, {cat.mode}" + (", pruned image built" if cat.pruned else ", copied as is")
@@ -117,18 +134,16 @@ def pack(
         click.echo(sigs.summary())
         for line in sigs.verification:
             click.echo(f"  {line}")
-    if not release_keys and result.plan.reports.releases:
+    if not release_keys_given and result.plan.reports.releases:
         warn("release signatures were NOT verified (no --release-key given); they are carried as published")
-    if dry_run and failed:
-        raise ImageNotFoundError(
-            f"{len(failed)} of {len(result.images)} planned images cannot be resolved (listed above)", hint="fix the config or the credentials"
-        )
-    click.echo(f"Total: {human_bytes(result.total_bytes)} (unique blobs)")
-    if not dry_run:
-        click.echo(f"Bundle written to {out_dir} in {result.seconds:.1f}s")
-        assert result.bundle is not None
-        if base is not None:
-            click.echo(f"Incremental against {base}: {result.bundle.blobs_written} blobs carried, {result.bundle.blobs_skipped_by_base} left to the base bundle")
-        if not sign_key:
-            warn("the bundle is not signed; use --sign-key so the far side can prove it is yours")
-        click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if sign_key else ""))
+
+
+def _echo_written(result: "PackResult", *, out_dir: Path, base: Optional[Path], signed: bool) -> None:
+    """Where the bundle went, what an incremental one left to its base, and what to do next."""
+    click.echo(f"Bundle written to {out_dir} in {result.seconds:.1f}s")
+    assert result.bundle is not None
+    if base is not None:
+        click.echo(f"Incremental against {base}: {result.bundle.blobs_written} blobs carried, {result.bundle.blobs_skipped_by_base} left to the base bundle")
+    if not signed:
+        warn("the bundle is not signed; use --sign-key so the far side can prove it is yours")
+    click.echo(f"Next: carry {out_dir} across, then run: ocp-bundler verify {out_dir}" + (" --key <public key>" if signed else ""))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import click
 
 from bundler.cli.support import CONTEXT, CliProgress, command_body, common_options, emit_json, warn
+
+if TYPE_CHECKING:
+    from bundler.flows.serve import RegistryServer
 
 
 @click.command("serve", context_settings=CONTEXT)
@@ -71,53 +74,80 @@ def serve(
       ocp-bundler serve /media/usb --key bundle.pub --listen 0.0.0.0:5000 --systemd-unit ocp-bundler-serve.service
       ocp-bundler serve /media/usb --listen 0.0.0.0:5000 --advertise edge1.example.com:5000 --resources-dir ./resources
     """
-    import logging
-
     if systemd_unit is not None:
-        from bundler.base.fsutil import atomic_write
-        from bundler.flows.serve import systemd_unit_text
-
-        args = [str(directory.resolve()), "--listen", listen]
-        for base in bases:
-            args += ["--base", str(base.resolve())]
-        for flag, value in (("--prefix", prefix), ("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--key", key)):
-            if value:
-                args += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
-        args += ["--require-signature"] if require_signature else []
-        args += ["--no-verify"] if no_verify else []
-        atomic_write(systemd_unit, systemd_unit_text(args).encode())
-        click.echo(f"wrote {systemd_unit}: sudo cp {systemd_unit} /etc/systemd/system/ && sudo systemctl daemon-reload && sudo systemctl enable --now {systemd_unit.name}")
+        unit_args = _serve_args(directory, bases, listen=listen, prefix=prefix, tls_cert=tls_cert, tls_key=tls_key, key=key)
+        _write_systemd_unit(systemd_unit, unit_args + (["--require-signature"] if require_signature else []) + (["--no-verify"] if no_verify else []))
         return
 
-    from bundler.flows.serve import ServeOptions, missing_note, open_server, summary
+    from bundler.flows.serve import ServeOptions, missing_note, open_server
+
+    _verify_first(directory, bases, key=key, require_signature=require_signature, no_verify=no_verify, as_json=as_json)
+    server = open_server(directory, ServeOptions(listen=listen, prefix=prefix, bases=bases, tls_cert=tls_cert, tls_key=tls_key))
+    if resources_dir is not None:
+        _write_resources(server, directory, advertise=advertise, prefix=prefix, out_dir=resources_dir, icsp=icsp, as_json=as_json)
+    for note in missing_note(server.index):
+        warn(note)
+    _serve_until_stopped(server, directory, as_json=as_json)
+
+
+def _serve_args(
+    directory: Path, bases: Tuple[Path, ...], *, listen: str, prefix: str, tls_cert: Optional[Path], tls_key: Optional[Path], key: Optional[Path]
+) -> List[str]:
+    """This serve command's arguments, paths made absolute (for a unit that runs it at boot)."""
+    args = [str(directory.resolve()), "--listen", listen]
+    for base in bases:
+        args += ["--base", str(base.resolve())]
+    for flag, value in (("--prefix", prefix), ("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--key", key)):
+        if value:
+            args += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
+    return args
+
+
+def _write_systemd_unit(path: Path, args: List[str]) -> None:
+    from bundler.base.fsutil import atomic_write
+    from bundler.flows.serve import systemd_unit_text
+
+    atomic_write(path, systemd_unit_text(args).encode())
+    click.echo(f"wrote {path}: sudo cp {path} /etc/systemd/system/ && sudo systemctl daemon-reload && sudo systemctl enable --now {path.name}")
+
+
+def _verify_first(directory: Path, bases: Tuple[Path, ...], *, key: Optional[Path], require_signature: bool, no_verify: bool, as_json: bool) -> None:
+    """The bundle and its bases verified (signature and every volume), or a loud warning with --no-verify."""
+    import logging
 
     log = logging.getLogger("bundler.serve")
     if no_verify:
         log.warning("serving %s WITHOUT verifying it (--no-verify): damaged or altered content may be served", directory)
-    else:
-        from bundler.bundle.verify import verify_bundle
+        return
+    from bundler.bundle.verify import verify_bundle
 
-        for path in (directory, *bases):
-            progress = CliProgress("verify", enabled=not as_json)
-            try:
-                verify_bundle(path, key=key, require_signature=require_signature, progress=progress)
-            finally:
-                progress.close()
-    options = ServeOptions(listen=listen, prefix=prefix, bases=bases, tls_cert=tls_cert, tls_key=tls_key)
-    server = open_server(directory, options)
-    if resources_dir is not None:
-        from bundler.base.errors import UsageError
-        from bundler.flows.serve import write_served_resources
+    for path in (directory, *bases):
+        progress = CliProgress("verify", enabled=not as_json)
+        try:
+            verify_bundle(path, key=key, require_signature=require_signature, progress=progress)
+        finally:
+            progress.close()
 
-        name = advertise or server.address
-        if name.startswith(("0.0.0.0:", "[::]:", ":")):
-            server.httpd.server_close()
-            raise UsageError("--resources-dir needs the name clusters reach this server by", hint="add --advertise HOST:PORT")
-        written = write_served_resources(directory, registry=name, prefix=prefix, out_dir=resources_dir, icsp=icsp)
-        if not as_json:
-            click.echo(f"cluster resources for {name} in {resources_dir} (see README.txt there); {written.changes.summary()}")
-    for note in missing_note(server.index):
-        warn(note)
+
+def _write_resources(
+    server: "RegistryServer", directory: Path, *, advertise: Optional[str], prefix: str, out_dir: Path, icsp: bool, as_json: bool
+) -> None:
+    """The cluster resources for pulls from this server (--resources-dir)."""
+    from bundler.base.errors import UsageError
+    from bundler.flows.serve import write_served_resources
+
+    name = advertise or server.address
+    if name.startswith(("0.0.0.0:", "[::]:", ":")):
+        server.httpd.server_close()
+        raise UsageError("--resources-dir needs the name clusters reach this server by", hint="add --advertise HOST:PORT")
+    written = write_served_resources(directory, registry=name, prefix=prefix, out_dir=out_dir, icsp=icsp)
+    if not as_json:
+        click.echo(f"cluster resources for {name} in {out_dir} (see README.txt there); {written.changes.summary()}")
+
+
+def _serve_until_stopped(server: "RegistryServer", directory: Path, *, as_json: bool) -> None:
+    """Serve in the foreground until Ctrl-C or SIGTERM, then print the access summary."""
+    from bundler.flows.serve import summary
 
     def stop(signum: int, frame: Optional[FrameType]) -> None:
         raise KeyboardInterrupt

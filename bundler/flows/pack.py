@@ -441,7 +441,7 @@ def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[
 
     in_base: Set[str] = set()
     if base is not None:
-        in_base = {b.digest for b in base.blobs} | {b.digest for b in base.base_blobs}
+        in_base = {str(b.digest) for b in base.blobs} | {str(b.digest) for b in base.base_blobs}
     manifests: Dict[str, SourcedBlob] = {}
     metadata: Dict[str, SourcedBlob] = {}
     layers: Dict[str, SourcedBlob] = {}
@@ -455,7 +455,7 @@ def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[
             manifests.setdefault(str(m.digest), SourcedBlob(m.digest, len(m.raw), m.media_type, data=m.raw))
         for key, d in graph.blobs.items():
             if key in in_base:
-                skipped.setdefault(key, BaseBlob(key, d.size, d.media_type))
+                skipped.setdefault(key, BaseBlob(d.digest, d.size, d.media_type))
             elif key not in metadata and key not in layers:
                 blob = SourcedBlob(d.digest, d.size, d.media_type, opener=_opener(graph.source, d, layout), ranged=_ranged(graph.source, d, layout))
                 (layers if blob_role(d.media_type) == "layer" else metadata)[key] = blob
@@ -491,7 +491,7 @@ def _bundle_image(i: PackedImage) -> BundleImage:
     p = i.planned
     return BundleImage(
         source=p.source,
-        digest=i.digest,
+        digest=Digest.parse(i.digest),
         media_type=i.media_type,
         size=i.manifest_size,
         kind=p.kind,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bundler.transfer.copy import Copier
 from bundler.base.errors import ConfigError, ImageNotFoundError
@@ -28,7 +28,8 @@ from bundler.transfer.transports import ImageSource, LayoutImage, parse_layout_s
 
 if TYPE_CHECKING:
     from bundler.openshift.catalog.plan import CatalogReport
-    from bundler.openshift.release import ReleaseInfo
+    from bundler.openshift.image_set.model import ReleaseSpec, SamplesSpec
+    from bundler.openshift.release import ReleaseInfo, ReleasePlan
     from bundler.openshift.samples import SamplesReport
     from bundler.openshift.graph_image import GraphImageReport
     from bundler.openshift.helm.plan import ChartReport
@@ -273,43 +274,11 @@ def build_plan(
         copier.copy(registry_source(registries, ref), LayoutImage(layout, reference))
         return LayoutImage(layout, reference)
 
-    release_plan = None
-    rel = image_set.releases
-    if rel.images or rel.channels:
-        from bundler.openshift import release
-
-        kwargs: Dict[str, Any] = {"registries": registries, "graph_url": graph_url, "stage": stage, "kubevirt": rel.kubevirt_container}
-        if signature_store:
-            kwargs["signature_store"] = signature_store
-        release_plan = release.plan_releases(rel, **kwargs)
-        plan.add(release_plan.images)
-        for digest, sigs in release_plan.signatures.items():
-            for i, data in enumerate(sigs, start=1):
-                plan.files[f"signatures/{digest.replace(':', '-')}-{i}"] = data
-        plan.reports.releases = list(release_plan.releases)
-        plan.warnings.extend(release_plan.warnings)
-        if rel.graph_data:
-            from bundler.openshift import graph_image
-
-            graph, plan.reports.graph = graph_image.plan_graph_image(
-                layout=layout, stage=stage, options=registries.options, data_url=graph_data_url, base_image=graph_base_image
-            )
-            plan.add([graph])
-    elif rel.graph_data:
-        plan.warnings.append("graph: true needs a release (platform.release or channels): no update-graph image is built")
-    sam = image_set.samples
-    if sam.from_release or sam.directory or sam.images:
-        from bundler.openshift import samples
-
-        operators = [r.samples_operator for r in (release_plan.releases if release_plan and sam.from_release else ()) if r.samples_operator]
-        samples_plan = samples.plan_samples(
-            sam, registries=registries, release_plan=release_plan, operator_sources={ref: stage(ref) for ref in operators}
-        )
-        plan.add(samples_plan.images)
-        plan.reports.samples = SamplesSummary(
-            images=len(samples_plan.images), organisations=sorted(samples_plan.organisations), report=samples_plan.report
-        )
-        plan.warnings.extend(samples_plan.report.warnings)
+    release_plan = _plan_releases(
+        plan, image_set.releases, registries=registries, layout=layout, stage=stage, graph_url=graph_url,
+        signature_store=signature_store, graph_data_url=graph_data_url, graph_base_image=graph_base_image,
+    )
+    _plan_samples(plan, image_set.samples, registries=registries, release_plan=release_plan, stage=stage)
     if image_set.operators:
         from bundler.openshift.catalog import plan as catalog
 
@@ -359,4 +328,61 @@ def build_plan(
         plan.images, dropped = drop_blocked(plan.images, blocked)
         plan.warnings.extend(dropped)
     return plan
+
+
+def _plan_samples(
+    plan: Plan, sam: "SamplesSpec", *, registries: Registries, release_plan: Optional["ReleasePlan"], stage: Callable[[str], ImageSource]
+) -> None:
+    """The sample imagestreams' images, added to `plan` (nothing when the config names no samples)."""
+    if sam.from_release or sam.directory or sam.images:
+        from bundler.openshift import samples
+
+        operators = [r.samples_operator for r in (release_plan.releases if release_plan and sam.from_release else ()) if r.samples_operator]
+        samples_plan = samples.plan_samples(
+            sam, registries=registries, release_plan=release_plan, operator_sources={ref: stage(ref) for ref in operators}
+        )
+        plan.add(samples_plan.images)
+        plan.reports.samples = SamplesSummary(
+            images=len(samples_plan.images), organisations=sorted(samples_plan.organisations), report=samples_plan.report
+        )
+        plan.warnings.extend(samples_plan.report.warnings)
+
+
+def _plan_releases(
+    plan: Plan,
+    rel: "ReleaseSpec",
+    *,
+    registries: Registries,
+    layout: Layout,
+    stage: Callable[[str], ImageSource],
+    graph_url: Optional[str],
+    signature_store: Optional[str],
+    graph_data_url: Optional[str],
+    graph_base_image: Optional[str],
+) -> Optional["ReleasePlan"]:
+    """The release payloads, their signatures and the update-graph image, added to `plan`; the release plan (None without releases)."""
+    if not (rel.images or rel.channels):
+        if rel.graph_data:
+            plan.warnings.append("graph: true needs a release (platform.release or channels): no update-graph image is built")
+        return None
+    from bundler.openshift import release
+
+    kwargs: Dict[str, Any] = {"registries": registries, "graph_url": graph_url, "stage": stage, "kubevirt": rel.kubevirt_container}
+    if signature_store:
+        kwargs["signature_store"] = signature_store
+    release_plan = release.plan_releases(rel, **kwargs)
+    plan.add(release_plan.images)
+    for digest, sigs in release_plan.signatures.items():
+        for i, data in enumerate(sigs, start=1):
+            plan.files[f"signatures/{digest.replace(':', '-')}-{i}"] = data
+    plan.reports.releases = list(release_plan.releases)
+    plan.warnings.extend(release_plan.warnings)
+    if rel.graph_data:
+        from bundler.openshift import graph_image
+
+        graph, plan.reports.graph = graph_image.plan_graph_image(
+            layout=layout, stage=stage, options=registries.options, data_url=graph_data_url, base_image=graph_base_image
+        )
+        plan.add([graph])
+    return release_plan
 

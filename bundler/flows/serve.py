@@ -124,7 +124,7 @@ def index_bundles(bundle: Bundle, bases: Sequence[Bundle] = (), *, prefix: str =
 
     def carrier(digest: str) -> Optional[Bundle]:
         for candidate in carriers:
-            if candidate.has_blob(digest):
+            if candidate.has_blob(Digest.parse(digest)):
                 return candidate
         return None
 
@@ -135,8 +135,9 @@ def index_bundles(bundle: Bundle, bases: Sequence[Bundle] = (), *, prefix: str =
         owner = carrier(digest)
         if owner is None:
             return None
-        raw = owner.read_blob(digest)
-        fetched = FetchedManifest(raw, detect_media_type(raw, owner.blob(digest).media_type), Digest.parse(digest))
+        parsed = Digest.parse(digest)
+        raw = owner.read_blob(parsed)
+        fetched = FetchedManifest(raw, detect_media_type(raw, owner.blob(parsed).media_type), parsed)
         index.manifests[digest] = fetched
         return fetched
 
@@ -340,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "BLOB_UNKNOWN", f"blob {digest} is not in {name} in this bundle", head=head)
             return
         bundle = self.index.carriers[digest]
-        size = bundle.blob(digest).size
+        size = bundle.blob(Digest.parse(digest)).size
         start, end = 0, size - 1
         status = 200
         wanted = self.headers.get("Range")
@@ -368,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
         if head or size == 0:
             self.stats.add(0, False)
             return
-        blob = bundle.blob(digest)
+        blob = bundle.blob(Digest.parse(digest))
         if blob.encoding == "raw" and not isinstance(self.connection, ssl.SSLSocket) and hasattr(os, "sendfile"):
             sent = self._sendfile(bundle, blob.parts, start, end - start + 1)
             self.stats.add(sent, sent != end - start + 1)
@@ -377,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         remaining = end - start + 1
         sent = 0
-        with bundle.open_blob(digest, start) as reader:
+        with bundle.open_blob(blob.digest, start) as reader:
             while remaining > 0:
                 chunk = reader.read(min(CHUNK, remaining))
                 if not chunk:

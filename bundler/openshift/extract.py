@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from bundler.base.errors import UsageError
+from bundler.oci.digest import Digest
 from bundler.oci.platform import go_arch, linux_platform
 from bundler.transfer.image_files import extract_file, open_image
 from bundler.transfer.transports import ImageSource
@@ -320,7 +321,7 @@ class CarriedImage(Protocol):
     @property
     def source(self) -> str: ...
     @property
-    def digest(self) -> str: ...
+    def digest(self) -> Digest: ...
     @property
     def kind(self) -> str: ...
     @property
@@ -338,7 +339,7 @@ def choose_release(images: Sequence[CarriedImage], selector: Optional[str] = Non
         releases = [
             i
             for i in releases
-            if selector in (i.annotations.get("version"), f"{i.annotations.get('version')}-{i.annotations.get('arch')}", i.target_tag, i.digest)
+            if selector in (i.annotations.get("version"), f"{i.annotations.get('version')}-{i.annotations.get('arch')}", i.target_tag, str(i.digest))
         ]
     if len(releases) == 1:
         return releases[0]
@@ -353,7 +354,7 @@ def choose_release(images: Sequence[CarriedImage], selector: Optional[str] = Non
 def release_identity(image: CarriedImage) -> ReleaseIdentity:
     version = image.annotations.get("version") or image.target_tag.rsplit("-", 1)[0]
     arch = image.annotations.get("arch") or image.target_tag.rsplit("-", 1)[-1]
-    return ReleaseIdentity(version=version, arch=arch, digest=image.digest, source=image.source)
+    return ReleaseIdentity(version=version, arch=arch, digest=str(image.digest), source=image.source)
 
 
 def component_finder(images: Sequence[CarriedImage], release: CarriedImage, open_source: Callable[[CarriedImage], ImageSource]) -> Callable[[str], ImageSource]:
@@ -364,7 +365,7 @@ def component_finder(images: Sequence[CarriedImage], release: CarriedImage, open
         for image in images:
             if image.kind != "release-component" or image.annotations.get("component") != name:
                 continue
-            belongs = image.annotations.get("release") == release.digest or (
+            belongs = image.annotations.get("release") == str(release.digest) or (
                 image.annotations.get("version") == version and image.annotations.get("arch") == arch
             )
             if belongs:
@@ -396,7 +397,7 @@ def extract_from_bundle(
     images: Sequence[CarriedImage] = list(bundle.manifest.images)
     chosen = choose_release(images, release)
     identity = release_identity(chosen)
-    pull_spec = mirror_pull_spec(registry, chosen.target_repository, chosen.digest, prefix=prefix) if registry else None
+    pull_spec = mirror_pull_spec(registry, chosen.target_repository, str(chosen.digest), prefix=prefix) if registry else None
     return extract_command(
         component_finder(images, chosen, bundle.image_source),
         identity,

@@ -452,35 +452,9 @@ def send_with_retries(
     attempt = 0
     while True:
         attempt += 1
-        target, hdrs, verb, hop_host = url, dict(headers), method, host
+        hop = _Hop(url, dict(headers), method, host)
         try:
-            for _hop in range(MAX_REDIRECTS + 1):
-                payload: Any = body() if callable(body) else body
-                resp = pool.urlopen(
-                    verb,
-                    target,
-                    body=payload if verb == method else None,
-                    headers=hdrs,
-                    retries=False,
-                    redirect=False,
-                    preload_content=False,
-                    decode_content=False,
-                )
-                location = resp.headers.get("Location") if redirect and resp.status in REDIRECT_STATUSES else None
-                if not location:
-                    break
-                discard(resp)
-                nxt = urljoin(target, location)
-                if split_host(nxt, 0) != split_host(target, 0):
-                    hdrs.pop("Authorization", None)  # credentials stay with the host they were meant for
-                    hop_host = urlsplit(nxt).netloc or hop_host
-                if resp.status == 303:
-                    verb = "GET"
-                log.debug("%s: redirected to %s", what, redact(nxt))
-                target = nxt
-            else:
-                discard(resp)
-                raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects", url=redact(target))
+            resp = _follow_redirects(pool, hop, body, what=what, redirect=redirect)
             if resp.status in RETRY_STATUSES and attempt < options.max_attempts:
                 retry_after = resp.headers.get("Retry-After")
                 discard(resp)
@@ -488,35 +462,89 @@ def send_with_retries(
                 continue
             if not preload:
                 return resp
-            if verb == "HEAD":  # no body follows: Content-Length describes the resource, not this answer
-                resp.release_conn()
-                return buffered(resp, b"")
-            try:
-                # the body's deadline starts with the headers: sending a large request body takes what it takes
-                data = read_bounded(resp, max_body, Progress(options.read_timeout, deadline=options.read_timeout))
-            except BodyTooLargeError as exc:
-                discard(resp, drain=False)
-                raise RegistryError(
-                    f"{hop_host}: the answer to {what} is {exc}; refusing it", url=redact(target), status=resp.status
-                ) from None
-            except BaseException:
-                discard(resp, drain=False)
-                raise
-            resp.release_conn()
-            return buffered(resp, data)
+            return _read_answer(resp, hop, options, what=what, max_body=max_body)
         except (MaxRetryError, ProtocolError, ReadTimeoutError, NewConnectionError, SSLError, Urllib3Error, StalledError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            if isinstance(reason, (SSLError, ssl.SSLError)) or isinstance(exc, SSLError):
-                raise tls_failure(hop_host, reason, options.tls, target) from None
-            why = str(exc) if isinstance(exc, StalledError) else short_reason(reason)
-            if isinstance(exc, StalledError):
-                why = f"stalled: {why}"
-            if attempt >= options.max_attempts or "Tunnel connection failed: 407" in str(reason):
-                raise RegistryUnreachableError(
-                    f"cannot reach {hop_host} for {what}: {why}" + (f" ({attempt} attempts)" if attempt > 1 else ""),
-                    url=redact(target),
-                    temporary=True,
-                    hint="check the host name, port and network (and HTTPS_PROXY / NO_PROXY or --proxy), then rerun; --timeout and --retry-times tune the limits",
-                ) from None
+            why = _failed_attempt(exc, hop, options, attempt=attempt, what=what)
             backoff(options, attempt, None, f"{what}: {why}")
             continue
+
+
+@dataclass
+class _Hop:
+    """Where one attempt of a request goes; a redirect moves it (and a redirect to another host drops the
+    credentials and names that host in errors)."""
+
+    url: str
+    headers: Dict[str, str]
+    method: str
+    host: str
+
+
+def _follow_redirects(pool: Pool, hop: _Hop, body: Body, *, what: str, redirect: bool) -> urllib3.BaseHTTPResponse:
+    """Send `hop` and follow at most `MAX_REDIRECTS` redirects (when `redirect`); `hop` ends where the answer came from."""
+    method = hop.method
+    for _hop in range(MAX_REDIRECTS + 1):
+        payload: Any = body() if callable(body) else body
+        resp = pool.urlopen(
+            hop.method,
+            hop.url,
+            body=payload if hop.method == method else None,
+            headers=hop.headers,
+            retries=False,
+            redirect=False,
+            preload_content=False,
+            decode_content=False,
+        )
+        location = resp.headers.get("Location") if redirect and resp.status in REDIRECT_STATUSES else None
+        if not location:
+            return resp
+        discard(resp)
+        nxt = urljoin(hop.url, location)
+        if split_host(nxt, 0) != split_host(hop.url, 0):
+            hop.headers.pop("Authorization", None)  # credentials stay with the host they were meant for
+            hop.host = urlsplit(nxt).netloc or hop.host
+        if resp.status == 303:
+            hop.method = "GET"
+        log.debug("%s: redirected to %s", what, redact(nxt))
+        hop.url = nxt
+    discard(resp)
+    raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects", url=redact(hop.url))
+
+
+def _read_answer(resp: urllib3.BaseHTTPResponse, hop: _Hop, options: TransportOptions, *, what: str, max_body: int) -> urllib3.BaseHTTPResponse:
+    """The answer with its whole body (at most `max_body` bytes, within the read timeout), detached from the connection."""
+    if hop.method == "HEAD":  # no body follows: Content-Length describes the resource, not this answer
+        resp.release_conn()
+        return buffered(resp, b"")
+    try:
+        # the body's deadline starts with the headers: sending a large request body takes what it takes
+        data = read_bounded(resp, max_body, Progress(options.read_timeout, deadline=options.read_timeout))
+    except BodyTooLargeError as exc:
+        discard(resp, drain=False)
+        raise RegistryError(
+            f"{hop.host}: the answer to {what} is {exc}; refusing it", url=redact(hop.url), status=resp.status
+        ) from None
+    except BaseException:
+        discard(resp, drain=False)
+        raise
+    resp.release_conn()
+    return buffered(resp, data)
+
+
+def _failed_attempt(exc: Exception, hop: _Hop, options: TransportOptions, *, attempt: int, what: str) -> str:
+    """Why an attempt could not reach the server, to retry after; raises when it must not be retried (a TLS
+    failure, a proxy refusing its credentials, the last attempt)."""
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, (SSLError, ssl.SSLError)) or isinstance(exc, SSLError):
+        raise tls_failure(hop.host, reason, options.tls, hop.url) from None
+    why = str(exc) if isinstance(exc, StalledError) else short_reason(reason)
+    if isinstance(exc, StalledError):
+        why = f"stalled: {why}"
+    if attempt >= options.max_attempts or "Tunnel connection failed: 407" in str(reason):
+        raise RegistryUnreachableError(
+            f"cannot reach {hop.host} for {what}: {why}" + (f" ({attempt} attempts)" if attempt > 1 else ""),
+            url=redact(hop.url),
+            temporary=True,
+            hint="check the host name, port and network (and HTTPS_PROXY / NO_PROXY or --proxy), then rerun; --timeout and --retry-times tune the limits",
+        ) from None
+    return why

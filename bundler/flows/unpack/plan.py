@@ -33,10 +33,7 @@ def make_targets(images: Iterable[BundleImage], *, host: str, prefix: str) -> Li
         reference = Reference.parse(text)
         if reference.registry != host or reference.repository != repo or reference.tag != image.target_tag:
             raise UsageError(f"bundle image {image.source}: target {text} is not a valid image reference")
-        try:
-            digest = Digest.parse(str(image.digest))
-        except BundlerError:
-            raise IntegrityError(f"bundle image {image.source} has an invalid digest {image.digest!r}") from None
+        digest = image.digest  # checked when the bundle manifest was read
         target = Target(image=image, reference=reference, digest=digest)
         earlier = seen.setdefault(target.text, target)
         if earlier.digest != digest:

@@ -162,7 +162,7 @@ class Unpacker:
                 dry_run=self.options.dry_run, progress=self.options.progress, where=self.registry_path,
             ))
             pending = [t for t in checked if not isinstance(current[t.text], BundlerError) and current[t.text] != t.digest]
-            needed = set(self.bundle.blobs_needed_from_base()) if pending else set()
+            needed = {str(d) for d in self.bundle.blobs_needed_from_base()} if pending else set()
             # an incremental bundle's base blobs may sit in repositories of images already in place: walk those too
             to_walk = list(checked) if needed else [t for t in pending if self.options.dry_run and known_size(t) is None]
             graphs.update(plan.walk(self.bundle, [t for t in to_walk if t.text not in graphs], workers=self.workers))

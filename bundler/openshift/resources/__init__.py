@@ -88,6 +88,47 @@ def write_cluster_resources(
     if not options.fresh:
         catalogs = _merge_previous(plan, catalogs, previous)
 
+    documents = _documents(plan, catalogs, signatures, registry=registry, options=options)
+    removed = _write_documents(documents, options)
+
+    warnings = tuple(sorted(plan.warnings))
+    for warning in warnings:
+        log.warning("%s", warning)
+    log.info("wrote %d cluster resource files to %s", len(documents), options.out_dir)
+    return ResourcesResult(
+        files=tuple(options.out_dir / name for name in sorted(documents)),
+        removed=tuple(removed),
+        warnings=warnings,
+        digest_mirror_sources=len(plan.digest_mirrors),
+        tag_mirror_sources=0 if options.icsp else len(plan.tag_mirrors),
+        changes=changes,
+    )
+
+
+def _documents(
+    plan: _Plan, catalogs: Sequence[CatalogInfo], signatures: Sequence[ReleaseSignature], *, registry: str, options: ResourcesOptions
+) -> dict[str, bytes]:
+    """Every file by name, rendered; `UsageError` when a YAML file would exceed `max_bytes`."""
+    documents = _mirror_set_documents(plan, options)
+    documents.update(_catalog_files(catalogs, registry=registry, options=options))
+    documents.update(_install_config_files(plan.release_mirrors))
+    if plan.samples or plan.samples_carried:
+        documents[SAMPLES_PATCH_FILE] = _samples_patch(plan, registry=registry)
+    documents.update(_signature_files(signatures))
+    documents.update(_update_service_files(plan))
+    documents[MAPPING_FILE] = "".join(f"{line}\n" for line in sorted(plan.mapping)).encode("utf-8")
+    for name, data in documents.items():
+        if name.endswith(".yaml") and len(data) > options.max_bytes:
+            raise UsageError(
+                f"{name} would be {len(data)} bytes, more than max_bytes={options.max_bytes}",
+                hint="raise max_bytes",
+            )
+    documents[README_FILE] = _readme(documents, options=options, registry=registry)
+    return documents
+
+
+def _mirror_set_documents(plan: _Plan, options: ResourcesOptions) -> dict[str, bytes]:
+    """The ImageContentSourcePolicy files (`icsp`), else the ImageDigestMirrorSet and ImageTagMirrorSet files."""
     documents: dict[str, bytes] = {}
     if options.icsp:
         documents.update(
@@ -121,21 +162,11 @@ def write_cluster_resources(
                 options=options,
             )
         )
-    documents.update(_catalog_files(catalogs, registry=registry, options=options))
-    documents.update(_install_config_files(plan.release_mirrors))
-    if plan.samples or plan.samples_carried:
-        documents[SAMPLES_PATCH_FILE] = _samples_patch(plan, registry=registry)
-    documents.update(_signature_files(signatures))
-    documents.update(_update_service_files(plan))
-    documents[MAPPING_FILE] = "".join(f"{line}\n" for line in sorted(plan.mapping)).encode("utf-8")
-    for name, data in documents.items():
-        if name.endswith(".yaml") and len(data) > options.max_bytes:
-            raise UsageError(
-                f"{name} would be {len(data)} bytes, more than max_bytes={options.max_bytes}",
-                hint="raise max_bytes",
-            )
-    documents[README_FILE] = _readme(documents, options=options, registry=registry)
+    return documents
 
+
+def _write_documents(documents: dict[str, bytes], options: ResourcesOptions) -> list[Path]:
+    """Write every file atomically; returns the stale files removed (`remove_stale`)."""
     out_dir = options.out_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,19 +179,7 @@ def write_cluster_resources(
         )
     except OSError as error:
         raise _os_error(error, out_dir) from error
-
-    warnings = tuple(sorted(plan.warnings))
-    for warning in warnings:
-        log.warning("%s", warning)
-    log.info("wrote %d cluster resource files to %s", len(documents), out_dir)
-    return ResourcesResult(
-        files=tuple(out_dir / name for name in sorted(documents)),
-        removed=tuple(removed),
-        warnings=warnings,
-        digest_mirror_sources=len(plan.digest_mirrors),
-        tag_mirror_sources=0 if options.icsp else len(plan.tag_mirrors),
-        changes=changes,
-    )
+    return removed
 
 
 # --- inputs -------------------------------------------------------------------------------------------

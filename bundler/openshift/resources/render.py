@@ -247,20 +247,34 @@ def _signature_files(signatures: Sequence[ReleaseSignature]) -> dict[str, bytes]
 
 
 def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry: str) -> bytes:
+    """README.txt: what to apply on which cluster version, for the files this set holds."""
     names = sorted(documents)
-
-    def having(prefix: str) -> list[str]:
-        return [name for name in names if name.startswith(prefix)]
-
     lines = [
         f"Cluster resources for the mirror registry {registry}, written by ocp-bundler.",
         "Apply them with a cluster-admin login (oc login ...). Files not listed here were not needed.",
         "",
     ]
+    lines += _readme_mirror_sets(names, options=options)
+    lines += _readme_catalogs(names)
+    lines += _readme_other_files(names, documents)
+    lines += [
+        f"{MAPPING_FILE}: every mirrored image as source=target (the format of oc image mirror -f).",
+        "",
+    ]
+    return "\n".join(lines).encode("utf-8")
+
+
+def _having(names: list[str], prefix: str) -> list[str]:
+    return [name for name in names if name.startswith(prefix)]
+
+
+def _readme_mirror_sets(names: list[str], *, options: ResourcesOptions) -> list[str]:
+    """How to apply the mirror sets (or ImageContentSourcePolicies), and how the cumulative set behaves."""
+    lines: list[str] = []
     idms, itms, icsp = (
-        having("imageDigestMirrorSet-"),
-        having("imageTagMirrorSet-"),
-        having("imageContentSourcePolicy-"),
+        _having(names, "imageDigestMirrorSet-"),
+        _having(names, "imageTagMirrorSet-"),
+        _having(names, "imageContentSourcePolicy-"),
     )
     if idms or itms:
         lines += [
@@ -287,7 +301,13 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
             "  mirrors: apply it only when the cluster no longer needs the others.",
             "",
         ]
-    catalogs = having("catalogSource-")
+    return lines
+
+
+def _readme_catalogs(names: list[str]) -> list[str]:
+    """How to apply the CatalogSources and ClusterCatalogs."""
+    lines: list[str] = []
+    catalogs = _having(names, "catalogSource-")
     if catalogs:
         lines += [
             "OpenShift 4.4 and newer: operator catalogs (namespace openshift-marketplace):",
@@ -296,14 +316,20 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
             *(f"  oc apply -f {name}" for name in catalogs),
             "",
         ]
-    cluster_catalogs = having("clusterCatalog-")
+    cluster_catalogs = _having(names, "clusterCatalog-")
     if cluster_catalogs:
         lines += [
             "OpenShift 4.18 and newer with OLM v1 (operator-controller): the same catalogs by digest:",
             *(f"  oc apply -f {name}" for name in cluster_catalogs),
             "",
         ]
-    signatures = having("release-signatures-")
+    return lines
+
+
+def _readme_other_files(names: list[str], documents: dict[str, bytes]) -> list[str]:
+    """Release signatures, the UpdateService, the samples patch, the install-config snippets."""
+    lines: list[str] = []
+    signatures = _having(names, "release-signatures-")
     if signatures:
         lines += [
             "All versions: release signatures, so the cluster-version operator can verify the release:",
@@ -329,8 +355,4 @@ def _readme(documents: dict[str, bytes], *, options: ResourcesOptions, registry:
             f"  {INSTALL_CONFIG_LEGACY_FILE}  openshift-install 4.4 to 4.13 (imageContentSources)",
             "",
         ]
-    lines += [
-        f"{MAPPING_FILE}: every mirrored image as source=target (the format of oc image mirror -f).",
-        "",
-    ]
-    return "\n".join(lines).encode("utf-8")
+    return lines
