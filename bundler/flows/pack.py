@@ -186,6 +186,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     """Plan, pull and write the bundle. Two runs never write one `--out` (or work directory) at once: the
     second stops with exit 2 naming the lock and the run holding it."""
     _check_not_base(options)
+    _check_target_kind(options)
     if options.dry_run:
         return _pack(options, registries=registries)
     work_dir = options.work_dir or default_work_dir(options.out_dir)
@@ -237,7 +238,7 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store,
                           graph_data_url=options.graph_data_url, graph_base_image=options.graph_base_image)
     planned_at = time.monotonic()
-    images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
+    images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=resolve_workers(options.workers))
     resolved_at = time.monotonic()
     resolved = {id(i.planned): i.graph for i in images if i.graph is not None}
 
@@ -245,28 +246,18 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
         graph = resolved.get(id(img))
         return _Resolved(graph) if graph is not None else _source_for(img, registries, layout)
 
-    images += _signatures(
-        options, plan, images, registries=registries, open_image=open_image,
-        carry=lambda found: _resolve(found, registries=registries, layout=layout, workers=fill_workers(options.workers)),
-    )
-    _check_target(options, plan, images, open_image)
-    log.info(
-        "planned %d images in %.2fs, resolved their manifests in %.2fs, looked up signatures in %.2fs",
-        len(images), planned_at - started, resolved_at - planned_at, time.monotonic() - resolved_at,
-    )
+    carry = _carrier(options, registries=registries, layout=layout)
     if options.dry_run:
+        images += _signatures(options, plan, images, registries=registries, open_image=open_image, carry=carry)
+        _check_target(options, plan, images, open_image)
+        _log_planning(images, started, planned_at, resolved_at, overlapped=False)
         total = _unique_bytes(images)
         _check_space(options.out_dir, total, what="the bundle")
         return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
     _raise_failures(images, options.out_dir)
-    _fill_catalog_bytes(plan, images)
-
-    from bundler.bundle.fill import FillOptions, fill_bundle
-
-    content = bundle_content(images, layout=layout, base=base, files=_files(plan, images, image_set.source_name))
-    bundle = fill_bundle(
-        content,
-        FillOptions(out_dir=options.out_dir, volume_size=options.volume_size, sign_key=options.sign_key, workers=fill_workers(options.workers), progress=options.progress),
+    bundle = _fill(
+        options, plan, images, registries=registries, layout=layout, base=base, open_image=open_image, carry=carry,
+        config_name=image_set.source_name, timing=(started, planned_at, resolved_at),
     )
     for img in images:
         img.status = "packed" if img.status == "planned" else img.status
@@ -278,6 +269,58 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
     return result
 
 
+def _fill(
+    options: PackOptions,
+    plan: Plan,
+    images: List[PackedImage],
+    *,
+    registries: Registries,
+    layout: Layout,
+    base: Optional[BundleManifest],
+    open_image: Callable[[PlannedImage], ImageSource],
+    carry: Callable[[List[PlannedImage]], List[PackedImage]],
+    config_name: str,
+    timing: Tuple[float, float, float],
+) -> "BundleWriteResult":
+    """Pull every blob into the bundle; `images` gains the signatures carried.
+
+    The image blobs start streaming at once; their signatures are looked up meanwhile and laid out after
+    them, with the extra files (a high-latency link is busy from the start instead of idle for the hundreds
+    of small look-ups). With `--release-key` the signatures come first: a release that fails its check
+    stops the pack before a byte is written."""
+    from bundler.bundle.fill import BundleFill, FillOptions
+
+    fill_options = FillOptions(
+        out_dir=options.out_dir, volume_size=options.volume_size, sign_key=options.sign_key, workers=fill_workers(options.workers), progress=options.progress,
+    )
+    overlapped = not options.release_keys
+    if not overlapped:
+        images.extend(_signatures(options, plan, images, registries=registries, open_image=open_image, carry=carry))
+    with BundleFill(fill_options) as fill:
+        if overlapped:
+            first = bundle_content(images, layout=layout, base=base, files={})
+            fill.start(first.blobs, first.needs)
+            images.extend(_signatures(options, plan, images, registries=registries, open_image=open_image, carry=carry))
+        _check_target(options, plan, images, open_image)
+        _log_planning(images, *timing, overlapped=overlapped)
+        _raise_failures(images, options.out_dir, started=overlapped)
+        _fill_catalog_bytes(plan, images)
+        return fill.finish(bundle_content(images, layout=layout, base=base, files=_files(plan, images, config_name)))
+
+
+def _carrier(options: PackOptions, *, registries: Registries, layout: Layout) -> Callable[[List[PlannedImage]], List[PackedImage]]:
+    """How signatures found upstream are carried: resolved like every other image."""
+    return lambda found: _resolve(found, registries=registries, layout=layout, workers=resolve_workers(options.workers))
+
+
+def _log_planning(images: List[PackedImage], started: float, planned_at: float, resolved_at: float, *, overlapped: bool) -> None:
+    log.info(
+        "planned %d images in %.2fs, resolved their manifests in %.2fs, looked up signatures in %.2fs%s",
+        len(images), planned_at - started, resolved_at - planned_at, time.monotonic() - resolved_at,
+        " (while the image blobs were fetched)" if overlapped else "",
+    )
+
+
 def fill_workers(workers: int) -> int:
     """Blob streams at once: 4 per --workers, at least 32. A long-haul link gives each connection ~12 MB/s
     and costs a round trip (~60 ms) before each blob's first byte, so filling 100 MB/s with blobs of a few MB
@@ -285,13 +328,22 @@ def fill_workers(workers: int) -> int:
     return min(64, max(32, 4 * workers))
 
 
-def _raise_failures(images: List[PackedImage], out_dir: Path) -> None:
+def resolve_workers(workers: int) -> int:
+    """Manifests fetched at once while planning: twice the blob streams. Each is a small read that costs a
+    round trip and next to no bandwidth, so on a long-haul link the planning of a release (hundreds of
+    manifests) takes as many round trips as there are rounds of this many requests."""
+    return 2 * fill_workers(workers)
+
+
+def _raise_failures(images: List[PackedImage], out_dir: Path, *, started: bool = False) -> None:
+    """Stop when an image could not be resolved; `started`: the fill had begun (what it fetched is kept)."""
     failed = [i for i in images if i.status == "failed"]
     if not failed:
         return
     lines = [f"{i.planned.source}: {i.error}" for i in failed]
     missing = [i for i in failed if i.error and "not found" in i.error]
-    summary = f"{len(failed)} of {len(images)} images could not be resolved; nothing was written to {out_dir}"
+    written = f"the blobs fetched so far are kept in {out_dir} for the rerun" if started else f"nothing was written to {out_dir}"
+    summary = f"{len(failed)} of {len(images)} images could not be resolved; {written}"
     detail = "; ".join(lines[:10]) + (f"; … and {len(lines) - 10} more" if len(lines) > 10 else "")
     if len(missing) == len(failed):
         raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
@@ -370,13 +422,17 @@ def layout_ref(img: PlannedImage) -> str:
 TARGET_KINDS = ("any", "quay")
 
 
+def _check_target_kind(options: PackOptions) -> None:
+    if options.target_kind not in TARGET_KINDS:
+        raise UsageError(f"target kind {options.target_kind!r} is not one of {', '.join(TARGET_KINDS)}")
+
+
 def _check_target(options: PackOptions, plan: Plan, images: List[PackedImage], open_image: Callable[[PlannedImage], ImageSource]) -> None:
     """With a declared target kind (Quay), name every image it cannot store digest-exact, with the reason, in
     the plan's warnings and on the image (`refused`): the far side's `unpack` refuses them before pushing."""
+    _check_target_kind(options)
     if options.target_kind == "any":
         return
-    if options.target_kind not in TARGET_KINDS:
-        raise UsageError(f"target kind {options.target_kind!r} is not one of {', '.join(TARGET_KINDS)}")
     from bundler.oci.graph import walk_manifests
     from bundler.quay.compat import quay_refusals
 
