@@ -113,7 +113,7 @@ class BundleContent:
     images: Sequence[BundleImage]
     """With `total_size` filled in."""
     blobs: Sequence[SourcedBlob]
-    """Each carried blob once; metadata (manifests, configs) first, then layers."""
+    """Each carried blob once, in layout order."""
     skipped: Sequence[BaseBlob] = ()
     """Configs and layers left to the base bundle."""
     files: Mapping[str, bytes] = field(default_factory=dict)
