@@ -54,27 +54,30 @@ class Source:
 
 
 def content_of(layout: Layout, images: List[BundleImage], source: Source) -> BundleContent:
-    """What pack would plan for these images: every manifest in memory, configs and layers streamed."""
-    manifests: Dict[str, SourcedBlob] = {}
+    """What pack would plan for these images, image by image: its manifests in memory, then its configs and
+    layers streamed (each blob once, where an earlier image brought it)."""
     blobs: Dict[str, SourcedBlob] = {}
     needs: Dict[str, List[str]] = {}
     for image in images:
         stack = [Descriptor(media_type=image.media_type, digest=image.digest, size=image.size)]
         needed: List[str] = []
+        streamed: List[SourcedBlob] = []
         while stack:
             d = stack.pop()
             raw = layout.read_blob(d.digest)
             mt = detect_media_type(raw, d.media_type or None)
-            manifests.setdefault(str(d.digest), SourcedBlob(d.digest, len(raw), mt, data=raw))
+            blobs.setdefault(str(d.digest), SourcedBlob(d.digest, len(raw), mt, data=raw))
             needed.append(str(d.digest))
             parsed = parse_manifest(raw, mt)
             if is_index(mt):
                 stack.extend(parsed.children)
             for b in parsed.blobs:
-                blobs.setdefault(str(b.digest), SourcedBlob(b.digest, b.size, b.media_type, opener=source.opener(b)))
+                streamed.append(SourcedBlob(b.digest, b.size, b.media_type, opener=source.opener(b)))
                 needed.append(str(b.digest))
+        for b in streamed:
+            blobs.setdefault(str(b.digest), b)
         needs[image.source] = needed
-    return BundleContent(images=images, blobs=[*manifests.values(), *blobs.values()], files=FILES, needs=needs)
+    return BundleContent(images=images, blobs=list(blobs.values()), files=FILES, needs=needs)
 
 
 def fill(layout: Layout, source: Source, out: Path, key: Optional[Path] = None, workers: int = 4) -> BundleWriteResult:
@@ -300,4 +303,25 @@ def test_a_journal_entry_is_trusted_only_where_the_new_layout_puts_the_item(src:
     assert moved, "the new order moves finished blobs"
     assert moved <= reopened and not stayed & reopened, (moved, stayed, reopened)
     assert big.digest in reopened
+    verify_bundle(tmp_path / "b")
+
+
+def test_a_finished_bundle_is_the_start_of_a_fill_with_more_images(src: Tuple[Layout, Source], tmp_path: Path) -> None:
+    """A finished bundle in the directory: the same content again opens nothing and leaves its volumes as
+    they are; the content with one more image (a config that grew) fetches only that image's own blobs,
+    every blob that stays in place is kept, and the bigger bundle verifies."""
+    layout, source = src
+    images = bundle_images(layout_objs_cache[id(layout)])
+    options = FillOptions(out_dir=tmp_path / "b", volume_size=VOLUME_SIZE, workers=4)
+    first = fill_bundle(content_of(layout, images[:-1], source), options).manifest
+    volume = tmp_path / "b" / first.volumes[0].name
+    inode = volume.stat().st_ino
+    before = Counter(source.opened)
+    again = fill_bundle(content_of(layout, images[:-1], source), options).manifest
+    assert again.id == first.id and source.opened == before and volume.stat().st_ino == inode
+    grown = fill_bundle(content_of(layout, images, source), options).manifest
+    had = {str(b.digest) for b in first.blobs}
+    new = {k for k in (source.opened - before)}
+    assert new and not new & had, "only blobs the first bundle did not hold are fetched"
+    assert new == {str(b.digest) for b in grown.blobs if str(b.digest) not in had} & set(source.opened)
     verify_bundle(tmp_path / "b")

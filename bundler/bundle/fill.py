@@ -48,25 +48,25 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Dict, List, Mapping,
 from bundler.base.errors import BundlerError, DigestMismatchError, PartialFailureError, RangeIgnoredError, RegistryError
 from bundler.base.fsutil import fsync_dir
 from bundler.base.progress import NullProgress, Progress
-from bundler.bundle.encoding import _compressor, _pays
+from bundler.bundle.encoding import compressor, compression_pays
 from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BaseBlob, BundleImage, BundleManifest, BundleVolume
 from bundler.bundle.members import (
     JOURNAL_NAME,
     VolumeLayout,
-    _build_manifest,
-    _check_volume_size,
-    _created_mtime,
-    _file_items,
-    _fingerprint,
-    _Item,
-    _manifest_estimate,
-    _member_base,
-    _now,
-    _Placement,
-    _VolumePlan,
+    build_manifest,
+    check_volume_size,
+    created_mtime,
+    file_items,
+    content_fingerprint,
+    Item,
+    manifest_estimate,
+    member_base,
+    utc_now,
+    Placement,
+    VolumePlan,
 )
-from bundler.bundle.slots import FillJournal, HeldProgress, PartialVolumes, Slot, SlotWriter, finished_entries, journal_entry, partial_path
-from bundler.bundle.writer import BundleWriteResult, _disk_error, check_space, finish_bundle
+from bundler.bundle.slots import FillJournal, HeldProgress, PartialVolumes, Slot, SlotWriter, entry_volumes, finished_entries, journal_entry, partial_path
+from bundler.bundle.writer import BundleWriteResult, disk_error, check_space, finish_bundle
 from bundler.oci.digest import Digest, Readable
 
 if TYPE_CHECKING:
@@ -137,16 +137,16 @@ class FillOptions:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _stored_bytes(item: _Item) -> bytes:
+def _stored_bytes(item: Item) -> bytes:
     assert item.data is not None
     h = item.digest.new_hasher()
     h.update(item.data)
     if h.hexdigest() != item.digest.encoded or len(item.data) != item.size:
         raise DigestMismatchError(f"{item.kind} {item.key} does not match its digest", hint="rerun pack")
-    return _compressor().compress(item.data) if item.encoding == "zstd" else item.data
+    return compressor().compress(item.data) if item.encoding == "zstd" else item.data
 
 
-def _pull(item: _Item, opener: Opener, sink: SlotWriter, end: int, hasher: "Optional[hashlib._Hash]", progress: Progress) -> None:
+def _pull(item: Item, opener: Opener, sink: SlotWriter, end: int, hasher: "Optional[hashlib._Hash]", progress: Progress) -> None:
     """Stream a blob's bytes from `sink.pos` up to `end` into its slot, feeding `hasher` when given; a cut
     stream resumes where it stopped. `RangeIgnoredError` from the opener is passed on."""
     attempt = 0
@@ -178,12 +178,12 @@ def _pull(item: _Item, opener: Opener, sink: SlotWriter, end: int, hasher: "Opti
                 )
 
 
-def _check_digest(item: _Item, hex_digest: str) -> None:
+def _check_digest(item: Item, hex_digest: str) -> None:
     if hex_digest != item.digest.encoded:
         raise DigestMismatchError(f"blob {item.digest} from the source does not match its digest", hint="the source served corrupted data; rerun to fetch it again")
 
 
-def _stream(item: _Item, opener: Opener, sink: SlotWriter, progress: Progress) -> None:
+def _stream(item: Item, opener: Opener, sink: SlotWriter, progress: Progress) -> None:
     """Stream one blob into its slot, hashing on the way; a cut stream resumes where it stopped."""
     hasher = item.digest.new_hasher()
     _pull(item, opener, sink, item.size, hasher, progress)
@@ -215,7 +215,7 @@ class _Split:
     after that, the part that was refused reads its range from an ordinary stream.
     """
 
-    def __init__(self, run: "_Run", item: _Item, bounds: List[int], source: SourcedBlob) -> None:
+    def __init__(self, run: "_Run", item: Item, bounds: List[int], source: SourcedBlob) -> None:
         assert source.opener is not None and source.ranged is not None
         self.run, self.item, self.bounds = run, item, bounds
         self.opener: Opener = source.opener
@@ -352,7 +352,7 @@ class _Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     bytes_written: int = 0
 
-    def fill(self, item: _Item) -> None:
+    def fill(self, item: Item) -> None:
         slot = self.slots[id(item)]
         sink = SlotWriter(self.volumes, slot)
         try:
@@ -365,10 +365,10 @@ class _Run:
                 assert opener is not None, item.key
                 _stream(item, opener, sink, self.progress)
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.volume_size) from None
         self.finished(item)
 
-    def finished(self, item: _Item) -> None:
+    def finished(self, item: Item) -> None:
         """`item` is in and its digest matched: journal it, count it, and report the images it completes."""
         slot = self.slots[id(item)]
         self.journal.finished(journal_entry(item, slot), {v for v, _ in slot})
@@ -390,7 +390,7 @@ class _Run:
         try:
             task()
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.volume_size) from None
 
     def add_needs(self, needs: Mapping[str, Sequence[str]], known: Set[str]) -> None:
         """Track the images of `needs` not tracked yet; those with nothing left to fetch are reported now."""
@@ -428,7 +428,7 @@ class BundleFill:
         self.started = time.monotonic()
         self.options = options
         self.out_dir = Path(options.out_dir)
-        _check_volume_size(options.volume_size)
+        check_volume_size(options.volume_size)
         if options.sign_key is not None:
             from bundler.bundle.signing import load_private_key
 
@@ -436,9 +436,9 @@ class BundleFill:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, options.volume_size) from None
+            raise disk_error(exc, self.out_dir, options.volume_size) from None
         self.layout = VolumeLayout(options.volume_size)
-        self.items: Dict[str, _Item] = {}
+        self.items: Dict[str, Item] = {}
         """Every item laid out, by key, in layout order."""
         self.entries: Set[str] = set()
         """Journal entries trusted from an earlier run (or the finished bundle in the directory)."""
@@ -448,10 +448,10 @@ class BundleFill:
         self.reported: Set[str] = set()
         self.pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="fill")
         self.small_pool = ThreadPoolExecutor(max_workers=min(SMALL_LANE, max(1, options.workers)), thread_name_prefix="fill-small")
-        self.futures: List[Tuple[_Item, "Future[None]"]] = []
+        self.futures: List[Tuple[Item, "Future[None]"]] = []
         self.todo_count = 0
         created = self._recover()
-        volumes = PartialVolumes(self.out_dir, _created_mtime(created), take_back=self.old is not None or bool(self.entries))
+        volumes = PartialVolumes(self.out_dir, created_mtime(created), take_back=self.old is not None or bool(self.entries))
         self.created = created
         self.run = _Run(self.out_dir, options.volume_size, volumes, FillJournal(self.out_dir / JOURNAL_NAME, volumes), HeldProgress(options.progress))
         self.reserved = sum(p.stat().st_size for p in self.out_dir.glob(".bundle-*.tar.partial"))
@@ -469,7 +469,8 @@ class BundleFill:
         journal_path = self.out_dir / JOURNAL_NAME
         created, entries = FillJournal.load(journal_path, self.options.volume_size)
         if created is not None:
-            self.entries = entries
+            # An entry counts only while every volume it lies in is there (a volume made again is empty).
+            self.entries = {e for e in entries if all(self._volume_there(v, take_back=True) for v in entry_volumes(e))}
             return created
         old = self._finished_bundle()
         if old is not None:
@@ -480,7 +481,10 @@ class BundleFill:
         for stale in self.out_dir.glob(".bundle-*.tar.partial"):  # not described by any journal: not trusted
             with contextlib.suppress(OSError):
                 stale.unlink()
-        return _now()[0]
+        return utc_now()[0]
+
+    def _volume_there(self, name: str, *, take_back: bool) -> bool:
+        return partial_path(self.out_dir, name).is_file() or (take_back and (self.out_dir / name).is_file())
 
     def _finished_bundle(self) -> Optional[BundleManifest]:
         with contextlib.suppress(OSError, BundlerError):
@@ -518,19 +522,19 @@ class BundleFill:
         stray = [k for k, i in self.items.items() if i.kind == "blob" and k not in keys]
         if stray:
             raise BundlerError(f"{len(stray)} blobs were laid out that the bundle's content does not hold (first {stray[0]})")
-        self._add(self._blob_items(content.blobs) + _encoded(_file_items(content.files)), content.needs)
+        self._add(self._blob_items(content.blobs) + _encoded(file_items(content.files)), content.needs)
         items = list(self.items.values())
         self.run.progress.release(sum(i.stored_size for i in items), len(self.reported))
+        fingerprint = content_fingerprint(content.images, items, content.skipped, self.options.volume_size, content.base_id, fmt=2)
+        bundle_id = f"ocpb-{fingerprint[:32]}"
+        if self.old is not None and self.old.id != bundle_id:  # the same blobs in place, other content: rewritten
+            self._take_over()
         self._wait()
         plans = self.layout.volumes()
-        fingerprint = _fingerprint(content.images, items, content.skipped, self.options.volume_size, content.base_id, fmt=2)
-        bundle_id = f"ocpb-{fingerprint[:32]}"
-        if self.old is not None and self.old.id != bundle_id:
-            self._take_over()
         reused = sum(1 for p in plans if all(pl.item.key in self.kept_keys for pl in p.placements))
         if self.old is None:
             self._seal(plans)
-        manifest = _build_manifest(
+        manifest = build_manifest(
             bundle_id, self.created, content.base_id, content.images, content.skipped, items, plans,
             [BundleVolume(p.name, p.size, None) for p in plans], self.options.volume_size,
         )
@@ -539,17 +543,17 @@ class BundleFill:
             skipped=len(content.skipped), reused=reused, started=self.started,
         )
 
-    def _blob_items(self, blobs: Sequence[SourcedBlob]) -> List[_Item]:
-        out: List[_Item] = []
+    def _blob_items(self, blobs: Sequence[SourcedBlob]) -> List[Item]:
+        out: List[Item] = []
         for b in blobs:
             key = str(b.digest)
             if key in self.items or key in self.run.sources:
                 continue
             self.run.sources[key] = b
-            out.append(_Item("blob", key, b.digest, b.size, b.media_type, _member_base(b.digest), data=b.data))
+            out.append(Item("blob", key, b.digest, b.size, b.media_type, member_base(b.digest), data=b.data))
         return _encoded(out)
 
-    def _add(self, new: List[_Item], needs: Mapping[str, Sequence[str]]) -> None:
+    def _add(self, new: List[Item], needs: Mapping[str, Sequence[str]]) -> None:
         run = self.run
         # A lower bound first (the stored bytes alone, less what earlier runs already reserved), so a plan
         # that cannot fit (or a manifest that lies about sizes) stops before its volumes are even laid out.
@@ -566,7 +570,7 @@ class BundleFill:
         if todo or self.old is None:
             if not self._take_over():
                 self._grow(slots)
-            todo = [i for i in new if journal_entry(i, slots[id(i)]) not in self.entries or any(v in run.volumes.fresh for v, _ in slots[id(i)])]
+            todo = [i for i in new if journal_entry(i, slots[id(i)]) not in self.entries]
         kept = [i for i in new if i not in todo]
         with run.lock:
             run.finished_keys.update(i.key for i in kept)
@@ -580,7 +584,7 @@ class BundleFill:
 
     def _grow(self, slots: Mapping[int, Slot]) -> None:
         """Make room in the volumes for newly placed items and write their tar headers."""
-        by_volume: Dict[str, List[_Placement]] = {}
+        by_volume: Dict[str, List[Placement]] = {}
         for slot in slots.values():
             for volume, pl in slot:
                 by_volume.setdefault(volume, []).append(pl)
@@ -588,11 +592,11 @@ class BundleFill:
         volumes = self.run.volumes
         needed = sum(max(0, plans[v].size - volumes.on_disk(v)) for v in by_volume)
         try:
-            check_space(self.out_dir, needed + _manifest_estimate(len(self.items), 0))
+            check_space(self.out_dir, needed + manifest_estimate(len(self.items), 0))
             for name, placements in by_volume.items():
                 volumes.grow(plans[name], placements)
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.options.volume_size) from None
 
     def _wait(self) -> None:
         failures: Dict[str, str] = {}
@@ -608,7 +612,7 @@ class BundleFill:
             try:
                 self.run.journal.close()
             except OSError as exc:
-                raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+                raise disk_error(exc, self.out_dir, self.options.volume_size) from None
         if failures:
             listed = list(failures.values())
             detail = "; ".join(listed[:10]) + (f"; … and {len(listed) - 10} more" if len(listed) > 10 else "")
@@ -618,7 +622,7 @@ class BundleFill:
                 hint="rerun to resume; finished blobs are not fetched again",
             )
 
-    def _seal(self, plans: Sequence[_VolumePlan]) -> None:
+    def _seal(self, plans: Sequence[VolumePlan]) -> None:
         """Every item is in: volumes cut to size, flushed, given their final names; leftovers removed."""
         volumes = self.run.volumes
         try:
@@ -627,7 +631,7 @@ class BundleFill:
             volumes.trim(plans)
             volumes.sync(set(volumes.fds))
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.options.volume_size) from None
         finally:
             volumes.close()
         names = {p.name for p in plans}
@@ -660,23 +664,23 @@ def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResu
         return fill.finish(content)
 
 
-def _encoded(items: List[_Item]) -> List[_Item]:
+def _encoded(items: List[Item]) -> List[Item]:
     """`items` with their encoding decided: in-memory data zstd-compressed when that pays, streams raw."""
     for item in items:
         item.encoding, item.stored_size = "raw", item.size
         if item.data is not None and item.size >= 2 * TAR_BLOCK:
-            packed = _compressor().compress(item.data)
-            if _pays(item.size, len(packed)):
+            packed = compressor().compress(item.data)
+            if compression_pays(item.size, len(packed)):
                 item.encoding, item.stored_size = "zstd", len(packed)
     return items
 
 
-def _tasks(run: _Run, todo: Sequence[_Item], workers: int) -> List[Tuple[int, _Item, Callable[[], None]]]:
+def _tasks(run: _Run, todo: Sequence[Item], workers: int) -> List[Tuple[int, Item, Callable[[], None]]]:
     """What the workers run, largest first: one task per item, or one per byte range of a blob much larger
     than one stream's share of the fill (see `MIN_PART`) whose source serves ranges."""
     streamed = sum(i.stored_size for i in todo if i.data is None and i.kind != "file")
     part = max(MIN_PART, streamed // workers)
-    tasks: List[Tuple[int, _Item, Callable[[], None]]] = []
+    tasks: List[Tuple[int, Item, Callable[[], None]]] = []
     for item in todo:
         source = run.sources.get(item.key)
         if source is None or source.ranged is None or source.opener is None or item.data is not None or item.stored_size < 2 * part:

@@ -6,8 +6,8 @@ Owns the on-disk state of a bundle being filled out of order (`bundler.bundle.fi
   the layout does (pack lays out the image blobs first and the signatures and files later): each growth
   reserves the space and writes the tar headers of the new members; padding and the end-of-archive blocks
   are the zeros of the reserved file. A volume an earlier run left is opened as it is (the journal says
-  which of its slots hold finished items); one made new in this run is remembered, so that nothing the
-  journal lists in it is trusted.
+  which of its slots hold finished items; an entry in a volume that is gone is dropped when the journal
+  is read).
 - `SlotWriter`: a file-like sink whose writes land at an item's planned places (`os.pwrite`).
 - `FillJournal`: the record of finished items. Each entry names the item and where it lies (digest,
   encoding, stored size, every part's volume and offset), so an entry is trusted only by an item laid out
@@ -27,13 +27,13 @@ from typing import IO, Dict, List, Optional, Sequence, Set, Tuple
 from bundler.base.fsutil import atomic_write
 from bundler.base.progress import Progress
 from bundler.bundle.manifest import TAR_BLOCK, BundleManifest
-from bundler.bundle.members import _Item, _Placement, _tar_header, _VolumePlan
+from bundler.bundle.members import Item, Placement, tar_header, VolumePlan
 
 COMMIT_INTERVAL = 0.5
 """Seconds between journal commits (each flushes the volumes written since the last one)."""
 JOURNAL_FORMAT = 3
 
-Slot = List[Tuple[str, _Placement]]
+Slot = List[Tuple[str, Placement]]
 """Where an item's stored bytes go: (volume name, placement) per part, in order."""
 
 
@@ -41,10 +41,16 @@ def partial_path(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.partial"
 
 
-def journal_entry(item: _Item, slot: Slot) -> str:
+def journal_entry(item: Item, slot: Slot) -> str:
     """The journal line of a finished item: its key, then what it is and exactly where it lies."""
     where = ",".join(f"{volume}@{pl.data_offset}" for volume, pl in slot)
     return f"{item.key}\t{item.digest}\t{item.encoding}\t{item.stored_size}\t{where}"
+
+
+def entry_volumes(entry: str) -> List[str]:
+    """The volumes a journal entry's item lies in."""
+    where = entry.rsplit("\t", 1)[-1]
+    return [part.rsplit("@", 1)[0] for part in where.split(",")]
 
 
 def finished_entries(manifest: BundleManifest) -> Set[str]:
@@ -69,10 +75,8 @@ class PartialVolumes:
         """Whether a finished volume of the same name (an earlier run's) is taken back as the partial one."""
         self.fds: Dict[str, int] = {}
         self.sizes: Dict[str, int] = {}
-        self.fresh: Set[str] = set()
-        """Volumes made new in this run: nothing a journal lists in them is there."""
 
-    def grow(self, plan: _VolumePlan, placements: Sequence[_Placement]) -> None:
+    def grow(self, plan: VolumePlan, placements: Sequence[Placement]) -> None:
         """Open (or make) `plan`'s volume, reserve it up to `plan.size`, write the headers of `placements`."""
         name = plan.name
         fd = self.fds.get(name)
@@ -80,8 +84,6 @@ class PartialVolumes:
             path, final = partial_path(self.out_dir, name), self.out_dir / name
             if self.take_back and not path.exists() and final.exists():
                 os.replace(final, path)
-            if not path.exists():
-                self.fresh.add(name)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             self.fds[name] = fd
             self.sizes[name] = os.fstat(fd).st_size
@@ -92,7 +94,7 @@ class PartialVolumes:
                 os.posix_fallocate(fd, have, plan.size - have)
             self.sizes[name] = plan.size
         for pl in placements:
-            os.pwrite(fd, _tar_header(pl.member, pl.length, self.mtime), pl.data_offset - TAR_BLOCK)
+            os.pwrite(fd, tar_header(pl.member, pl.length, self.mtime), pl.data_offset - TAR_BLOCK)
 
     def on_disk(self, name: str) -> int:
         """Bytes a volume holds now (0 when it is not there yet), counting a finished one that would be taken back."""
@@ -104,7 +106,7 @@ class PartialVolumes:
                 return path.stat().st_size
         return 0
 
-    def trim(self, plans: Sequence[_VolumePlan]) -> None:
+    def trim(self, plans: Sequence[VolumePlan]) -> None:
         """Cut each volume to its planned size (an earlier, larger layout may have left more)."""
         for plan in plans:
             if self.sizes.get(plan.name, plan.size) > plan.size:
