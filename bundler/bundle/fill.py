@@ -65,7 +65,19 @@ from bundler.bundle.members import (
     Placement,
     VolumePlan,
 )
-from bundler.bundle.slots import FillJournal, HeldProgress, PartialVolumes, Slot, SlotWriter, entry_volumes, finished_entries, journal_entry, partial_path
+from bundler.bundle.slots import (
+    FillJournal,
+    HeldProgress,
+    PartialVolumes,
+    Slot,
+    SlotWriter,
+    entry_volumes,
+    failed_entry,
+    finished_entries,
+    journal_entry,
+    partial_path,
+    range_entry,
+)
 from bundler.bundle.writer import BundleWriteResult, disk_error, check_space, finish_bundle
 from bundler.oci.digest import Digest, Readable
 
@@ -82,6 +94,8 @@ RangeOpener = Callable[[int, int], ContextManager[Readable]]
 MAX_RESUME_ATTEMPTS = 6
 """Streams of one blob that may end without a single new byte before it counts as failed."""
 MIN_PART = 8 << 20
+MAX_PART = 64 << 20
+RANGES_PER_BLOB = 8
 """The smallest byte range of one blob fetched on a connection of its own. A blob is split when it is at
 least twice one stream's share of the fill (all streamed bytes / workers) and twice this."""
 READ_SIZE = 512 << 10
@@ -215,7 +229,7 @@ class _Split:
     after that, the part that was refused reads its range from an ordinary stream.
     """
 
-    def __init__(self, run: "_Run", item: Item, bounds: List[int], source: SourcedBlob) -> None:
+    def __init__(self, run: "_Run", item: Item, bounds: List[int], source: SourcedBlob, done: Sequence[int] = ()) -> None:
         assert source.opener is not None and source.ranged is not None
         self.run, self.item, self.bounds = run, item, bounds
         self.opener: Opener = source.opener
@@ -223,11 +237,13 @@ class _Split:
         self.slot = run.slots[id(item)]
         self.hasher = item.digest.new_hasher()
         self.lock = threading.Lock()
-        self.landed = [False] * (len(bounds) - 1)
+        self.landed = [i in done for i in range(len(bounds) - 1)]
+        self.done = sorted(done)
+        """Ranges an earlier run journaled: not fetched again, hashed back from the volume in their turn."""
         self.hashed = 0
         """Ranges hashed, in order."""
         self.hashing = False
-        self.ended = 0
+        self.ended = len(self.done)
         self.failed = False
         self.whole = False
         """Ranges ignored by the source: part 0 fetches the whole blob as one stream."""
@@ -237,6 +253,24 @@ class _Split:
     @property
     def parts(self) -> int:
         return len(self.bounds) - 1
+
+    @property
+    def todo(self) -> List[int]:
+        return [i for i in range(self.parts) if i not in self.done]
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(self.bounds[i + 1] - self.bounds[i] for i in self.done)
+
+    def verify(self) -> None:
+        """Every range was journaled by an earlier run, but not the blob: prove its digest and finish it."""
+        self._advance()
+
+    def _landed(self, i: int) -> None:
+        """Range `i` is in: journaled on its own, so a rerun after an interruption does not fetch it again."""
+        with self.lock:
+            self.landed[i] = True
+        self.run.journal.finished(range_entry(self.item, self.slot, self.bounds[i], self.bounds[i + 1]), {v for v, _ in self.slot})
 
     def part(self, i: int) -> None:
         """Fetch range `i` (a task of its own); the part that completes the blob journals it."""
@@ -264,9 +298,10 @@ class _Split:
             with self.lock:
                 self.whole = True
         with self.lock:
-            if not self.whole:
-                self.landed[0] = True
-                return
+            whole = self.whole
+        if not whole:
+            self._landed(0)
+            return
         _pull(self.item, self.opener, sink, self.item.size, self.hasher, self.run.progress)
 
     def _range(self, i: int) -> None:
@@ -287,7 +322,7 @@ class _Split:
             _pull(self.item, self.opener, sink, end, None, self.run.progress)
         with self.lock:
             self.others_wrote = True
-            self.landed[i] = True
+        self._landed(i)
 
     def _advance(self) -> None:
         """Hash the ranges that are next in line and in; finish the blob when everything is."""
@@ -304,7 +339,7 @@ class _Split:
                     return
                 self.hashing = True
             try:
-                if i > 0:  # part 0 was hashed as it streamed
+                if i > 0 or 0 in self.done:  # a part 0 fetched now was hashed as it streamed
                     buf = buf if buf is not None else memoryview(bytearray(READ_SIZE))
                     _hash_back(self.run.volumes, self.slot, self.bounds[i], self.bounds[i + 1], self.hasher, buf)
             except BaseException:
@@ -319,8 +354,12 @@ class _Split:
             again = self.item.digest.new_hasher()
             _hash_back(self.run.volumes, self.slot, 0, self.item.size, again, memoryview(bytearray(READ_SIZE)))
             hex_digest = again.hexdigest()
-        _check_digest(self.item, hex_digest)
-        self.run.finished(self.item)
+        try:
+            _check_digest(self.item, hex_digest)
+        except DigestMismatchError:  # no range of it is trusted any more
+            self.run.journal.finished(failed_entry(self.item, self.slot), set())
+            raise
+        self.run.finished(self.item, kept=self.kept_bytes)
 
 
 def _bounds(size: int, part: int) -> List[int]:
@@ -368,13 +407,14 @@ class _Run:
             raise disk_error(exc, self.out_dir, self.volume_size) from None
         self.finished(item)
 
-    def finished(self, item: Item) -> None:
-        """`item` is in and its digest matched: journal it, count it, and report the images it completes."""
+    def finished(self, item: Item, *, kept: int = 0) -> None:
+        """`item` is in and its digest matched: journal it, count it (less the `kept` bytes an earlier run
+        wrote), and report the images it completes."""
         slot = self.slots[id(item)]
         self.journal.finished(journal_entry(item, slot), {v for v, _ in slot})
         done = []
         with self.lock:
-            self.bytes_written += item.stored_size
+            self.bytes_written += item.stored_size - kept
             self.finished_keys.add(item.key)
             for name in self.wanted_by.get(item.key, ()):
                 left = self.needs.get(name)
@@ -506,6 +546,11 @@ class BundleFill:
         self._grow(self.run.slots)
         return True
 
+    @property
+    def writing(self) -> bool:
+        """Whether this fill has begun to write into the directory (what it wrote is journaled)."""
+        return self.run.journal.started
+
     # -- laying out and fetching -------------------------------------------------------------------------
 
     def start(self, blobs: Sequence[SourcedBlob], needs: Mapping[str, Sequence[str]] = {}) -> None:
@@ -578,7 +623,7 @@ class BundleFill:
         run.progress.advance(sum(i.stored_size for i in kept))
         run.add_needs(needs, self.reported)
         self.todo_count += len(todo)
-        for size, item, task in _tasks(run, todo, max(1, self.options.workers)):
+        for size, item, task in _tasks(run, todo, max(1, self.options.workers), self.entries):
             pool = self.small_pool if size <= SMALL_ITEM else self.pool
             self.futures.append((item, pool.submit(run.guarded, task)))
 
@@ -675,23 +720,39 @@ def _encoded(items: List[Item]) -> List[Item]:
     return items
 
 
-def _tasks(run: _Run, todo: Sequence[Item], workers: int) -> List[Tuple[int, Item, Callable[[], None]]]:
-    """What the workers run, largest first: one task per item, or one per byte range of a blob much larger
-    than one stream's share of the fill (see `MIN_PART`) whose source serves ranges."""
+def _tasks(run: _Run, todo: Sequence[Item], workers: int, journaled: Set[str]) -> List[Tuple[int, Item, Callable[[], None]]]:
+    """What the workers run, largest first: one task per item, or one per byte range of a blob whose source
+    serves ranges and that is much larger than one stream's share of the fill (see `MIN_PART`) or had
+    ranges journaled by an earlier run (those are not fetched again)."""
     streamed = sum(i.stored_size for i in todo if i.data is None and i.kind != "file")
-    part = max(MIN_PART, streamed // workers)
+    share = max(MIN_PART, streamed // workers)
     tasks: List[Tuple[int, Item, Callable[[], None]]] = []
     for item in todo:
         source = run.sources.get(item.key)
-        if source is None or source.ranged is None or source.opener is None or item.data is not None or item.stored_size < 2 * part:
+        if source is None or source.ranged is None or source.opener is None or item.data is not None:
             tasks.append((item.stored_size, item, functools.partial(run.fill, item)))
             continue
-        split = _Split(run, item, _bounds(item.size, part), source)
-        log.debug("blob %s (%d bytes) fetched as %d ranges", item.digest.short, item.size, split.parts)
-        for i in range(split.parts):
+        slot = run.slots[id(item)]
+        bounds = _bounds(item.size, _part_size(item.size))
+        done = [i for i in range(len(bounds) - 1) if range_entry(item, slot, bounds[i], bounds[i + 1]) in journaled]
+        if item.stored_size < 2 * share and not done or len(bounds) < 3:
+            tasks.append((item.stored_size, item, functools.partial(run.fill, item)))
+            continue
+        split = _Split(run, item, bounds, source, done)
+        run.progress.advance(split.kept_bytes)
+        log.debug("blob %s (%d bytes) fetched as %d ranges (%d in from an earlier run)", item.digest.short, item.size, split.parts, len(done))
+        for i in split.todo:
             tasks.append((split.bounds[i + 1] - split.bounds[i], item, functools.partial(split.part, i)))
+        if not split.todo:
+            tasks.append((0, item, split.verify))
     tasks.sort(key=lambda t: -t[0])
     return tasks
+
+
+def _part_size(size: int) -> int:
+    """The byte ranges a split blob is fetched in: about an eighth of it, at least `MIN_PART`, at most
+    `MAX_PART`. It depends on the blob alone, so a rerun cuts it the same way and its journaled ranges match."""
+    return min(MAX_PART, max(MIN_PART, size // RANGES_PER_BLOB))
 
 
 def _needed_by(wanted_by: Mapping[str, Sequence[str]], key: str) -> str:

@@ -11,7 +11,10 @@ Owns the on-disk state of a bundle being filled out of order (`bundler.bundle.fi
 - `SlotWriter`: a file-like sink whose writes land at an item's planned places (`os.pwrite`).
 - `FillJournal`: the record of finished items. Each entry names the item and where it lies (digest,
   encoding, stored size, every part's volume and offset), so an entry is trusted only by an item laid out
-  at exactly that place: layouts may grow between runs and nothing is trusted by name alone.
+  at exactly that place: layouts may grow between runs and nothing is trusted by name alone. A blob
+  fetched in byte ranges also has an entry per finished range (its digest is still proven over every byte
+  when the last range is in), and a `failed` entry when its digest did not match: then none of its ranges
+  is trusted.
 - `HeldProgress`: progress held back until the totals are known from the whole plan, then passed on.
 """
 
@@ -47,10 +50,26 @@ def journal_entry(item: Item, slot: Slot) -> str:
     return f"{item.key}\t{item.digest}\t{item.encoding}\t{item.stored_size}\t{where}"
 
 
+def range_entry(item: Item, slot: Slot, start: int, end: int) -> str:
+    """The journal line of one finished byte range `[start, end)` of a blob fetched in ranges."""
+    return f"{journal_entry(item, slot)}\t{start}-{end}"
+
+
+def failed_entry(item: Item, slot: Slot) -> str:
+    """The journal line saying a blob's digest did not match: none of its journaled ranges is trusted."""
+    return f"{journal_entry(item, slot)}\tfailed"
+
+
 def entry_volumes(entry: str) -> List[str]:
     """The volumes a journal entry's item lies in."""
-    where = entry.rsplit("\t", 1)[-1]
+    where = entry.split("\t")[4]
     return [part.rsplit("@", 1)[0] for part in where.split(",")]
+
+
+def trusted_entries(entries: Set[str]) -> Set[str]:
+    """`entries` less the ranges of blobs whose digest failed after them (and those markers)."""
+    failed = {e.rsplit("\t", 1)[0] for e in entries if e.endswith("\tfailed")}
+    return {e for e in entries if not e.endswith("\tfailed") and not (e.count("\t") == 5 and e.rsplit("\t", 1)[0] in failed)}
 
 
 def finished_entries(manifest: BundleManifest) -> Set[str]:
@@ -190,8 +209,8 @@ class FillJournal:
             if head.get("format") != JOURNAL_FORMAT or head.get("volumeSize") != volume_size:
                 return None, set()
             # The last line counts only when complete (it ends with a newline: the split leaves b"").
-            done = {ln.decode() for ln in lines[1:-1] if ln}
-            return str(head["created"]), done
+            done = {ln.decode() for ln in lines[1:-1] if ln.count(b"\t") in (4, 5)}
+            return str(head["created"]), trusted_entries(done)
         except (OSError, ValueError, KeyError, AttributeError, UnicodeDecodeError):
             return None, set()
 
