@@ -490,6 +490,8 @@ class BundleFill:
         self.small_pool = ThreadPoolExecutor(max_workers=min(SMALL_LANE, max(1, options.workers)), thread_name_prefix="fill-small")
         self.futures: List[Tuple[Item, "Future[None]"]] = []
         self.todo_count = 0
+        self.streamed = 0
+        """Bytes of the streamed items laid out so far."""
         created = self._recover()
         volumes = PartialVolumes(self.out_dir, created_mtime(created), take_back=self.old is not None or bool(self.entries))
         self.created = created
@@ -623,7 +625,8 @@ class BundleFill:
         run.progress.advance(sum(i.stored_size for i in kept))
         run.add_needs(needs, self.reported)
         self.todo_count += len(todo)
-        for size, item, task in _tasks(run, todo, max(1, self.options.workers), self.entries):
+        self.streamed += sum(i.stored_size for i in new if i.data is None and i.kind != "file")
+        for size, item, task in _tasks(run, todo, max(1, self.options.workers), self.entries, self.streamed):
             pool = self.small_pool if size <= SMALL_ITEM else self.pool
             self.futures.append((item, pool.submit(run.guarded, task)))
 
@@ -720,11 +723,12 @@ def _encoded(items: List[Item]) -> List[Item]:
     return items
 
 
-def _tasks(run: _Run, todo: Sequence[Item], workers: int, journaled: Set[str]) -> List[Tuple[int, Item, Callable[[], None]]]:
+def _tasks(run: _Run, todo: Sequence[Item], workers: int, journaled: Set[str], streamed: int) -> List[Tuple[int, Item, Callable[[], None]]]:
     """What the workers run, largest first: one task per item, or one per byte range of a blob whose source
-    serves ranges and that is much larger than one stream's share of the fill (see `MIN_PART`) or had
-    ranges journaled by an earlier run (those are not fetched again)."""
-    streamed = sum(i.stored_size for i in todo if i.data is None and i.kind != "file")
+    serves ranges and that is at least twice one stream's share of the fill laid out so far (`streamed`
+    bytes / `workers`, and twice `MIN_PART`), or had ranges journaled by an earlier run (those are not
+    fetched again). Fetching a blob in ranges costs a second read of all but its first range (to hash
+    them in order), so only a blob that would hold one connection long after the others is split."""
     share = max(MIN_PART, streamed // workers)
     tasks: List[Tuple[int, Item, Callable[[], None]]] = []
     for item in todo:
