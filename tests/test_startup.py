@@ -63,6 +63,12 @@ def test_the_modules_of_a_pack_load_nothing_it_does_not_use() -> None:
     assert _loaded("import " + ", ".join(modules), names=NOT_FOR_PACK + ("tomllib",)) == []
 
 
+def test_planning_a_release_loads_its_signature_store_but_not_the_checks_or_the_far_side() -> None:
+    needed = ("bundler.openshift.cincinnati", "bundler.openshift.release_signatures")
+    names = tuple(n for n in NOT_FOR_PACK if n not in needed)
+    assert _loaded("import bundler.flows.pack, bundler.openshift.release, bundler.openshift.samples", names=names) == []
+
+
 def test_a_pack_without_keys_loads_no_cryptography(registry_plain: RegistryServer, repo: str, tmp_path: Path) -> None:
     push(registry_plain.url, repo, make_image(random_layers=[20_000], seed="startup"), "v1")
     config = tmp_path / "image-set.yaml"
