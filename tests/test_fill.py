@@ -19,7 +19,7 @@ import pytest
 
 from bundler.base.errors import IntegrityError, PartialFailureError, RegistryError
 from bundler.base.progress import CountingProgress
-from bundler.bundle.fill import BundleContent, FillOptions, SourcedBlob, fill_bundle
+from bundler.bundle.fill import BundleContent, BundleFill, FillOptions, SourcedBlob, fill_bundle
 from bundler.bundle.manifest import MANIFEST_NAME, BundleImage, BundleManifest
 from bundler.bundle.members import JOURNAL_NAME
 from bundler.bundle.verify import verify_bundle
@@ -93,8 +93,9 @@ def src(layout_objs: Tuple[Layout, Dict[str, Any]]) -> Tuple[Layout, Source]:
 
 
 def journaled(out: Path) -> Set[str]:
+    """Keys of the items the journal lists (each line: key, then what and where the item is)."""
     lines = (out / JOURNAL_NAME).read_bytes().split(b"\n")
-    return {ln.decode() for ln in lines[1:-1] if ln}
+    return {ln.decode().split("\t", 1)[0] for ln in lines[1:-1] if ln}
 
 
 def test_filled_bundle_verifies_and_reads_back_every_blob_opened_once(src: Tuple[Layout, Source], tmp_path: Path, keys: Tuple[Path, Path]) -> None:
@@ -195,9 +196,9 @@ def test_a_journal_for_other_content_or_a_torn_last_line_is_not_trusted(src: Tup
     source.broken.clear()
     journal = tmp_path / "b" / JOURNAL_NAME
     lines = journal.read_bytes().split(b"\n")
-    streamed = [ln.decode() for ln in lines[1:-1] if ln.decode() in source.opened]
-    kept, torn = streamed[0], streamed[-1]
-    entries = [ln for ln in lines[1:-1] if ln.decode() != torn] + [torn.encode()]
+    streamed = [ln for ln in lines[1:-1] if ln.split(b"\t", 1)[0].decode() in source.opened]
+    kept, torn = streamed[0].split(b"\t", 1)[0].decode(), streamed[-1].split(b"\t", 1)[0].decode()
+    entries = [ln for ln in lines[1:-1] if ln != streamed[-1]] + [streamed[-1]]
     journal.write_bytes(b"\n".join([lines[0], *entries[:-1]]) + b"\n" + entries[-1][:-3])  # the last entry torn half way
     before = Counter(source.opened)
     fill(layout, source, tmp_path / "b")
@@ -205,7 +206,7 @@ def test_a_journal_for_other_content_or_a_torn_last_line_is_not_trusted(src: Tup
     assert reopened == Counter({big.digest: 1, torn: 1}), "the failed blob and the torn entry's blob are fetched again, nothing else"
     assert kept not in reopened
     verify_bundle(tmp_path / "b")
-    # a journal written for other content: everything is fetched again
+    # a journal written in another format (or for another volume size): everything is fetched again
     journal.write_bytes(json.dumps({"fingerprint": "other", "created": "2020-01-01T00:00:00Z"}).encode() + b"\n" + lines[1] + b"\n")
     (tmp_path / "b" / MANIFEST_NAME).unlink()
     before = Counter(source.opened)
@@ -245,4 +246,58 @@ def test_a_missing_partial_volume_is_made_again_and_its_blobs_fetched_again(src:
     in_second = {str(b.digest) for b in result.manifest.blobs if any(p.volume == "bundle-0002.tar" for p in b.parts)}
     reopened = set((source.opened - before).keys())
     assert reopened == {big.digest} | (in_second & set(source.opened)), "the lost volume's streamed blobs, and the failed one, are fetched again"
+    verify_bundle(tmp_path / "b")
+
+
+def _first_place(parts: Any) -> Tuple[str, int]:
+    return (parts[0].volume, parts[0].offset)
+
+
+def test_a_layout_grown_in_steps_is_the_layout_laid_out_at_once(src: Tuple[Layout, Source], tmp_path: Path, keys: Tuple[Path, Path]) -> None:
+    """pack's way: the first blobs are laid out and fetched before the rest (signatures, files) is known.
+    Every blob is still opened once, the early ones lie before everything laid out later, and the result is
+    the very layout (same id, same places) a fill of everything at once gives, so a rerun's journal matches."""
+    layout, source = src
+    images = bundle_images(layout_objs_cache[id(layout)])
+    content = content_of(layout, images, source)
+    early = content.blobs[: len(content.blobs) // 2]
+    with BundleFill(FillOptions(out_dir=tmp_path / "steps", volume_size=VOLUME_SIZE, sign_key=keys[0], workers=4)) as f:
+        f.start(early)
+        stepped = f.finish(content).manifest
+    assert set(source.opened.values()) == {1}, "every streamed blob is opened exactly once"
+    early_keys = {str(b.digest) for b in early}
+    places = {str(b.digest): _first_place(b.parts) for b in stepped.blobs}
+    later = [p for k, p in places.items() if k not in early_keys] + [_first_place(x.parts) for x in stepped.files]
+    assert max(places[k] for k in early_keys) < min(later)
+    verify_bundle(tmp_path / "steps", key=keys[1], require_signature=True)
+    at_once = fill_bundle(content_of(layout, images, Source(layout)), FillOptions(out_dir=tmp_path / "once", volume_size=VOLUME_SIZE, workers=4)).manifest
+    assert at_once.id == stepped.id
+    assert [(str(b.digest), b.parts) for b in at_once.blobs] == [(str(b.digest), b.parts) for b in stepped.blobs]
+
+
+def test_a_journal_entry_is_trusted_only_where_the_new_layout_puts_the_item(src: Tuple[Layout, Source], tmp_path: Path, layout_objs: Tuple[Layout, Dict[str, Any]]) -> None:
+    """An interrupted fill, then a rerun whose layout differs (the same blobs in another order): a finished
+    item is kept only where it lies at the same place in the new layout; every moved one is fetched again,
+    and the bundle verifies (trusting an entry by name alone would leave the wrong bytes in a moved slot)."""
+    layout, source = src
+    images = bundle_images(layout_objs_cache[id(layout)])
+    big = max(layout_objs[1]["c"].blobs, key=lambda b: b.size)
+    source.broken.add(big.digest)
+    options = FillOptions(out_dir=tmp_path / "b", volume_size=VOLUME_SIZE, workers=4)
+    with pytest.raises(PartialFailureError):
+        fill_bundle(content_of(layout, images, source), options)
+    source.broken.clear()
+    lines = (tmp_path / "b" / JOURNAL_NAME).read_bytes().split(b"\n")[1:-1]
+    was = {f[0]: f[4] for f in (ln.decode().split("\t") for ln in lines) if f[0] in source.opened}
+    content = content_of(layout, images, source)
+    shifted = BundleContent(images=content.images, blobs=list(reversed(content.blobs)), files=content.files, needs=content.needs)
+    before = Counter(source.opened)
+    result = fill_bundle(shifted, options)
+    now = {str(b.digest): ",".join(f"{p.volume}@{p.offset}" for p in b.parts) for b in result.manifest.blobs}
+    moved = {k for k, where in was.items() if now[k] != where}
+    stayed = set(was) - moved
+    reopened = set((source.opened - before).keys())
+    assert moved, "the new order moves finished blobs"
+    assert moved <= reopened and not stayed & reopened, (moved, stayed, reopened)
+    assert big.digest in reopened
     verify_bundle(tmp_path / "b")

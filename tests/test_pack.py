@@ -150,3 +150,24 @@ def test_a_corrupted_later_range_fails_the_blob_and_a_rerun_fetches_it_again(reg
         again = _layer_ranges(proxy, layer.digest)
     assert again and again[0] != "" and any(r.startswith("bytes=0-") for r in again), "the whole blob is fetched again"
     verify_bundle(tmp_path / "b")
+
+
+def test_blobs_stream_while_signatures_are_looked_up(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    """The image blobs start streaming once the manifests are known: the signature look-ups (slow here:
+    the proxy holds every cosign tag look-up 1.5 s) run beside them, not before them, and the bundle still
+    verifies with every image."""
+    from tests.infra.faultproxy import STALL
+
+    for name in ("a", "b"):
+        push(registry_plain.url, f"overlap/{name}", make_image(random_layers=[300_000], seed=f"overlap-{name}"), "v1")
+    with FaultProxy(registry_plain.url) as proxy:
+        proxy.script(STALL, lambda method, target: method == "HEAD" and target.endswith(".sig"), times=2, stall_seconds=1.5)
+        regs = Registries(options=TransportOptions(insecure_hosts=frozenset({proxy.host})))
+        result = pack(PackOptions(config=_config(tmp_path / "o.yaml", [f"{proxy.host}/overlap/{n}:v1" for n in ("a", "b")]), out_dir=tmp_path / "b",
+                                  work_dir=tmp_path / "w"), registries=regs)
+        log = list(proxy.log)
+    assert result.bundle is not None and result.plan.reports.signatures is not None and result.plan.reports.signatures.checked == 2
+    done = [("sig" if t.endswith(".sig") else "blob") for m, t, _, _ in log if t.endswith(".sig") or "/blobs/" in t]
+    assert done.count("sig") == 2 and "blob" in done
+    assert done.index("blob") < len(done) - 1 - done[::-1].index("sig"), f"every blob waited for the signature look-ups: {done}"
+    verify_bundle(tmp_path / "b")

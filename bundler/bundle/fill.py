@@ -1,11 +1,13 @@
 """Filling a bundle straight from the sources: every blob is streamed once into its planned slot.
 
-Owns `fill_bundle`, what pack writes with. The whole content is known before a byte is pulled (every blob's
-digest, size and media type from the image manifests), so the volume layout (`bundler.bundle.members`) is
-computed first: which volume, which offset, which tar header. Then:
+Owns `BundleFill` and `fill_bundle`, what pack writes with. Every blob's digest, size and media type is
+known from the image manifests before a byte of it is pulled, so its place is decided first
+(`bundler.bundle.members.VolumeLayout`: which volume, which offset, which tar header), and the layout
+grows in steps: pack lays out the image blobs and starts fetching them while it still looks up
+signatures, then lays out the signatures and the extra files after them. A placement never moves. Then:
 
-- the volumes are created as `.bundle-NNNN.tar.partial`, preallocated to their final size, and every tar
-  header is written; padding and the end-of-archive blocks are the zeros of the preallocated file;
+- the volumes (`bundler.bundle.slots`) are `.bundle-NNNN.tar.partial` files reserved up to what is laid
+  out, with every tar header written; padding and the end-of-archive blocks are the zeros of the file;
 - workers stream each blob from its source straight into its slot with positional writes (`os.pwrite`),
   hashing as the bytes go by; a blob split across volumes is written into each of its parts. Nothing is
   written twice. A stream cut half way resumes at the byte where it stopped (HTTP Range) with the same
@@ -21,11 +23,11 @@ computed first: which volume, which offset, which tar header. Then:
 - the volumes carry no whole-file sha256 (schemaVersion 2): the sha256 of a volume filled out of order
   would need a second read of every byte. Verify proves each member by its blob's digest and each header
   by the recorded parts, and names the volume a bad blob lies in;
-- a journal (`.ocpb-fill-journal`) beside the volumes records finished items. Before an item is
-  journaled, the volume files it was written to are flushed (`fdatasync`); the journal is fsynced in
-  groups (at most every `COMMIT_INTERVAL` seconds). After a crash or kill -9, a rerun with the same
-  content fetches only the items the journal does not list; a slot that was being written is never
-  trusted, it is fetched again from its first byte;
+- a journal (`.ocpb-fill-journal`) beside the volumes records each finished item and exactly where it
+  lies. Before an item is journaled, the volume files it was written to are flushed (`fdatasync`); the
+  journal is fsynced in groups. After a crash or kill -9, a rerun fetches only the items the journal does
+  not list at the place the new layout gives them; a slot that was being written is never trusted, it is
+  fetched again from its first byte;
 - when every item is in, the volumes are renamed to `bundle-NNNN.tar`, then the signature and
   `bundle-manifest.json` are written (atomically, last) and the journal is removed.
 """
@@ -34,23 +36,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from bundler.base.errors import BundlerError, DigestMismatchError, PartialFailureError, RangeIgnoredError, RegistryError
-from bundler.base.fsutil import atomic_write, fsync_dir
+from bundler.base.fsutil import fsync_dir
 from bundler.base.progress import NullProgress, Progress
+from bundler.bundle.encoding import _compressor, _pays
 from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BaseBlob, BundleImage, BundleManifest, BundleVolume
 from bundler.bundle.members import (
     JOURNAL_NAME,
-    _assign,
+    VolumeLayout,
     _build_manifest,
     _check_volume_size,
     _created_mtime,
@@ -61,10 +63,9 @@ from bundler.bundle.members import (
     _member_base,
     _now,
     _Placement,
-    _tar_header,
     _VolumePlan,
 )
-from bundler.bundle.encoding import _compressor, _pays
+from bundler.bundle.slots import FillJournal, HeldProgress, PartialVolumes, Slot, SlotWriter, finished_entries, journal_entry, partial_path
 from bundler.bundle.writer import BundleWriteResult, _disk_error, check_space, finish_bundle
 from bundler.oci.digest import Digest, Readable
 
@@ -78,14 +79,17 @@ Opener = Callable[[int], ContextManager[Readable]]
 RangeOpener = Callable[[int, int], ContextManager[Readable]]
 """Opens the bytes `[start, end)` of a blob's source; raises `RangeIgnoredError` when it serves no ranges."""
 
-COMMIT_INTERVAL = 0.5
-"""Seconds between journal commits (each flushes the volumes written since the last one)."""
 MAX_RESUME_ATTEMPTS = 6
 """Streams of one blob that may end without a single new byte before it counts as failed."""
 MIN_PART = 8 << 20
 """The smallest byte range of one blob fetched on a connection of its own. A blob is split when it is at
 least twice one stream's share of the fill (all streamed bytes / workers) and twice this."""
 READ_SIZE = 512 << 10
+SMALL_ITEM = 1 << 20
+"""Items up to this size (configs, manifests, files) take a lane of their own (`SMALL_LANE` workers): each
+costs a round trip and next to no bandwidth, so fetched beside the large blobs they hide behind them, where
+after them (largest first) they would leave a long-haul link idle for round trips at the end."""
+SMALL_LANE = 16
 """Bytes asked of a source per read, and read back per `pread` when a range is hashed from the page cache."""
 
 
@@ -109,7 +113,7 @@ class BundleContent:
     images: Sequence[BundleImage]
     """With `total_size` filled in."""
     blobs: Sequence[SourcedBlob]
-    """Each carried blob once; metadata (manifests, configs) first, then layers."""
+    """Each carried blob once, in layout order."""
     skipped: Sequence[BaseBlob] = ()
     """Configs and layers left to the base bundle."""
     files: Mapping[str, bytes] = field(default_factory=dict)
@@ -129,194 +133,8 @@ class FillOptions:
 
 
 # --------------------------------------------------------------------------------------------------------
-# the volume files, open for positional writes
+# streaming one item into its slot
 # --------------------------------------------------------------------------------------------------------
-
-
-def _partial(out_dir: Path, name: str) -> Path:
-    return out_dir / f".{name}.partial"
-
-
-class _Volumes:
-    """The `.partial` volume files of one fill, preallocated, headers written, open for `os.pwrite`."""
-
-    def __init__(self, out_dir: Path, volume_size: int) -> None:
-        self.out_dir = out_dir
-        self.volume_size = volume_size
-        self.fds: Dict[str, int] = {}
-
-    def open_existing(self, name: str) -> None:
-        self.fds[name] = os.open(_partial(self.out_dir, name), os.O_RDWR)
-
-    def create(self, plan: _VolumePlan, mtime: int) -> None:
-        """A fresh volume: its full size reserved, every tar header in place, zeros elsewhere."""
-        fd = os.open(_partial(self.out_dir, plan.name), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.fds[plan.name] = fd
-        try:
-            os.ftruncate(fd, plan.size)
-            with contextlib.suppress(OSError, AttributeError):  # not every file system reserves space
-                os.posix_fallocate(fd, 0, plan.size)
-            for pl in plan.placements:
-                os.pwrite(fd, _tar_header(pl.member, pl.length, mtime), pl.data_offset - TAR_BLOCK)
-            os.fsync(fd)
-        except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.volume_size) from None
-
-    def pwrite(self, name: str, data: memoryview, offset: int) -> None:
-        fd = self.fds[name]
-        while len(data):
-            n = os.pwrite(fd, data, offset)
-            data, offset = data[n:], offset + n
-
-    def pread_into(self, name: str, buf: memoryview, offset: int) -> int:
-        return os.preadv(self.fds[name], [buf], offset)
-
-    def sync(self, names: Set[str]) -> None:
-        for name in sorted(names):
-            os.fdatasync(self.fds[name])
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds.clear()
-
-
-_Slot = List[Tuple[str, _Placement]]
-"""Where an item's stored bytes go: (volume name, placement) per part, in order."""
-
-
-class _SlotWriter:
-    """A file-like sink for one item's stored bytes: each write lands at its planned place in the volumes."""
-
-    def __init__(self, volumes: _Volumes, slot: _Slot, start: int = 0) -> None:
-        self.volumes = volumes
-        self.parts = slot
-        self.pos = start
-        self._index = 0
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while len(view):
-            volume, pl = self.parts[self._index]
-            if self.pos >= pl.stored_offset + pl.length:
-                self._index += 1
-                continue
-            into = self.pos - pl.stored_offset
-            n = min(len(view), pl.length - into)
-            self.volumes.pwrite(volume, view[:n], pl.data_offset + into)
-            self.pos += n
-            view = view[n:]
-        return len(data)
-
-
-# --------------------------------------------------------------------------------------------------------
-# the journal of finished items
-# --------------------------------------------------------------------------------------------------------
-
-
-class _Journal:
-    """Append-only record of finished items: a header line (fingerprint, created), then one key per line.
-
-    Workers only queue finished items (`finished` never blocks on the disk). A committer thread, every
-    `COMMIT_INTERVAL` seconds, flushes the volume files the queued items were written to, then appends
-    their keys and fsyncs the journal: a key on disk always means its bytes are on disk.
-    """
-
-    def __init__(self, path: Path, volumes: _Volumes) -> None:
-        self.path = path
-        self.volumes = volumes
-        self._lock = threading.Lock()
-        self._pending: List[str] = []
-        self._touched: Set[str] = set()
-        self._f: Optional[IO[bytes]] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[OSError] = None
-
-    @staticmethod
-    def load(path: Path, fingerprint: str) -> Tuple[Optional[str], Set[str]]:
-        """(created, finished keys) a journal for this content holds, or (None, empty)."""
-        try:
-            lines = path.read_bytes().split(b"\n")
-            head = json.loads(lines[0])
-            if head.get("fingerprint") != fingerprint:
-                return None, set()
-            # The last line counts only when complete (it ends with a newline: the split leaves b"").
-            done = {ln.decode() for ln in lines[1:-1] if ln}
-            return str(head["created"]), done
-        except (OSError, ValueError, KeyError, AttributeError, UnicodeDecodeError):
-            return None, set()
-
-    def start(self, fingerprint: str, created: str, done: Set[str]) -> None:
-        """Rewrite the journal (atomically) with what is trusted now, then append to it: an entry of an
-        earlier run whose volume had to be made again must not survive into the next one."""
-        head = json.dumps({"fingerprint": fingerprint, "created": created}).encode() + b"\n"
-        atomic_write(self.path, head + "".join(k + "\n" for k in sorted(done)).encode())
-        self._f = open(self.path, "ab", buffering=0)
-        self._thread = threading.Thread(target=self._run, name="fill-journal", daemon=True)
-        self._thread.start()
-
-    def finished(self, key: str, volumes: Set[str]) -> None:
-        with self._lock:
-            self._pending.append(key)
-            self._touched |= volumes
-
-    def _run(self) -> None:
-        while not self._stop.wait(COMMIT_INTERVAL):
-            try:
-                self._commit()
-            except OSError as exc:  # reported by close(); the items stay unjournaled and are fetched again
-                self._error = exc
-                return
-
-    def _commit(self) -> None:
-        with self._lock:
-            keys, touched = self._pending, self._touched
-            self._pending, self._touched = [], set()
-        if not keys or self._f is None:
-            return
-        self.volumes.sync(touched)
-        self._f.write("".join(k + "\n" for k in keys).encode())
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        """The last commit; raises OSError when a commit failed."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        try:
-            if self._error is not None:
-                raise self._error
-            self._commit()
-        finally:
-            if self._f is not None:
-                self._f.close()
-                self._f = None
-
-
-# --------------------------------------------------------------------------------------------------------
-# what goes in, and how each item is stored
-# --------------------------------------------------------------------------------------------------------
-
-
-def _items(content: BundleContent) -> Tuple[List[_Item], Dict[str, SourcedBlob]]:
-    """The items to store in layout order (files, then blobs as given), each with its encoding decided."""
-    items = _file_items(content.files)
-    sources: Dict[str, SourcedBlob] = {}
-    for b in content.blobs:
-        key = str(b.digest)
-        if key in sources:
-            continue
-        sources[key] = b
-        items.append(_Item("blob", key, b.digest, b.size, b.media_type, _member_base(b.digest), data=b.data))
-    for item in items:
-        item.encoding, item.stored_size = "raw", item.size
-        if item.data is not None and item.size >= 2 * TAR_BLOCK:
-            packed = _compressor().compress(item.data)
-            if _pays(item.size, len(packed)):
-                item.encoding, item.stored_size = "zstd", len(packed)
-    return items, sources
 
 
 def _stored_bytes(item: _Item) -> bytes:
@@ -328,7 +146,7 @@ def _stored_bytes(item: _Item) -> bytes:
     return _compressor().compress(item.data) if item.encoding == "zstd" else item.data
 
 
-def _pull(item: _Item, opener: Opener, sink: _SlotWriter, end: int, hasher: "Optional[hashlib._Hash]", progress: Progress) -> None:
+def _pull(item: _Item, opener: Opener, sink: SlotWriter, end: int, hasher: "Optional[hashlib._Hash]", progress: Progress) -> None:
     """Stream a blob's bytes from `sink.pos` up to `end` into its slot, feeding `hasher` when given; a cut
     stream resumes where it stopped. `RangeIgnoredError` from the opener is passed on."""
     attempt = 0
@@ -365,14 +183,14 @@ def _check_digest(item: _Item, hex_digest: str) -> None:
         raise DigestMismatchError(f"blob {item.digest} from the source does not match its digest", hint="the source served corrupted data; rerun to fetch it again")
 
 
-def _stream(item: _Item, opener: Opener, sink: _SlotWriter, progress: Progress) -> None:
+def _stream(item: _Item, opener: Opener, sink: SlotWriter, progress: Progress) -> None:
     """Stream one blob into its slot, hashing on the way; a cut stream resumes where it stopped."""
     hasher = item.digest.new_hasher()
     _pull(item, opener, sink, item.size, hasher, progress)
     _check_digest(item, hasher.hexdigest())
 
 
-def _hash_back(volumes: _Volumes, slot: _Slot, start: int, end: int, hasher: "hashlib._Hash", buf: memoryview) -> None:
+def _hash_back(volumes: PartialVolumes, slot: Slot, start: int, end: int, hasher: "hashlib._Hash", buf: memoryview) -> None:
     """Feed `hasher` the stored bytes `[start, end)` of a slot, read back from the volumes (page cache)."""
     pos = start
     for volume, pl in slot:
@@ -437,7 +255,7 @@ class _Split:
         self._advance()
 
     def _first(self) -> None:
-        sink = _SlotWriter(self.run.volumes, self.slot, 0)
+        sink = SlotWriter(self.run.volumes, self.slot, 0)
         end = self.bounds[1]
         try:
             _pull(self.item, lambda off: self.ranged(off, end), sink, end, self.hasher, self.run.progress)
@@ -456,7 +274,7 @@ class _Split:
         with self.lock:
             if self.whole or self.failed:
                 return
-        sink = _SlotWriter(self.run.volumes, self.slot, start)
+        sink = SlotWriter(self.run.volumes, self.slot, start)
         try:
             _pull(self.item, lambda off: self.ranged(off, end), sink, end, None, self.run.progress)
         except RangeIgnoredError as exc:
@@ -502,8 +320,7 @@ class _Split:
             _hash_back(self.run.volumes, self.slot, 0, self.item.size, again, memoryview(bytearray(READ_SIZE)))
             hex_digest = again.hexdigest()
         _check_digest(self.item, hex_digest)
-        self.run.journal.finished(self.item.key, {v for v, _ in self.slot})
-        self.run.done(self.item)
+        self.run.finished(self.item)
 
 
 def _bounds(size: int, part: int) -> List[int]:
@@ -513,28 +330,31 @@ def _bounds(size: int, part: int) -> List[int]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# fill_bundle
+# one fill: the layout as it grows, the workers, the journal
 # --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class _Run:
-    """One fill in progress: the open volumes, the journal, where each item goes, what is left."""
+    """What the workers share: the open volumes, the journal, where each item goes, what is left."""
 
     out_dir: Path
-    volumes: _Volumes
-    journal: _Journal
-    slots: Dict[int, _Slot]
-    sources: Dict[str, SourcedBlob]
-    progress: Progress
-    needs: Dict[str, Set[str]]
+    volume_size: int
+    volumes: PartialVolumes
+    journal: FillJournal
+    progress: HeldProgress
+    slots: Dict[int, Slot] = field(default_factory=dict)
+    sources: Dict[str, SourcedBlob] = field(default_factory=dict)
+    needs: Dict[str, Set[str]] = field(default_factory=dict)
+    """Image → keys it still waits for (images all of whose items are in are removed)."""
     wanted_by: Dict[str, List[str]] = field(default_factory=dict)
+    finished_keys: Set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     bytes_written: int = 0
 
     def fill(self, item: _Item) -> None:
         slot = self.slots[id(item)]
-        sink = _SlotWriter(self.volumes, slot)
+        sink = SlotWriter(self.volumes, slot)
         try:
             if item.data is not None or item.kind == "file":
                 data = _stored_bytes(item)
@@ -545,178 +365,310 @@ class _Run:
                 assert opener is not None, item.key
                 _stream(item, opener, sink, self.progress)
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.volumes.volume_size) from None
-        self.journal.finished(item.key, {v for v, _ in slot})
-        self.done(item)
+            raise _disk_error(exc, self.out_dir, self.volume_size) from None
+        self.finished(item)
 
-    def guarded(self, task: Callable[[], None]) -> None:
-        try:
-            task()
-        except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.volumes.volume_size) from None
-
-    def done(self, item: _Item) -> None:
-        finished = []
+    def finished(self, item: _Item) -> None:
+        """`item` is in and its digest matched: journal it, count it, and report the images it completes."""
+        slot = self.slots[id(item)]
+        self.journal.finished(journal_entry(item, slot), {v for v, _ in slot})
+        done = []
         with self.lock:
             self.bytes_written += item.stored_size
+            self.finished_keys.add(item.key)
             for name in self.wanted_by.get(item.key, ()):
                 left = self.needs.get(name)
                 if left is not None:
                     left.discard(item.key)
                     if not left:
-                        finished.append(name)
+                        done.append(name)
                         del self.needs[name]
-        for name in finished:
+        for name in done:
             self.progress.item_done(name, "packed")
 
+    def guarded(self, task: Callable[[], None]) -> None:
+        try:
+            task()
+        except OSError as exc:
+            raise _disk_error(exc, self.out_dir, self.volume_size) from None
 
-def _slots(plans: Sequence[_VolumePlan]) -> Dict[int, _Slot]:
-    out: Dict[int, _Slot] = {}
-    for plan in plans:
-        for pl in plan.placements:
-            out.setdefault(id(pl.item), []).append((plan.name, pl))
-    return out
+    def add_needs(self, needs: Mapping[str, Sequence[str]], known: Set[str]) -> None:
+        """Track the images of `needs` not tracked yet; those with nothing left to fetch are reported now."""
+        kept = []
+        with self.lock:
+            for name, keys in needs.items():
+                if name in known:
+                    continue
+                known.add(name)
+                for k in keys:
+                    self.wanted_by.setdefault(k, []).append(name)
+                left = set(keys) - self.finished_keys
+                if left:
+                    self.needs[name] = left
+                else:
+                    kept.append(name)
+        for name in kept:
+            self.progress.item_done(name, "kept")
 
 
-def _prepare(out_dir: Path, plans: Sequence[_VolumePlan], fingerprint: str) -> Tuple[str, Set[str], Set[str]]:
-    """What an earlier, interrupted fill of the same content left: (created, finished keys, usable volumes).
+class BundleFill:
+    """One bundle being filled; the layout may grow in steps while the first items are already fetched.
 
-    Volumes a finished-but-unsigned earlier run already renamed are taken back; anything that does not
-    belong to this content is removed.
+    `start` lays out what is known (pack: every image's blobs) and starts fetching it; `finish` lays out
+    the rest (pack: signatures found meanwhile, and the extra files), waits for everything and writes the
+    manifest. `fill_bundle` does both at once. Used as a context manager: leaving it on an error stops the
+    workers (a running download ends first) and keeps what is journaled for the rerun.
+
+    A finished bundle already in the directory is taken as the start: its items, where they lie, count as
+    journaled, and the directory is left untouched unless something has to be fetched or the content
+    differs (a rerun of the same pack is a no-op).
     """
-    journal_path = out_dir / JOURNAL_NAME
-    created, done = _Journal.load(journal_path, fingerprint)
-    usable: Set[str] = set()
-    if created is not None:
-        for plan in plans:
-            part, final = _partial(out_dir, plan.name), out_dir / plan.name
-            with contextlib.suppress(OSError):
-                if not part.exists() and final.exists() and final.stat().st_size == plan.size:
-                    os.replace(final, part)
-                if part.stat().st_size == plan.size:
-                    usable.add(plan.name)
-    else:
-        created = _now()[0]
+
+    def __init__(self, options: FillOptions) -> None:
+        self.started = time.monotonic()
+        self.options = options
+        self.out_dir = Path(options.out_dir)
+        _check_volume_size(options.volume_size)
+        if options.sign_key is not None:
+            from bundler.bundle.signing import load_private_key
+
+            load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _disk_error(exc, self.out_dir, options.volume_size) from None
+        self.layout = VolumeLayout(options.volume_size)
+        self.items: Dict[str, _Item] = {}
+        """Every item laid out, by key, in layout order."""
+        self.entries: Set[str] = set()
+        """Journal entries trusted from an earlier run (or the finished bundle in the directory)."""
+        self.old: Optional[BundleManifest] = None
+        """A finished bundle in the directory, left untouched while nothing needs fetching."""
+        self.kept_keys: Set[str] = set()
+        self.reported: Set[str] = set()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="fill")
+        self.small_pool = ThreadPoolExecutor(max_workers=min(SMALL_LANE, max(1, options.workers)), thread_name_prefix="fill-small")
+        self.futures: List[Tuple[_Item, "Future[None]"]] = []
+        self.todo_count = 0
+        created = self._recover()
+        volumes = PartialVolumes(self.out_dir, _created_mtime(created), take_back=self.old is not None or bool(self.entries))
+        self.created = created
+        self.run = _Run(self.out_dir, options.volume_size, volumes, FillJournal(self.out_dir / JOURNAL_NAME, volumes), HeldProgress(options.progress))
+        self.reserved = sum(p.stat().st_size for p in self.out_dir.glob(".bundle-*.tar.partial"))
+
+    def __enter__(self) -> "BundleFill":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what an earlier run left ------------------------------------------------------------------------
+
+    def _recover(self) -> str:
+        """The created time to fill with; `entries` and `old` from what an earlier run left."""
+        journal_path = self.out_dir / JOURNAL_NAME
+        created, entries = FillJournal.load(journal_path, self.options.volume_size)
+        if created is not None:
+            self.entries = entries
+            return created
+        old = self._finished_bundle()
+        if old is not None:
+            self.old, self.entries = old, finished_entries(old)
+            return old.created
         with contextlib.suppress(FileNotFoundError):
             journal_path.unlink()
-    for stale in out_dir.glob(".bundle-*.tar.partial"):
-        if stale.name[1:-len(".partial")] not in usable:
+        for stale in self.out_dir.glob(".bundle-*.tar.partial"):  # not described by any journal: not trusted
             with contextlib.suppress(OSError):
                 stale.unlink()
-    return created, done, usable
+        return _now()[0]
+
+    def _finished_bundle(self) -> Optional[BundleManifest]:
+        with contextlib.suppress(OSError, BundlerError):
+            old = BundleManifest.from_bytes((self.out_dir / MANIFEST_NAME).read_bytes(), where=str(self.out_dir / MANIFEST_NAME))
+            if old.volume_size == self.options.volume_size and all((self.out_dir / v.name).stat().st_size == v.size for v in old.volumes):
+                return old
+        return None
+
+    def _take_over(self) -> bool:
+        """Writing starts (a no-op once started): from here on the directory holds no complete bundle; the
+        journal is started with the entries still trusted and every item laid out so far gets its room."""
+        if self.run.journal.started:
+            return False
+        for name in (MANIFEST_NAME, SIGNATURE_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                (self.out_dir / name).unlink()
+        self.old = None
+        self.run.journal.start(self.options.volume_size, self.created, self.entries)
+        self._grow(self.run.slots)
+        return True
+
+    # -- laying out and fetching -------------------------------------------------------------------------
+
+    def start(self, blobs: Sequence[SourcedBlob], needs: Mapping[str, Sequence[str]] = {}) -> None:
+        """Lay out `blobs` (those not laid out yet) after what is there and start fetching them."""
+        self._add(self._blob_items(blobs), needs)
+
+    def finish(self, content: BundleContent) -> BundleWriteResult:
+        """Lay out the rest of `content` (blobs not started, then the files), fetch it, wait for every item,
+        then write the volumes' final names, the signature and the manifest.
+
+        Raises PartialFailureError (exit 4) when some blobs could not be fetched: what arrived is journaled
+        and a rerun fetches only the rest. DiskSpaceError (exit 2) when the space is not there."""
+        keys = {str(b.digest) for b in content.blobs}
+        stray = [k for k, i in self.items.items() if i.kind == "blob" and k not in keys]
+        if stray:
+            raise BundlerError(f"{len(stray)} blobs were laid out that the bundle's content does not hold (first {stray[0]})")
+        self._add(self._blob_items(content.blobs) + _encoded(_file_items(content.files)), content.needs)
+        items = list(self.items.values())
+        self.run.progress.release(sum(i.stored_size for i in items), len(self.reported))
+        self._wait()
+        plans = self.layout.volumes()
+        fingerprint = _fingerprint(content.images, items, content.skipped, self.options.volume_size, content.base_id, fmt=2)
+        bundle_id = f"ocpb-{fingerprint[:32]}"
+        if self.old is not None and self.old.id != bundle_id:
+            self._take_over()
+        reused = sum(1 for p in plans if all(pl.item.key in self.kept_keys for pl in p.placements))
+        if self.old is None:
+            self._seal(plans)
+        manifest = _build_manifest(
+            bundle_id, self.created, content.base_id, content.images, content.skipped, items, plans,
+            [BundleVolume(p.name, p.size, None) for p in plans], self.options.volume_size,
+        )
+        return finish_bundle(
+            self.out_dir, manifest, self.options.sign_key, volume_size=self.options.volume_size, bytes_written=self.run.bytes_written,
+            skipped=len(content.skipped), reused=reused, started=self.started,
+        )
+
+    def _blob_items(self, blobs: Sequence[SourcedBlob]) -> List[_Item]:
+        out: List[_Item] = []
+        for b in blobs:
+            key = str(b.digest)
+            if key in self.items or key in self.run.sources:
+                continue
+            self.run.sources[key] = b
+            out.append(_Item("blob", key, b.digest, b.size, b.media_type, _member_base(b.digest), data=b.data))
+        return _encoded(out)
+
+    def _add(self, new: List[_Item], needs: Mapping[str, Sequence[str]]) -> None:
+        run = self.run
+        # A lower bound first (the stored bytes alone, less what earlier runs already reserved), so a plan
+        # that cannot fit (or a manifest that lies about sizes) stops before its volumes are even laid out.
+        check_space(self.out_dir, sum(i.stored_size for i in new) - self.reserved)
+        self.reserved = max(0, self.reserved - sum(i.stored_size for i in new))
+        slots: Dict[int, Slot] = {}
+        for item in new:
+            self.items[item.key] = item
+            slots[id(item)] = [(plan.name, pl) for plan, pl in self.layout.place(item)]
+        run.slots.update(slots)
+        todo = [i for i in new if journal_entry(i, slots[id(i)]) not in self.entries]
+        # A finished bundle in the directory stays untouched while it may be this very bundle; otherwise the
+        # volumes are opened (made, or taken back) now, and an entry in a volume made new is not trusted.
+        if todo or self.old is None:
+            if not self._take_over():
+                self._grow(slots)
+            todo = [i for i in new if journal_entry(i, slots[id(i)]) not in self.entries or any(v in run.volumes.fresh for v, _ in slots[id(i)])]
+        kept = [i for i in new if i not in todo]
+        with run.lock:
+            run.finished_keys.update(i.key for i in kept)
+        self.kept_keys.update(i.key for i in kept)
+        run.progress.advance(sum(i.stored_size for i in kept))
+        run.add_needs(needs, self.reported)
+        self.todo_count += len(todo)
+        for size, item, task in _tasks(run, todo, max(1, self.options.workers)):
+            pool = self.small_pool if size <= SMALL_ITEM else self.pool
+            self.futures.append((item, pool.submit(run.guarded, task)))
+
+    def _grow(self, slots: Mapping[int, Slot]) -> None:
+        """Make room in the volumes for newly placed items and write their tar headers."""
+        by_volume: Dict[str, List[_Placement]] = {}
+        for slot in slots.values():
+            for volume, pl in slot:
+                by_volume.setdefault(volume, []).append(pl)
+        plans = {p.name: p for p in self.layout.volumes()}
+        volumes = self.run.volumes
+        needed = sum(max(0, plans[v].size - volumes.on_disk(v)) for v in by_volume)
+        try:
+            check_space(self.out_dir, needed + _manifest_estimate(len(self.items), 0))
+            for name, placements in by_volume.items():
+                volumes.grow(plans[name], placements)
+        except OSError as exc:
+            raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+
+    def _wait(self) -> None:
+        failures: Dict[str, str] = {}
+        try:
+            for item, fut in self.futures:
+                try:
+                    fut.result()
+                except BundlerError as exc:
+                    log.debug("%s %s failed", item.kind, item.key, exc_info=True)
+                    failures.setdefault(item.key, f"{item.kind} {item.key}{_needed_by(self.run.wanted_by, item.key)}: {exc}")
+        finally:
+            self._stop_workers()
+            try:
+                self.run.journal.close()
+            except OSError as exc:
+                raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+        if failures:
+            listed = list(failures.values())
+            detail = "; ".join(listed[:10]) + (f"; … and {len(listed) - 10} more" if len(listed) > 10 else "")
+            raise PartialFailureError(
+                f"{len(listed)} of {self.todo_count} blobs could not be fetched into {self.out_dir}: {detail}",
+                failures=listed,
+                hint="rerun to resume; finished blobs are not fetched again",
+            )
+
+    def _seal(self, plans: Sequence[_VolumePlan]) -> None:
+        """Every item is in: volumes cut to size, flushed, given their final names; leftovers removed."""
+        volumes = self.run.volumes
+        try:
+            for plan in plans:
+                volumes.grow(plan, ())  # a volume with nothing left to fetch was not opened yet
+            volumes.trim(plans)
+            volumes.sync(set(volumes.fds))
+        except OSError as exc:
+            raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+        finally:
+            volumes.close()
+        names = {p.name for p in plans}
+        for plan in plans:
+            os.replace(partial_path(self.out_dir, plan.name), self.out_dir / plan.name)
+        for stale in self.out_dir.glob(".bundle-*.tar.partial"):
+            if stale.name[1:-len(".partial")] not in names:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        fsync_dir(self.out_dir)
+
+    def _stop_workers(self) -> None:
+        for pool in (self.pool, self.small_pool):  # an interruption stops what has not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the workers (those running finish their item) and close the journal and volumes."""
+        self._stop_workers()
+        try:
+            self.run.journal.close()
+        except OSError as exc:
+            log.debug("closing the fill journal: %s", exc)
+        self.run.volumes.close()
 
 
 def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResult:
-    """Write `content` as a bundle in `options.out_dir`, every blob streamed once into its planned slot.
-
-    Raises PartialFailureError (exit 4) when some blobs could not be fetched: what arrived is journaled
-    and a rerun fetches only the rest. DiskSpaceError (exit 2) when the space is not there.
-    """
-    started = time.monotonic()
-    out_dir = Path(options.out_dir)
-    _check_volume_size(options.volume_size)
-    if options.sign_key is not None:
-        from bundler.bundle.signing import load_private_key
-
-        load_private_key(options.sign_key)  # a bad key fails now, not after hours of pulling
-    items, sources = _items(content)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _disk_error(exc, out_dir, options.volume_size) from None
-    # A lower bound first (the stored bytes alone, less what earlier runs already reserved), so a plan that
-    # cannot fit (or a manifest that lies about sizes) stops before its volumes are even laid out.
-    reserved = sum(p.stat().st_size for p in out_dir.glob(".bundle-*.tar.partial"))
-    check_space(out_dir, sum(i.stored_size for i in items) - reserved)
-    plans = _assign(items, options.volume_size)
-    slots = _slots(plans)
-    fingerprint = _fingerprint(content.images, items, content.skipped, options.volume_size, content.base_id, fmt=2)
-    bundle_id = f"ocpb-{fingerprint[:32]}"
-    created = _finished_created(out_dir, bundle_id, plans)
-    bytes_written, reused = 0, len(plans)
-    if created is None:  # not already finished by an earlier run
-        created, journaled, usable = _prepare(out_dir, plans, fingerprint)
-        done = {i.key for i in items if i.key in journaled and all(v in usable for v, _ in slots[id(i)])}
-        reused = sum(1 for p in plans if all(pl.item.key in done for pl in p.placements))
-        needed = sum(p.size for p in plans if p.name not in usable) + _manifest_estimate(len(items), len(content.images))
-        check_space(out_dir, needed)
-        for name in (MANIFEST_NAME, SIGNATURE_NAME):  # from here on the directory holds no complete bundle
-            with contextlib.suppress(FileNotFoundError):
-                (out_dir / name).unlink()
-        volumes = _Volumes(out_dir, options.volume_size)
-        try:
-            for plan in plans:
-                if plan.name in usable:
-                    volumes.open_existing(plan.name)
-                else:
-                    volumes.create(plan, _created_mtime(created))
-            journal = _Journal(out_dir / JOURNAL_NAME, volumes)
-            journal.start(fingerprint, created, done)
-            run = _Run(out_dir, volumes, journal, slots, sources, options.progress, _needs(content, done), _wanted_by(content))
-            bytes_written = _fill_all(run, items, done, options)
-        finally:
-            volumes.close()
-        for plan in plans:
-            os.replace(_partial(out_dir, plan.name), out_dir / plan.name)
-        fsync_dir(out_dir)
-    manifest = _build_manifest(
-        bundle_id, created, content.base_id, content.images, content.skipped, items, plans, [BundleVolume(p.name, p.size, None) for p in plans], options.volume_size
-    )
-    return finish_bundle(
-        out_dir, manifest, options.sign_key, volume_size=options.volume_size, bytes_written=bytes_written,
-        skipped=len(content.skipped), reused=reused, started=started,
-    )
+    """Write `content` as a bundle in `options.out_dir`, every blob streamed once into its planned slot
+    (`BundleFill` with everything laid out at once)."""
+    with BundleFill(options) as fill:
+        return fill.finish(content)
 
 
-def _needs(content: BundleContent, done: Set[str]) -> Dict[str, Set[str]]:
-    return {name: set(keys) - done for name, keys in content.needs.items()}
-
-
-def _wanted_by(content: BundleContent) -> Dict[str, List[str]]:
-    out: Dict[str, List[str]] = {}
-    for name, keys in content.needs.items():
-        for k in keys:
-            out.setdefault(k, []).append(name)
-    return out
-
-
-def _fill_all(run: _Run, items: Sequence[_Item], done: Set[str], options: FillOptions) -> int:
-    """Fill every unfinished item, largest first, on `options.workers` threads; journal each one."""
-    progress = options.progress
-    progress.add_total(sum(i.stored_size for i in items))
-    progress.add_items(len(run.needs))
-    progress.advance(sum(i.stored_size for i in items if i.key in done))
-    for name, left in list(run.needs.items()):
-        if not left:
-            del run.needs[name]
-            progress.item_done(name, "kept")
-    todo = [i for i in items if i.key not in done]
-    tasks = _tasks(run, todo, max(1, options.workers))
-    failures: Dict[str, str] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="fill")
-    try:
-        futures = [(item, pool.submit(run.guarded, task)) for _, item, task in tasks]
-        for item, fut in futures:
-            try:
-                fut.result()
-            except BundlerError as exc:
-                log.debug("%s %s failed", item.kind, item.key, exc_info=True)
-                failures.setdefault(item.key, f"{item.kind} {item.key}{_needed_by(run.wanted_by, item.key)}: {exc}")
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # an interruption stops what has not started
-        try:
-            run.journal.close()
-        except OSError as exc:
-            raise _disk_error(exc, run.out_dir, options.volume_size) from None
-    if failures:
-        listed = list(failures.values())
-        detail = "; ".join(listed[:10]) + (f"; … and {len(listed) - 10} more" if len(listed) > 10 else "")
-        raise PartialFailureError(
-            f"{len(listed)} of {len(todo)} blobs could not be fetched into {run.out_dir}: {detail}",
-            failures=listed,
-            hint="rerun to resume; finished blobs are not fetched again",
-        )
-    return run.bytes_written
+def _encoded(items: List[_Item]) -> List[_Item]:
+    """`items` with their encoding decided: in-memory data zstd-compressed when that pays, streams raw."""
+    for item in items:
+        item.encoding, item.stored_size = "raw", item.size
+        if item.data is not None and item.size >= 2 * TAR_BLOCK:
+            packed = _compressor().compress(item.data)
+            if _pays(item.size, len(packed)):
+                item.encoding, item.stored_size = "zstd", len(packed)
+    return items
 
 
 def _tasks(run: _Run, todo: Sequence[_Item], workers: int) -> List[Tuple[int, _Item, Callable[[], None]]]:
@@ -743,12 +695,3 @@ def _needed_by(wanted_by: Mapping[str, Sequence[str]], key: str) -> str:
     if not names:
         return ""
     return f" (needed by {', '.join(names[:3])}{' …' if len(names) > 3 else ''})"
-
-
-def _finished_created(out_dir: Path, bundle_id: str, plans: Sequence[_VolumePlan]) -> Optional[str]:
-    """The created time of an identical bundle an earlier run finished here (volumes in place), else None."""
-    with contextlib.suppress(OSError, BundlerError):
-        old = BundleManifest.from_bytes((out_dir / MANIFEST_NAME).read_bytes(), where=str(out_dir / MANIFEST_NAME))
-        if old.id == bundle_id and all((out_dir / p.name).stat().st_size == p.size for p in plans):
-            return old.created
-    return None

@@ -134,48 +134,58 @@ def _pad(n: int) -> int:
     return (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
-def _assign(items: Sequence[_Item], volume_size: int) -> List[_VolumePlan]:
-    """Lay members out: fill each volume, cutting an item that does not fit into parts (block-aligned)."""
-    capacity = volume_size - END_OF_ARCHIVE
-    raw_parts: List[List[Tuple[_Item, int, int, int]]] = [[]]  # per volume: (item, data_offset, length, stored_offset)
-    pos = 0
-    for item in items:
+class VolumeLayout:
+    """Members laid out one item after another: each volume filled, an item that does not fit cut into
+    block-aligned parts. Items can be added in several steps (pack lays out the image blobs first, and the
+    signatures and files once they are known); a placement, once made, never moves."""
+
+    def __init__(self, volume_size: int) -> None:
+        self.capacity = volume_size - END_OF_ARCHIVE
+        self._plans: List[_VolumePlan] = [_VolumePlan(volume_name(1), size=END_OF_ARCHIVE)]
+        self._pos = 0
+
+    def place(self, item: _Item) -> List[Tuple[_VolumePlan, _Placement]]:
+        """Where `item`'s parts go, in order; the volumes it touches grow to hold them."""
+        raw: List[Tuple[int, int, int, int]] = []  # (volume index, data_offset, length, stored_offset)
         remaining = item.stored_size
         done = 0
         while True:
-            room = capacity - pos - TAR_BLOCK
+            room = self.capacity - self._pos - TAR_BLOCK
             if remaining <= min(room, MEMBER_MAX) and _pad(remaining) <= room:
-                raw_parts[-1].append((item, pos + TAR_BLOCK, remaining, done))
-                pos += TAR_BLOCK + _pad(remaining)
+                raw.append((len(self._plans) - 1, self._pos + TAR_BLOCK, remaining, done))
+                self._pos += TAR_BLOCK + _pad(remaining)
                 break
             usable = min(room // TAR_BLOCK * TAR_BLOCK, MEMBER_MAX)
-            if usable < MIN_SPLIT and (pos > 0 or usable <= 0):
-                raw_parts.append([])
-                pos = 0
+            if usable < MIN_SPLIT and (self._pos > 0 or usable <= 0):
+                self._plans.append(_VolumePlan(volume_name(len(self._plans) + 1), size=END_OF_ARCHIVE))
+                self._pos = 0
                 continue
-            raw_parts[-1].append((item, pos + TAR_BLOCK, usable, done))
-            pos += TAR_BLOCK + usable
+            raw.append((len(self._plans) - 1, self._pos + TAR_BLOCK, usable, done))
+            self._pos += TAR_BLOCK + usable
             remaining -= usable
             done += usable
-    counts: Dict[int, int] = {}
-    for vol in raw_parts:
-        for item, _, _, _ in vol:
-            counts[id(item)] = counts.get(id(item), 0) + 1
-    seen: Dict[int, int] = {}
-    plans: List[_VolumePlan] = []
-    for i, vol in enumerate(raw_parts, 1):
-        plan = _VolumePlan(volume_name(i))
-        for item, offset, length, stored_offset in vol:
-            index = seen.get(id(item), 0)
-            seen[id(item)] = index + 1
-            total = counts[id(item)]
-            suffix = ".zst" if item.encoding == "zstd" else ""
-            member = item.member + suffix + (f".{index + 1:03d}" if total > 1 else "")
-            plan.placements.append(_Placement(item, index, total, member, offset, length, stored_offset))
-        last = plan.placements[-1] if plan.placements else None
-        plan.size = (last.data_offset + _pad(last.length) if last else 0) + END_OF_ARCHIVE
-        plans.append(plan)
-    return [p for p in plans if p.placements] or plans[:1]
+        suffix = ".zst" if item.encoding == "zstd" else ""
+        out: List[Tuple[_VolumePlan, _Placement]] = []
+        for index, (volume, offset, length, stored_offset) in enumerate(raw):
+            member = item.member + suffix + (f".{index + 1:03d}" if len(raw) > 1 else "")
+            plan = self._plans[volume]
+            pl = _Placement(item, index, len(raw), member, offset, length, stored_offset)
+            plan.placements.append(pl)
+            plan.size = offset + _pad(length) + END_OF_ARCHIVE
+            out.append((plan, pl))
+        return out
+
+    def volumes(self) -> List[_VolumePlan]:
+        """The volumes laid out so far (an empty layout is one empty volume)."""
+        return [p for p in self._plans if p.placements] or self._plans[:1]
+
+
+def _assign(items: Sequence[_Item], volume_size: int) -> List[_VolumePlan]:
+    """Lay members out: fill each volume, cutting an item that does not fit into parts (block-aligned)."""
+    layout = VolumeLayout(volume_size)
+    for item in items:
+        layout.place(item)
+    return layout.volumes()
 
 
 def _tar_header(member: str, size: int, mtime: int) -> bytes:

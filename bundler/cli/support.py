@@ -370,7 +370,7 @@ def make_transport(
         tls=replace(tls, host_ca_files=host_ca_files, client_certs=client_certs),
         read_timeout=timeout,
         max_attempts=retry_times + 1,
-        pool_size=min(64, max(32, workers * 4)),  # pack streams 4 blobs per worker at once
+        pool_size=min(128, max(64, workers * 8)),  # pack streams 4 blobs per worker at once, small items and look-ups beside them
         proxies=ProxySettings.from_environment(override=proxy),
     )
 

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from contextlib import ExitStack
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Set, Tuple
@@ -186,6 +186,7 @@ def pack(options: PackOptions, *, registries: Registries) -> PackResult:
     """Plan, pull and write the bundle. Two runs never write one `--out` (or work directory) at once: the
     second stops with exit 2 naming the lock and the run holding it."""
     _check_not_base(options)
+    _check_target_kind(options)
     if options.dry_run:
         return _pack(options, registries=registries)
     work_dir = options.work_dir or default_work_dir(options.out_dir)
@@ -237,37 +238,18 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
         plan = build_plan(image_set, registries=registries, layout=layout, copier=copier, graph_url=options.graph_url, signature_store=options.signature_store,
                           graph_data_url=options.graph_data_url, graph_base_image=options.graph_base_image)
     planned_at = time.monotonic()
-    images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=fill_workers(options.workers))
-    resolved_at = time.monotonic()
-    resolved = {id(i.planned): i.graph for i in images if i.graph is not None}
-
-    def open_image(img: PlannedImage) -> ImageSource:
-        graph = resolved.get(id(img))
-        return _Resolved(graph) if graph is not None else _source_for(img, registries, layout)
-
-    images += _signatures(
-        options, plan, images, registries=registries, open_image=open_image,
-        carry=lambda found: _resolve(found, registries=registries, layout=layout, workers=fill_workers(options.workers)),
-    )
-    _check_target(options, plan, images, open_image)
-    log.info(
-        "planned %d images in %.2fs, resolved their manifests in %.2fs, looked up signatures in %.2fs",
-        len(images), planned_at - started, resolved_at - planned_at, time.monotonic() - resolved_at,
-    )
+    carry = _carrier(options, registries=registries, layout=layout)
     if options.dry_run:
+        images = _resolve(plan.deduplicated(), registries=registries, layout=layout, workers=resolve_workers(options.workers))
+        resolved_at = time.monotonic()
+        open_image = _image_opener(images, registries=registries, layout=layout)
+        images += _signatures(options, plan, images, registries=registries, open_image=open_image, carry=carry)
+        _check_target(options, plan, images, open_image)
+        _log_planning(images, started, planned_at, resolved_at, overlapped=False)
         total = _unique_bytes(images)
         _check_space(options.out_dir, total, what="the bundle")
         return PackResult(True, images, plan, total_bytes=total, seconds=time.monotonic() - started, work_dir=work_dir)
-    _raise_failures(images, options.out_dir)
-    _fill_catalog_bytes(plan, images)
-
-    from bundler.bundle.fill import FillOptions, fill_bundle
-
-    content = bundle_content(images, layout=layout, base=base, files=_files(plan, images, image_set.source_name))
-    bundle = fill_bundle(
-        content,
-        FillOptions(out_dir=options.out_dir, volume_size=options.volume_size, sign_key=options.sign_key, workers=fill_workers(options.workers), progress=options.progress),
-    )
+    bundle, images = _fill(options, plan, registries=registries, layout=layout, base=base, carry=carry, config_name=image_set.source_name, timing=(started, planned_at))
     for img in images:
         img.status = "packed" if img.status == "planned" else img.status
     result = PackResult(False, images, plan, total_bytes=bundle.total_bytes, bundle=bundle, seconds=time.monotonic() - started, work_dir=work_dir)
@@ -278,6 +260,82 @@ def _pack(options: PackOptions, *, registries: Registries) -> PackResult:
     return result
 
 
+def _fill(
+    options: PackOptions,
+    plan: Plan,
+    *,
+    registries: Registries,
+    layout: Layout,
+    base: Optional[BundleManifest],
+    carry: Callable[[List[PlannedImage]], List[PackedImage]],
+    config_name: str,
+    timing: Tuple[float, float],
+) -> "Tuple[BundleWriteResult, List[PackedImage]]":
+    """Resolve every image and pull every blob into the bundle: (the bundle, every image carried).
+
+    The fill starts with the first manifests: as soon as an image and all images before it (in plan order)
+    are resolved, their blobs are laid out and start streaming while later manifests are still fetched;
+    the signatures are looked up meanwhile and laid out after them, with the extra files (a high-latency
+    link is busy from the start instead of idle for the hundreds of small look-ups). With `--release-key`
+    everything is resolved and the signatures checked first: a release that fails its check stops the pack
+    before a byte is written."""
+    from bundler.bundle.fill import BundleFill, FillOptions
+
+    fill_options = FillOptions(
+        out_dir=options.out_dir, volume_size=options.volume_size, sign_key=options.sign_key, workers=fill_workers(options.workers), progress=options.progress,
+    )
+    planned = plan.deduplicated()
+    workers = resolve_workers(options.workers)
+    overlapped = not options.release_keys
+    if not overlapped:
+        images = _resolve(planned, registries=registries, layout=layout, workers=workers)
+        resolved_at = time.monotonic()
+        _raise_failures(images, options.out_dir)
+        open_image = _image_opener(images, registries=registries, layout=layout)
+        images.extend(_signatures(options, plan, images, registries=registries, open_image=open_image, carry=carry))
+    with BundleFill(fill_options) as fill:
+        if overlapped:
+
+            def start(ready: List[PackedImage]) -> None:
+                first = bundle_content(ready, layout=layout, base=base, files={})
+                fill.start(first.blobs, first.needs)
+
+            images = _resolve(planned, registries=registries, layout=layout, workers=workers, on_ready=start)
+            resolved_at = time.monotonic()
+            _raise_failures(images, options.out_dir, started=True)
+            open_image = _image_opener(images, registries=registries, layout=layout)
+            images.extend(_signatures(options, plan, images, registries=registries, open_image=open_image, carry=carry))
+        _check_target(options, plan, images, open_image)
+        _log_planning(images, *timing, resolved_at, overlapped=overlapped)
+        _raise_failures(images, options.out_dir, started=overlapped)
+        _fill_catalog_bytes(plan, images)
+        return fill.finish(bundle_content(images, layout=layout, base=base, files=_files(plan, images, config_name))), images
+
+
+def _image_opener(images: List[PackedImage], *, registries: Registries, layout: Layout) -> Callable[[PlannedImage], ImageSource]:
+    """Opens a planned image: from the manifests resolution fetched into memory when it has them."""
+    resolved = {id(i.planned): i.graph for i in images if i.graph is not None}
+
+    def open_image(img: PlannedImage) -> ImageSource:
+        graph = resolved.get(id(img))
+        return _Resolved(graph) if graph is not None else _source_for(img, registries, layout)
+
+    return open_image
+
+
+def _carrier(options: PackOptions, *, registries: Registries, layout: Layout) -> Callable[[List[PlannedImage]], List[PackedImage]]:
+    """How signatures found upstream are carried: resolved like every other image."""
+    return lambda found: _resolve(found, registries=registries, layout=layout, workers=resolve_workers(options.workers))
+
+
+def _log_planning(images: List[PackedImage], started: float, planned_at: float, resolved_at: float, *, overlapped: bool) -> None:
+    log.info(
+        "planned %d images in %.2fs, resolved their manifests in %.2fs, looked up signatures in %.2fs%s",
+        len(images), planned_at - started, resolved_at - planned_at, time.monotonic() - resolved_at,
+        " (while the blobs were fetched)" if overlapped else "",
+    )
+
+
 def fill_workers(workers: int) -> int:
     """Blob streams at once: 4 per --workers, at least 32. A long-haul link gives each connection ~12 MB/s
     and costs a round trip (~60 ms) before each blob's first byte, so filling 100 MB/s with blobs of a few MB
@@ -285,13 +343,22 @@ def fill_workers(workers: int) -> int:
     return min(64, max(32, 4 * workers))
 
 
-def _raise_failures(images: List[PackedImage], out_dir: Path) -> None:
+def resolve_workers(workers: int) -> int:
+    """Manifests fetched at once while planning: twice the blob streams. Each is a small read that costs a
+    round trip and next to no bandwidth, so on a long-haul link the planning of a release (hundreds of
+    manifests) takes as many round trips as there are rounds of this many requests."""
+    return 2 * fill_workers(workers)
+
+
+def _raise_failures(images: List[PackedImage], out_dir: Path, *, started: bool = False) -> None:
+    """Stop when an image could not be resolved; `started`: the fill had begun (what it fetched is kept)."""
     failed = [i for i in images if i.status == "failed"]
     if not failed:
         return
     lines = [f"{i.planned.source}: {i.error}" for i in failed]
     missing = [i for i in failed if i.error and "not found" in i.error]
-    summary = f"{len(failed)} of {len(images)} images could not be resolved; nothing was written to {out_dir}"
+    written = f"the blobs fetched so far are kept in {out_dir} for the rerun" if started else f"nothing was written to {out_dir}"
+    summary = f"{len(failed)} of {len(images)} images could not be resolved; {written}"
     detail = "; ".join(lines[:10]) + (f"; … and {len(lines) - 10} more" if len(lines) > 10 else "")
     if len(missing) == len(failed):
         raise ImageNotFoundError(f"{summary}: {detail}", hint="fix the config (or the credentials) and rerun")
@@ -370,13 +437,17 @@ def layout_ref(img: PlannedImage) -> str:
 TARGET_KINDS = ("any", "quay")
 
 
+def _check_target_kind(options: PackOptions) -> None:
+    if options.target_kind not in TARGET_KINDS:
+        raise UsageError(f"target kind {options.target_kind!r} is not one of {', '.join(TARGET_KINDS)}")
+
+
 def _check_target(options: PackOptions, plan: Plan, images: List[PackedImage], open_image: Callable[[PlannedImage], ImageSource]) -> None:
     """With a declared target kind (Quay), name every image it cannot store digest-exact, with the reason, in
     the plan's warnings and on the image (`refused`): the far side's `unpack` refuses them before pushing."""
+    _check_target_kind(options)
     if options.target_kind == "any":
         return
-    if options.target_kind not in TARGET_KINDS:
-        raise UsageError(f"target kind {options.target_kind!r} is not one of {', '.join(TARGET_KINDS)}")
     from bundler.oci.graph import walk_manifests
     from bundler.quay.compat import quay_refusals
 
@@ -398,8 +469,13 @@ def _check_target(options: PackOptions, plan: Plan, images: List[PackedImage], o
             )
 
 
-def _resolve(planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int) -> List[PackedImage]:
-    """Every image's manifests (fetched into memory, digest-checked) and the blobs they name; no layers."""
+def _resolve(
+    planned: List[PlannedImage], *, registries: Registries, layout: Layout, workers: int, on_ready: Optional[Callable[[List[PackedImage]], None]] = None,
+) -> List[PackedImage]:
+    """Every image's manifests (fetched into memory, digest-checked) and the blobs they name; no layers.
+
+    `on_ready` (called in this thread) gets each run of resolved images in plan order, as soon as every
+    image before them is resolved too; never again once an image failed (the pack stops after resolving)."""
 
     def one(img: PlannedImage) -> PackedImage:
         try:
@@ -427,14 +503,32 @@ def _resolve(planned: List[PlannedImage], *, registries: Registries, layout: Lay
             log.debug("resolving %s failed", img.source, exc_info=True)
             return PackedImage(img, "failed", error=str(exc), error_object=exc)
 
+    results: List[Optional[PackedImage]] = [None] * len(planned)
+    fed, failed = 0, False
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="resolve") as pool:
-        return list(pool.map(one, planned))
+        futures = {pool.submit(one, img): i for i, img in enumerate(planned)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            ready: List[PackedImage] = []
+            while fed < len(results):
+                done = results[fed]
+                if done is None:
+                    break
+                ready.append(done)
+                fed += 1
+            failed = failed or any(r.status == "failed" for r in ready)
+            if on_ready is not None and ready and not failed:
+                on_ready(ready)
+    return [r for r in results if r is not None]
 
 
 def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[BundleManifest], files: Mapping[str, bytes]) -> BundleContent:
-    """What the bundle holds: every manifest (always, so each image graph resolves on its own), then the
-    configs and layers the base bundle does not carry; each streamed from the work layout when it is there
-    (planning read it, or a catalog was built), else from the registry of the first image that needs it."""
+    """What the bundle holds, image by image in plan order: each image's manifests (always, so each image
+    graph resolves on its own), then its config and layers the base bundle does not carry, each blob once
+    (where an earlier image brought it). Image by image, the content of the first images is the start of the
+    content of all of them: pack lays those out and fetches them while later images are still resolved.
+    Each blob is streamed from the work layout when it is there (planning read it, or a catalog was built),
+    else from the registry of the first image that needs it."""
     from bundler.bundle.fill import BundleContent, SourcedBlob
     from bundler.bundle.members import blob_role
     from bundler.bundle.manifest import BaseBlob
@@ -442,9 +536,7 @@ def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[
     in_base: Set[str] = set()
     if base is not None:
         in_base = {str(b.digest) for b in base.blobs} | {str(b.digest) for b in base.base_blobs}
-    manifests: Dict[str, SourcedBlob] = {}
-    metadata: Dict[str, SourcedBlob] = {}
-    layers: Dict[str, SourcedBlob] = {}
+    blobs: Dict[str, SourcedBlob] = {}
     skipped: Dict[str, BaseBlob] = {}
     needs: Dict[str, List[str]] = {}
     bundle_images = []
@@ -452,18 +544,18 @@ def bundle_content(images: List[PackedImage], *, layout: Layout, base: Optional[
         graph = img.graph
         assert graph is not None and img.digest is not None
         for m in graph.manifests:
-            manifests.setdefault(str(m.digest), SourcedBlob(m.digest, len(m.raw), m.media_type, data=m.raw))
-        for key, d in graph.blobs.items():
+            blobs.setdefault(str(m.digest), SourcedBlob(m.digest, len(m.raw), m.media_type, data=m.raw))
+        own = sorted(graph.blobs.items(), key=lambda kv: blob_role(kv[1].media_type) == "layer")  # config first (a stable sort)
+        for key, d in own:
             if key in in_base:
                 skipped.setdefault(key, BaseBlob(d.digest, d.size, d.media_type))
-            elif key not in metadata and key not in layers:
-                blob = SourcedBlob(d.digest, d.size, d.media_type, opener=_opener(graph.source, d, layout), ranged=_ranged(graph.source, d, layout))
-                (layers if blob_role(d.media_type) == "layer" else metadata)[key] = blob
+            elif key not in blobs:
+                blobs[key] = SourcedBlob(d.digest, d.size, d.media_type, opener=_opener(graph.source, d, layout), ranged=_ranged(graph.source, d, layout))
         needs[img.planned.source] = [str(m.digest) for m in graph.manifests] + [k for k in graph.blobs if k not in in_base]
         bundle_images.append(_bundle_image(img))
     return BundleContent(
         images=bundle_images,
-        blobs=[*manifests.values(), *metadata.values(), *layers.values()],
+        blobs=list(blobs.values()),
         skipped=list(skipped.values()),
         files=files,
         base_id=base.id if base is not None else None,
