@@ -550,7 +550,7 @@ def test_member_layout_properties(volume_size: int) -> None:
     """Volumes never exceed the size; parts are block-aligned, contiguous per item, and within ustar limits."""
     import random
 
-    from bundler.bundle.volumes import MEMBER_MAX, _assign, _Item
+    from bundler.bundle.volumes import MEMBER_MAX, assign_volumes, Item
 
     rng = random.Random(volume_size)
     sizes = [0, 1, 511, 512, 513] + [rng.choice([rng.randint(1, 4096), rng.randint(1, volume_size // 3), rng.randint(volume_size, 3 * volume_size)]) for _ in range(40)]
@@ -559,8 +559,8 @@ def test_member_layout_properties(volume_size: int) -> None:
     items = []
     for i, size in enumerate(sizes):
         d = Digest.of(str(i).encode())
-        items.append(_Item("blob", str(d), d, size, "application/octet-stream", f"blobs/sha256/{d.encoded}", encoding="raw", stored_size=size))
-    plans = _assign(items, volume_size)
+        items.append(Item("blob", str(d), d, size, "application/octet-stream", f"blobs/sha256/{d.encoded}", encoding="raw", stored_size=size))
+    plans = assign_volumes(items, volume_size)
     seen: Dict[int, List[Any]] = {}
     for plan in plans:
         assert 0 < plan.size <= volume_size

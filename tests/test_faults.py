@@ -235,7 +235,7 @@ def journaled(bundle: Path) -> Set[str]:
         lines = (bundle / JOURNAL_NAME).read_bytes().split(b"\n")
     except FileNotFoundError:
         return set()
-    return {ln.decode().split("\t", 1)[0] for ln in lines[1:-1] if ln.startswith(b"sha256:")}
+    return {ln.decode().split("\t", 1)[0] for ln in lines[1:-1] if ln.startswith(b"sha256:") and ln.count(b"\t") == 4}
 
 
 def refetched(log: Sequence[Tuple[str, str, Optional[str], Optional[int]]], finished: Iterable[str], content: Content) -> List[str]:

@@ -1,7 +1,7 @@
 """How an item is stored: as it is (`raw`) or zstd-compressed, decided, measured and produced the same way.
 
 Owns the compression rules (level 3, deterministic, streaming, memory flat; only when it saves >= 10 %)
-and `_Cursor`, which reads an item's stored bytes in order while hashing its own bytes, so a writer checks
+and `Cursor`, which reads an item's stored bytes in order while hashing its own bytes, so a writer checks
 each digest in the same pass that writes it.
 """
 
@@ -13,13 +13,13 @@ import zstandard
 
 from bundler.base.errors import BundlerError, IntegrityError
 from bundler.bundle.manifest import TAR_BLOCK
-from bundler.bundle.members import CHUNK, INLINE_LIMIT, ZSTD_LEVEL, _Item
+from bundler.bundle.members import CHUNK, INLINE_LIMIT, ZSTD_LEVEL, Item
 
-def _compressor() -> zstandard.ZstdCompressor:
+def compressor() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False)
 
 
-def _read_raw(item: _Item, hasher: Optional[Any] = None) -> Iterator[bytes]:
+def _read_raw(item: Item, hasher: Optional[Any] = None) -> Iterator[bytes]:
     """The blob's own bytes in chunks (from memory or the layout), feeding `hasher`."""
     if item.data is not None:
         for i in range(0, max(1, len(item.data)), CHUNK):
@@ -41,9 +41,9 @@ def _read_raw(item: _Item, hasher: Optional[Any] = None) -> Iterator[bytes]:
             yield chunk
 
 
-def _zstd_stream(item: _Item, hasher: Optional[Any] = None) -> Iterator[bytes]:
+def _zstd_stream(item: Item, hasher: Optional[Any] = None) -> Iterator[bytes]:
     """The zstd-compressed form of the item, deterministic (same input → same bytes)."""
-    cctx = _compressor()
+    cctx = compressor()
     if item.size <= INLINE_LIMIT:
         yield cctx.compress(b"".join(_read_raw(item, hasher)))
         return
@@ -55,7 +55,7 @@ def _zstd_stream(item: _Item, hasher: Optional[Any] = None) -> Iterator[bytes]:
     yield cobj.flush()
 
 
-def _check_item_digest(item: _Item, actual_hex: str) -> None:
+def _check_item_digest(item: Item, actual_hex: str) -> None:
     if actual_hex != item.digest.encoded:
         where = f"in the work layout ({item.path})" if item.path else "given"
         raise IntegrityError(
@@ -64,7 +64,7 @@ def _check_item_digest(item: _Item, actual_hex: str) -> None:
         )
 
 
-def _measure(item: _Item) -> Tuple[str, int]:
+def measure_stored(item: Item) -> Tuple[str, int]:
     """Decide how to store an item: ("zstd", compressed size) when that pays, else ("raw", size)."""
     if not item.compressible() or item.size < 2 * TAR_BLOCK:
         return "raw", item.size
@@ -73,23 +73,23 @@ def _measure(item: _Item) -> Tuple[str, int]:
         assert item.path is not None
         with open(item.path, "rb") as f:
             sample = f.read(INLINE_LIMIT)
-        if not _pays(len(sample), len(_compressor().compress(sample))):
+        if not compression_pays(len(sample), len(compressor().compress(sample))):
             return "raw", item.size
     hasher = item.digest.new_hasher()
     stored = sum(len(c) for c in _zstd_stream(item, hasher))
     _check_item_digest(item, hasher.hexdigest())
-    return ("zstd", stored) if _pays(item.size, stored) else ("raw", item.size)
+    return ("zstd", stored) if compression_pays(item.size, stored) else ("raw", item.size)
 
 
-def _pays(size: int, compressed: int) -> bool:
+def compression_pays(size: int, compressed: int) -> bool:
     return compressed <= size * 0.9 and size - compressed >= TAR_BLOCK
 
 
-class _Cursor:
+class Cursor:
     """Reads an item's stored bytes sequentially (across the parts and volumes it is written in),
     hashing the item's own bytes on the way so its digest is checked as it is written."""
 
-    def __init__(self, item: _Item) -> None:
+    def __init__(self, item: Item) -> None:
         self.item = item
         self.hasher = item.digest.new_hasher()
         self.pos = 0

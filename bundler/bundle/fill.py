@@ -48,25 +48,37 @@ from typing import TYPE_CHECKING, Callable, ContextManager, Dict, List, Mapping,
 from bundler.base.errors import BundlerError, DigestMismatchError, PartialFailureError, RangeIgnoredError, RegistryError
 from bundler.base.fsutil import fsync_dir
 from bundler.base.progress import NullProgress, Progress
-from bundler.bundle.encoding import _compressor, _pays
+from bundler.bundle.encoding import compressor, compression_pays
 from bundler.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, TAR_BLOCK, BaseBlob, BundleImage, BundleManifest, BundleVolume
 from bundler.bundle.members import (
     JOURNAL_NAME,
     VolumeLayout,
-    _build_manifest,
-    _check_volume_size,
-    _created_mtime,
-    _file_items,
-    _fingerprint,
-    _Item,
-    _manifest_estimate,
-    _member_base,
-    _now,
-    _Placement,
-    _VolumePlan,
+    build_manifest,
+    check_volume_size,
+    created_mtime,
+    file_items,
+    content_fingerprint,
+    Item,
+    manifest_estimate,
+    member_base,
+    utc_now,
+    Placement,
+    VolumePlan,
 )
-from bundler.bundle.slots import FillJournal, HeldProgress, PartialVolumes, Slot, SlotWriter, finished_entries, journal_entry, partial_path
-from bundler.bundle.writer import BundleWriteResult, _disk_error, check_space, finish_bundle
+from bundler.bundle.slots import (
+    FillJournal,
+    HeldProgress,
+    PartialVolumes,
+    Slot,
+    SlotWriter,
+    entry_volumes,
+    failed_entry,
+    finished_entries,
+    journal_entry,
+    partial_path,
+    range_entry,
+)
+from bundler.bundle.writer import BundleWriteResult, disk_error, check_space, finish_bundle
 from bundler.oci.digest import Digest, Readable
 
 if TYPE_CHECKING:
@@ -82,6 +94,8 @@ RangeOpener = Callable[[int, int], ContextManager[Readable]]
 MAX_RESUME_ATTEMPTS = 6
 """Streams of one blob that may end without a single new byte before it counts as failed."""
 MIN_PART = 8 << 20
+MAX_PART = 64 << 20
+RANGES_PER_BLOB = 8
 """The smallest byte range of one blob fetched on a connection of its own. A blob is split when it is at
 least twice one stream's share of the fill (all streamed bytes / workers) and twice this."""
 READ_SIZE = 512 << 10
@@ -137,16 +151,16 @@ class FillOptions:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _stored_bytes(item: _Item) -> bytes:
+def _stored_bytes(item: Item) -> bytes:
     assert item.data is not None
     h = item.digest.new_hasher()
     h.update(item.data)
     if h.hexdigest() != item.digest.encoded or len(item.data) != item.size:
         raise DigestMismatchError(f"{item.kind} {item.key} does not match its digest", hint="rerun pack")
-    return _compressor().compress(item.data) if item.encoding == "zstd" else item.data
+    return compressor().compress(item.data) if item.encoding == "zstd" else item.data
 
 
-def _pull(item: _Item, opener: Opener, sink: SlotWriter, end: int, hasher: "Optional[hashlib._Hash]", progress: Progress) -> None:
+def _pull(item: Item, opener: Opener, sink: SlotWriter, end: int, hasher: "Optional[hashlib._Hash]", progress: Progress) -> None:
     """Stream a blob's bytes from `sink.pos` up to `end` into its slot, feeding `hasher` when given; a cut
     stream resumes where it stopped. `RangeIgnoredError` from the opener is passed on."""
     attempt = 0
@@ -178,12 +192,12 @@ def _pull(item: _Item, opener: Opener, sink: SlotWriter, end: int, hasher: "Opti
                 )
 
 
-def _check_digest(item: _Item, hex_digest: str) -> None:
+def _check_digest(item: Item, hex_digest: str) -> None:
     if hex_digest != item.digest.encoded:
         raise DigestMismatchError(f"blob {item.digest} from the source does not match its digest", hint="the source served corrupted data; rerun to fetch it again")
 
 
-def _stream(item: _Item, opener: Opener, sink: SlotWriter, progress: Progress) -> None:
+def _stream(item: Item, opener: Opener, sink: SlotWriter, progress: Progress) -> None:
     """Stream one blob into its slot, hashing on the way; a cut stream resumes where it stopped."""
     hasher = item.digest.new_hasher()
     _pull(item, opener, sink, item.size, hasher, progress)
@@ -215,7 +229,7 @@ class _Split:
     after that, the part that was refused reads its range from an ordinary stream.
     """
 
-    def __init__(self, run: "_Run", item: _Item, bounds: List[int], source: SourcedBlob) -> None:
+    def __init__(self, run: "_Run", item: Item, bounds: List[int], source: SourcedBlob, done: Sequence[int] = ()) -> None:
         assert source.opener is not None and source.ranged is not None
         self.run, self.item, self.bounds = run, item, bounds
         self.opener: Opener = source.opener
@@ -223,11 +237,13 @@ class _Split:
         self.slot = run.slots[id(item)]
         self.hasher = item.digest.new_hasher()
         self.lock = threading.Lock()
-        self.landed = [False] * (len(bounds) - 1)
+        self.landed = [i in done for i in range(len(bounds) - 1)]
+        self.done = sorted(done)
+        """Ranges an earlier run journaled: not fetched again, hashed back from the volume in their turn."""
         self.hashed = 0
         """Ranges hashed, in order."""
         self.hashing = False
-        self.ended = 0
+        self.ended = len(self.done)
         self.failed = False
         self.whole = False
         """Ranges ignored by the source: part 0 fetches the whole blob as one stream."""
@@ -237,6 +253,24 @@ class _Split:
     @property
     def parts(self) -> int:
         return len(self.bounds) - 1
+
+    @property
+    def todo(self) -> List[int]:
+        return [i for i in range(self.parts) if i not in self.done]
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(self.bounds[i + 1] - self.bounds[i] for i in self.done)
+
+    def verify(self) -> None:
+        """Every range was journaled by an earlier run, but not the blob: prove its digest and finish it."""
+        self._advance()
+
+    def _landed(self, i: int) -> None:
+        """Range `i` is in: journaled on its own, so a rerun after an interruption does not fetch it again."""
+        with self.lock:
+            self.landed[i] = True
+        self.run.journal.finished(range_entry(self.item, self.slot, self.bounds[i], self.bounds[i + 1]), {v for v, _ in self.slot})
 
     def part(self, i: int) -> None:
         """Fetch range `i` (a task of its own); the part that completes the blob journals it."""
@@ -264,9 +298,10 @@ class _Split:
             with self.lock:
                 self.whole = True
         with self.lock:
-            if not self.whole:
-                self.landed[0] = True
-                return
+            whole = self.whole
+        if not whole:
+            self._landed(0)
+            return
         _pull(self.item, self.opener, sink, self.item.size, self.hasher, self.run.progress)
 
     def _range(self, i: int) -> None:
@@ -287,7 +322,7 @@ class _Split:
             _pull(self.item, self.opener, sink, end, None, self.run.progress)
         with self.lock:
             self.others_wrote = True
-            self.landed[i] = True
+        self._landed(i)
 
     def _advance(self) -> None:
         """Hash the ranges that are next in line and in; finish the blob when everything is."""
@@ -304,7 +339,7 @@ class _Split:
                     return
                 self.hashing = True
             try:
-                if i > 0:  # part 0 was hashed as it streamed
+                if i > 0 or 0 in self.done:  # a part 0 fetched now was hashed as it streamed
                     buf = buf if buf is not None else memoryview(bytearray(READ_SIZE))
                     _hash_back(self.run.volumes, self.slot, self.bounds[i], self.bounds[i + 1], self.hasher, buf)
             except BaseException:
@@ -319,8 +354,12 @@ class _Split:
             again = self.item.digest.new_hasher()
             _hash_back(self.run.volumes, self.slot, 0, self.item.size, again, memoryview(bytearray(READ_SIZE)))
             hex_digest = again.hexdigest()
-        _check_digest(self.item, hex_digest)
-        self.run.finished(self.item)
+        try:
+            _check_digest(self.item, hex_digest)
+        except DigestMismatchError:  # no range of it is trusted any more
+            self.run.journal.finished(failed_entry(self.item, self.slot), set())
+            raise
+        self.run.finished(self.item, kept=self.kept_bytes)
 
 
 def _bounds(size: int, part: int) -> List[int]:
@@ -352,7 +391,7 @@ class _Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     bytes_written: int = 0
 
-    def fill(self, item: _Item) -> None:
+    def fill(self, item: Item) -> None:
         slot = self.slots[id(item)]
         sink = SlotWriter(self.volumes, slot)
         try:
@@ -365,16 +404,17 @@ class _Run:
                 assert opener is not None, item.key
                 _stream(item, opener, sink, self.progress)
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.volume_size) from None
         self.finished(item)
 
-    def finished(self, item: _Item) -> None:
-        """`item` is in and its digest matched: journal it, count it, and report the images it completes."""
+    def finished(self, item: Item, *, kept: int = 0) -> None:
+        """`item` is in and its digest matched: journal it, count it (less the `kept` bytes an earlier run
+        wrote), and report the images it completes."""
         slot = self.slots[id(item)]
         self.journal.finished(journal_entry(item, slot), {v for v, _ in slot})
         done = []
         with self.lock:
-            self.bytes_written += item.stored_size
+            self.bytes_written += item.stored_size - kept
             self.finished_keys.add(item.key)
             for name in self.wanted_by.get(item.key, ()):
                 left = self.needs.get(name)
@@ -390,7 +430,7 @@ class _Run:
         try:
             task()
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.volume_size) from None
 
     def add_needs(self, needs: Mapping[str, Sequence[str]], known: Set[str]) -> None:
         """Track the images of `needs` not tracked yet; those with nothing left to fetch are reported now."""
@@ -428,7 +468,7 @@ class BundleFill:
         self.started = time.monotonic()
         self.options = options
         self.out_dir = Path(options.out_dir)
-        _check_volume_size(options.volume_size)
+        check_volume_size(options.volume_size)
         if options.sign_key is not None:
             from bundler.bundle.signing import load_private_key
 
@@ -436,9 +476,9 @@ class BundleFill:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, options.volume_size) from None
+            raise disk_error(exc, self.out_dir, options.volume_size) from None
         self.layout = VolumeLayout(options.volume_size)
-        self.items: Dict[str, _Item] = {}
+        self.items: Dict[str, Item] = {}
         """Every item laid out, by key, in layout order."""
         self.entries: Set[str] = set()
         """Journal entries trusted from an earlier run (or the finished bundle in the directory)."""
@@ -448,10 +488,10 @@ class BundleFill:
         self.reported: Set[str] = set()
         self.pool = ThreadPoolExecutor(max_workers=max(1, options.workers), thread_name_prefix="fill")
         self.small_pool = ThreadPoolExecutor(max_workers=min(SMALL_LANE, max(1, options.workers)), thread_name_prefix="fill-small")
-        self.futures: List[Tuple[_Item, "Future[None]"]] = []
+        self.futures: List[Tuple[Item, "Future[None]"]] = []
         self.todo_count = 0
         created = self._recover()
-        volumes = PartialVolumes(self.out_dir, _created_mtime(created), take_back=self.old is not None or bool(self.entries))
+        volumes = PartialVolumes(self.out_dir, created_mtime(created), take_back=self.old is not None or bool(self.entries))
         self.created = created
         self.run = _Run(self.out_dir, options.volume_size, volumes, FillJournal(self.out_dir / JOURNAL_NAME, volumes), HeldProgress(options.progress))
         self.reserved = sum(p.stat().st_size for p in self.out_dir.glob(".bundle-*.tar.partial"))
@@ -469,7 +509,8 @@ class BundleFill:
         journal_path = self.out_dir / JOURNAL_NAME
         created, entries = FillJournal.load(journal_path, self.options.volume_size)
         if created is not None:
-            self.entries = entries
+            # An entry counts only while every volume it lies in is there (a volume made again is empty).
+            self.entries = {e for e in entries if all(self._volume_there(v, take_back=True) for v in entry_volumes(e))}
             return created
         old = self._finished_bundle()
         if old is not None:
@@ -480,7 +521,10 @@ class BundleFill:
         for stale in self.out_dir.glob(".bundle-*.tar.partial"):  # not described by any journal: not trusted
             with contextlib.suppress(OSError):
                 stale.unlink()
-        return _now()[0]
+        return utc_now()[0]
+
+    def _volume_there(self, name: str, *, take_back: bool) -> bool:
+        return partial_path(self.out_dir, name).is_file() or (take_back and (self.out_dir / name).is_file())
 
     def _finished_bundle(self) -> Optional[BundleManifest]:
         with contextlib.suppress(OSError, BundlerError):
@@ -502,6 +546,11 @@ class BundleFill:
         self._grow(self.run.slots)
         return True
 
+    @property
+    def writing(self) -> bool:
+        """Whether this fill has begun to write into the directory (what it wrote is journaled)."""
+        return self.run.journal.started
+
     # -- laying out and fetching -------------------------------------------------------------------------
 
     def start(self, blobs: Sequence[SourcedBlob], needs: Mapping[str, Sequence[str]] = {}) -> None:
@@ -518,19 +567,19 @@ class BundleFill:
         stray = [k for k, i in self.items.items() if i.kind == "blob" and k not in keys]
         if stray:
             raise BundlerError(f"{len(stray)} blobs were laid out that the bundle's content does not hold (first {stray[0]})")
-        self._add(self._blob_items(content.blobs) + _encoded(_file_items(content.files)), content.needs)
+        self._add(self._blob_items(content.blobs) + _encoded(file_items(content.files)), content.needs)
         items = list(self.items.values())
         self.run.progress.release(sum(i.stored_size for i in items), len(self.reported))
+        fingerprint = content_fingerprint(content.images, items, content.skipped, self.options.volume_size, content.base_id, fmt=2)
+        bundle_id = f"ocpb-{fingerprint[:32]}"
+        if self.old is not None and self.old.id != bundle_id:  # the same blobs in place, other content: rewritten
+            self._take_over()
         self._wait()
         plans = self.layout.volumes()
-        fingerprint = _fingerprint(content.images, items, content.skipped, self.options.volume_size, content.base_id, fmt=2)
-        bundle_id = f"ocpb-{fingerprint[:32]}"
-        if self.old is not None and self.old.id != bundle_id:
-            self._take_over()
         reused = sum(1 for p in plans if all(pl.item.key in self.kept_keys for pl in p.placements))
         if self.old is None:
             self._seal(plans)
-        manifest = _build_manifest(
+        manifest = build_manifest(
             bundle_id, self.created, content.base_id, content.images, content.skipped, items, plans,
             [BundleVolume(p.name, p.size, None) for p in plans], self.options.volume_size,
         )
@@ -539,17 +588,17 @@ class BundleFill:
             skipped=len(content.skipped), reused=reused, started=self.started,
         )
 
-    def _blob_items(self, blobs: Sequence[SourcedBlob]) -> List[_Item]:
-        out: List[_Item] = []
+    def _blob_items(self, blobs: Sequence[SourcedBlob]) -> List[Item]:
+        out: List[Item] = []
         for b in blobs:
             key = str(b.digest)
             if key in self.items or key in self.run.sources:
                 continue
             self.run.sources[key] = b
-            out.append(_Item("blob", key, b.digest, b.size, b.media_type, _member_base(b.digest), data=b.data))
+            out.append(Item("blob", key, b.digest, b.size, b.media_type, member_base(b.digest), data=b.data))
         return _encoded(out)
 
-    def _add(self, new: List[_Item], needs: Mapping[str, Sequence[str]]) -> None:
+    def _add(self, new: List[Item], needs: Mapping[str, Sequence[str]]) -> None:
         run = self.run
         # A lower bound first (the stored bytes alone, less what earlier runs already reserved), so a plan
         # that cannot fit (or a manifest that lies about sizes) stops before its volumes are even laid out.
@@ -566,7 +615,7 @@ class BundleFill:
         if todo or self.old is None:
             if not self._take_over():
                 self._grow(slots)
-            todo = [i for i in new if journal_entry(i, slots[id(i)]) not in self.entries or any(v in run.volumes.fresh for v, _ in slots[id(i)])]
+            todo = [i for i in new if journal_entry(i, slots[id(i)]) not in self.entries]
         kept = [i for i in new if i not in todo]
         with run.lock:
             run.finished_keys.update(i.key for i in kept)
@@ -574,13 +623,13 @@ class BundleFill:
         run.progress.advance(sum(i.stored_size for i in kept))
         run.add_needs(needs, self.reported)
         self.todo_count += len(todo)
-        for size, item, task in _tasks(run, todo, max(1, self.options.workers)):
+        for size, item, task in _tasks(run, todo, max(1, self.options.workers), self.entries):
             pool = self.small_pool if size <= SMALL_ITEM else self.pool
             self.futures.append((item, pool.submit(run.guarded, task)))
 
     def _grow(self, slots: Mapping[int, Slot]) -> None:
         """Make room in the volumes for newly placed items and write their tar headers."""
-        by_volume: Dict[str, List[_Placement]] = {}
+        by_volume: Dict[str, List[Placement]] = {}
         for slot in slots.values():
             for volume, pl in slot:
                 by_volume.setdefault(volume, []).append(pl)
@@ -588,11 +637,11 @@ class BundleFill:
         volumes = self.run.volumes
         needed = sum(max(0, plans[v].size - volumes.on_disk(v)) for v in by_volume)
         try:
-            check_space(self.out_dir, needed + _manifest_estimate(len(self.items), 0))
+            check_space(self.out_dir, needed + manifest_estimate(len(self.items), 0))
             for name, placements in by_volume.items():
                 volumes.grow(plans[name], placements)
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.options.volume_size) from None
 
     def _wait(self) -> None:
         failures: Dict[str, str] = {}
@@ -608,7 +657,7 @@ class BundleFill:
             try:
                 self.run.journal.close()
             except OSError as exc:
-                raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+                raise disk_error(exc, self.out_dir, self.options.volume_size) from None
         if failures:
             listed = list(failures.values())
             detail = "; ".join(listed[:10]) + (f"; … and {len(listed) - 10} more" if len(listed) > 10 else "")
@@ -618,7 +667,7 @@ class BundleFill:
                 hint="rerun to resume; finished blobs are not fetched again",
             )
 
-    def _seal(self, plans: Sequence[_VolumePlan]) -> None:
+    def _seal(self, plans: Sequence[VolumePlan]) -> None:
         """Every item is in: volumes cut to size, flushed, given their final names; leftovers removed."""
         volumes = self.run.volumes
         try:
@@ -627,7 +676,7 @@ class BundleFill:
             volumes.trim(plans)
             volumes.sync(set(volumes.fds))
         except OSError as exc:
-            raise _disk_error(exc, self.out_dir, self.options.volume_size) from None
+            raise disk_error(exc, self.out_dir, self.options.volume_size) from None
         finally:
             volumes.close()
         names = {p.name for p in plans}
@@ -660,34 +709,50 @@ def fill_bundle(content: BundleContent, options: FillOptions) -> BundleWriteResu
         return fill.finish(content)
 
 
-def _encoded(items: List[_Item]) -> List[_Item]:
+def _encoded(items: List[Item]) -> List[Item]:
     """`items` with their encoding decided: in-memory data zstd-compressed when that pays, streams raw."""
     for item in items:
         item.encoding, item.stored_size = "raw", item.size
         if item.data is not None and item.size >= 2 * TAR_BLOCK:
-            packed = _compressor().compress(item.data)
-            if _pays(item.size, len(packed)):
+            packed = compressor().compress(item.data)
+            if compression_pays(item.size, len(packed)):
                 item.encoding, item.stored_size = "zstd", len(packed)
     return items
 
 
-def _tasks(run: _Run, todo: Sequence[_Item], workers: int) -> List[Tuple[int, _Item, Callable[[], None]]]:
-    """What the workers run, largest first: one task per item, or one per byte range of a blob much larger
-    than one stream's share of the fill (see `MIN_PART`) whose source serves ranges."""
+def _tasks(run: _Run, todo: Sequence[Item], workers: int, journaled: Set[str]) -> List[Tuple[int, Item, Callable[[], None]]]:
+    """What the workers run, largest first: one task per item, or one per byte range of a blob whose source
+    serves ranges and that is much larger than one stream's share of the fill (see `MIN_PART`) or had
+    ranges journaled by an earlier run (those are not fetched again)."""
     streamed = sum(i.stored_size for i in todo if i.data is None and i.kind != "file")
-    part = max(MIN_PART, streamed // workers)
-    tasks: List[Tuple[int, _Item, Callable[[], None]]] = []
+    share = max(MIN_PART, streamed // workers)
+    tasks: List[Tuple[int, Item, Callable[[], None]]] = []
     for item in todo:
         source = run.sources.get(item.key)
-        if source is None or source.ranged is None or source.opener is None or item.data is not None or item.stored_size < 2 * part:
+        if source is None or source.ranged is None or source.opener is None or item.data is not None:
             tasks.append((item.stored_size, item, functools.partial(run.fill, item)))
             continue
-        split = _Split(run, item, _bounds(item.size, part), source)
-        log.debug("blob %s (%d bytes) fetched as %d ranges", item.digest.short, item.size, split.parts)
-        for i in range(split.parts):
+        slot = run.slots[id(item)]
+        bounds = _bounds(item.size, _part_size(item.size))
+        done = [i for i in range(len(bounds) - 1) if range_entry(item, slot, bounds[i], bounds[i + 1]) in journaled]
+        if item.stored_size < 2 * share and not done or len(bounds) < 3:
+            tasks.append((item.stored_size, item, functools.partial(run.fill, item)))
+            continue
+        split = _Split(run, item, bounds, source, done)
+        run.progress.advance(split.kept_bytes)
+        log.debug("blob %s (%d bytes) fetched as %d ranges (%d in from an earlier run)", item.digest.short, item.size, split.parts, len(done))
+        for i in split.todo:
             tasks.append((split.bounds[i + 1] - split.bounds[i], item, functools.partial(split.part, i)))
+        if not split.todo:
+            tasks.append((0, item, split.verify))
     tasks.sort(key=lambda t: -t[0])
     return tasks
+
+
+def _part_size(size: int) -> int:
+    """The byte ranges a split blob is fetched in: about an eighth of it, at least `MIN_PART`, at most
+    `MAX_PART`. It depends on the blob alone, so a rerun cuts it the same way and its journaled ranges match."""
+    return min(MAX_PART, max(MIN_PART, size // RANGES_PER_BLOB))
 
 
 def _needed_by(wanted_by: Mapping[str, Sequence[str]], key: str) -> str:

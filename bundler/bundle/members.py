@@ -1,9 +1,10 @@
 """Bundle layout planning: which member goes into which volume, at which offset, under which tar header.
 
 Owns the pure arithmetic of the volume format (spec in `bundler.bundle.manifest`): items to store
-(`_Item`: a blob or an extra file, its encoding and stored size), cutting them into block-aligned parts
-that fill each volume (`_assign`), the ustar header in front of every part (`_tar_header`), the content
-fingerprint a bundle id derives from, and the manifest built from a finished layout. Nothing here reads
+(`Item`: a blob or an extra file, its encoding and stored size), cutting them into block-aligned parts
+that fill each volume (`VolumeLayout`, which can grow in steps, and `assign_volumes` for a whole list at
+once), the ustar header in front of every part (`tar_header`), the content fingerprint a bundle id derives
+from, and the manifest built from a finished layout. Nothing here reads
 or writes a volume: the writers (`bundle.writer` from a layout, `bundle.fill` straight from the sources)
 and the reader (`bundle.reader`) all rely on the same offsets computed here.
 """
@@ -59,7 +60,7 @@ StoredItem = Union[BundleBlob, BundleFile]
 
 
 @dataclass
-class _Item:
+class Item:
     """One blob or extra file to store, and (once decided) how."""
 
     kind: str  # "blob" or "file"
@@ -78,7 +79,7 @@ class _Item:
 
 
 
-def _member_base(digest: Digest) -> str:
+def member_base(digest: Digest) -> str:
     if len(digest.encoded) > 64:  # sha512: keep both ustar name fields within their limits
         return f"blobs/{digest.algorithm}/{digest.encoded[:64]}/{digest.encoded[64:]}"
     return f"blobs/{digest.algorithm}/{digest.encoded}"
@@ -96,14 +97,14 @@ def blob_role(media_type: str) -> str:
 
 
 
-def _file_items(files: Mapping[str, bytes]) -> List[_Item]:
+def file_items(files: Mapping[str, bytes]) -> List[Item]:
     out = []
     for name in sorted(files):
         why = check_file_name(name)
         if why:
             raise UsageError(f"bundle file name {name!r} {why}")
         data = bytes(files[name])
-        out.append(_Item("file", name, Digest.of(data), len(data), "", f"files/{name}", data=data))
+        out.append(Item("file", name, Digest.of(data), len(data), "", f"files/{name}", data=data))
     return out
 
 
@@ -113,8 +114,8 @@ def _file_items(files: Mapping[str, bytes]) -> List[_Item]:
 
 
 @dataclass(frozen=True)
-class _Placement:
-    item: _Item
+class Placement:
+    item: Item
     part_index: int
     part_count: int
     member: str
@@ -124,13 +125,13 @@ class _Placement:
 
 
 @dataclass
-class _VolumePlan:
+class VolumePlan:
     name: str
-    placements: List[_Placement] = field(default_factory=list)
+    placements: List[Placement] = field(default_factory=list)
     size: int = 0
 
 
-def _pad(n: int) -> int:
+def pad_block(n: int) -> int:
     return (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
@@ -141,23 +142,23 @@ class VolumeLayout:
 
     def __init__(self, volume_size: int) -> None:
         self.capacity = volume_size - END_OF_ARCHIVE
-        self._plans: List[_VolumePlan] = [_VolumePlan(volume_name(1), size=END_OF_ARCHIVE)]
+        self._plans: List[VolumePlan] = [VolumePlan(volume_name(1), size=END_OF_ARCHIVE)]
         self._pos = 0
 
-    def place(self, item: _Item) -> List[Tuple[_VolumePlan, _Placement]]:
+    def place(self, item: Item) -> List[Tuple[VolumePlan, Placement]]:
         """Where `item`'s parts go, in order; the volumes it touches grow to hold them."""
         raw: List[Tuple[int, int, int, int]] = []  # (volume index, data_offset, length, stored_offset)
         remaining = item.stored_size
         done = 0
         while True:
             room = self.capacity - self._pos - TAR_BLOCK
-            if remaining <= min(room, MEMBER_MAX) and _pad(remaining) <= room:
+            if remaining <= min(room, MEMBER_MAX) and pad_block(remaining) <= room:
                 raw.append((len(self._plans) - 1, self._pos + TAR_BLOCK, remaining, done))
-                self._pos += TAR_BLOCK + _pad(remaining)
+                self._pos += TAR_BLOCK + pad_block(remaining)
                 break
             usable = min(room // TAR_BLOCK * TAR_BLOCK, MEMBER_MAX)
             if usable < MIN_SPLIT and (self._pos > 0 or usable <= 0):
-                self._plans.append(_VolumePlan(volume_name(len(self._plans) + 1), size=END_OF_ARCHIVE))
+                self._plans.append(VolumePlan(volume_name(len(self._plans) + 1), size=END_OF_ARCHIVE))
                 self._pos = 0
                 continue
             raw.append((len(self._plans) - 1, self._pos + TAR_BLOCK, usable, done))
@@ -165,22 +166,22 @@ class VolumeLayout:
             remaining -= usable
             done += usable
         suffix = ".zst" if item.encoding == "zstd" else ""
-        out: List[Tuple[_VolumePlan, _Placement]] = []
+        out: List[Tuple[VolumePlan, Placement]] = []
         for index, (volume, offset, length, stored_offset) in enumerate(raw):
             member = item.member + suffix + (f".{index + 1:03d}" if len(raw) > 1 else "")
             plan = self._plans[volume]
-            pl = _Placement(item, index, len(raw), member, offset, length, stored_offset)
+            pl = Placement(item, index, len(raw), member, offset, length, stored_offset)
             plan.placements.append(pl)
-            plan.size = offset + _pad(length) + END_OF_ARCHIVE
+            plan.size = offset + pad_block(length) + END_OF_ARCHIVE
             out.append((plan, pl))
         return out
 
-    def volumes(self) -> List[_VolumePlan]:
+    def volumes(self) -> List[VolumePlan]:
         """The volumes laid out so far (an empty layout is one empty volume)."""
         return [p for p in self._plans if p.placements] or self._plans[:1]
 
 
-def _assign(items: Sequence[_Item], volume_size: int) -> List[_VolumePlan]:
+def assign_volumes(items: Sequence[Item], volume_size: int) -> List[VolumePlan]:
     """Lay members out: fill each volume, cutting an item that does not fit into parts (block-aligned)."""
     layout = VolumeLayout(volume_size)
     for item in items:
@@ -188,7 +189,7 @@ def _assign(items: Sequence[_Item], volume_size: int) -> List[_VolumePlan]:
     return layout.volumes()
 
 
-def _tar_header(member: str, size: int, mtime: int) -> bytes:
+def tar_header(member: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(member)
     info.size = size
     info.mtime = mtime
@@ -205,29 +206,29 @@ def _tar_header(member: str, size: int, mtime: int) -> bytes:
     return buf
 
 
-def _check_volume_size(volume_size: int) -> None:
+def check_volume_size(volume_size: int) -> None:
     if volume_size < MIN_VOLUME_SIZE:
         raise UsageError(f"volume size {volume_size} bytes is too small", hint=f"use at least {MIN_VOLUME_SIZE // 1024} KiB")
 
 
-def _manifest_estimate(items: int, images: int) -> int:
+def manifest_estimate(items: int, images: int) -> int:
     return MANIFEST_MARGIN + 1024 * (items + images)
 
 
-def _now() -> Tuple[str, int]:
+def utc_now() -> Tuple[str, int]:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     return now.strftime("%Y-%m-%dT%H:%M:%SZ"), int(now.timestamp())
 
 
-def _created_mtime(created: str) -> int:
+def created_mtime(created: str) -> int:
     try:
         return int(datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp())
     except ValueError:
         return 0
 
 
-def _fingerprint(
-    images: Sequence[BundleImage], items: Sequence[_Item], skipped: Sequence[BaseBlob], volume_size: int, base_id: Optional[str], *, fmt: int = 1
+def content_fingerprint(
+    images: Sequence[BundleImage], items: Sequence[Item], skipped: Sequence[BaseBlob], volume_size: int, base_id: Optional[str], *, fmt: int = 1
 ) -> str:
     """The content's hash (the bundle id derives from it); `fmt` 2 for volumes filled out of order."""
     doc = {
@@ -241,14 +242,14 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _build_manifest(
+def build_manifest(
     bundle_id: str,
     created: str,
     base_id: Optional[str],
     images: Sequence[BundleImage],
     skipped: Sequence[BaseBlob],
-    items: Sequence[_Item],
-    plans: Sequence[_VolumePlan],
+    items: Sequence[Item],
+    plans: Sequence[VolumePlan],
     volumes: Sequence[BundleVolume],
     volume_size: int,
 ) -> BundleManifest:

@@ -6,12 +6,15 @@ Owns the on-disk state of a bundle being filled out of order (`bundler.bundle.fi
   the layout does (pack lays out the image blobs first and the signatures and files later): each growth
   reserves the space and writes the tar headers of the new members; padding and the end-of-archive blocks
   are the zeros of the reserved file. A volume an earlier run left is opened as it is (the journal says
-  which of its slots hold finished items); one made new in this run is remembered, so that nothing the
-  journal lists in it is trusted.
+  which of its slots hold finished items; an entry in a volume that is gone is dropped when the journal
+  is read).
 - `SlotWriter`: a file-like sink whose writes land at an item's planned places (`os.pwrite`).
 - `FillJournal`: the record of finished items. Each entry names the item and where it lies (digest,
   encoding, stored size, every part's volume and offset), so an entry is trusted only by an item laid out
-  at exactly that place: layouts may grow between runs and nothing is trusted by name alone.
+  at exactly that place: layouts may grow between runs and nothing is trusted by name alone. A blob
+  fetched in byte ranges also has an entry per finished range (its digest is still proven over every byte
+  when the last range is in), and a `failed` entry when its digest did not match: then none of its ranges
+  is trusted.
 - `HeldProgress`: progress held back until the totals are known from the whole plan, then passed on.
 """
 
@@ -27,13 +30,13 @@ from typing import IO, Dict, List, Optional, Sequence, Set, Tuple
 from bundler.base.fsutil import atomic_write
 from bundler.base.progress import Progress
 from bundler.bundle.manifest import TAR_BLOCK, BundleManifest
-from bundler.bundle.members import _Item, _Placement, _tar_header, _VolumePlan
+from bundler.bundle.members import Item, Placement, tar_header, VolumePlan
 
 COMMIT_INTERVAL = 0.5
 """Seconds between journal commits (each flushes the volumes written since the last one)."""
 JOURNAL_FORMAT = 3
 
-Slot = List[Tuple[str, _Placement]]
+Slot = List[Tuple[str, Placement]]
 """Where an item's stored bytes go: (volume name, placement) per part, in order."""
 
 
@@ -41,10 +44,32 @@ def partial_path(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}.partial"
 
 
-def journal_entry(item: _Item, slot: Slot) -> str:
+def journal_entry(item: Item, slot: Slot) -> str:
     """The journal line of a finished item: its key, then what it is and exactly where it lies."""
     where = ",".join(f"{volume}@{pl.data_offset}" for volume, pl in slot)
     return f"{item.key}\t{item.digest}\t{item.encoding}\t{item.stored_size}\t{where}"
+
+
+def range_entry(item: Item, slot: Slot, start: int, end: int) -> str:
+    """The journal line of one finished byte range `[start, end)` of a blob fetched in ranges."""
+    return f"{journal_entry(item, slot)}\t{start}-{end}"
+
+
+def failed_entry(item: Item, slot: Slot) -> str:
+    """The journal line saying a blob's digest did not match: none of its journaled ranges is trusted."""
+    return f"{journal_entry(item, slot)}\tfailed"
+
+
+def entry_volumes(entry: str) -> List[str]:
+    """The volumes a journal entry's item lies in."""
+    where = entry.split("\t")[4]
+    return [part.rsplit("@", 1)[0] for part in where.split(",")]
+
+
+def trusted_entries(entries: Set[str]) -> Set[str]:
+    """`entries` less the ranges of blobs whose digest failed after them (and those markers)."""
+    failed = {e.rsplit("\t", 1)[0] for e in entries if e.endswith("\tfailed")}
+    return {e for e in entries if not e.endswith("\tfailed") and not (e.count("\t") == 5 and e.rsplit("\t", 1)[0] in failed)}
 
 
 def finished_entries(manifest: BundleManifest) -> Set[str]:
@@ -69,10 +94,8 @@ class PartialVolumes:
         """Whether a finished volume of the same name (an earlier run's) is taken back as the partial one."""
         self.fds: Dict[str, int] = {}
         self.sizes: Dict[str, int] = {}
-        self.fresh: Set[str] = set()
-        """Volumes made new in this run: nothing a journal lists in them is there."""
 
-    def grow(self, plan: _VolumePlan, placements: Sequence[_Placement]) -> None:
+    def grow(self, plan: VolumePlan, placements: Sequence[Placement]) -> None:
         """Open (or make) `plan`'s volume, reserve it up to `plan.size`, write the headers of `placements`."""
         name = plan.name
         fd = self.fds.get(name)
@@ -80,8 +103,6 @@ class PartialVolumes:
             path, final = partial_path(self.out_dir, name), self.out_dir / name
             if self.take_back and not path.exists() and final.exists():
                 os.replace(final, path)
-            if not path.exists():
-                self.fresh.add(name)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             self.fds[name] = fd
             self.sizes[name] = os.fstat(fd).st_size
@@ -92,7 +113,7 @@ class PartialVolumes:
                 os.posix_fallocate(fd, have, plan.size - have)
             self.sizes[name] = plan.size
         for pl in placements:
-            os.pwrite(fd, _tar_header(pl.member, pl.length, self.mtime), pl.data_offset - TAR_BLOCK)
+            os.pwrite(fd, tar_header(pl.member, pl.length, self.mtime), pl.data_offset - TAR_BLOCK)
 
     def on_disk(self, name: str) -> int:
         """Bytes a volume holds now (0 when it is not there yet), counting a finished one that would be taken back."""
@@ -104,7 +125,7 @@ class PartialVolumes:
                 return path.stat().st_size
         return 0
 
-    def trim(self, plans: Sequence[_VolumePlan]) -> None:
+    def trim(self, plans: Sequence[VolumePlan]) -> None:
         """Cut each volume to its planned size (an earlier, larger layout may have left more)."""
         for plan in plans:
             if self.sizes.get(plan.name, plan.size) > plan.size:
@@ -188,8 +209,8 @@ class FillJournal:
             if head.get("format") != JOURNAL_FORMAT or head.get("volumeSize") != volume_size:
                 return None, set()
             # The last line counts only when complete (it ends with a newline: the split leaves b"").
-            done = {ln.decode() for ln in lines[1:-1] if ln}
-            return str(head["created"]), done
+            done = {ln.decode() for ln in lines[1:-1] if ln.count(b"\t") in (4, 5)}
+            return str(head["created"]), trusted_entries(done)
         except (OSError, ValueError, KeyError, AttributeError, UnicodeDecodeError):
             return None, set()
 

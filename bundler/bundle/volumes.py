@@ -16,8 +16,8 @@ from bundler.bundle.members import (
     MEMBER_MAX,
     MIN_VOLUME_SIZE,
     STATE_NAME,
-    _assign,
-    _Item,
+    assign_volumes,
+    Item,
     blob_role,
 )
 from bundler.bundle.reader import Bundle, BundleImageSource, load_base_manifest, read_manifest, read_part_header
@@ -35,8 +35,8 @@ __all__ = [
     "BundlePlan",
     "BundleWriteOptions",
     "BundleWriteResult",
-    "_Item",
-    "_assign",
+    "Item",
+    "assign_volumes",
     "blob_role",
     "load_base_manifest",
     "plan_bundle",

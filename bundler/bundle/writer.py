@@ -50,22 +50,22 @@ from bundler.bundle.members import (
     JOURNAL_NAME,
     STATE_NAME,
     CHUNK,
-    _assign,
-    _build_manifest,
-    _check_volume_size,
-    _created_mtime,
-    _file_items,
-    _fingerprint,
-    _Item,
-    _manifest_estimate,
-    _member_base,
-    _now,
-    _pad,
-    _tar_header,
-    _VolumePlan,
+    assign_volumes,
+    build_manifest,
+    check_volume_size,
+    created_mtime,
+    file_items,
+    content_fingerprint,
+    Item,
+    manifest_estimate,
+    member_base,
+    utc_now,
+    pad_block,
+    tar_header,
+    VolumePlan,
     blob_role,
 )
-from bundler.bundle.encoding import _Cursor, _measure
+from bundler.bundle.encoding import Cursor, measure_stored
 from bundler.bundle.reader import load_base_manifest
 from bundler.bundle.manifest import (
     MANIFEST_NAME,
@@ -178,8 +178,8 @@ class BundleWriteResult:
 
 @dataclass
 class _Graph:
-    metadata: List[_Item]
-    layers: List[_Item]
+    metadata: List[Item]
+    layers: List[Item]
     skipped: List[BaseBlob]
     totals: Dict[int, int]
     images: List[BundleImage]
@@ -191,8 +191,8 @@ def _walk(layout: Layout, images: Sequence[BundleImage], base: Optional[BundleMa
     if base is not None:
         in_base = {str(b.digest): b.size for b in base.blobs}
         in_base.update({str(b.digest): b.size for b in base.base_blobs})
-    metadata: Dict[str, _Item] = {}
-    layers: Dict[str, _Item] = {}
+    metadata: Dict[str, Item] = {}
+    layers: Dict[str, Item] = {}
     skipped: Dict[str, BaseBlob] = {}
     totals: Dict[int, int] = {}
     fixed: List[BundleImage] = []
@@ -223,7 +223,7 @@ def _walk(layout: Layout, images: Sequence[BundleImage], base: Optional[BundleMa
                 top_raw_len, top_type = len(raw), media_type
             seen[key] = len(raw)
             if key not in metadata:
-                metadata[key] = _Item("blob", key, d.digest, len(raw), media_type, _member_base(d.digest), path=layout.blob_path(d.digest))
+                metadata[key] = Item("blob", key, d.digest, len(raw), media_type, member_base(d.digest), path=layout.blob_path(d.digest))
             parsed = parse_manifest(raw, media_type)
             queue.extend(parsed.children)
             for b in parsed.blobs:
@@ -241,7 +241,7 @@ def _walk(layout: Layout, images: Sequence[BundleImage], base: Optional[BundleMa
                         f"image {image.source}: blob {b.digest} ({b.size} bytes) is not in the work layout {layout.root}",
                         hint="pack did not finish pulling it; rerun pack",
                     )
-                item = _Item("blob", bkey, b.digest, b.size, b.media_type, _member_base(b.digest), path=layout.blob_path(b.digest))
+                item = Item("blob", bkey, b.digest, b.size, b.media_type, member_base(b.digest), path=layout.blob_path(b.digest))
                 (layers if blob_role(b.media_type) == "layer" else metadata)[bkey] = item
         totals[idx] = sum(seen.values())
         fixed.append(replace(image, size=top_raw_len or image.size, media_type=image.media_type or top_type, total_size=totals[idx]))
@@ -258,13 +258,13 @@ def plan_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bundl
 
     The numbers are upper bounds: compressible data is counted at its full size.
     """
-    _check_volume_size(options.volume_size)
+    check_volume_size(options.volume_size)
     base = load_base_manifest(options.base) if options.base else None
     graph = _walk(layout, images, base)
-    items = _file_items(options.files) + graph.metadata + graph.layers
+    items = file_items(options.files) + graph.metadata + graph.layers
     for item in items:
         item.encoding, item.stored_size = "raw", item.size
-    volumes = _assign(items, options.volume_size)
+    volumes = assign_volumes(items, options.volume_size)
     blob_items = graph.metadata + graph.layers
     return BundlePlan(
         images=len(images),
@@ -276,7 +276,7 @@ def plan_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bundl
         file_bytes=sum(len(v) for v in options.files.values()),
         volume_size=options.volume_size,
         volume_count=len(volumes),
-        bytes_needed=sum(v.size for v in volumes) + _manifest_estimate(len(items), len(images)),
+        bytes_needed=sum(v.size for v in volumes) + manifest_estimate(len(items), len(images)),
         base_id=base.id if base else None,
     )
 
@@ -294,7 +294,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _disk_error(exc: OSError, out_dir: Path, volume_size: int) -> BundlerError:
+def disk_error(exc: OSError, out_dir: Path, volume_size: int) -> BundlerError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskSpaceError(
             f"no space left in {out_dir} while writing the bundle",
@@ -332,33 +332,33 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
     started = time.monotonic()
     progress = options.progress
     out_dir = Path(options.out_dir)
-    _check_volume_size(options.volume_size)
+    check_volume_size(options.volume_size)
     if options.sign_key is not None:
         from bundler.bundle.signing import load_private_key
 
         load_private_key(options.sign_key)  # a bad key fails now, not after hours of writing
     base = load_base_manifest(options.base) if options.base else None
     graph = _walk(layout, images, base)
-    items = _file_items(options.files) + graph.metadata + graph.layers
+    items = file_items(options.files) + graph.metadata + graph.layers
     _measure_all(items, progress)
-    plans = _assign(items, options.volume_size)
-    fingerprint = _fingerprint(graph.images, items, graph.skipped, options.volume_size, base.id if base else None)
+    plans = assign_volumes(items, options.volume_size)
+    fingerprint = content_fingerprint(graph.images, items, graph.skipped, options.volume_size, base.id if base else None)
     bundle_id = f"ocpb-{fingerprint[:32]}"
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _disk_error(exc, out_dir, options.volume_size) from None
+        raise disk_error(exc, out_dir, options.volume_size) from None
     for stale in out_dir.glob(".bundle-*.tar.partial"):
         with contextlib.suppress(OSError):
             stale.unlink()
     created, candidates = _reusable(out_dir, fingerprint, bundle_id, options.volume_size)
     if created is None:
-        created, _ = _now()
+        created, _ = utc_now()
         candidates = {}
     reused = _keep_finished(out_dir, plans, candidates)
     to_write = sum(p.size for p in plans if p.name not in reused)
-    check_space(out_dir, to_write + _manifest_estimate(len(items), len(images)))
+    check_space(out_dir, to_write + manifest_estimate(len(items), len(images)))
 
     # From here on the directory no longer holds a complete bundle until the new manifest lands.
     for name in (MANIFEST_NAME, SIGNATURE_NAME):
@@ -369,8 +369,8 @@ def write_bundle(layout: Layout, images: Sequence[BundleImage], *, options: Bund
         state["volumes"][name] = {"size": next(p.size for p in plans if p.name == name), "sha256": sha}
     _write_state(out_dir, state)
     progress.add_total(to_write)
-    volumes = _write_volumes(out_dir, plans, reused, state, _created_mtime(created), options)
-    manifest = _build_manifest(bundle_id, created, base.id if base else None, graph.images, graph.skipped, items, plans, volumes, options.volume_size)
+    volumes = _write_volumes(out_dir, plans, reused, state, created_mtime(created), options)
+    manifest = build_manifest(bundle_id, created, base.id if base else None, graph.images, graph.skipped, items, plans, volumes, options.volume_size)
     return finish_bundle(
         out_dir, manifest, options.sign_key, volume_size=options.volume_size, bytes_written=to_write,
         skipped=len(graph.skipped), reused=len(reused), started=started,
@@ -387,19 +387,19 @@ def check_space(out_dir: Path, needed: int) -> None:
         )
 
 
-def _measure_all(items: Sequence[_Item], progress: Progress) -> None:
+def _measure_all(items: Sequence[Item], progress: Progress) -> None:
     """Decide each item's encoding and stored size (CPU only, no writes)."""
     to_measure = [i for i in items if i.compressible() and i.size >= 2 * TAR_BLOCK]
     for item in items:
         item.encoding, item.stored_size = "raw", item.size
     progress.add_total(sum(i.size for i in to_measure))
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="measure") as pool:
-        for item, (encoding, stored) in zip(to_measure, pool.map(_measure, to_measure)):
+        for item, (encoding, stored) in zip(to_measure, pool.map(measure_stored, to_measure)):
             item.encoding, item.stored_size = encoding, stored
             progress.advance(item.size)
 
 
-def _keep_finished(out_dir: Path, plans: Sequence[_VolumePlan], candidates: Dict[str, Tuple[int, str]]) -> Dict[str, str]:
+def _keep_finished(out_dir: Path, plans: Sequence[VolumePlan], candidates: Dict[str, Tuple[int, str]]) -> Dict[str, str]:
     """Volumes an earlier run finished that may be kept, after checking them byte for byte: name → sha256."""
     reused: Dict[str, str] = {}
     for plan in plans:
@@ -415,12 +415,12 @@ def _keep_finished(out_dir: Path, plans: Sequence[_VolumePlan], candidates: Dict
 
 
 def _write_volumes(
-    out_dir: Path, plans: Sequence[_VolumePlan], reused: Dict[str, str], state: Dict[str, Any], mtime: int, options: BundleWriteOptions
+    out_dir: Path, plans: Sequence[VolumePlan], reused: Dict[str, str], state: Dict[str, Any], mtime: int, options: BundleWriteOptions
 ) -> List[BundleVolume]:
     """Write every volume not kept, in order, recording each in the resume state as it is finished."""
     progress = options.progress
     volumes: List[BundleVolume] = []
-    cursors: Dict[int, _Cursor] = {}
+    cursors: Dict[int, Cursor] = {}
     for plan in plans:
         if plan.name in reused:
             volumes.append(BundleVolume(plan.name, plan.size, reused[plan.name]))
@@ -465,7 +465,7 @@ def finish_bundle(
             atomic_write(signature_path, sign(raw, sign_key))
         atomic_write(manifest_path, raw)
     except OSError as exc:
-        raise _disk_error(exc, out_dir, volume_size) from None
+        raise disk_error(exc, out_dir, volume_size) from None
     _clean_after(out_dir, {v.name for v in manifest.volumes})
     log.info("bundle %s written to %s: %d volumes, %d bytes", manifest.id, out_dir, len(manifest.volumes), manifest.stored_bytes)
     return BundleWriteResult(
@@ -486,7 +486,7 @@ def _write_state(out_dir: Path, state: Dict[str, Any]) -> None:
     try:
         atomic_write(out_dir / STATE_NAME, json.dumps(state, indent=1).encode())
     except OSError as exc:
-        raise _disk_error(exc, out_dir, 0) from None
+        raise disk_error(exc, out_dir, 0) from None
 
 
 def _clean_after(out_dir: Path, keep: "set[str]") -> None:
@@ -502,7 +502,7 @@ def _clean_after(out_dir: Path, keep: "set[str]") -> None:
 
 
 def _write_volume(
-    out_dir: Path, plan: _VolumePlan, mtime: int, cursors: Dict[int, _Cursor], progress: Progress, volume_size: int
+    out_dir: Path, plan: VolumePlan, mtime: int, cursors: Dict[int, Cursor], progress: Progress, volume_size: int
 ) -> str:
     """Write one volume under a temp name, hashing it on the way; fsync and rename. Returns its sha256."""
     final = out_dir / plan.name
@@ -522,10 +522,10 @@ def _write_volume(
             for pl in plan.placements:
                 if written != pl.data_offset - TAR_BLOCK:  # pragma: no cover - layout bug guard
                     raise BundlerError(f"{plan.name}: member {pl.member} at {written}, planned at {pl.data_offset - TAR_BLOCK}")
-                put(_tar_header(pl.member, pl.length, mtime))
+                put(tar_header(pl.member, pl.length, mtime))
                 cursor = cursors.get(id(pl.item))
                 if cursor is None:
-                    cursor = cursors[id(pl.item)] = _Cursor(pl.item)
+                    cursor = cursors[id(pl.item)] = Cursor(pl.item)
                     cursor.skip(pl.stored_offset)  # the earlier parts are in volumes kept from a previous run
                 remaining = pl.length
                 while remaining > 0:
@@ -534,7 +534,7 @@ def _write_volume(
                         raise IntegrityError(f"{pl.item.kind} {pl.item.key} ended early while writing {pl.member}", hint="the work layout changed during the write; rerun pack")
                     put(chunk)
                     remaining -= len(chunk)
-                pad = _pad(pl.length) - pl.length
+                pad = pad_block(pl.length) - pl.length
                 if pad:
                     put(bytes(pad))
                 if pl.part_index == pl.part_count - 1:
@@ -549,7 +549,7 @@ def _write_volume(
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise _disk_error(exc, out_dir, volume_size) from None
+        raise disk_error(exc, out_dir, volume_size) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -1,6 +1,6 @@
 """`python -m bundler.cli`."""
 
-from bundler.cli.main import main
+from bundler.cli.entry import run
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

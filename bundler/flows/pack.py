@@ -302,12 +302,12 @@ def _fill(
 
             images = _resolve(planned, registries=registries, layout=layout, workers=workers, on_ready=start)
             resolved_at = time.monotonic()
-            _raise_failures(images, options.out_dir, started=True)
+            _raise_failures(images, options.out_dir, started=fill.writing)
             open_image = _image_opener(images, registries=registries, layout=layout)
             images.extend(_signatures(options, plan, images, registries=registries, open_image=open_image, carry=carry))
         _check_target(options, plan, images, open_image)
         _log_planning(images, *timing, resolved_at, overlapped=overlapped)
-        _raise_failures(images, options.out_dir, started=overlapped)
+        _raise_failures(images, options.out_dir, started=fill.writing)
         _fill_catalog_bytes(plan, images)
         return fill.finish(bundle_content(images, layout=layout, base=base, files=_files(plan, images, config_name))), images
 
