@@ -22,7 +22,6 @@ from bundler.oci.media import Descriptor, is_index, parse_manifest
 from bundler.oci.planned import PlannedImage
 from bundler.oci.reference import Reference
 from bundler.openshift import sigstore
-from bundler.openshift.release_signatures import is_openpgp_key, verify_gpg
 from bundler.transfer.transports import ImageSource
 
 log = logging.getLogger(__name__)
@@ -96,6 +95,8 @@ def verify_releases(
 
     Each release needs at least one signature, cosign or OpenPGP, that a given key made and that names its
     digest; otherwise `IntegrityError` lists those that failed."""
+    from bundler.openshift.release_signatures import is_openpgp_key, verify_gpg  # only with --release-key
+
     cosign_keys = []
     gpg_keys = []
     for path in keys:

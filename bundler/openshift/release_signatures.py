@@ -22,13 +22,15 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from bundler.openshift.cincinnati import HttpFetcher
 from bundler.oci.digest import Digest
 from bundler.base.errors import IntegrityError, RegistryError, RegistryUnreachableError, UsageError
 from bundler.registry.client import TransportOptions, redact
-from bundler.openshift.resources import ReleaseSignature
+
+if TYPE_CHECKING:
+    from bundler.openshift.resources import ReleaseSignature
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,8 @@ def verify_gpg(signature: bytes, *, digest: str, keyring: bytes) -> bool:
 
 def as_release_signatures(signatures: Mapping[str, Sequence[bytes]]) -> List[ReleaseSignature]:
     """The `ReleaseSignature`s `bundler.openshift.resources` writes ConfigMaps from (index 1-based, in store order)."""
+    from bundler.openshift.resources import ReleaseSignature  # the far side's resources: not loaded by pack
+
     return [
         ReleaseSignature(digest=digest, index=i, data=data)
         for digest in sorted(signatures)

@@ -31,10 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-
 from bundler.base.errors import IntegrityError, RegistryError, UsageError
 from bundler.oci.digest import Digest
 from bundler.oci.planned import PlannedImage, digest_tag
@@ -231,6 +227,10 @@ PublicKey = Any  # one of cryptography's EC / RSA / Ed25519 public keys
 
 def load_public_key(data: bytes, *, name: str) -> PublicKey:
     """A PEM public key (cosign.pub, ``openssl pkey -pubout``); refused with a clear line otherwise."""
+    # cryptography is imported only where a key is used: finding signatures (every pack) needs none of it.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
@@ -241,6 +241,10 @@ def load_public_key(data: bytes, *, name: str) -> PublicKey:
 
 
 def signature_is_valid(key: PublicKey, payload: bytes, signature: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))

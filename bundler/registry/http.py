@@ -227,6 +227,7 @@ class _PolicyPoolManager(urllib3.PoolManager):
         super().__init__(**kw)
         self.policy = policy
         self._contexts: Dict[HostTls, ssl.SSLContext] = {}
+        self._contexts_lock = threading.Lock()
         self.pool_classes_by_scheme = _pool_classes(header_deadline)
         self._proxies = proxies
         self._kw = kw
@@ -249,9 +250,13 @@ class _PolicyPoolManager(urllib3.PoolManager):
             manager.clear()
 
     def context_for(self, tls: HostTls) -> ssl.SSLContext:
+        """The one SSL context of `tls`, built on first use (under a lock: the first requests run in parallel)."""
         ctx = self._contexts.get(tls)
         if ctx is None:
-            ctx = self._contexts[tls] = build_ssl_context(tls)
+            with self._contexts_lock:
+                ctx = self._contexts.get(tls)
+                if ctx is None:
+                    ctx = self._contexts[tls] = build_ssl_context(tls)
         return ctx
 
     def connection_from_host(
@@ -312,9 +317,11 @@ class HttpPools:
         if str(getattr(urllib3, "__version__", "")).startswith("2"):
             kw["blocksize"] = CHUNK_SIZE
         self.manager = _PolicyPoolManager(self.policy, header_deadline=options.read_timeout, proxies=options.proxies, **kw)
-        # Fail now, with the file named, when a CA or client certificate file cannot be used.
+        # Fail now, with the file named, when a CA or client certificate file cannot be used. A context that
+        # loads no file cannot fail: it is built when a host first needs it (the system CAs take a while).
         for tls in {self.policy.for_host(h) for h in ["_default_"] + [e for e, _ in self.policy.host_ca_files] + [e for e, _, _ in self.policy.client_certs]}:
-            self.manager.context_for(tls)
+            if tls.ca_files or tls.client_cert is not None:
+                self.manager.context_for(tls)
 
     def is_insecure(self, url_or_host: str) -> bool:
         return self.policy.is_insecure(url_or_host)

@@ -14,11 +14,13 @@ import importlib
 import re
 from typing import Any, Dict, List, Tuple
 
-_tomllib: Any = None
-try:  # Python 3.11+
-    _tomllib = importlib.import_module("tomllib")
-except ImportError:  # pragma: no cover - Python 3.9 / 3.10
-    pass
+
+def _tomllib() -> Any:
+    """`tomllib` on Python 3.11+ (imported when a document is first read), else None."""
+    try:
+        return importlib.import_module("tomllib")
+    except ImportError:  # pragma: no cover - Python 3.9 / 3.10
+        return None
 
 
 class TomlError(ValueError):
@@ -27,11 +29,12 @@ class TomlError(ValueError):
 
 def loads(text: str) -> Dict[str, Any]:
     """Parse a TOML document (tomllib when available, else `loads_subset`)."""
-    if _tomllib is not None:
+    tomllib = _tomllib()
+    if tomllib is not None:
         try:
-            doc: Dict[str, Any] = _tomllib.loads(text)
+            doc: Dict[str, Any] = tomllib.loads(text)
             return doc
-        except _tomllib.TOMLDecodeError as exc:
+        except tomllib.TOMLDecodeError as exc:
             raise TomlError(str(exc)) from None
     return loads_subset(text)
 
