@@ -221,8 +221,12 @@ def utc_now() -> Tuple[str, int]:
 
 
 def created_mtime(created: str) -> int:
+    """The tar mtime of a bundle `created` at `YYYY-MM-DDTHH:MM:SSZ` (0 for anything else). Parsed with
+    `fromisoformat`, not `strptime`, whose first use costs pack ~5 ms of start-up."""
+    if len(created) != 20 or not created.endswith("Z") or created[10] != "T":
+        return 0
     try:
-        return int(datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp())
+        return int(datetime.datetime.fromisoformat(created[:-1]).replace(tzinfo=datetime.timezone.utc).timestamp())
     except ValueError:
         return 0
 
