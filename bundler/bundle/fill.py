@@ -370,7 +370,7 @@ class BundleFill:
         out: List[Item] = []
         for b in blobs:
             key = str(b.digest)
-            if key in self.items or key in self.run.sources:
+            if key in self.run.sources:  # laid out already
                 continue
             self.run.sources[key] = b
             out.append(Item("blob", key, b.digest, b.size, b.media_type, member_base(b.digest), data=b.data))

@@ -103,18 +103,7 @@ class BlobPush(HostSession):
         "uploaded" when the registry answers 201, None when it did not complete it (the caller uploads the
         usual way; a registry that ignored the body is not asked this way again)."""
         url = f"/v2/{repo}/blobs/uploads/?" + urlencode({"digest": str(d.digest)})
-
-        def body() -> Iterator[bytes]:
-            return _chunks(opener, 0, d.size, on_bytes)
-
-        resp = self.request(
-            "POST",
-            url,
-            scopes=scopes,
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(d.size)},
-            body=body,
-            what=f"upload of {d.digest.short}",
-        )
+        resp = self._send_whole_blob("POST", url, d, opener, scopes, on_bytes)
         if resp.status == 201:
             self._check_upload_done(resp, repo, d, url)
             self.remember_blob(d.digest, repo)
@@ -142,19 +131,31 @@ class BlobPush(HostSession):
         on_bytes: Optional[Callable[[int], None]],
     ) -> None:
         url = _with_query(location, {"digest": str(d.digest)})
+        resp = self._send_whole_blob("PUT", url, d, opener, scopes, on_bytes)
+        self._check_upload_done(resp, repo, d, url)
+
+    def _send_whole_blob(
+        self,
+        method: str,
+        url: str,
+        d: Descriptor,
+        opener: Callable[[int], ContextManager[Readable]],
+        scopes: Tuple[str, ...],
+        on_bytes: Optional[Callable[[int], None]],
+    ) -> urllib3.BaseHTTPResponse:
+        """One request whose body is the whole blob, streamed from `opener` (opened again on a retry)."""
 
         def body() -> Iterator[bytes]:
             return _chunks(opener, 0, d.size, on_bytes)
 
-        resp = self.request(
-            "PUT",
+        return self.request(
+            method,
             url,
             scopes=scopes,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(d.size)},
             body=body,
             what=f"upload of {d.digest.short}",
         )
-        self._check_upload_done(resp, repo, d, url)
 
     def _upload_chunked(
         self,
